@@ -1,0 +1,78 @@
+"""``siphon-local``: bring the local environment up, print its endpoints, and tear it down on Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from localenv import tools
+from localenv.manager import Endpoints, LocalEnv, wait_forever
+from localenv.process import ServiceError
+
+
+def default_run_dir() -> Path:
+    """A fresh run folder under .run/ in the checkout."""
+    return tools.REPO / ".run" / time.strftime("local-%Y%m%d-%H%M%S")
+
+
+def render(endpoints: Endpoints, env: LocalEnv) -> str:
+    """Human-readable endpoints plus shell exports a user can paste."""
+    lines = ["Local environment is up:"]
+    for name, secs in env.startup_seconds.items():
+        lines.append(f"  {name:<15} healthy in {secs:.2f}s")
+    if env.sip_unavailable_reason:
+        lines.append(f"  livekit-sip     NOT RUNNING: {env.sip_unavailable_reason}")
+    lines.append(f"  logs            {endpoints.run_dir}")
+    lines.append("")
+    lines.append("export these to use it:")
+    lines += [f"  export {k}={v}" for k, v in endpoints.env().items()]
+    return "\n".join(lines)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``siphon-local`` command."""
+    parser = argparse.ArgumentParser(prog="siphon-local", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start everything, print endpoints, stay up until Ctrl-C")
+    up.add_argument("--run-dir", type=Path, default=None, help="folder for configs and logs")
+    up.add_argument("--require-sip", action="store_true", help="fail if livekit-sip is not installed")
+    up.add_argument("--once", action="store_true", help="start, print, stop (a smoke test)")
+    args = parser.parse_args(argv)
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` tears down like Ctrl-C
+    run_dir = args.run_dir or default_run_dir()
+    try:
+        env = LocalEnv.start(run_dir, require_sip=args.require_sip)
+    except (ServiceError, tools.ToolError) as e:
+        print(f"siphon-local: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    with env:
+        assert env.endpoints is not None
+        print(render(env.endpoints, env), flush=True)
+        if args.once:
+            return 0
+        print("\nPress Ctrl-C to stop.", flush=True)
+        try:
+            wait_forever(env)
+        except KeyboardInterrupt:
+            print("\nstopping...", file=sys.stderr)
+            return 0
+        except ServiceError as e:
+            print(f"siphon-local: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

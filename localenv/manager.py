@@ -1,0 +1,223 @@
+"""The local environment: Redis, livekit-server, livekit-sip and a moto server on free loopback ports.
+
+Use it as a context manager (``with LocalEnv.start(run_dir) as env: ...``) or through the
+``siphon-local`` CLI. Each service logs to ``<run_dir>/<service>.log``; everything is stopped on exit,
+on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from localenv import tools
+from localenv.ports import LOOPBACK, free_port_range, free_tcp_port
+from localenv.process import ServiceError, Supervised
+
+API_KEY = "siphon-local"
+AWS_REGION = "us-east-1"
+RTP_PORTS = 40  # RTP ports for livekit-sip: two per concurrent call
+
+
+def _http_ok(port: int, path: str = "/") -> bool:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=1)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status < 500
+    finally:
+        conn.close()
+
+
+def _redis_ok(port: int) -> bool:
+    with socket.create_connection((LOOPBACK, port), timeout=1) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+
+
+def _yaml(data: dict[str, object]) -> str:
+    # JSON is valid YAML; both servers read their config with a YAML parser.
+    return json.dumps(data, indent=2)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """What a user or test needs to reach the local services."""
+
+    livekit_url: str
+    api_key: str
+    api_secret: str
+    redis_address: str
+    aws_endpoint_url: str
+    sip_address: str | None  # host:port of livekit-sip (UDP and TCP), None when it is not installed
+    run_dir: Path
+
+    @property
+    def livekit_http_url(self) -> str:
+        """The Twirp (HTTP) URL of livekit-server."""
+        return self.livekit_url.replace("ws://", "http://", 1)
+
+    def env(self) -> dict[str, str]:
+        """Environment variables for LiveKit and AWS clients (boto3, livekit-api, Pulumi providers)."""
+        out = {
+            "LIVEKIT_URL": self.livekit_url,
+            "LIVEKIT_API_KEY": self.api_key,
+            "LIVEKIT_API_SECRET": self.api_secret,
+            "AWS_ENDPOINT_URL": self.aws_endpoint_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": AWS_REGION,
+            "AWS_REGION": AWS_REGION,
+        }
+        if self.sip_address:
+            out["SIPHON_SIP_ADDRESS"] = self.sip_address
+        return out
+
+
+@dataclass
+class LocalEnv:
+    """A running set of local services; stop() tears all of them down."""
+
+    run_dir: Path
+    endpoints: Endpoints | None = None
+    services: list[Supervised] = field(default_factory=list)
+    startup_seconds: dict[str, float] = field(default_factory=dict)
+    sip_unavailable_reason: str | None = None
+
+    @classmethod
+    def start(cls, run_dir: Path, *, require_sip: bool = False, log_level: str = "info") -> LocalEnv:
+        """Start every service and wait until each is healthy; on any failure stop what started and raise."""
+        env = cls(run_dir=run_dir)
+        try:
+            env._start_all(require_sip=require_sip, log_level=log_level)
+        except BaseException:
+            env.stop()
+            raise
+        return env
+
+    def __enter__(self) -> LocalEnv:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Supervised:
+        svc = Supervised(name, argv, self.run_dir / f"{name}.log", env=env, cwd=self.run_dir)
+        self.services.append(svc)
+        svc.start()
+        return svc
+
+    def _start_all(self, *, require_sip: bool, log_level: str) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        secret = secrets.token_urlsafe(32)  # 43 characters: PyJWT warns under 32
+        livekit_server = tools.require_binary(tools.livekit_server_tool())
+        redis_server = shutil.which("redis-server")
+        if not redis_server:
+            raise tools.ToolError("redis-server is not installed: run `./dev setup` (Debian package redis-server)")
+        moto_server = Path(sys.executable).with_name("moto_server")
+        if not moto_server.exists():
+            raise tools.ToolError(f"moto_server not found next to {sys.executable}: run `./dev setup`")
+        livekit_sip = tools.find_binary(tools.livekit_sip_tool())
+        if livekit_sip is None:
+            self.sip_unavailable_reason = f"livekit-sip {tools.LIVEKIT_SIP_VERSION} is not installed"
+            if require_sip:
+                raise tools.ToolError(self.sip_unavailable_reason + ": run `./dev setup`")
+
+        redis_port, moto_port, lk_port, lk_tcp = (free_tcp_port() for _ in range(4))
+        lk_udp = free_port_range(1)
+
+        redis = self._spawn(
+            "redis",
+            [redis_server, "--port", str(redis_port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+             "--dir", str(self.run_dir)],
+        )  # fmt: skip
+        moto = self._spawn(
+            "moto",
+            [str(moto_server), "-H", LOOPBACK, "-p", str(moto_port)],
+            env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
+        )
+        self.startup_seconds["redis"] = redis.wait_healthy(lambda: _redis_ok(redis_port), 15)
+
+        lk_config = self.run_dir / "livekit-server.yaml"
+        lk_config.write_text(
+            _yaml({
+                "port": lk_port,
+                "bind_addresses": [LOOPBACK],
+                "rtc": {"tcp_port": lk_tcp, "udp_port": lk_udp, "node_ip": LOOPBACK, "use_external_ip": False,
+                        "enable_loopback_candidate": True},
+                "redis": {"address": f"{LOOPBACK}:{redis_port}"},
+                "keys": {API_KEY: secret},
+                "logging": {"level": log_level},
+            })
+        )  # fmt: skip
+        server = self._spawn("livekit-server", [str(livekit_server), "--dev", "--config", str(lk_config)])
+        self.startup_seconds["livekit-server"] = server.wait_healthy(lambda: _http_ok(lk_port), 30)
+        self.startup_seconds["moto"] = moto.wait_healthy(lambda: _http_ok(moto_port, "/moto-api/"), 30)
+
+        sip_address = None
+        if livekit_sip is not None:
+            sip_port = free_port_range(1, tcp_too=True)
+            rtp = free_port_range(RTP_PORTS)
+            health = free_tcp_port()
+            sip_config = self.run_dir / "livekit-sip.yaml"
+            sip_config.write_text(
+                _yaml({
+                    "api_key": API_KEY, "api_secret": secret, "ws_url": f"ws://{LOOPBACK}:{lk_port}",
+                    "redis": {"address": f"{LOOPBACK}:{redis_port}"},
+                    "sip_port": sip_port, "rtp_port": f"{rtp}-{rtp + RTP_PORTS - 1}",
+                    "nat_1_to_1_ip": LOOPBACK, "listen_ip": LOOPBACK, "health_port": health,
+                    "logging": {"level": log_level},
+                })
+            )  # fmt: skip
+            sip = self._spawn("livekit-sip", [str(livekit_sip), "--config", str(sip_config)])
+            self.startup_seconds["livekit-sip"] = sip.wait_healthy(lambda: _http_ok(health), 30)
+            sip_address = f"{LOOPBACK}:{sip_port}"
+
+        self.endpoints = Endpoints(
+            livekit_url=f"ws://{LOOPBACK}:{lk_port}",
+            api_key=API_KEY,
+            api_secret=secret,
+            redis_address=f"{LOOPBACK}:{redis_port}",
+            aws_endpoint_url=f"http://{LOOPBACK}:{moto_port}",
+            sip_address=sip_address,
+            run_dir=self.run_dir,
+        )
+
+    def check_alive(self) -> None:
+        """Raise ServiceError naming any service that has died since start-up."""
+        dead = [s for s in self.services if not s.alive()]
+        if dead:
+            raise ServiceError(", ".join(f"{s.name} died (log {s.log_path})" for s in dead))
+
+    def reset_aws(self) -> None:
+        """Clear all moto state (POST /moto-api/reset)."""
+        assert self.endpoints is not None
+        port = int(self.endpoints.aws_endpoint_url.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+        try:
+            conn.request("POST", "/moto-api/reset")
+            conn.getresponse().read()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        """Stop every service, the last started first."""
+        for svc in reversed(self.services):
+            svc.stop()
+
+
+def wait_forever(env: LocalEnv, poll: float = 1.0) -> None:
+    """Block until Ctrl-C or until a service dies."""
+    while True:
+        env.check_alive()
+        time.sleep(poll)

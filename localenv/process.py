@@ -1,0 +1,93 @@
+"""A supervised child process: started in its own process group, logged to a file, health-checked, stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    """A local service failed to start or become healthy; the message quotes its log."""
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    """The last lines of a log file (empty if it does not exist)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+@dataclass
+class Supervised:
+    """One running service process."""
+
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        """Start the process detached into its own process group, output to its log file."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                list(self.argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_healthy(self, check: Callable[[], bool], timeout: float) -> float:
+        """Poll ``check`` until it passes; return seconds taken. Raise with the log tail on death or timeout."""
+        t0 = time.monotonic()
+        while True:
+            if not self.alive():
+                code = self.proc.returncode if self.proc else None
+                raise ServiceError(
+                    f"{self.name} exited with code {code} during start-up; log {self.log_path}:\n{tail(self.log_path)}"
+                )
+            try:
+                if check():
+                    return time.monotonic() - t0
+            except OSError:
+                pass
+            if time.monotonic() - t0 > timeout:
+                raise ServiceError(
+                    f"{self.name} not healthy after {timeout:.0f}s; log {self.log_path}:\n{tail(self.log_path)}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL after ``grace`` seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=5)

@@ -1,0 +1,373 @@
+"""Pinned external tools: where they live, whether they are there, and how to build or install them.
+
+Standard library only: this module runs under the machine's ``python3`` before the project's
+virtualenv exists (``python3 -m localenv.tools install``), and the environment manager imports it
+to find the binaries it starts.
+
+Everything is installed under a cache folder outside the checkout, keyed by version (and, for
+binaries built from this repository's Go wrapper module, by a hash of the build inputs), so fresh
+clones on the same machine reuse it and nothing is rebuilt unless a pin changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# --- pins (one place; tests assert pyproject.toml, uv.lock and tools/pulumi/go.mod agree) ---------
+PULUMI_VERSION = "3.260.0"
+LIVEKIT_SERVER_VERSION = "v1.13.5"
+LIVEKIT_SIP_VERSION = "v1.11.0"
+UV_VERSION = "0.13.9"
+MIN_GO = (1, 21)  # older Go cannot fetch the go1.26 toolchain the LiveKit and Pulumi modules require
+
+LIVEKIT_SERVER_PKG = "github.com/livekit/livekit-server/cmd/server"
+LIVEKIT_SIP_MODULE = "github.com/livekit/sip"
+PULUMI_WRAPPER = REPO / "tools" / "pulumi"
+
+DEBIAN_PACKAGES = (
+    "redis-server",  # LiveKit SIP state
+    "sip-tester",  # sipp: real SIP calls in tests
+    "pkg-config",  # livekit-sip (cgo) build
+    "libopus-dev",
+    "libopusfile-dev",
+    "libsoxr-dev",
+    "espeak-ng",  # the worker's offline TTS
+)
+
+
+def cache_root() -> Path:
+    """The folder holding every built or installed tool (override with SIPHON_CACHE)."""
+    if env := os.environ.get("SIPHON_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "siphon-infra"
+
+
+class ToolError(RuntimeError):
+    """A tool is missing and could not be installed; the message says what to install."""
+
+
+def _digest(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(str(p.relative_to(REPO)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _pulumi_inputs() -> list[Path]:
+    return [p for p in PULUMI_WRAPPER.rglob("*") if p.is_file() and p.suffix in {".go", ".mod", ".sum"}]
+
+
+@dataclass(frozen=True)
+class Tool:
+    """One pinned tool: its cache folder, the binaries it provides, and how to install it."""
+
+    name: str
+    version: str
+    binaries: tuple[str, ...]
+    key: str = ""
+
+    @property
+    def home(self) -> Path:
+        suffix = f"-{self.key}" if self.key else ""
+        return cache_root() / f"{self.name}-{self.version}{suffix}"
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.home / "bin"
+
+    def path(self, binary: str | None = None) -> Path:
+        return self.bin_dir / (binary or self.binaries[0])
+
+    def installed(self) -> bool:
+        return all(os.access(self.path(b), os.X_OK) for b in self.binaries)
+
+
+def uv_tool() -> Tool:
+    """The uv package manager, installed from PyPI into the cache."""
+    return Tool("uv", UV_VERSION, ("uv",))
+
+
+def pulumi_tool() -> Tool:
+    """Pulumi CLI plus the Python language host and dynamic-provider plugin scripts, in one bin/."""
+    return Tool(
+        "pulumi",
+        PULUMI_VERSION,
+        (
+            "pulumi",
+            "pulumi-language-python",
+            "pulumi-language-python-exec",
+            "pulumi-resource-pulumi-python",
+        ),
+        key=_digest(_pulumi_inputs()),
+    )
+
+
+def livekit_server_tool() -> Tool:
+    """livekit-server built from its Go module."""
+    return Tool("livekit-server", LIVEKIT_SERVER_VERSION, ("livekit-server",))
+
+
+def livekit_sip_tool() -> Tool:
+    """livekit-sip (the SIP bridge) built from its Go module with cgo."""
+    return Tool("livekit-sip", LIVEKIT_SIP_VERSION, ("livekit-sip",))
+
+
+def _on_path(binary: str, version: str) -> Path | None:
+    """A binary of the pinned version already on PATH, if any."""
+    found = shutil.which(binary)
+    if not found:
+        return None
+    try:
+        out = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return Path(found) if version.lstrip("v") in (out.stdout + out.stderr) else None
+
+
+def find_binary(tool: Tool, binary: str | None = None) -> Path | None:
+    """Where the pinned binary is: the cache first, then PATH (same version only)."""
+    binary = binary or tool.binaries[0]
+    if tool.installed():
+        return tool.path(binary)
+    return _on_path(binary, tool.version)
+
+
+def require_binary(tool: Tool, binary: str | None = None) -> Path:
+    """Like find_binary, but raise a ToolError that says how to install it."""
+    found = find_binary(tool, binary)
+    if found is None:
+        raise ToolError(
+            f"{binary or tool.binaries[0]} {tool.version} is not installed: run `./dev setup` "
+            f"(it installs into {tool.home})"
+        )
+    return found
+
+
+# --- installing ----------------------------------------------------------------------------------
+
+
+def _log(msg: str) -> None:
+    print(f"[setup] {msg}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: Sequence[str], **kw: object) -> None:
+    _log("$ " + " ".join(str(c) for c in cmd))
+    subprocess.run(list(map(str, cmd)), check=True, **kw)  # type: ignore[call-overload]
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("GOTOOLCHAIN", "auto")
+    env.setdefault("GOFLAGS", "-mod=mod")
+    return env
+
+
+def check_go() -> str:
+    """Return the Go binary, or raise with what to install."""
+    go = shutil.which("go")
+    if not go:
+        raise ToolError("Go is not installed: install Go >= 1.21 (it fetches the go1.26 toolchain itself)")
+    out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout.strip()
+    parts = out.removeprefix("go").split(".")
+    if tuple(int(p) for p in parts[:2] if p.isdigit()) < MIN_GO:
+        raise ToolError(f"{out} is too old: install Go >= 1.21 (GOTOOLCHAIN=auto then fetches go1.26)")
+    return go
+
+
+def _install_into(tool: Tool, build: Callable[[Path], None]) -> None:
+    """Build into a temporary folder, then move it into place, so a half build is never used."""
+    tool.home.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{tool.name}-", dir=tool.home.parent))
+    try:
+        (tmp / "bin").mkdir()
+        build(tmp / "bin")
+        if tool.home.exists():
+            shutil.rmtree(tool.home)
+        tmp.rename(tool.home)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def install_debian_packages() -> None:
+    """Install the Debian packages the project needs (apt-get as root, else sudo)."""
+    missing = []
+    for pkg in DEBIAN_PACKAGES:
+        q = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True, check=False
+        )
+        if "install ok installed" not in q.stdout:
+            missing.append(pkg)
+    if not missing:
+        return
+    prefix: list[str] = []
+    if os.geteuid() != 0:
+        if not shutil.which("sudo"):
+            raise ToolError("install these Debian packages first: sudo apt-get install " + " ".join(missing))
+        prefix = ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    _run([*prefix, "apt-get", "update", "-qq"], env=env)
+    _run([*prefix, "apt-get", "install", "-y", "-qq", *missing], env=env)
+
+
+def install_uv() -> None:
+    """Install uv from PyPI into the cache."""
+    tool = uv_tool()
+    if tool.installed():
+        return
+
+    def build(bin_dir: Path) -> None:
+        target = bin_dir.parent / "site"
+        _run([sys.executable, "-m", "pip", "install", "-q", "--target", target, f"uv=={UV_VERSION}"])
+        (bin_dir / "uv").symlink_to(Path("..") / "site" / "bin" / "uv")  # relative: the folder is renamed
+
+    _install_into(tool, build)
+
+
+def install_pulumi() -> None:
+    """Build the Pulumi CLI and language host from the wrapper Go module, plus the SDK's scripts."""
+    tool = pulumi_tool()
+    if tool.installed():
+        return
+    go = check_go()
+
+    def build(bin_dir: Path) -> None:
+        ldflags = (
+            f"-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v{PULUMI_VERSION} "
+            f"-X main.Version=v{PULUMI_VERSION}"
+        )
+        env = dict(_go_env(), CGO_ENABLED="0")
+        env["GOFLAGS"] = "-mod=readonly"
+        _run(
+            [go, "build", "-trimpath", "-tags", "osusergo,grpcnotrace", "-ldflags", ldflags, "-o", f"{bin_dir}/",
+             "github.com/pulumi/pulumi/pkg/v3/cmd/pulumi", "./cmd/pulumi-language-python"],
+            cwd=PULUMI_WRAPPER, env=env,
+        )  # fmt: skip
+        sdk_dir = subprocess.run(
+            [go, "list", "-m", "-f", "{{.Dir}}", "github.com/pulumi/pulumi/sdk/v3"],
+            cwd=PULUMI_WRAPPER, env=env, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        for script in ("cmd/pulumi-language-python-exec", "dist/pulumi-resource-pulumi-python"):
+            dst = bin_dir / Path(script).name
+            shutil.copyfile(Path(sdk_dir) / "python" / script, dst)
+            dst.chmod(0o755)
+
+    _install_into(tool, build)
+
+
+def install_livekit_server() -> None:
+    """go install livekit-server at the pinned tag (it has no replace directives and no cgo)."""
+    tool = livekit_server_tool()
+    if tool.installed() or _on_path("livekit-server", tool.version):
+        return
+    go = check_go()
+
+    def build(bin_dir: Path) -> None:
+        env = dict(_go_env(), GOBIN=str(bin_dir), CGO_ENABLED="0")
+        _run([go, "install", "-trimpath", f"{LIVEKIT_SERVER_PKG}@{LIVEKIT_SERVER_VERSION}"], env=env)
+        (bin_dir / "server").rename(bin_dir / "livekit-server")
+
+    _install_into(tool, build)
+
+
+def install_livekit_sip() -> None:
+    """Build livekit-sip (cgo) from its module; raise a ToolError that says what to install if it fails."""
+    tool = livekit_sip_tool()
+    if tool.installed() or _on_path("livekit-sip", tool.version):
+        return
+    go = check_go()
+    env = _go_env()
+    dl = subprocess.run(
+        [go, "mod", "download", "-json", f"{LIVEKIT_SIP_MODULE}@{LIVEKIT_SIP_VERSION}"],
+        capture_output=True, text=True, env=env, cwd=PULUMI_WRAPPER, check=False,
+    )  # fmt: skip
+    info = json.loads(dl.stdout or "{}")
+    if "Dir" not in info:
+        reason = info.get("Error") or dl.stderr.strip()
+        raise ToolError(
+            f"livekit-sip {LIVEKIT_SIP_VERSION} could not be fetched from the Go module proxy ({reason}). "
+            f"Install it yourself: build {LIVEKIT_SIP_MODULE}/cmd/livekit-sip at {LIVEKIT_SIP_VERSION} with cgo "
+            "(Debian: pkg-config libopus-dev libopusfile-dev libsoxr-dev) and put `livekit-sip` on PATH, or copy "
+            f"it to {tool.path()}. Until then SIP call tests are skipped and the local environment runs without "
+            "a SIP bridge."
+        )
+
+    def build(bin_dir: Path) -> None:
+        _run(
+            [go, "build", "-trimpath", "-o", bin_dir / "livekit-sip", "./cmd/livekit-sip"],
+            cwd=info["Dir"], env=dict(env, CGO_ENABLED="1", GOFLAGS="-mod=readonly"),
+        )  # fmt: skip
+
+    _install_into(tool, build)
+
+
+def sync_python_env() -> None:
+    """Create or update the project's .venv from uv.lock (never re-locks)."""
+    uv = uv_tool().path()
+    env = dict(os.environ, UV_PYTHON_DOWNLOADS="never")
+    _run([uv, "sync", "--frozen", "--quiet"], cwd=REPO, env=env)
+
+
+# Installed in this order; the optional ones report instead of failing the whole set-up.
+STEPS: tuple[tuple[str, Callable[[], None], bool], ...] = (
+    ("debian packages", install_debian_packages, True),
+    ("uv", install_uv, True),
+    ("python env", sync_python_env, True),
+    ("pulumi", install_pulumi, True),
+    ("livekit-server", install_livekit_server, True),
+    ("livekit-sip", install_livekit_sip, False),
+)
+
+
+def install_all() -> int:
+    """Install everything; return 0, or 1 if a required tool failed. Prints per-step timings."""
+    failed = False
+    for name, step, required in STEPS:
+        t0 = time.monotonic()
+        try:
+            step()
+        except (ToolError, subprocess.CalledProcessError, OSError) as e:
+            level = "ERROR" if required else "WARNING"
+            _log(f"{level}: {name}: {e}")
+            failed |= required
+            if required:
+                break
+            continue
+        _log(f"{name}: ok ({time.monotonic() - t0:.1f}s)")
+    return 1 if failed else 0
+
+
+def bin_dirs() -> list[Path]:
+    """The cache bin folders to put on PATH (installed ones only)."""
+    return [t.bin_dir for t in (uv_tool(), pulumi_tool(), livekit_server_tool(), livekit_sip_tool()) if t.installed()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``install`` (everything), ``path`` (PATH entries, one per line)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    cmd = args[0] if args else "install"
+    if cmd == "install":
+        return install_all()
+    if cmd == "path":
+        print(os.pathsep.join(str(p) for p in bin_dirs()))
+        return 0
+    print("usage: python3 -m localenv.tools [install|path]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
