@@ -82,17 +82,21 @@ class Tool:
 
     @property
     def home(self) -> Path:
+        """The tool's folder in the cache."""
         suffix = f"-{self.key}" if self.key else ""
         return cache_root() / f"{self.name}-{self.version}{suffix}"
 
     @property
     def bin_dir(self) -> Path:
+        """Where its binaries are."""
         return self.home / "bin"
 
     def path(self, binary: str | None = None) -> Path:
+        """Path of one of its binaries (the first by default)."""
         return self.bin_dir / (binary or self.binaries[0])
 
     def installed(self) -> bool:
+        """True when every binary is present and executable."""
         return all(os.access(self.path(b), os.X_OK) for b in self.binaries)
 
 
@@ -207,9 +211,7 @@ def install_debian_packages() -> None:
     """Install the Debian packages the project needs (apt-get as root, else sudo)."""
     missing = []
     for pkg in DEBIAN_PACKAGES:
-        q = subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True, check=False
-        )
+        q = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True, check=False)
         if "install ok installed" not in q.stdout:
             missing.append(pkg)
     if not missing:

@@ -1,0 +1,65 @@
+"""Session-wide local environment (one set of real servers per test run) and per-test resets."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from localenv import engine
+from localenv.manager import Endpoints, LocalEnv
+
+
+@pytest.fixture(scope="session")
+def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnv]:
+    """Redis, livekit-server, livekit-sip (when installed) and moto, started once per session.
+
+    Their endpoints are exported to os.environ for the whole session, so every client and every
+    process the tests start (the Pulumi CLI and its provider plugins included) reaches them.
+    """
+    env = LocalEnv.start(tmp_path_factory.mktemp("localenv"))
+    assert env.endpoints is not None
+    saved = {k: os.environ.get(k) for k in env.endpoints.env()}
+    os.environ.update(env.endpoints.env())
+    try:
+        yield env
+    finally:
+        env.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def endpoints(local_env: LocalEnv) -> Endpoints:
+    """Endpoints of the shared environment; fails the test if a service has died."""
+    local_env.check_alive()
+    assert local_env.endpoints is not None
+    return local_env.endpoints
+
+
+@pytest.fixture
+def sip_endpoints(endpoints: Endpoints, local_env: LocalEnv) -> Endpoints:
+    """Endpoints with a running SIP bridge; skips (saying why) when livekit-sip is not installed."""
+    if endpoints.sip_address is None:
+        pytest.skip(f"SIP bridge not running: {local_env.sip_unavailable_reason}")
+    return endpoints
+
+
+@pytest.fixture
+def aws(local_env: LocalEnv) -> Iterator[Endpoints]:
+    """The moto server, emptied after the test."""
+    assert local_env.endpoints is not None
+    yield local_env.endpoints
+    local_env.reset_aws()
+
+
+@pytest.fixture
+def pulumi_env(tmp_path: Path) -> dict[str, str]:
+    """Hermetic engine settings: a fresh file:// backend and PULUMI_HOME per test."""
+    return engine.engine_env(tmp_path / "state", secrets.token_urlsafe(16), tmp_path / "pulumi-home")
