@@ -1,0 +1,88 @@
+"""LiveKit credentials and one guarded way to call the LiveKit API from a synchronous provider."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import aiohttp
+from livekit import api
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 15.0
+
+
+class LiveKitError(Exception):
+    """LiveKit refused a request; the message is LiveKit's own, prefixed with what was being done."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class LiveKitUnreachable(LiveKitError):
+    """LiveKit could not be reached or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where LiveKit is and how to sign requests (never pickled into state: built per call)."""
+
+    url: str
+    api_key: str
+    api_secret: str = field(repr=False)
+
+    @classmethod
+    def resolve(cls, config: Mapping[str, str | None]) -> Credentials:
+        """Stack config (`livekit:url`, `livekit:apiKey`, secret `livekit:apiSecret`) first, then the environment."""
+        url = config.get("livekit:url") or os.environ.get("LIVEKIT_URL")
+        key = config.get("livekit:apiKey") or os.environ.get("LIVEKIT_API_KEY")
+        secret = config.get("livekit:apiSecret") or os.environ.get("LIVEKIT_API_SECRET")
+        missing = [
+            n for n, v in (("livekit:url", url), ("livekit:apiKey", key), ("livekit:apiSecret", secret)) if not v
+        ]
+        if missing:
+            raise LiveKitError(
+                "LiveKit credentials are missing: set "
+                + ", ".join(f"`pulumi config set {'--secret ' if 'Secret' in m else ''}{m} ...`" for m in missing)
+                + " (or LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET in the environment)"
+            )
+        assert url
+        assert key
+        assert secret
+        return cls(url, key, secret)
+
+
+def call(
+    creds: Credentials, what: str, fn: Callable[[api.LiveKitAPI], Awaitable[T]], timeout: float = DEFAULT_TIMEOUT
+) -> T:
+    """Run ``fn`` with a fresh client in its own event loop, with a timeout, translating failures.
+
+    ``what`` names the operation and resource for error messages, e.g. "create inbound trunk 'main'".
+    """
+
+    async def run() -> T:
+        client = api.LiveKitAPI(
+            creds.url, creds.api_key, creds.api_secret, timeout=aiohttp.ClientTimeout(total=timeout)
+        )
+        try:
+            return await asyncio.wait_for(fn(client), timeout)
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(run())
+    except api.TwirpError as e:
+        raise LiveKitError(f"{what}: LiveKit answered {e.code}: {e.message}", e.code) from None
+    except (aiohttp.ClientConnectionError, OSError) as e:
+        raise LiveKitUnreachable(
+            f"{what}: cannot reach LiveKit at {creds.url} ({type(e).__name__}). Is the server running, and is "
+            "`livekit:url` (or LIVEKIT_URL) right?"
+        ) from None
+    except TimeoutError:
+        raise LiveKitUnreachable(
+            f"{what}: LiveKit at {creds.url} did not answer within {timeout:.0f}s; retry, the operation is idempotent"
+        ) from None

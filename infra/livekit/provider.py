@@ -1,0 +1,178 @@
+"""Pulumi dynamic providers for LiveKit SIP objects (one class per kind, shared logic in the base).
+
+State refers to these classes by import path (``infra.livekit.provider.InboundTrunkProvider`` ...):
+keep the path stable. Instances carry no attributes into state; credentials come from
+``configure()`` (stack config) or the environment at call time, and a client is built per call.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    ConfigureRequest,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    ResourceProvider,
+    UpdateResult,
+)
+from pulumi.output import Unknown
+from pulumi.runtime import rpc
+from pydantic import BaseModel, ValidationError
+
+from infra.livekit import client
+from infra.livekit.convert import canonical, declared, to_proto
+from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK, Kind
+from infra.livekit.validation import describe_errors
+
+CONFIG_KEYS = ("livekit:url", "livekit:apiKey", "livekit:apiSecret")
+# LiveKit checks conflicts against stored objects without a lock: creates of one kind are serialised.
+_CREATE_LOCKS = {k.label: threading.Lock() for k in (INBOUND_TRUNK, OUTBOUND_TRUNK, DISPATCH_RULE)}
+
+
+def _is_unknown(value: Any) -> bool:
+    if isinstance(value, Unknown) or value == rpc.UNKNOWN:
+        return True
+    if isinstance(value, dict):
+        return any(_is_unknown(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_is_unknown(v) for v in value)
+    return False
+
+
+class InvalidArguments(ValueError):
+    """Arguments failed validation; the message lists each field and what is wrong with it."""
+
+
+class LiveKitProvider(ResourceProvider):
+    """Shared create/read/update/delete/diff/check logic; subclasses name their ``KIND``."""
+
+    KIND: ClassVar[Kind]
+    serialize_as_secret_always = False  # nothing secret is captured: credentials come from configure()
+
+    def configure(self, req: ConfigureRequest) -> None:
+        """Remember where LiveKit is (only in this provider process; never pickled)."""
+        self._config = {k: req.config.get(k) for k in CONFIG_KEYS}
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _creds(self) -> client.Credentials:
+        return client.Credentials.resolve(getattr(self, "_config", {}))
+
+    def _declared_keys(self) -> list[str]:
+        return list(self.KIND.args.model_fields)
+
+    def _validate(self, props: dict[str, Any]) -> BaseModel:
+        body = {k: v for k, v in props.items() if k in self._declared_keys()}
+        try:
+            return self.KIND.args.model_validate(body)
+        except ValidationError as e:
+            lines = [f"  {field}: {reason}" for field, reason in describe_errors(e)]
+            name = props.get("name") or "?"
+            raise InvalidArguments(f"invalid {self.KIND.label} {name!r}:\n" + "\n".join(lines)) from None
+
+    def _outs(self, object_id: str, values: dict[str, Any]) -> dict[str, Any]:
+        return {**values, self.KIND.id_field: object_id}
+
+    def _what(self, verb: str, props: dict[str, Any]) -> str:
+        return f"{verb} {self.KIND.label} {props.get('name')!r}"
+
+    # -- Pulumi provider protocol -------------------------------------------------------------------
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        """Validate and normalise; fields still unknown during preview are checked once known."""
+        unknown = {k for k, v in news.items() if _is_unknown(v)}
+        body = {k: v for k, v in news.items() if k in self._declared_keys() and k not in unknown}
+        failures = []
+        try:
+            normalised = declared(self.KIND.args.model_validate(body))
+        except ValidationError as e:
+            for field, reason in describe_errors(e):
+                top = field.split(".")[0]
+                if unknown and (top in unknown or field == "(root)" or top in {"rule"}):
+                    continue  # depends on a value that is not known yet; checked again at apply time
+                failures.append(
+                    CheckFailure(top if top in news or top in self._declared_keys() else "", f"{field}: {reason}")
+                )
+            normalised = body
+        if failures:
+            return CheckResult(news, failures)
+        return CheckResult({**normalised, **{k: news[k] for k in unknown}}, [])
+
+    def diff(self, id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        """Compare declared fields only (never ``__provider``); everything updates in place."""
+        changed = [k for k in self._declared_keys() if _is_unknown(news.get(k)) or olds.get(k) != news.get(k)]
+        return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        """Create, or adopt the object of the same name (a retried or interrupted create leaves no duplicate)."""
+        args = self._validate(props)
+        name = props["name"]
+        message = to_proto(args, self.KIND.message)
+
+        async def create_or_adopt(lk: client.api.LiveKitAPI) -> str:
+            existing = [m for m in await self.KIND.list(lk, []) if m.name == name]
+            if len(existing) > 1:
+                ids = ", ".join(self.KIND.object_id(m) for m in existing)
+                raise client.LiveKitError(
+                    f"several LiveKit {self.KIND.label}s are named {name!r} ({ids}): delete all but one, then retry"
+                )
+            if existing:
+                object_id = self.KIND.object_id(existing[0])
+                await self.KIND.replace(lk, object_id, message)
+                return object_id
+            return self.KIND.object_id(await self.KIND.create(lk, message))
+
+        with _CREATE_LOCKS[self.KIND.label]:
+            object_id = client.call(self._creds(), self._what("create", props), create_or_adopt)
+        return CreateResult(object_id, self._outs(object_id, declared(args)))
+
+    def update(self, id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        """Replace the whole object in place (same id), resending every field including secrets."""
+        args = self._validate(news)
+        message = to_proto(args, self.KIND.message)
+        try:
+            client.call(self._creds(), self._what("update", news), lambda lk: self.KIND.replace(lk, id, message))
+        except client.LiveKitError as e:
+            if e.code == "not_found":
+                raise client.LiveKitError(
+                    f"{self.KIND.label} {news.get('name')!r} ({id}) was deleted outside Pulumi: run `pulumi refresh`, "
+                    "then `pulumi up` recreates it"
+                ) from None
+            raise
+        return UpdateResult(self._outs(id, declared(args)))
+
+    def read(self, id: str, props: dict[str, Any]) -> ReadResult:
+        """Refresh: report the object as LiveKit holds it, or that it is gone."""
+        found = client.call(self._creds(), self._what("read", props), lambda lk: self.KIND.list(lk, [id]))
+        found = [m for m in found if self.KIND.object_id(m) == id]
+        if not found:
+            return ReadResult("", {})
+        live = canonical(found[0])
+        return ReadResult(id, self._outs(id, live), live)
+
+    def delete(self, id: str, props: dict[str, Any]) -> None:
+        """Delete; an object that is already gone counts as deleted."""
+        client.call(self._creds(), self._what("delete", props), lambda lk: self.KIND.delete(lk, id))
+
+
+class InboundTrunkProvider(LiveKitProvider):
+    """Provider for ``SipInboundTrunk``."""
+
+    KIND = INBOUND_TRUNK
+
+
+class OutboundTrunkProvider(LiveKitProvider):
+    """Provider for ``SipOutboundTrunk``."""
+
+    KIND = OUTBOUND_TRUNK
+
+
+class DispatchRuleProvider(LiveKitProvider):
+    """Provider for ``SipDispatchRule``."""
+
+    KIND = DISPATCH_RULE

@@ -1,0 +1,116 @@
+"""The resources a Pulumi program declares: ``SipInboundTrunk``, ``SipOutboundTrunk``, ``SipDispatchRule``.
+
+Arguments are the fields of ``InboundTrunkArgs``, ``OutboundTrunkArgs`` and ``DispatchRuleArgs``
+(``infra.livekit.args``), given either as one of those models or as a mapping whose values may be
+Pulumi inputs (for example a rule's ``trunk_ids`` taken from a trunk's ``sip_trunk_id``).
+``auth_password`` is always made a secret.
+
+Type tokens are ``pulumi-python:dynamic/livekit:<Class>``; renaming a class or its module changes the
+token and the provider path in state, so both stay as they are.
+
+Adopting objects that already exist in LiveKit: declare them with the same ``name`` they have in
+LiveKit. ``pulumi up`` finds the object by name, takes it over (same id) and overwrites it with the
+declaration, instead of creating a duplicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import Resource
+from pydantic import BaseModel, ValidationError
+
+from infra.livekit.args import DispatchRuleArgs, InboundTrunkArgs, OutboundTrunkArgs
+from infra.livekit.convert import declared
+from infra.livekit.provider import (
+    DispatchRuleProvider,
+    InboundTrunkProvider,
+    InvalidArguments,
+    LiveKitProvider,
+    OutboundTrunkProvider,
+)
+from infra.livekit.validation import describe_errors
+
+SECRET_OUTPUTS = ["auth_password"]
+
+
+def _props(
+    resource_name: str, provider: LiveKitProvider, args: BaseModel | Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    model = provider.KIND.args
+    if isinstance(args, BaseModel):
+        props: dict[str, Any] = declared(args)
+    else:
+        props = dict(args)
+        plain = not any(isinstance(v, pulumi.Output) for v in props.values())
+        if plain:  # fail fast in the program, naming the resource and the field
+            try:
+                props = declared(model.model_validate(props))
+            except ValidationError as e:
+                lines = "\n".join(f"  {f}: {r}" for f, r in describe_errors(e))
+                raise InvalidArguments(f"{provider.KIND.label} {resource_name!r} is invalid:\n{lines}") from None
+    secrets = [k for k in SECRET_OUTPUTS if k in model.model_fields]
+    for key in secrets:
+        if props.get(key):
+            props[key] = pulumi.Output.secret(props[key])
+    props[provider.KIND.id_field] = None  # output-only: filled in by create
+    return props, secrets
+
+
+def _options(opts: pulumi.ResourceOptions | None, secrets: list[str]) -> pulumi.ResourceOptions:
+    return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=secrets))
+
+
+class SipInboundTrunk(Resource, module="livekit", name="SipInboundTrunk"):
+    """A LiveKit inbound SIP trunk (see ``InboundTrunkArgs`` for its fields)."""
+
+    sip_trunk_id: pulumi.Output[str]
+    name: pulumi.Output[str]
+    numbers: pulumi.Output[list[str]]
+
+    def __init__(
+        self,
+        resource_name: str,
+        args: InboundTrunkArgs | Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        provider = InboundTrunkProvider()
+        props, secrets = _props(resource_name, provider, args)
+        super().__init__(provider, resource_name, props, _options(opts, secrets))
+
+
+class SipOutboundTrunk(Resource, module="livekit", name="SipOutboundTrunk"):
+    """A LiveKit outbound SIP trunk (see ``OutboundTrunkArgs`` for its fields)."""
+
+    sip_trunk_id: pulumi.Output[str]
+    name: pulumi.Output[str]
+    numbers: pulumi.Output[list[str]]
+
+    def __init__(
+        self,
+        resource_name: str,
+        args: OutboundTrunkArgs | Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        provider = OutboundTrunkProvider()
+        props, secrets = _props(resource_name, provider, args)
+        super().__init__(provider, resource_name, props, _options(opts, secrets))
+
+
+class SipDispatchRule(Resource, module="livekit", name="SipDispatchRule"):
+    """A LiveKit SIP dispatch rule (see ``DispatchRuleArgs`` for its fields)."""
+
+    sip_dispatch_rule_id: pulumi.Output[str]
+    name: pulumi.Output[str]
+
+    def __init__(
+        self,
+        resource_name: str,
+        args: DispatchRuleArgs | Mapping[str, Any],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        provider = DispatchRuleProvider()
+        props, secrets = _props(resource_name, provider, args)
+        super().__init__(provider, resource_name, props, _options(opts, secrets))
