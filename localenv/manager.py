@@ -15,6 +15,7 @@ import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -109,8 +110,10 @@ class LocalEnv:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Supervised:
-        svc = Supervised(name, argv, self.run_dir / f"{name}.log", env=env, cwd=self.run_dir)
+    def _spawn(
+        self, name: str, argv: list[str], health: Callable[[], bool], env: dict[str, str] | None = None
+    ) -> Supervised:
+        svc = Supervised(name, argv, self.run_dir / f"{name}.log", env=env, cwd=self.run_dir, health=health)
         self.services.append(svc)
         svc.start()
         return svc
@@ -138,13 +141,15 @@ class LocalEnv:
             "redis",
             [redis_server, "--port", str(redis_port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
              "--dir", str(self.run_dir)],
+            lambda: _redis_ok(redis_port),
         )  # fmt: skip
         moto = self._spawn(
             "moto",
             [str(moto_server), "-H", LOOPBACK, "-p", str(moto_port)],
+            lambda: _http_ok(moto_port, "/moto-api/"),
             env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
         )
-        self.startup_seconds["redis"] = redis.wait_healthy(lambda: _redis_ok(redis_port), 15)
+        self.startup_seconds["redis"] = redis.wait_healthy(redis.health, 15)
 
         lk_config = self.run_dir / "livekit-server.yaml"
         lk_config.write_text(
@@ -158,9 +163,11 @@ class LocalEnv:
                 "logging": {"level": log_level},
             })
         )  # fmt: skip
-        server = self._spawn("livekit-server", [str(livekit_server), "--dev", "--config", str(lk_config)])
-        self.startup_seconds["livekit-server"] = server.wait_healthy(lambda: _http_ok(lk_port), 30)
-        self.startup_seconds["moto"] = moto.wait_healthy(lambda: _http_ok(moto_port, "/moto-api/"), 30)
+        server = self._spawn(
+            "livekit-server", [str(livekit_server), "--dev", "--config", str(lk_config)], lambda: _http_ok(lk_port)
+        )
+        self.startup_seconds["livekit-server"] = server.wait_healthy(server.health, 30)
+        self.startup_seconds["moto"] = moto.wait_healthy(moto.health, 30)
 
         sip_address = None
         if livekit_sip is not None:
@@ -177,8 +184,8 @@ class LocalEnv:
                     "logging": {"level": log_level},
                 })
             )  # fmt: skip
-            sip = self._spawn("livekit-sip", [str(livekit_sip), "--config", str(sip_config)])
-            self.startup_seconds["livekit-sip"] = sip.wait_healthy(lambda: _http_ok(health), 30)
+            sip = self._spawn("livekit-sip", [str(livekit_sip), "--config", str(sip_config)], lambda: _http_ok(health))
+            self.startup_seconds["livekit-sip"] = sip.wait_healthy(sip.health, 30)
             sip_address = f"{LOOPBACK}:{sip_port}"
 
         self.endpoints = Endpoints(
@@ -207,6 +214,18 @@ class LocalEnv:
             conn.getresponse().read()
         finally:
             conn.close()
+
+    def service(self, name: str) -> Supervised:
+        """The supervised process of one service (for tests that kill or restart it)."""
+        return next(s for s in self.services if s.name == name)
+
+    def restart(self, name: str, timeout: float = 30) -> None:
+        """Start a stopped or killed service again with the same config and ports, and wait until healthy."""
+        svc = self.service(name)
+        svc.stop()
+        svc.start()
+        assert svc.health is not None
+        svc.wait_healthy(svc.health, timeout)
 
     def stop(self) -> None:
         """Stop every service, the last started first."""

@@ -33,6 +33,7 @@ class Supervised:
     log_path: Path
     env: dict[str, str] | None = None
     cwd: Path | None = None
+    health: Callable[[], bool] | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
@@ -75,6 +76,13 @@ class Supervised:
                     f"{self.name} not healthy after {timeout:.0f}s; log {self.log_path}:\n{tail(self.log_path)}"
                 )
             time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once (a crash, for tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the process group, then SIGKILL after ``grace`` seconds."""

@@ -239,3 +239,80 @@ def test_unreachable_livekit_gives_the_url_and_a_hint(clean_livekit, tmp_path, p
         stack.up()
     assert "cannot reach LiveKit at ws://127.0.0.1:9" in str(err.value)
     assert "livekit:url" in str(err.value)
+
+
+INVALID_AT_PREVIEW = [
+    # (spec, words the engine output must contain: the resource name and the field)
+    ({"inbound": {"bad-in": {"name": "bad-in", "numbers": ["555-0100"]}}}, ["bad-in", "numbers.0", "country code"]),
+    ({"inbound": {"open-in": {"name": "open-in"}}}, ["open-in", "must be restricted"]),
+    ({"outbound": {"bad-out": {"name": "bad-out", "address": "sip:x@carrier.example", "numbers": ["+15550100200"]}}},
+     ["bad-out", "address", "SIP URI"]),
+    ({"inbound": {"ok-in": {"name": "ok-in", "numbers": ["+15550100600"]}},
+      "rules": {"bad-rule": {"name": "bad-rule", "rule": {"type": "direct"}, "trunk_refs": ["ok-in"]}}},
+     ["bad-rule", "rule.direct.room_name", "Field required"]),
+    ({"inbound": {"ok-in": {"name": "ok-in", "numbers": ["+15550100600"]}},
+      "rules": {"typo-rule": {"name": "typo-rule", "rule": {"type": "individual"}, "trunk_refs": ["ok-in"],
+                              "hide_phone_numbr": True}}},
+     ["typo-rule", "hide_phone_numbr", "unknown field"]),
+]  # fmt: skip
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize(
+    ("spec", "words"), INVALID_AT_PREVIEW, ids=lambda v: "-".join(v) if isinstance(v, list) else ""
+)
+def test_invalid_declarations_fail_preview_and_change_nothing(clean_livekit, tmp_path, pulumi_env, spec, words):
+    stack = sip_stack(tmp_path, pulumi_env, spec)
+    with pytest.raises(auto.errors.CommandError) as err:
+        stack.preview()
+    for word in words:
+        assert word in str(err.value)
+    assert "Traceback" not in str(err.value), "bad input gets a message, not a traceback"
+    assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}
+
+
+@pytest.mark.engine
+def test_livekit_killed_during_up_converges_without_duplicates(clean_livekit, local_env, tmp_path, pulumi_env):
+    import threading
+    import time
+
+    n = 12
+    spec = {
+        "inbound": {f"t{i}": {"name": f"crash-t{i}", "numbers": [f"+1555020{i:04d}"]} for i in range(n)},
+        "rules": {
+            f"r{i}": {"name": f"crash-r{i}", "rule": {"type": "individual"}, "trunk_refs": [f"t{i}"]} for i in range(n)
+        },
+    }
+    stack = sip_stack(tmp_path, pulumi_env, spec)
+    killed = threading.Event()
+
+    def kill_when_started():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed.is_set():
+            try:
+                if livekit_objects()["inbound"]:
+                    local_env.service("livekit-server").kill()
+                    killed.set()
+                    return
+            except Exception:
+                pass
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_when_started)
+    killer.start()
+    try:
+        with pytest.raises(auto.errors.CommandError) as err:
+            stack.up()
+        assert killed.is_set()
+        assert "cannot reach LiveKit" in str(err.value)
+    finally:
+        killed.set()
+        killer.join()
+        local_env.restart("livekit-server")
+
+    stack.up()
+    live = livekit_objects()
+    names = sorted(m.name for kind in live.values() for m in kind)
+    assert names == sorted([f"crash-t{i}" for i in range(n)] + [f"crash-r{i}" for i in range(n)]), "no duplicates"
+    assert stack.preview(refresh=True).change_summary == {"same": 2 * n + 1}
+    stack.destroy()

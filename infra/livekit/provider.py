@@ -66,8 +66,11 @@ class LiveKitProvider(ResourceProvider):
     def _declared_keys(self) -> list[str]:
         return list(self.KIND.args.model_fields)
 
+    def _is_input(self, key: str) -> bool:
+        return not key.startswith("__") and key != self.KIND.id_field
+
     def _validate(self, props: dict[str, Any]) -> BaseModel:
-        body = {k: v for k, v in props.items() if k in self._declared_keys()}
+        body = {k: v for k, v in props.items() if self._is_input(k)}
         try:
             return self.KIND.args.model_validate(body)
         except ValidationError as e:
@@ -86,14 +89,14 @@ class LiveKitProvider(ResourceProvider):
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Validate and normalise; fields still unknown during preview are checked once known."""
         unknown = {k for k, v in news.items() if _is_unknown(v)}
-        body = {k: v for k, v in news.items() if k in self._declared_keys() and k not in unknown}
+        body = {k: v for k, v in news.items() if self._is_input(k) and k not in unknown}
         failures = []
         try:
             normalised = declared(self.KIND.args.model_validate(body))
         except ValidationError as e:
             for field, reason in describe_errors(e):
                 top = field.split(".")[0]
-                if unknown and (top in unknown or field == "(root)" or top in {"rule"}):
+                if top in unknown or (unknown and field == "(root)"):
                     continue  # depends on a value that is not known yet; checked again at apply time
                 failures.append(
                     CheckFailure(top if top in news or top in self._declared_keys() else "", f"{field}: {reason}")

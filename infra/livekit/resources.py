@@ -36,6 +36,10 @@ from infra.livekit.validation import describe_errors
 SECRET_OUTPUTS = ["auth_password"]
 
 
+class InvalidDeclaration(pulumi.RunError, InvalidArguments):
+    """Invalid arguments caught while the program runs; Pulumi shows the message without a traceback."""
+
+
 def _props(
     resource_name: str, provider: LiveKitProvider, args: BaseModel | Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[str]]:
@@ -50,7 +54,7 @@ def _props(
                 props = declared(model.model_validate(props))
             except ValidationError as e:
                 lines = "\n".join(f"  {f}: {r}" for f, r in describe_errors(e))
-                raise InvalidArguments(f"{provider.KIND.label} {resource_name!r} is invalid:\n{lines}") from None
+                raise InvalidDeclaration(f"{provider.KIND.label} {resource_name!r} is invalid:\n{lines}") from None
     secrets = [k for k in SECRET_OUTPUTS if k in model.model_fields]
     for key in secrets:
         if props.get(key):
