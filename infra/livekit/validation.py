@@ -24,7 +24,34 @@ ROOM_RE = re.compile(r"^[A-Za-z0-9_\-.:+@]+$")
 
 # Header names LiveKit refuses to set or map (case-insensitive), see its validation.
 FORBIDDEN_HEADERS = frozenset(
-    ["accept", "accept-encoding", "accept-language", "allow", "allow-events", "call-id", "contact", "content-encoding", "content-length", "content-type", "cseq", "event", "expires", "from", "max-forwards", "record-route", "refer-to", "reply-to", "k", "l", "m", "o", "r", "t", "u", "v"]
+    {
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "allow",
+        "allow-events",
+        "call-id",
+        "contact",
+        "content-encoding",
+        "content-length",
+        "content-type",
+        "cseq",
+        "event",
+        "expires",
+        "from",
+        "max-forwards",
+        "record-route",
+        "refer-to",
+        "reply-to",
+        "k",
+        "l",
+        "m",
+        "o",
+        "r",
+        "t",
+        "u",
+        "v",
+    }
 )
 MAX_HEADER_NAME = 255
 MAX_HEADER_VALUE = 1024
