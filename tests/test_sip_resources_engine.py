@@ -316,3 +316,20 @@ def test_livekit_killed_during_up_converges_without_duplicates(clean_livekit, lo
     assert names == sorted([f"crash-t{i}" for i in range(n)] + [f"crash-r{i}" for i in range(n)]), "no duplicates"
     assert stack.preview(refresh=True).change_summary == {"same": 2 * n + 1}
     stack.destroy()
+
+
+@pytest.mark.engine
+def test_credentials_come_from_stack_config_before_the_environment(clean_livekit, endpoints, tmp_path, pulumi_env):
+    env = {**pulumi_env, "LIVEKIT_URL": "ws://127.0.0.1:9", "LIVEKIT_API_SECRET": "wrong-" * 8}
+    stack = sip_stack(tmp_path, env, {"inbound": {"in": {"name": "cfg-in", "numbers": ["+15550100700"]}}})
+    stack.set_config("livekit:url", auto.ConfigValue(endpoints.livekit_url))
+    stack.set_config("livekit:apiKey", auto.ConfigValue(endpoints.api_key))
+    stack.set_config("livekit:apiSecret", auto.ConfigValue(endpoints.api_secret, secret=True))
+    logs: list[str] = []
+    stack.up(on_output=logs.append)
+    assert [t.name for t in livekit_objects()["inbound"]] == ["cfg-in"]
+    state = _export(stack)
+    assert endpoints.api_secret not in state, "API secret in plain text in state"
+    assert endpoints.api_secret not in "\n".join(logs)
+    assert endpoints.api_secret not in (tmp_path / "program" / "Pulumi.test.yaml").read_text()
+    stack.destroy()

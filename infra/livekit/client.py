@@ -56,6 +56,24 @@ class Credentials:
         return cls(url, key, secret)
 
 
+CALL_LOG_ENV = "SIPHON_LIVEKIT_CALL_LOG"
+
+
+def _trace_configs() -> list[aiohttp.TraceConfig]:
+    """When SIPHON_LIVEKIT_CALL_LOG names a file, append one line per LiveKit request (for benchmarks)."""
+    path = os.environ.get(CALL_LOG_ENV)
+    if not path:
+        return []
+
+    async def on_start(session: object, ctx: object, params: aiohttp.TraceRequestStartParams) -> None:
+        with open(path, "a") as f:
+            f.write(params.url.path.rsplit("/", 1)[-1] + "\n")
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_start)
+    return [trace]
+
+
 def call(
     creds: Credentials, what: str, fn: Callable[[api.LiveKitAPI], Awaitable[T]], timeout: float = DEFAULT_TIMEOUT
 ) -> T:
@@ -65,13 +83,12 @@ def call(
     """
 
     async def run() -> T:
-        client = api.LiveKitAPI(
-            creds.url, creds.api_key, creds.api_secret, timeout=aiohttp.ClientTimeout(total=timeout)
-        )
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), trace_configs=_trace_configs())
+        client = api.LiveKitAPI(creds.url, creds.api_key, creds.api_secret, session=session)
         try:
             return await asyncio.wait_for(fn(client), timeout)
         finally:
-            await client.aclose()
+            await session.close()
 
     try:
         return asyncio.run(run())
