@@ -30,6 +30,7 @@ from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK, Ki
 from infra.livekit.validation import describe_errors
 
 CONFIG_KEYS = ("livekit:url", "livekit:apiKey", "livekit:apiSecret")
+URL_INPUT = "__livekit_url"  # optional non-secret input: which LiveKit project the object lives in
 # LiveKit checks conflicts against stored objects without a lock: creates of one kind are serialised.
 _CREATE_LOCKS = {k.label: threading.Lock() for k in (INBOUND_TRUNK, OUTBOUND_TRUNK, DISPATCH_RULE)}
 
@@ -60,8 +61,11 @@ class LiveKitProvider(ResourceProvider):
 
     # -- helpers ------------------------------------------------------------------------------------
 
-    def _creds(self) -> client.Credentials:
-        return client.Credentials.resolve(getattr(self, "_config", {}))
+    def _creds(self, props: dict[str, Any]) -> client.Credentials:
+        config = dict(getattr(self, "_config", {}))
+        if props.get(URL_INPUT):  # the stack file's livekit.url wins over config and environment
+            config["livekit:url"] = props[URL_INPUT]
+        return client.Credentials.resolve(config)
 
     def _declared_keys(self) -> list[str]:
         return list(self.KIND.args.model_fields)
@@ -78,8 +82,9 @@ class LiveKitProvider(ResourceProvider):
             name = props.get("name") or "?"
             raise InvalidArguments(f"invalid {self.KIND.label} {name!r}:\n" + "\n".join(lines)) from None
 
-    def _outs(self, object_id: str, values: dict[str, Any]) -> dict[str, Any]:
-        return {**values, self.KIND.id_field: object_id}
+    def _outs(self, object_id: str, values: dict[str, Any], props: dict[str, Any]) -> dict[str, Any]:
+        extra = {URL_INPUT: props[URL_INPUT]} if props.get(URL_INPUT) else {}
+        return {**values, **extra, self.KIND.id_field: object_id}
 
     def _what(self, verb: str, props: dict[str, Any]) -> str:
         return f"{verb} {self.KIND.label} {props.get('name')!r}"
@@ -104,7 +109,8 @@ class LiveKitProvider(ResourceProvider):
             normalised = body
         if failures:
             return CheckResult(news, failures)
-        return CheckResult({**normalised, **{k: news[k] for k in unknown}}, [])
+        passthrough = {k: news[k] for k in news if k == URL_INPUT or k in unknown}
+        return CheckResult({**normalised, **passthrough}, [])
 
     def diff(self, id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         """Compare declared fields only (never ``__provider``); everything updates in place."""
@@ -131,15 +137,15 @@ class LiveKitProvider(ResourceProvider):
             return self.KIND.object_id(await self.KIND.create(lk, message))
 
         with _CREATE_LOCKS[self.KIND.label]:
-            object_id = client.call(self._creds(), self._what("create", props), create_or_adopt)
-        return CreateResult(object_id, self._outs(object_id, declared(args)))
+            object_id = client.call(self._creds(props), self._what("create", props), create_or_adopt)
+        return CreateResult(object_id, self._outs(object_id, declared(args), props))
 
     def update(self, id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         """Replace the whole object in place (same id), resending every field including secrets."""
         args = self._validate(news)
         message = to_proto(args, self.KIND.message)
         try:
-            client.call(self._creds(), self._what("update", news), lambda lk: self.KIND.replace(lk, id, message))
+            client.call(self._creds(news), self._what("update", news), lambda lk: self.KIND.replace(lk, id, message))
         except client.LiveKitError as e:
             if e.code == "not_found":
                 raise client.LiveKitError(
@@ -147,20 +153,21 @@ class LiveKitProvider(ResourceProvider):
                     "then `pulumi up` recreates it"
                 ) from None
             raise
-        return UpdateResult(self._outs(id, declared(args)))
+        return UpdateResult(self._outs(id, declared(args), news))
 
     def read(self, id: str, props: dict[str, Any]) -> ReadResult:
         """Refresh: report the object as LiveKit holds it, or that it is gone."""
-        found = client.call(self._creds(), self._what("read", props), lambda lk: self.KIND.list(lk, [id]))
+        found = client.call(self._creds(props), self._what("read", props), lambda lk: self.KIND.list(lk, [id]))
         found = [m for m in found if self.KIND.object_id(m) == id]
         if not found:
             return ReadResult("", {})
         live = canonical(found[0])
-        return ReadResult(id, self._outs(id, live), live)
+        inputs = {**live, **({URL_INPUT: props[URL_INPUT]} if props.get(URL_INPUT) else {})}
+        return ReadResult(id, self._outs(id, live, props), inputs)
 
     def delete(self, id: str, props: dict[str, Any]) -> None:
         """Delete; an object that is already gone counts as deleted."""
-        client.call(self._creds(), self._what("delete", props), lambda lk: self.KIND.delete(lk, id))
+        client.call(self._creds(props), self._what("delete", props), lambda lk: self.KIND.delete(lk, id))
 
 
 class InboundTrunkProvider(LiveKitProvider):

@@ -175,11 +175,17 @@ RoomName = Annotated[str, AfterValidator(_room)]
 SECRET_FIELDS = frozenset({"auth_password"})
 
 
+_PYDANTIC_LOC_TAGS = (
+    "function-", "tagged-union", "constrained-", "json-or-python", "lax-or-strict", "chain[", "union[",
+    "is-instance[", "literal[", "nullable",
+)  # fmt: skip
+
+
 def describe_errors(err: ValidationError) -> list[tuple[str, str]]:
     """(field path, reason) pairs, without echoing input values (they may be secrets)."""
     out = []
     for e in err.errors(include_input=False, include_url=False):
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith(("function-", "tagged"))))
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith(_PYDANTIC_LOC_TAGS)))
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check its spelling)"

@@ -1,0 +1,149 @@
+"""Cross-checks on a whole stack file, run before any resource is declared (so preview fails, nothing is sent).
+
+Each check mirrors a way a real deployment goes wrong: a route whose agent has no worker (a call
+nobody answers), numbers LiveKit would match ambiguously, rules LiveKit would reject as conflicting
+(both culprits named), unsecured inbound trunks outside `local`, and model specs the worker cannot
+resolve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import product
+
+from infra.stack.load import Problem, _line_of
+from infra.stack.model import StackFile
+from worker.metadata import AgentConfig
+from worker.models.registry import check_spec
+
+LOCAL = "local"
+
+
+def route_trunks(stack: StackFile, route_key: str) -> list[str]:
+    """The inbound trunks a route uses: the declared ones, else every trunk serving one of its numbers."""
+    route = stack.inbound_routes[route_key]
+    if route.trunks:
+        return list(route.trunks)
+    if not route.numbers:
+        return []
+    return [k for k, t in stack.inbound_trunks.items() if set(t.numbers) & set(route.numbers)]
+
+
+def _specs(layer: AgentConfig, where: str) -> Iterator[tuple[str, str]]:
+    for kind in ("llm", "stt", "tts"):
+        spec = getattr(layer, kind)
+        if spec is not None:
+            reason = check_spec(kind, spec if isinstance(spec, str) else spec.model_dump())
+            if reason:
+                yield f"{where}.{kind}", f"the worker cannot resolve this {kind} spec: {reason}"
+
+
+def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    # agents and their workers
+    for key, route in [*stack.inbound_routes.items(), *stack.outbound_routes.items()]:
+        section = "inbound_routes" if key in stack.inbound_routes else "outbound_routes"
+        agent = stack.agents.get(route.agent)
+        if agent is None:
+            known = ", ".join(sorted(stack.agents)) or "none declared"
+            yield (
+                f"{section}.{key}.agent",
+                (f"no agent named {route.agent!r} (declared: {known}); calls routed here would reach no worker"),
+            )
+        elif not agent.has_worker:
+            yield (
+                f"{section}.{key}.agent",
+                (
+                    f"agent {route.agent!r} has no worker (set `ecs:` or `local:` under agents.{route.agent}); "
+                    "calls routed here would reach no worker"
+                ),
+            )
+
+    # trunks referenced by routes
+    for key, route in stack.inbound_routes.items():
+        for i, trunk in enumerate(route.trunks):
+            if trunk not in stack.inbound_trunks:
+                yield f"inbound_routes.{key}.trunks.{i}", f"no inbound trunk named {trunk!r}"
+        trunks = route_trunks(stack, key)
+        served = {n for t in trunks if t in stack.inbound_trunks for n in stack.inbound_trunks[t].numbers}
+        for i, number in enumerate(route.numbers):
+            if trunks and served and number not in served:
+                yield (
+                    f"inbound_routes.{key}.numbers.{i}",
+                    (f"{number} is not a number of trunk(s) {', '.join(trunks)}: calls to it never reach this route"),
+                )
+        if route.numbers and not trunks:
+            yield (
+                f"inbound_routes.{key}.numbers",
+                ("no inbound trunk serves these numbers: add them to a trunk's numbers or name trunks:"),
+            )
+    for key, route in stack.outbound_routes.items():
+        trunk = stack.outbound_trunks.get(route.trunk)
+        if trunk is None:
+            yield f"outbound_routes.{key}.trunk", f"no outbound trunk named {route.trunk!r}"
+            continue
+        for i, number in enumerate(route.caller_ids):
+            if number not in trunk.numbers:
+                yield f"outbound_routes.{key}.caller_ids.{i}", f"{number} is not one of trunk {route.trunk!r}'s numbers"
+
+    # inbound trunks LiveKit would match ambiguously (same number x allowed caller cell)
+    cells: dict[tuple[str, str], str] = {}
+    for key, trunk in stack.inbound_trunks.items():
+        for cell in product(trunk.numbers or [""], trunk.allowed_numbers or [""]):
+            other = cells.setdefault(cell, key)
+            if other != key:
+                number = cell[0] or "<any number>"
+                yield (
+                    f"inbound_trunks.{key}.numbers",
+                    (
+                        f"conflicts with inbound trunk {other!r}: both serve {number} for the same callers; "
+                        "LiveKit would reject it (separate them with allowed_numbers or merge the trunks)"
+                    ),
+                )
+                break
+
+    # dispatch rules LiveKit would reject as conflicting (pin x trunk x caller x called)
+    keys: dict[tuple[str, str, str, str], str] = {}
+    for key, route in stack.inbound_routes.items():
+        pin = route.pin or (route.rule.pin if route.rule else "")
+        for cell in product(
+            [pin], route_trunks(stack, key) or [""], route.caller_numbers or [""], route.numbers or [""]
+        ):
+            other = keys.setdefault(cell, key)
+            if other != key:
+                what = ", ".join(p for p in (cell[1] and f"trunk {cell[1]}", cell[3] or "any number") if p)
+                yield (
+                    f"inbound_routes.{key}",
+                    (
+                        f"conflicts with inbound route {other!r}: both match calls to {what} from the same callers; "
+                        "LiveKit would reject the second rule (give them different numbers or caller_numbers)"
+                    ),
+                )
+                break
+
+    # security outside local
+    if stack.environment != LOCAL:
+        for key, trunk in stack.inbound_trunks.items():
+            if not (trunk.auth_username or trunk.allowed_addresses):
+                yield (
+                    f"inbound_trunks.{key}",
+                    (
+                        f"outside `{LOCAL}` an inbound trunk needs allowed_addresses or auth_username + "
+                        "auth_password_secret (anyone could otherwise call in as your carrier)"
+                    ),
+                )
+
+    # model specs
+    for key, agent in stack.agents.items():
+        yield from _specs(agent.defaults, f"agents.{key}.defaults")
+    for key, route in stack.inbound_routes.items():
+        yield from _specs(route.agent_config, f"inbound_routes.{key}.agent_config")
+        for i, override in enumerate(route.header_overrides):
+            for value, layer in override.values.items():
+                yield from _specs(layer, f"inbound_routes.{key}.header_overrides.{i}.values.{value}")
+    for key, route in stack.outbound_routes.items():
+        yield from _specs(route.agent_config, f"outbound_routes.{key}.agent_config")
+
+
+def cross_check(stack: StackFile, file: str, lines: dict[tuple[str, ...], int]) -> list[Problem]:
+    """Every cross-entry problem of a parsed stack file, with its line."""
+    return [Problem(file, _line_of(lines, field), field, message) for field, message in _problems(stack)]

@@ -1,0 +1,94 @@
+"""Reading a stack file: YAML with line numbers, validation errors that name file, line and field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from infra.livekit.validation import describe_errors
+from infra.stack.model import StackFile
+
+STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a stack file."""
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class StackFileError(Exception):
+    """A stack file is invalid; ``problems`` lists each problem with file, line and field."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def _lines(node: yaml.Node, path: tuple[str, ...] = (), out: dict[tuple[str, ...], int] | None = None) -> dict:
+    """Map each path in the document (keys and list indexes as strings) to its 1-based line."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = (*path, str(key.value))
+            out[sub] = key.start_mark.line + 1
+            _lines(value, sub, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _lines(item, (*path, str(i)), out)
+    return out
+
+
+def _line_of(lines: dict[tuple[str, ...], int], field: str) -> int | None:
+    parts = tuple(p for p in field.split(".") if p)
+    while parts:
+        if parts in lines:
+            return lines[parts]
+        parts = parts[:-1]
+    return lines.get(())
+
+
+def stack_path(environment: str, stacks_dir: Path = STACKS_DIR) -> Path:
+    """Where the stack file of an environment lives."""
+    return stacks_dir / f"{environment}.yaml"
+
+
+def parse(text: str, file: str) -> tuple[StackFile, dict[tuple[str, ...], int]]:
+    """Parse and validate a stack file's text; raise StackFileError naming file, line and field."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise StackFileError([Problem(file, line, "", f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
+    if not isinstance(data, dict):
+        raise StackFileError([Problem(file, 1, "", "a stack file is a YAML mapping (environment:, agents:, ...)")])
+    lines = _lines(node) if node is not None else {}
+    try:
+        return StackFile.model_validate(data), lines
+    except ValidationError as e:
+        problems = [Problem(file, _line_of(lines, f), f, msg) for f, msg in describe_errors(e)]
+        raise StackFileError(problems) from None
+
+
+def load(path: Path) -> tuple[StackFile, dict[tuple[str, ...], int]]:
+    """Read and validate one stack file."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise StackFileError([Problem(str(path), None, "", f"cannot read the stack file: {e.strerror}")]) from None
+    return parse(text, str(path))

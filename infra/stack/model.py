@@ -1,0 +1,210 @@
+"""The stack file (``stacks/<env>.yaml``): what users write, as pydantic models with ``extra="forbid"``.
+
+Trunks reuse the SIP argument models of ``infra.livekit.args`` (so every LiveKit field is available
+and validated the same way); a route's ``agent_config`` and ``context`` are the worker's own metadata
+schema (``worker.metadata``). Secrets never live in the file: a trunk names the Pulumi config secret
+that holds its password.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+from pydantic import Field, JsonValue, field_validator, model_validator
+
+from infra.livekit.args import (
+    E164,
+    InboundTrunkArgs,
+    MediaConfig,
+    OutboundTrunkArgs,
+    Rule,
+)
+from infra.livekit.validation import AttributeName, HeaderName, Model, Pin
+from worker.metadata import AgentConfig
+
+Key = str  # names used as keys in the file (trunk, agent, route names)
+KEY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+ENVIRONMENT_PATTERN = r"^[a-z][a-z0-9-]{0,30}$"
+
+
+def _check_keys(names: dict[str, Any], what: str) -> dict[str, Any]:
+    for name in names:
+        if not re.match(KEY_PATTERN, name):
+            raise ValueError(f"{what} name {name!r} must be lower-case letters, digits and '-' (max 63)")
+    return names
+
+
+class _SecretPassword(Model):
+    auth_password_secret: str = Field(
+        default="",
+        pattern=r"^$|^[A-Za-z][A-Za-z0-9_.-]*$",
+        description="Pulumi config key holding the password (`pulumi config set --secret <key> ...`)",
+    )
+
+
+class StackInboundTrunk(_SecretPassword, InboundTrunkArgs):
+    """An inbound trunk: InboundTrunkArgs without ``name`` (the key is the name) and with a password secret."""
+
+    name: str = Field(default="", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plain_password(cls, data: Any) -> Any:
+        return _forbid_password(data)
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> StackInboundTrunk:  # overrides InboundTrunkArgs: the password comes from config
+        return _secret_pair(self)
+
+
+class StackOutboundTrunk(_SecretPassword, OutboundTrunkArgs):
+    """An outbound trunk: OutboundTrunkArgs without ``name`` (the key is the name), password from config."""
+
+    name: str = Field(default="", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plain_password(cls, data: Any) -> Any:
+        return _forbid_password(data)
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> StackOutboundTrunk:
+        return _secret_pair(self)
+
+
+def _forbid_password(data: Any) -> Any:
+    if isinstance(data, dict) and data.get("auth_password"):
+        raise ValueError(
+            "auth_password must not be written in the stack file: store it with "
+            "`pulumi config set --secret <key> <password>` and set auth_password_secret: <key>"
+        )
+    return data
+
+
+T = TypeVar("T", bound=_SecretPassword)
+
+
+def _secret_pair(trunk: T) -> T:
+    user = getattr(trunk, "auth_username", "")
+    if bool(user) != bool(trunk.auth_password_secret):
+        missing = "auth_password_secret" if user else "auth_username"
+        raise ValueError(f"digest auth needs both auth_username and auth_password_secret: set {missing} too")
+    return trunk
+
+
+class LocalWorker(Model):
+    """Run this agent as a local worker process (the `local` environment)."""
+
+    processes: int = Field(default=1, ge=1, le=8)
+
+
+class EcsDeployment(Model):
+    """Where and how the agent's worker runs on AWS ECS Fargate (see infra.ecs for every field)."""
+
+    image: str = Field(min_length=1, description="repository URI plus tag or digest")
+    cpu: int = 1024
+    memory: int = 2048
+    desired_count: int = Field(default=1, ge=0)
+    settings: dict[str, JsonValue] = Field(
+        default_factory=dict, description="further AgentWorkerDeployment arguments (autoscaling, deployment, ...)"
+    )
+
+
+class Agent(Model):
+    """An agent: the worker registered under ``agent_name`` (the key), its defaults, and where it runs."""
+
+    defaults: AgentConfig = Field(default_factory=AgentConfig, description="the worker's default layer")
+    ecs: EcsDeployment | None = None
+    local: LocalWorker | None = None
+
+    @property
+    def has_worker(self) -> bool:
+        """True when a worker for this agent is declared somewhere."""
+        return self.ecs is not None or self.local is not None
+
+
+class HeaderOverride(Model):
+    """Select a per-call override from a SIP header mapped to an attribute (issue: per-call inbound overrides)."""
+
+    header: HeaderName
+    attribute: AttributeName
+    values: dict[str, AgentConfig] = Field(description="attribute value -> configuration layer")
+
+
+class RoomSettings(Model):
+    """Room timeouts and size for the rooms a route creates."""
+
+    empty_timeout: int = Field(default=0, ge=0, le=86400)
+    departure_timeout: int = Field(default=0, ge=0, le=86400)
+    max_participants: int = Field(default=0, ge=0)
+
+
+class InboundRoute(Model):
+    """Calls to ``numbers`` (through ``trunks``) reach ``agent`` with this route's configuration."""
+
+    numbers: list[E164] = Field(default_factory=list, description="called numbers (empty: every number)")
+    trunks: list[Key] = Field(default_factory=list, description="inbound trunks (default: those with the numbers)")
+    caller_numbers: list[E164] = Field(default_factory=list, description="only these callers (empty: any)")
+    agent: Key = Field(description="agent_name of a declared agent")
+    rule: Rule | None = Field(default=None, description="default: individual, room prefix = route name")
+    pin: Pin = ""
+    hide_phone_number: bool = False
+    agent_config: AgentConfig = Field(default_factory=AgentConfig, description="this route's layer")
+    context: dict[str, JsonValue] = Field(default_factory=dict, description="free-form customer context")
+    attributes: dict[AttributeName, str] = Field(default_factory=dict)
+    room: RoomSettings = Field(default_factory=RoomSettings)
+    header_overrides: list[HeaderOverride] = Field(default_factory=list)
+    krisp_enabled: bool = False
+    media: MediaConfig | None = None
+
+
+class OutboundRoute(Model):
+    """Calls placed through this route dial out via ``trunk`` with one of ``caller_ids``, handled by ``agent``."""
+
+    trunk: Key
+    caller_ids: list[E164] = Field(default_factory=list, description="subset of the trunk's numbers (default: all)")
+    agent: Key
+    agent_config: AgentConfig = Field(default_factory=AgentConfig)
+    context: dict[str, JsonValue] = Field(default_factory=dict)
+    ring_timeout: float = Field(default=30, ge=1, le=120, description="seconds to wait for an answer")
+
+
+class LiveKitProject(Model):
+    """The LiveKit project (key and secret come from Pulumi config secrets, never from this file)."""
+
+    url: str = Field(default="", pattern=r"^$|^wss?://\S+$", description="default: config livekit:url or LIVEKIT_URL")
+
+
+class AwsSettings(Model):
+    """AWS placement shared by the agents' ECS deployments."""
+
+    region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    cluster: str = Field(default="", description="ECS cluster name (default: siphon-<environment>)")
+    create_cluster: bool = False
+    subnets: list[str] = Field(default_factory=list, description="default: the default VPC's subnets")
+    security_groups: list[str] = Field(default_factory=list)
+    assign_public_ip: bool = False
+
+
+class StackFile(Model):
+    """One environment's complete routing."""
+
+    environment: str = Field(pattern=ENVIRONMENT_PATTERN)
+    protect: bool = Field(default=False, description="protect resources from accidental deletion (prod)")
+    livekit: LiveKitProject = Field(default_factory=LiveKitProject)
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    inbound_trunks: dict[Key, StackInboundTrunk] = Field(default_factory=dict)
+    outbound_trunks: dict[Key, StackOutboundTrunk] = Field(default_factory=dict)
+    agents: dict[Key, Agent] = Field(default_factory=dict)
+    inbound_routes: dict[Key, InboundRoute] = Field(default_factory=dict)
+    outbound_routes: dict[Key, OutboundRoute] = Field(default_factory=dict)
+
+    @field_validator("inbound_trunks", "outbound_trunks", "agents", "inbound_routes", "outbound_routes")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_keys(v, "entry")
+
+    def object_name(self, key: str) -> str:
+        """LiveKit object name for a trunk or route key: prefixed with the environment, unique per project."""
+        return f"{self.environment}-{key}"
