@@ -103,7 +103,7 @@ def _allowed_address(value: str) -> str:
         return str(ipaddress.ip_network(value, strict=False)) if "/" in value else str(ipaddress.ip_address(value))
     except ValueError:
         pass
-    if "/" not in value and HOSTNAME_RE.match(value):
+    if "/" not in value and HOSTNAME_RE.match(value) and not re.fullmatch(r"[\d.]+", value):
         return value.lower()
     raise ValueError(f"{value!r} is not an IP address, a CIDR range (like 203.0.113.0/24) or a hostname")
 

@@ -9,9 +9,9 @@ that holds its password.
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, JsonValue, field_validator, model_validator
+from pydantic import AfterValidator, Field, JsonValue, field_validator, model_validator
 
 from infra.livekit.args import (
     E164,
@@ -21,7 +21,7 @@ from infra.livekit.args import (
     Rule,
 )
 from infra.livekit.validation import AttributeName, HeaderName, Model, Pin
-from worker.metadata import AgentConfig
+from worker.metadata import AgentConfig, RouteMetadata
 
 Key = str  # names used as keys in the file (trunk, agent, route names)
 KEY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -140,6 +140,15 @@ class RoomSettings(Model):
     max_participants: int = Field(default=0, ge=0)
 
 
+def _context(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    """Validate context with the worker's own rules (size limit) so both sides agree."""
+    RouteMetadata(context=value or None)
+    return value
+
+
+Context = Annotated[dict[str, JsonValue], AfterValidator(_context)]
+
+
 class InboundRoute(Model):
     """Calls to ``numbers`` (through ``trunks``) reach ``agent`` with this route's configuration."""
 
@@ -151,12 +160,21 @@ class InboundRoute(Model):
     pin: Pin = ""
     hide_phone_number: bool = False
     agent_config: AgentConfig = Field(default_factory=AgentConfig, description="this route's layer")
-    context: dict[str, JsonValue] = Field(default_factory=dict, description="free-form customer context")
+    context: Context = Field(default_factory=dict, description="free-form customer context")
     attributes: dict[AttributeName, str] = Field(default_factory=dict)
     room: RoomSettings = Field(default_factory=RoomSettings)
     header_overrides: list[HeaderOverride] = Field(default_factory=list)
     krisp_enabled: bool = False
     media: MediaConfig | None = None
+
+    @model_validator(mode="after")
+    def _agent_needs_new_rooms(self) -> InboundRoute:
+        if self.rule is not None and self.rule.type == "direct":
+            raise ValueError(
+                "a direct rule reuses one room, so the route's agent would be dispatched only for the first call: "
+                "use an individual (default) or callee rule"
+            )
+        return self
 
 
 class OutboundRoute(Model):
@@ -166,7 +184,7 @@ class OutboundRoute(Model):
     caller_ids: list[E164] = Field(default_factory=list, description="subset of the trunk's numbers (default: all)")
     agent: Key
     agent_config: AgentConfig = Field(default_factory=AgentConfig)
-    context: dict[str, JsonValue] = Field(default_factory=dict)
+    context: Context = Field(default_factory=dict)
     ring_timeout: float = Field(default=30, ge=1, le=120, description="seconds to wait for an answer")
 
 

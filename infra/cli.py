@@ -1,0 +1,88 @@
+"""``siphon-infra``: validate stack files offline, show routing, render pull-request summaries.
+
+siphon-infra validate [ENV|FILE ...]   check stack files (no credentials, no network); exit 1 on problems
+siphon-infra routes ENV [--mermaid]    routing table (and diagram) of a stack
+siphon-infra summary ENV [--preview preview.json]
+                                       Markdown for a pull-request comment (from `pulumi preview --json`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from infra.stack.checks import cross_check
+from infra.stack.load import STACKS_DIR, StackFileError, load, stack_path
+from infra.stack.model import StackFile
+from infra.stack.render import markdown_summary, mermaid, routing_rows, table
+
+
+def _path(target: str) -> Path:
+    p = Path(target)
+    return p if p.suffix in (".yaml", ".yml") or p.exists() else stack_path(target)
+
+
+def _load_checked(path: Path) -> StackFile:
+    stack, lines = load(path)
+    problems = cross_check(stack, str(path), lines)
+    if problems:
+        raise StackFileError(problems)
+    return stack
+
+
+def cmd_validate(targets: list[str]) -> int:
+    """Validate each stack file; print problems or a one-line OK."""
+    paths = [_path(t) for t in targets] or sorted(STACKS_DIR.glob("*.yaml"))
+    failed = False
+    for path in paths:
+        try:
+            stack = _load_checked(path)
+        except StackFileError as e:
+            failed = True
+            print(f"{path}: INVALID ({len(e.problems)} problem{'s' if len(e.problems) > 1 else ''})")
+            for problem in e.problems:
+                print(f"  {problem}")
+            continue
+        print(f"{path}: ok ({len(stack.inbound_routes)} inbound, {len(stack.outbound_routes)} outbound routes, "
+              f"{len(stack.agents)} agents)")  # fmt: skip
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``siphon-infra`` command."""
+    parser = argparse.ArgumentParser(
+        prog="siphon-infra", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", help="check stack files offline")
+    v.add_argument("targets", nargs="*", help="environment names or stack file paths (default: all in stacks/)")
+    r = sub.add_parser("routes", help="routing table of a stack")
+    r.add_argument("target")
+    r.add_argument("--mermaid", action="store_true", help="also print the Mermaid diagram")
+    s = sub.add_parser("summary", help="Markdown summary for a pull-request comment")
+    s.add_argument("target")
+    s.add_argument("--preview", type=Path, help="output of `pulumi preview --json`")
+    args = parser.parse_args(argv)
+
+    if args.command == "validate":
+        return cmd_validate(args.targets)
+    try:
+        stack = _load_checked(_path(args.target))
+    except StackFileError as e:
+        print(e, file=sys.stderr)
+        return 1
+    if args.command == "routes":
+        print(table(routing_rows(stack)))
+        if args.mermaid:
+            print("\n```mermaid\n" + mermaid(stack) + "\n```")
+        return 0
+    preview = json.loads(args.preview.read_text()) if args.preview else None
+    print(markdown_summary(stack.environment, stack, preview))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
