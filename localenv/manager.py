@@ -26,6 +26,7 @@ from localenv.process import ServiceError, Supervised
 
 API_KEY = "siphon-local"
 AWS_REGION = "us-east-1"
+PORT_RETRIES = 3
 RTP_PORTS = 40  # RTP ports for livekit-sip: two per concurrent call
 
 
@@ -96,13 +97,20 @@ class LocalEnv:
     @classmethod
     def start(cls, run_dir: Path, *, require_sip: bool = False, log_level: str = "info") -> LocalEnv:
         """Start every service and wait until each is healthy; on any failure stop what started and raise."""
-        env = cls(run_dir=run_dir)
-        try:
-            env._start_all(require_sip=require_sip, log_level=log_level)
-        except BaseException:
-            env.stop()
-            raise
-        return env
+        for attempt in range(PORT_RETRIES):
+            env = cls(run_dir=run_dir / f"attempt-{attempt}" if attempt else run_dir)
+            try:
+                env._start_all(require_sip=require_sip, log_level=log_level)
+                return env
+            except ServiceError as e:
+                env.stop()
+                # Free ports are picked, then bound by the service: another process can take one in between.
+                if "address already in use" not in str(e) or attempt == PORT_RETRIES - 1:
+                    raise
+            except BaseException:
+                env.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def __enter__(self) -> LocalEnv:
         return self

@@ -138,7 +138,9 @@ def test_cli_validate_reports_problems_and_exit_code(tmp_path, capsys):
     path.write_text(yaml.safe_dump(bad))
     assert cli.main(["validate", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "INVALID" in out and "inbound_routes.support.agent" in out and "ghost" in out
+    assert "INVALID" in out
+    assert "inbound_routes.support.agent" in out
+    assert "ghost" in out
     assert cli.main(["validate"]) == 0, "every committed stack file is valid"
 
 
@@ -146,4 +148,5 @@ def test_cli_routes_prints_table_and_diagram(capsys):
     assert cli.main(["routes", "local", "--mermaid"]) == 0
     out = capsys.readouterr().out
     assert "| inbound   | +15550100100 | support" in out
-    assert "flowchart LR" in out and "rule support" in out
+    assert "flowchart LR" in out
+    assert "rule support" in out

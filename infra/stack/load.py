@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,10 @@ def _line_of(lines: dict[tuple[str, ...], int], field: str) -> int | None:
     return lines.get(())
 
 
-def stack_path(environment: str, stacks_dir: Path = STACKS_DIR) -> Path:
-    """Where the stack file of an environment lives."""
-    return stacks_dir / f"{environment}.yaml"
+def stack_path(environment: str, stacks_dir: Path | None = None) -> Path:
+    """Where the stack file of an environment lives (``SIPHON_STACKS_DIR`` overrides the folder)."""
+    folder = stacks_dir or Path(os.environ.get("SIPHON_STACKS_DIR") or STACKS_DIR)
+    return folder / f"{environment}.yaml"
 
 
 def parse(text: str, file: str) -> tuple[StackFile, dict[tuple[str, ...], int]]:

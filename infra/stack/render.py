@@ -80,6 +80,15 @@ def _mask(value: Any) -> Any:
     return value
 
 
+def _changed_keys(step: dict[str, Any]) -> list[str]:
+    """Top-level inputs that differ between a step's old and new state (dynamic providers send no detailed diff)."""
+    old = (step.get("oldState") or {}).get("inputs") or {}
+    new = (step.get("newState") or {}).get("inputs") or {}
+    if not old or not new:
+        return []
+    return sorted(k for k in set(old) | set(new) if not k.startswith("__") and old.get(k) != new.get(k))
+
+
 def changes(preview: dict[str, Any]) -> list[dict[str, str]]:
     """Rows of what a `pulumi preview --json` would change (secrets masked), skipping unchanged resources."""
     rows = []
@@ -90,7 +99,7 @@ def changes(preview: dict[str, Any]) -> list[dict[str, str]]:
         urn = step.get("urn", "")
         name = urn.rsplit("::", 1)[-1]
         kind = urn.split("::")[-2].rsplit("$", 1)[-1] if "::" in urn else ""
-        fields = step.get("diffReasons") or sorted((step.get("detailedDiff") or {}).keys())
+        fields = step.get("diffReasons") or sorted((step.get("detailedDiff") or {}).keys()) or _changed_keys(step)
         rows.append({"op": op, "resource": name, "type": kind.split(":")[-1], "fields": ", ".join(fields) or "-"})
     return rows
 

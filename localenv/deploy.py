@@ -1,0 +1,70 @@
+"""Deploy the ``local`` stack onto a running local environment and start its local worker processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pulumi import automation as auto
+
+from localenv import engine, tools
+from localenv.manager import LocalEnv, _http_ok
+from localenv.ports import free_tcp_port
+from localenv.process import Supervised
+
+# The local stack's secrets are local test values; its config file is committed with this passphrase.
+LOCAL_PASSPHRASE = "siphon-local"
+LOCAL_STACK = "local"
+
+
+def local_stack(env: LocalEnv, extra_env: dict[str, str] | None = None) -> auto.Stack:
+    """The ``local`` Pulumi stack of this repository, with its state in the run folder."""
+    assert env.endpoints is not None
+    penv = engine.engine_env(env.run_dir / "state", LOCAL_PASSPHRASE, env.run_dir / "pulumi-home", extra_env or {})
+    return auto.create_or_select_stack(
+        stack_name=LOCAL_STACK,
+        work_dir=str(tools.REPO),
+        opts=auto.LocalWorkspaceOptions(
+            work_dir=str(tools.REPO),
+            pulumi_home=penv["PULUMI_HOME"],
+            env_vars={**env.endpoints.env(), **penv},
+            secrets_provider="passphrase",
+            pulumi_command=engine.pulumi_command(),
+        ),
+    )
+
+
+def deploy(env: LocalEnv, on_output: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """``pulumi up`` the local stack; return its outputs as plain values."""
+    result = local_stack(env).up(on_output=on_output)
+    return {k: v.value for k, v in result.outputs.items()}
+
+
+def start_workers(env: LocalEnv, agent_env: dict[str, dict[str, str]]) -> list[Supervised]:
+    """Start one worker process per agent (the image's entry command), wait until each is healthy."""
+    assert env.endpoints is not None
+    workers = []
+    for agent_name, settings in agent_env.items():
+        port = free_tcp_port()
+        proc_env = {
+            **os.environ,
+            **env.endpoints.env(),
+            **settings,
+            "SIPHON_AGENT_NAME": agent_name,
+            "SIPHON_HTTP_PORT": str(port),
+        }
+        svc = Supervised(
+            f"worker-{agent_name}",
+            [sys.executable, "-m", "worker.main", "start"],
+            env.run_dir / f"worker-{agent_name}.log",
+            env=proc_env,
+            cwd=tools.REPO,
+            health=lambda port=port: _http_ok(port),
+        )
+        env.services.append(svc)
+        svc.start()
+        svc.wait_healthy(svc.health, 60)  # type: ignore[arg-type]
+        workers.append(svc)
+    return workers

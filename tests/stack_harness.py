@@ -1,0 +1,51 @@
+"""Run the real stack program (stacks/__main__.py) on an editable copy of a stack file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pulumi import automation as auto
+
+from localenv import engine
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class StackUnderTest:
+    """A temp copy of the project with one editable stack file, driven through the Automation API."""
+
+    def __init__(self, tmp_path: Path, pulumi_env: dict[str, str], environment: str, doc: dict[str, Any]) -> None:
+        self.work = tmp_path / "project"
+        (self.work / "stacks").mkdir(parents=True)
+        shutil.copy(REPO / "stacks" / "__main__.py", self.work / "stacks" / "__main__.py")
+        engine.write_project(self.work, "siphon")
+        with (self.work / "Pulumi.yaml").open("a") as f:
+            f.write("main: stacks/\nstackConfigDir: stacks\n")
+        self.environment = environment
+        self.write(doc)
+        env = {**pulumi_env, "SIPHON_STACKS_DIR": str(self.work / "stacks")}
+        self.stack = engine.select_stack(self.work, environment, env)
+
+    def write(self, doc: dict[str, Any]) -> None:
+        (self.work / "stacks" / f"{self.environment}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def preview_json(self) -> dict[str, Any]:
+        """`pulumi preview --json` through the same CLI and settings."""
+        import json
+        import subprocess
+
+        ws = self.stack.workspace
+        cli = engine.pulumi_command()
+        out = subprocess.run(
+            [f"{cli.command}", "preview", "--json", "--stack", self.environment, "--non-interactive"],
+            cwd=self.work, env={**__import__("os").environ, **ws.env_vars}, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        return json.loads(out.stdout)
+
+
+def up(stack: auto.Stack) -> dict[str, Any]:
+    """Run `up` and return the outputs as plain values."""
+    return {k: v.value for k, v in stack.up().outputs.items()}

@@ -1,0 +1,121 @@
+"""The stack program through the real engine on the local environment: deploy, edit, remove, summarise."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from pulumi import automation as auto
+
+from infra.stack.load import parse
+from infra.stack.render import markdown_summary
+from tests.sip_harness import livekit_canonical, livekit_objects, wipe_livekit
+from tests.stack_harness import StackUnderTest, up
+
+LOCAL = yaml.safe_load((Path(__file__).parents[1] / "stacks" / "local.yaml").read_text())
+
+
+@pytest.fixture
+def clean_livekit(endpoints):
+    wipe_livekit()
+    yield endpoints
+    wipe_livekit()
+
+
+@pytest.mark.engine
+def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit, tmp_path, pulumi_env):
+    sut = StackUnderTest(tmp_path, pulumi_env, "local", copy.deepcopy(LOCAL))
+    outputs = up(sut.stack)
+    table = outputs["routing_table"]
+    assert set(table) == {"+15550100100", "+15550100101"}
+
+    live = livekit_canonical()
+    rules = {r["name"]: r for r in live["rules"].values()}
+    trunk_id = outputs["inbound_trunks"]["main"]
+    assert live["inbound"]["local-main"]["numbers"] == ["+15550100100", "+15550100101"]
+    for number, row in table.items():
+        rule = next(r for r in livekit_objects()["rules"] if r.sip_dispatch_rule_id == row["rule_id"])
+        assert list(rule.numbers) == [number]
+        assert list(rule.trunk_ids) == [trunk_id]
+        agents = rule.room_config.agents
+        assert [a.agent_name for a in agents] == [row["agent_name"]]
+        metadata = json.loads(agents[0].metadata)
+        assert metadata["route"] == row["route"]
+        assert metadata["direction"] == "inbound"
+    assert rules["local-sales"]["room_config"]["agents"][0]["agent_name"] == "sales-agent"
+    assert "Which product" in json.loads(rules["local-sales"]["metadata"])["agent_config"]["greeting_instructions"]
+
+    reminders = outputs["outbound_routes"]["reminders"]
+    assert reminders["trunk_id"] == outputs_trunk_id(live, "local-carrier")
+    assert reminders["caller_ids"] == ["+15550100200"]
+    assert reminders["agent_name"] == "reminders-agent"
+
+    # one route's instructions change: exactly one resource update, naming the field
+    edited = copy.deepcopy(LOCAL)
+    edited["inbound_routes"]["sales"]["agent_config"]["greeting_instructions"] = "Hi, sales here. What can I do?"
+    sut.write(edited)
+    preview = sut.stack.preview(diff=True)
+    assert preview.change_summary.get("update") == 1, preview.change_summary
+    assert set(preview.change_summary) == {"same", "update"}
+    assert "local-sales" in preview.stdout
+    assert "~ metadata" in preview.stdout
+    assert "What can I do?" in preview.stdout
+    ids_before = {r.name: r.sip_dispatch_rule_id for r in livekit_objects()["rules"]}
+    sut.stack.up()
+    assert {r.name: r.sip_dispatch_rule_id for r in livekit_objects()["rules"]} == ids_before, "updated in place"
+
+    # the Markdown summary for that kind of change renders
+    edited["inbound_routes"]["support"]["context"] = {"line": "support", "v": 2}
+    sut.write(edited)
+    summary = markdown_summary("local", parse(yaml.safe_dump(edited), "local.yaml")[0], sut.preview_json())
+    assert "| inbound   | +15550100100 | support" in summary
+    assert "```mermaid" in summary
+    assert "flowchart LR" in summary
+    assert "| update | support-rule" in summary
+    assert "metadata" in summary
+
+    # removing a route deletes only that route's objects
+    del edited["inbound_routes"]["sales"]
+    sut.write(edited)
+    preview = sut.stack.preview()
+    assert preview.change_summary.get("delete") == 2, preview.change_summary  # the component and its rule
+    sut.stack.up()
+    assert sorted(r.name for r in livekit_objects()["rules"]) == ["local-support"]
+    assert [t.name for t in livekit_objects()["inbound"]] == ["local-main"]
+
+    sut.stack.destroy()
+    assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}
+
+
+def outputs_trunk_id(live: dict, name: str) -> str:
+    return next(t.sip_trunk_id for t in livekit_objects()["outbound"] if t.name == name)
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda d: d["inbound_routes"]["support"].__setitem__("agent", "ghost-agent"), "no agent named 'ghost-agent'"),
+        (
+            lambda d: d["inbound_routes"]["sales"].__setitem__("numbers", ["+15550100100"]),
+            "conflicts with inbound route",
+        ),
+    ],
+    ids=["unknown-agent", "conflicting-routes"],
+)
+def test_invalid_stack_fails_preview_and_up_without_touching_livekit(
+    clean_livekit, tmp_path, pulumi_env, mutate, words
+):
+    doc = copy.deepcopy(LOCAL)
+    mutate(doc)
+    sut = StackUnderTest(tmp_path, pulumi_env, "local", doc)
+    for op in (sut.stack.preview, sut.stack.up):
+        with pytest.raises(auto.errors.CommandError) as err:
+            op()
+        assert words in str(err.value)
+        assert "local.yaml:" in str(err.value), "the message names the file and line"
+        assert "Traceback" not in str(err.value)
+    assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}
