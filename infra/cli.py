@@ -51,6 +51,41 @@ def cmd_validate(targets: list[str]) -> int:
     return 1 if failed else 0
 
 
+def _pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"expected KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """Place one call and print its ids."""
+    import subprocess
+
+    from infra.calls import CallError, load_outputs, place_call
+    from infra.livekit.client import LiveKitError
+
+    if args.outputs:
+        text = args.outputs.read_text()
+    else:
+        text = subprocess.run(
+            ["pulumi", "stack", "output", "--json", "--stack", args.target], capture_output=True, text=True, check=True
+        ).stdout
+    try:
+        result = place_call(
+            load_outputs(text), args.route, args.number, call_id=args.call_id, overrides=_pairs(args.set) or None,
+            context=_pairs(args.context), dial="direct" if args.direct else "worker",
+        )  # fmt: skip
+    except (CallError, LiveKitError) as e:
+        print(f"siphon-infra call: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.__dict__, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``siphon-infra`` command."""
     parser = argparse.ArgumentParser(
@@ -65,8 +100,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = sub.add_parser("summary", help="Markdown summary for a pull-request comment")
     s.add_argument("target")
     s.add_argument("--preview", type=Path, help="output of `pulumi preview --json`")
+    c = sub.add_parser("call", help="place a call through an outbound route")
+    c.add_argument("target", help="environment (its stack outputs are read with `pulumi stack output`)")
+    c.add_argument("route")
+    c.add_argument("number")
+    c.add_argument("--call-id", help="idempotency key: a retry with the same id does not dial again")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="per-call override")
+    c.add_argument("--context", action="append", default=[], metavar="KEY=VALUE", help="customer context")
+    c.add_argument("--direct", action="store_true", help="dial from here instead of letting the worker dial")
+    c.add_argument("--outputs", type=Path, help="`pulumi stack output --json` saved to a file")
     args = parser.parse_args(argv)
 
+    if args.command == "call":
+        return cmd_call(args)
     if args.command == "validate":
         return cmd_validate(args.targets)
     try:

@@ -106,6 +106,10 @@ class EcsDeployment(Model):
     cpu: int = 1024
     memory: int = 2048
     desired_count: int = Field(default=1, ge=0)
+    provider_key_secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variable -> Pulumi config secret key, e.g. OPENAI_API_KEY: openaiApiKey",
+    )
     settings: dict[str, JsonValue] = Field(
         default_factory=dict, description="further AgentWorkerDeployment arguments (autoscaling, deployment, ...)"
     )
