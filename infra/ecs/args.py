@@ -1,0 +1,273 @@
+"""Arguments of ``AgentWorkerDeployment``: pydantic v2 models, validated again by the provider's ``check()``.
+
+Secret values (``livekit_api_key``, ``livekit_api_secret``, ``provider_keys``) are ``SecretStr`` here so
+they never appear in a repr or an error; the resource passes them to the provider as Pulumi secrets and
+the provider writes them to Secrets Manager. State keeps ARNs and keyed fingerprints, never the values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+
+from infra.ecs import validation as v
+
+SECRET_FIELDS = ("livekit_api_key", "livekit_api_secret", "provider_keys")
+# Env names the two LiveKit credentials are injected as (from Secrets Manager, with valueFrom).
+LIVEKIT_SECRET_ENV = {"livekit_api_key": "LIVEKIT_API_KEY", "livekit_api_secret": "LIVEKIT_API_SECRET"}
+
+DEFAULT_HEALTH_COMMAND = [
+    "CMD-SHELL",
+    "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/', timeout=4)\" || exit 1",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkerDefaults(_Model):
+    """Defaults the worker applies to a call unless the dispatch metadata overrides them."""
+
+    llm: str = Field("openai/gpt-4o-mini", min_length=1, max_length=200)
+    stt: str = Field("deepgram/nova-3", min_length=1, max_length=200)
+    tts: str = Field("cartesia/sonic-2", min_length=1, max_length=200)
+    instructions: str = Field("You are a helpful voice assistant on a phone call.", min_length=1, max_length=8000)
+    greeting: str = Field("", max_length=2000)
+
+
+class HealthCheck(_Model):
+    """Container health check (default: the livekit-agents worker's HTTP health endpoint on port 8081)."""
+
+    command: list[str] = Field(default_factory=lambda: list(DEFAULT_HEALTH_COMMAND), min_length=2)
+    interval_seconds: int = Field(30, ge=5, le=300)
+    timeout_seconds: int = Field(5, ge=2, le=60)
+    retries: int = Field(3, ge=1, le=10)
+    start_period_seconds: int = Field(60, ge=0, le=300)
+
+    @field_validator("command")
+    @classmethod
+    def _command_form(cls, value: list[str]) -> list[str]:
+        if value[0] not in ("CMD", "CMD-SHELL"):
+            raise ValueError('must start with "CMD" or "CMD-SHELL"')
+        return value
+
+    @model_validator(mode="after")
+    def _timeout_below_interval(self) -> HealthCheck:
+        if self.timeout_seconds >= self.interval_seconds:
+            raise ValueError("timeout_seconds: must be shorter than interval_seconds")
+        return self
+
+
+class Deployment(_Model):
+    """Rolling deployment settings; the circuit breaker always stops a failing rollout."""
+
+    min_healthy_percent: int = Field(100, ge=0, le=100)
+    max_percent: int = Field(200, ge=100, le=200)
+    rollback: bool = True
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> Deployment:
+        if self.min_healthy_percent == 100 and self.max_percent == 100:
+            raise ValueError("max_percent: with min_healthy_percent 100 it must exceed 100, or no task can be replaced")
+        return self
+
+
+class Autoscaling(_Model):
+    """Application Auto Scaling of the service's desired count, target tracking on average CPU."""
+
+    min_count: int = Field(ge=0, le=1000)
+    max_count: int = Field(ge=1, le=1000)
+    cpu_target_percent: float = Field(60.0, gt=0, le=100)
+    scale_in_cooldown_seconds: int = Field(300, ge=0, le=3600)
+    scale_out_cooldown_seconds: int = Field(60, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.min_count > self.max_count:
+            raise ValueError(f"min_count: {self.min_count} is greater than max_count {self.max_count}")
+        return self
+
+
+class EcrRepository(_Model):
+    """An ECR repository owned (created and deleted) by the deployment."""
+
+    name: str | None = Field(None, min_length=2, max_length=256, pattern=v.REPOSITORY_NAME_RE.pattern)
+    scan_on_push: bool = True
+    keep_last_images: int = Field(30, ge=1, le=10000)
+    tag_mutability: Literal["MUTABLE", "IMMUTABLE"] = "MUTABLE"
+
+
+class PolicyStatement(_Model):
+    """An extra IAM statement for the task role (what the worker itself may do on AWS)."""
+
+    actions: list[str] = Field(min_length=1)
+    resources: list[str] = Field(min_length=1)
+
+    @field_validator("actions")
+    @classmethod
+    def _no_wildcards(cls, value: list[str]) -> list[str]:
+        for action in value:
+            service, sep, name = action.partition(":")
+            if "*" in action or not sep or not service or not name:
+                raise ValueError(f"{action!r} is not a specific action (service:Action, no '*')")
+        return value
+
+
+class AgentWorkerArgs(_Model):
+    """Everything one agent worker deployment declares (one deployment per ``agent_name``)."""
+
+    agent_name: str = Field(pattern=v.AGENT_NAME_RE.pattern, description="LiveKit agent name the worker registers")
+    stack: str = Field(pattern=v.STACK_RE.pattern)
+    environment: str = Field(pattern=v.ENVIRONMENT_RE.pattern)
+
+    image: str = Field(min_length=1, max_length=1024)
+    cpu: int = 1024
+    memory: int = 2048
+    cpu_architecture: Literal["X86_64", "ARM64"] = "X86_64"
+    stop_timeout_seconds: int = Field(120, ge=30, le=120, description="SIGTERM-to-SIGKILL grace (Fargate max 120)")
+    health_check: HealthCheck | None = Field(default_factory=HealthCheck)
+
+    livekit_url: str = Field(pattern=r"^wss?://[^\s/]+(/\S*)?$")
+    livekit_api_key: SecretStr = Field(min_length=1, max_length=4096)
+    livekit_api_secret: SecretStr = Field(min_length=1, max_length=4096)
+    provider_keys: dict[str, SecretStr] = Field(default_factory=dict, max_length=20)
+    worker: WorkerDefaults = Field(default_factory=WorkerDefaults)
+    extra_env: dict[str, str] = Field(default_factory=dict, max_length=50)
+
+    cluster_name: str = Field(pattern=v.CLUSTER_OR_SERVICE_RE.pattern)
+    create_cluster: bool = False
+    service_name: str | None = Field(None, pattern=v.CLUSTER_OR_SERVICE_RE.pattern)
+    subnets: list[str] = Field(min_length=1, max_length=16)
+    security_groups: list[str] = Field(default_factory=list, max_length=5)
+    assign_public_ip: bool = False
+    desired_count: int = Field(1, ge=0, le=1000)
+    deployment: Deployment = Field(default_factory=Deployment)
+    autoscaling: Autoscaling | None = None
+
+    log_retention_days: int = 30
+    ecr_repository: EcrRepository | None = None
+    task_role_statements: list[PolicyStatement] = Field(default_factory=list, max_length=20)
+    tags: dict[str, str] = Field(default_factory=dict, max_length=40)
+
+    wait_for_steady_state: bool = False
+    steady_state_timeout_seconds: int = Field(900, ge=10, le=3600)
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnet_ids(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not v.SUBNET_RE.match(s)]
+        if bad:
+            raise ValueError(f"not subnet ids: {', '.join(map(repr, bad))}")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a subnet twice")
+        return value
+
+    @field_validator("security_groups")
+    @classmethod
+    def _sg_ids(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not v.SECURITY_GROUP_RE.match(s)]
+        if bad:
+            raise ValueError(f"not security group ids: {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("cpu")
+    @classmethod
+    def _fargate_cpu(cls, value: int) -> int:
+        if value not in v.FARGATE_SIZES:
+            raise ValueError(f"{value} is not a Fargate cpu value (one of {', '.join(map(str, v.FARGATE_SIZES))})")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _fargate_memory(cls, value: int, info: ValidationInfo) -> int:
+        cpu = info.data.get("cpu")
+        if cpu in v.FARGATE_SIZES:
+            problem = v.fargate_size_error(cpu, value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        if value not in v.LOG_RETENTION_DAYS:
+            raise ValueError(
+                f"{value} is not a CloudWatch Logs retention (one of {', '.join(map(str, v.LOG_RETENTION_DAYS))})"
+            )
+        return value
+
+    @field_validator("provider_keys")
+    @classmethod
+    def _provider_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, secret in value.items():
+            if not v.ENV_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name (A-Z, 0-9, _; starting with a letter)")
+            if v.reserved_env_name(name):
+                raise ValueError(
+                    f"{name!r} is reserved (set by the deployment, or {'/'.join(v.RESERVED_ENV_PREFIXES)})"
+                )
+            if not secret.get_secret_value():
+                raise ValueError(f"{name!r} has an empty value")
+            if len(secret.get_secret_value()) > 65536:
+                raise ValueError(f"{name!r} is longer than 65536 characters (Secrets Manager limit)")
+        return value
+
+    @field_validator("extra_env")
+    @classmethod
+    def _extra_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not v.ENV_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name (A-Z, 0-9, _; starting with a letter)")
+            if v.reserved_env_name(name):
+                raise ValueError(
+                    f"{name!r} is reserved (set by the deployment, or {'/'.join(v.RESERVED_ENV_PREFIXES)})"
+                )
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not v.TAG_KEY_RE.match(key) or key.lower().startswith(("aws:", "siphon:")):
+                raise ValueError(f"{key!r} is not an allowed tag key (1-128 characters; aws: and siphon: are reserved)")
+            if len(val) > 256:
+                raise ValueError(f"value of {key!r} is longer than 256 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> AgentWorkerArgs:
+        if self.ecr_repository is not None and v.IMAGE_REF_RE.match(self.image):
+            pass  # ":tag" or "@sha256:..." in the owned repository
+        elif v.IMAGE_REF_RE.match(self.image):
+            raise ValueError("image: a bare :tag or @digest needs ecr_repository (a repository this resource owns)")
+        elif not v.IMAGE_RE.match(self.image):
+            hint = ' or, with ecr_repository, ":tag" / "@sha256:<digest>"' if self.ecr_repository else ""
+            raise ValueError(f"image: must be a full reference (registry/repository:tag or @sha256:<digest>){hint}")
+        if self.autoscaling is not None:
+            a = self.autoscaling
+            if not a.min_count <= self.desired_count <= a.max_count:
+                raise ValueError(
+                    f"desired_count: {self.desired_count} is outside autoscaling min_count..max_count "
+                    f"({a.min_count}..{a.max_count})"
+                )
+        clash = sorted(set(self.extra_env) & set(self.provider_keys))
+        if clash:
+            raise ValueError(f"extra_env: {', '.join(clash)} also set in provider_keys")
+        return self
+
+    @property
+    def effective_service_name(self) -> str:
+        """``service_name``, or ``siphon-<environment>-<agent_name>``."""
+        return self.service_name or f"siphon-{self.environment}-{self.agent_name}"
+
+    def secret_values(self) -> dict[str, str]:
+        """Env name -> plaintext for every injected secret (only ever sent to Secrets Manager)."""
+        out = {env: getattr(self, field).get_secret_value() for field, env in LIVEKIT_SECRET_ENV.items()}
+        out.update({name: s.get_secret_value() for name, s in self.provider_keys.items()})
+        return out
+
+    def public_fields(self) -> dict[str, Any]:
+        """JSON-able dump of every field except the secret ones (what state may hold)."""
+        return self.model_dump(mode="json", exclude=set(SECRET_FIELDS))

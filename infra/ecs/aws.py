@@ -1,0 +1,123 @@
+"""boto3 clients for one provider call: default credential chain, explicit region, timeouts and retries.
+
+Clients are never stored on the provider (it is pickled into state): each provider method builds an
+``Aws`` for its own use. ``AWS_ENDPOINT_URL`` (and the per-service variants) are honoured by boto3
+itself. Against a local emulator (an endpoint is set) failed calls are not retried: moto answers
+unimplemented actions with HTTP 500, which botocore would otherwise retry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+# Test hook: called as hook(service, operation, params) before every AWS call made through ``Aws``.
+CallHook = Callable[[str, str, dict[str, Any]], None]
+_hooks: list[CallHook] = []
+
+
+def add_call_hook(hook: CallHook) -> Callable[[], None]:
+    """Register ``hook`` for every AWS call; returns a function that removes it."""
+    _hooks.append(hook)
+    return lambda: _hooks.remove(hook)
+
+
+class RegionError(RuntimeError):
+    """No AWS region configured."""
+
+
+def resolve_region(configured: str | None) -> str:
+    """``aws:region`` stack config, else AWS_REGION, else AWS_DEFAULT_REGION."""
+    region = configured or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise RegionError("no AWS region: set the stack config aws:region, or AWS_REGION / AWS_DEFAULT_REGION")
+    return region
+
+
+def _emulated() -> bool:
+    return bool(os.environ.get("AWS_ENDPOINT_URL"))
+
+
+class Aws:
+    """Lazily created clients for one region, sharing one boto3 session."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self._session = boto3.session.Session(region_name=region)
+        self._clients: dict[str, Any] = {}
+        self._config = Config(
+            connect_timeout=5,
+            read_timeout=30,
+            retries={"mode": "standard", "total_max_attempts": 1 if _emulated() else 5},
+        )
+
+    def client(self, service: str) -> Any:
+        """The boto3 client for ``service`` (``ecs``, ``iam``, ``logs``, ...)."""
+        if service not in self._clients:
+            c = self._session.client(service, config=self._config)
+            c.meta.events.register("provide-client-params.*.*", _notify)
+            self._clients[service] = c
+        return self._clients[service]
+
+    @property
+    def ecs(self) -> Any:
+        """ECS client."""
+        return self.client("ecs")
+
+    @property
+    def iam(self) -> Any:
+        """IAM client."""
+        return self.client("iam")
+
+    @property
+    def logs(self) -> Any:
+        """CloudWatch Logs client."""
+        return self.client("logs")
+
+    @property
+    def secrets(self) -> Any:
+        """Secrets Manager client."""
+        return self.client("secretsmanager")
+
+    @property
+    def ecr(self) -> Any:
+        """ECR client."""
+        return self.client("ecr")
+
+    @property
+    def scaling(self) -> Any:
+        """Application Auto Scaling client."""
+        return self.client("application-autoscaling")
+
+    def account_id(self) -> str:
+        """The caller's account id."""
+        return self.client("sts").get_caller_identity()["Account"]
+
+
+def _notify(params: dict[str, Any], model: Any, event_name: str = "", **_: Any) -> None:
+    if _hooks:
+        service = event_name.split(".")[1] if event_name.count(".") >= 2 else "?"
+        for hook in list(_hooks):
+            hook(service, model.name, params)
+
+
+def error_code(e: ClientError) -> str:
+    """The AWS error code of a ClientError."""
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+def is_not_found(e: ClientError) -> bool:
+    """True for the various 'does not exist' errors of the services used here."""
+    return error_code(e) in {
+        "NoSuchEntity",
+        "ResourceNotFoundException",
+        "RepositoryNotFoundException",
+        "ServiceNotFoundException",
+        "ClusterNotFoundException",
+        "ObjectNotFoundException",
+    }

@@ -1,0 +1,403 @@
+"""Idempotent operations on the AWS objects a deployment owns: describe first, then create or update.
+
+moto silently replaces a duplicate ``create_service`` / ``create_cluster`` where AWS rejects it, so
+nothing here creates without looking first. Every ``delete_*`` treats "already gone" as done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError, WaiterError
+
+from infra.ecs import spec
+from infra.ecs.args import Autoscaling, EcrRepository
+from infra.ecs.aws import Aws, error_code, is_not_found
+from infra.ecs.naming import TAG_SPEC_DIGEST, Names
+
+
+class DeploymentError(RuntimeError):
+    """An AWS object is not in a state the deployment can use; the message says what to do."""
+
+
+def fingerprint(salt: str, name: str, value: str) -> str:
+    """Keyed digest of a secret value (HMAC-SHA256, random per-resource salt): shows a change, reveals nothing."""
+    return hmac.new(bytes.fromhex(salt), f"{name}\0{value}".encode(), hashlib.sha256).hexdigest()
+
+
+# -- CloudWatch Logs ----------------------------------------------------------------------------------
+
+
+def describe_log_group(aws: Aws, name: str) -> dict[str, Any] | None:
+    """The log group called exactly ``name``, or None."""
+    for group in aws.logs.describe_log_groups(logGroupNamePrefix=name).get("logGroups", []):
+        if group["logGroupName"] == name:
+            return group
+    return None
+
+
+def ensure_log_group(aws: Aws, name: str, retention_days: int, tags: dict[str, str]) -> str:
+    """Create or adopt the log group, set its retention and tags; returns its ARN (ending ``:*``)."""
+    group = describe_log_group(aws, name)
+    if group is None:
+        aws.logs.create_log_group(logGroupName=name, tags=tags)
+        group = describe_log_group(aws, name)
+        assert group is not None
+    else:
+        aws.logs.tag_resource(resourceArn=group["arn"].removesuffix(":*"), tags=tags)
+    if group.get("retentionInDays") != retention_days:
+        aws.logs.put_retention_policy(logGroupName=name, retentionInDays=retention_days)
+    return str(group["arn"])
+
+
+def delete_log_group(aws: Aws, name: str) -> None:
+    """Delete the log group if it exists."""
+    try:
+        aws.logs.delete_log_group(logGroupName=name)
+    except ClientError as e:
+        if not is_not_found(e):
+            raise
+
+
+# -- Secrets Manager ----------------------------------------------------------------------------------
+
+
+def describe_secret(aws: Aws, name: str) -> dict[str, Any] | None:
+    """The secret called ``name`` (including one scheduled for deletion), or None."""
+    try:
+        return aws.secrets.describe_secret(SecretId=name)
+    except ClientError as e:
+        if is_not_found(e):
+            return None
+        raise
+
+
+def ensure_secret(aws: Aws, name: str, value: str, tags: dict[str, str]) -> str:
+    """Create the secret, or adopt it (restoring it if scheduled for deletion) and store ``value``; returns the ARN."""
+    current = describe_secret(aws, name)
+    tag_list = spec.tag_list(tags)
+    if current is None:
+        return str(aws.secrets.create_secret(Name=name, SecretString=value, Tags=tag_list)["ARN"])
+    arn = str(current["ARN"])
+    if current.get("DeletedDate"):
+        aws.secrets.restore_secret(SecretId=arn)
+    try:
+        same = aws.secrets.get_secret_value(SecretId=arn).get("SecretString") == value
+    except ClientError as e:
+        if not is_not_found(e):
+            raise
+        same = False
+    if not same:
+        aws.secrets.put_secret_value(SecretId=arn, SecretString=value)
+    aws.secrets.tag_resource(SecretId=arn, Tags=tag_list)
+    return arn
+
+
+def delete_secret(aws: Aws, name_or_arn: str) -> None:
+    """Delete the secret at once (no recovery window: the name is reusable by a new deployment)."""
+    try:
+        aws.secrets.delete_secret(SecretId=name_or_arn, ForceDeleteWithoutRecovery=True)
+    except ClientError as e:
+        if not is_not_found(e):
+            raise
+
+
+# -- IAM ----------------------------------------------------------------------------------------------
+
+
+def get_role(aws: Aws, name: str) -> dict[str, Any] | None:
+    """The role, or None."""
+    try:
+        return aws.iam.get_role(RoleName=name)["Role"]
+    except ClientError as e:
+        if is_not_found(e):
+            return None
+        raise
+
+
+def ensure_role(aws: Aws, name: str, policy_name: str, policy: str | None, tags: dict[str, str], purpose: str) -> str:
+    """Create or adopt an ECS task role with exactly one inline policy (or none); returns its ARN."""
+    role = get_role(aws, name)
+    tag_list = spec.tag_list(tags)
+    if role is None:
+        role = aws.iam.create_role(
+            RoleName=name, AssumeRolePolicyDocument=spec.TRUST_POLICY, Description=purpose, Tags=tag_list
+        )["Role"]
+        aws.iam.get_waiter("role_exists").wait(RoleName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    else:
+        aws.iam.update_assume_role_policy(RoleName=name, PolicyDocument=spec.TRUST_POLICY)
+        aws.iam.tag_role(RoleName=name, Tags=tag_list)
+    existing = aws.iam.list_role_policies(RoleName=name).get("PolicyNames", [])
+    for other in existing:
+        if other != policy_name or policy is None:
+            aws.iam.delete_role_policy(RoleName=name, PolicyName=other)
+    for attached in aws.iam.list_attached_role_policies(RoleName=name).get("AttachedPolicies", []):
+        aws.iam.detach_role_policy(RoleName=name, PolicyArn=attached["PolicyArn"])  # least privilege: ours only
+    if policy is not None:
+        aws.iam.put_role_policy(RoleName=name, PolicyName=policy_name, PolicyDocument=policy)
+    return str(role["Arn"])
+
+
+def delete_role(aws: Aws, name: str) -> None:
+    """Remove the role's policies, then the role."""
+    try:
+        for policy in aws.iam.list_role_policies(RoleName=name).get("PolicyNames", []):
+            aws.iam.delete_role_policy(RoleName=name, PolicyName=policy)
+        for attached in aws.iam.list_attached_role_policies(RoleName=name).get("AttachedPolicies", []):
+            aws.iam.detach_role_policy(RoleName=name, PolicyArn=attached["PolicyArn"])
+        aws.iam.delete_role(RoleName=name)
+    except ClientError as e:
+        if not is_not_found(e):
+            raise
+
+
+# -- ECR ----------------------------------------------------------------------------------------------
+
+
+def lifecycle_policy(keep_last: int) -> str:
+    """Expire all but the newest ``keep_last`` images."""
+    rule = {
+        "rulePriority": 1,
+        "description": f"keep the newest {keep_last} images",
+        "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": keep_last},
+        "action": {"type": "expire"},
+    }
+    return json.dumps({"rules": [rule]})
+
+
+def ensure_repository(aws: Aws, name: str, repo: EcrRepository, tags: dict[str, str]) -> tuple[str, str]:
+    """Create or adopt the owned ECR repository (scan on push, lifecycle policy); returns (URI, ARN)."""
+    try:
+        found = aws.ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
+        aws.ecr.put_image_scanning_configuration(
+            repositoryName=name, imageScanningConfiguration={"scanOnPush": repo.scan_on_push}
+        )
+        aws.ecr.put_image_tag_mutability(repositoryName=name, imageTagMutability=repo.tag_mutability)
+        aws.ecr.tag_resource(resourceArn=found["repositoryArn"], tags=spec.tag_list(tags))
+    except ClientError as e:
+        if not is_not_found(e):
+            raise
+        found = aws.ecr.create_repository(
+            repositoryName=name,
+            imageTagMutability=repo.tag_mutability,
+            imageScanningConfiguration={"scanOnPush": repo.scan_on_push},
+            tags=spec.tag_list(tags),
+        )["repository"]
+    aws.ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=lifecycle_policy(repo.keep_last_images))
+    return str(found["repositoryUri"]), str(found["repositoryArn"])
+
+
+def delete_repository(aws: Aws, name: str) -> None:
+    """Delete the owned repository and its images."""
+    try:
+        aws.ecr.delete_repository(repositoryName=name, force=True)
+    except ClientError as e:
+        if not is_not_found(e):
+            raise
+
+
+# -- ECS clusters and task definitions ------------------------------------------------------------------
+
+
+def describe_cluster(aws: Aws, name: str) -> dict[str, Any] | None:
+    """The ACTIVE cluster called ``name``, or None."""
+    for cluster in aws.ecs.describe_clusters(clusters=[name]).get("clusters", []):
+        if cluster.get("status") == "ACTIVE":
+            return cluster
+    return None
+
+
+def ensure_cluster(aws: Aws, name: str, create: bool, tags: dict[str, str]) -> str:
+    """The cluster's ARN; created (when ``create``) only if no ACTIVE cluster has the name."""
+    cluster = describe_cluster(aws, name)
+    if cluster is None:
+        if not create:
+            raise DeploymentError(f"ECS cluster {name!r} does not exist: create it, or set create_cluster")
+        cluster = aws.ecs.create_cluster(
+            clusterName=name,
+            tags=spec.tag_list(tags, "key", "value"),
+            settings=[{"name": "containerInsights", "value": "enabled"}],
+        )["cluster"]
+    return str(cluster["clusterArn"])
+
+
+def delete_cluster(aws: Aws, name: str) -> None:
+    """Delete an owned cluster (after its service is gone)."""
+    try:
+        aws.ecs.delete_cluster(cluster=name)
+    except ClientError as e:
+        if not is_not_found(e):
+            raise
+
+
+def register_task_definition(aws: Aws, params: dict[str, Any], digest: str, tags: dict[str, str]) -> str:
+    """Register a new revision tagged with its spec digest; returns the revision ARN."""
+    all_tags = {**tags, TAG_SPEC_DIGEST: digest}
+    td = aws.ecs.register_task_definition(**params, tags=spec.tag_list(all_tags, "key", "value"))
+    return str(td["taskDefinition"]["taskDefinitionArn"])
+
+
+def describe_task_definition(aws: Aws, arn: str) -> tuple[dict[str, Any], dict[str, str]] | None:
+    """(task definition, tags) of a revision, or None if it does not exist."""
+    try:
+        out = aws.ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"])
+    except ClientError as e:
+        if error_code(e) in ("ClientException", "InvalidParameterException") or is_not_found(e):
+            return None
+        raise
+    return out["taskDefinition"], {t["key"]: t["value"] for t in out.get("tags", [])}
+
+
+def family_revisions(aws: Aws, family: str, status: str) -> list[str]:
+    """ARNs of the revisions of exactly ``family`` (familyPrefix also matches longer families) with ``status``."""
+    arns: list[str] = []
+    for page in aws.ecs.get_paginator("list_task_definitions").paginate(familyPrefix=family, status=status):
+        arns += [a for a in page["taskDefinitionArns"] if a.rsplit("/", 1)[1].rsplit(":", 1)[0] == family]
+    return arns
+
+
+def deregister_revisions(aws: Aws, family: str, keep: str | None = None, purge: bool = False) -> list[str]:
+    """Deregister every ACTIVE revision of ``family`` except ``keep``; ``purge`` also deletes INACTIVE ones."""
+    gone = [arn for arn in family_revisions(aws, family, "ACTIVE") if arn != keep]
+    for arn in gone:
+        aws.ecs.deregister_task_definition(taskDefinition=arn)
+    if purge:
+        inactive = family_revisions(aws, family, "INACTIVE")
+        for i in range(0, len(inactive), 10):
+            aws.ecs.delete_task_definitions(taskDefinitions=inactive[i : i + 10])
+    return gone
+
+
+# -- ECS services --------------------------------------------------------------------------------------
+
+
+def describe_service(aws: Aws, cluster: str, service: str) -> dict[str, Any] | None:
+    """The service if it exists and is not INACTIVE (a deleted service stays describable), else None."""
+    try:
+        out = aws.ecs.describe_services(cluster=cluster, services=[service], include=["TAGS"])
+    except ClientError as e:
+        if is_not_found(e):
+            return None
+        raise
+    for svc in out.get("services", []):
+        if svc.get("status") not in ("INACTIVE", None):
+            return svc
+    return None
+
+
+def ensure_service(
+    aws: Aws,
+    names: Names,
+    *,
+    task_definition_arn: str,
+    desired_count: int | None,
+    network: dict[str, Any],
+    deployment: dict[str, Any],
+    tags: dict[str, str],
+    force_new_deployment: bool,
+) -> str:
+    """Create the service, or point the existing one at ``task_definition_arn`` (a rolling deployment).
+
+    ``desired_count`` None leaves the count alone (Application Auto Scaling owns it).
+    """
+    current = describe_service(aws, names.cluster_name, names.service_name)
+    if current is None:
+        svc = aws.ecs.create_service(
+            cluster=names.cluster_name,
+            serviceName=names.service_name,
+            taskDefinition=task_definition_arn,
+            desiredCount=desired_count if desired_count is not None else 1,
+            launchType="FARGATE",
+            networkConfiguration=network,
+            deploymentConfiguration=deployment,
+            deploymentController={"type": "ECS"},
+            propagateTags="SERVICE",
+            enableECSManagedTags=True,
+            tags=spec.tag_list(tags, "key", "value"),
+        )["service"]
+        return str(svc["serviceArn"])
+    params: dict[str, Any] = {
+        "cluster": names.cluster_name,
+        "service": names.service_name,
+        "taskDefinition": task_definition_arn,
+        "networkConfiguration": network,
+        "deploymentConfiguration": deployment,
+        "forceNewDeployment": force_new_deployment,
+    }
+    if desired_count is not None:
+        params["desiredCount"] = desired_count
+    svc = aws.ecs.update_service(**params)["service"]
+    aws.ecs.tag_resource(resourceArn=svc["serviceArn"], tags=spec.tag_list(tags, "key", "value"))
+    return str(svc["serviceArn"])
+
+
+def delete_service(aws: Aws, names: Names, wait_seconds: int) -> None:
+    """Scale the service to zero, delete it and wait until it is INACTIVE."""
+    if describe_service(aws, names.cluster_name, names.service_name) is None:
+        return
+    aws.ecs.update_service(cluster=names.cluster_name, service=names.service_name, desiredCount=0)
+    aws.ecs.delete_service(cluster=names.cluster_name, service=names.service_name, force=True)
+    if wait_seconds > 0:
+        try:
+            aws.ecs.get_waiter("services_inactive").wait(
+                cluster=names.cluster_name,
+                services=[names.service_name],
+                WaiterConfig={"Delay": 5, "MaxAttempts": max(1, wait_seconds // 5)},
+            )
+        except WaiterError as e:
+            raise DeploymentError(
+                f"service {names.service_name!r} did not become INACTIVE within {wait_seconds}s"
+            ) from e
+
+
+# -- Application Auto Scaling ---------------------------------------------------------------------------
+
+SCALING = {"ServiceNamespace": "ecs", "ScalableDimension": "ecs:service:DesiredCount"}
+
+
+def ensure_autoscaling(aws: Aws, names: Names, scaling: Autoscaling, tags: dict[str, str]) -> str:
+    """Register the scalable target and the CPU target-tracking policy; returns the policy ARN."""
+    aws.scaling.register_scalable_target(
+        **SCALING,
+        ResourceId=names.scaling_resource_id,
+        MinCapacity=scaling.min_count,
+        MaxCapacity=scaling.max_count,
+        Tags=tags,
+    )
+    out = aws.scaling.put_scaling_policy(
+        **SCALING,
+        PolicyName=names.scaling_policy,
+        ResourceId=names.scaling_resource_id,
+        PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": scaling.cpu_target_percent,
+            "PredefinedMetricSpecification": {"PredefinedMetricType": "ECSServiceAverageCPUUtilization"},
+            "ScaleInCooldown": scaling.scale_in_cooldown_seconds,
+            "ScaleOutCooldown": scaling.scale_out_cooldown_seconds,
+        },
+    )
+    return str(out["PolicyARN"])
+
+
+def scalable_target_exists(aws: Aws, names: Names) -> bool:
+    """True if the service's desired count is registered with Application Auto Scaling."""
+    out = aws.scaling.describe_scalable_targets(**{"ServiceNamespace": "ecs"}, ResourceIds=[names.scaling_resource_id])
+    return bool(out.get("ScalableTargets"))
+
+
+def delete_autoscaling(aws: Aws, names: Names) -> None:
+    """Delete every scaling policy of the service, then deregister its scalable target."""
+    policies = aws.scaling.describe_scaling_policies(ServiceNamespace="ecs", ResourceId=names.scaling_resource_id)
+    for policy in policies.get("ScalingPolicies", []):
+        aws.scaling.delete_scaling_policy(
+            **SCALING, PolicyName=policy["PolicyName"], ResourceId=names.scaling_resource_id
+        )
+    if scalable_target_exists(aws, names):
+        try:
+            aws.scaling.deregister_scalable_target(**SCALING, ResourceId=names.scaling_resource_id)
+        except ClientError as e:
+            if not is_not_found(e):
+                raise

@@ -1,0 +1,185 @@
+"""Pure builders: the task definition, the IAM documents and the tags of a deployment (no AWS calls)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from infra.ecs import naming
+from infra.ecs import validation as v
+from infra.ecs.args import AgentWorkerArgs
+
+WORKER_ENV = naming.WORKER_ENV
+
+TRUST_POLICY = json.dumps({
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ],
+})  # fmt: skip
+
+
+def tags(args: AgentWorkerArgs) -> dict[str, str]:
+    """Tags for every object: user tags plus stack, environment and agent name."""
+    return {
+        **args.tags,
+        naming.TAG_STACK: args.stack,
+        naming.TAG_ENVIRONMENT: args.environment,
+        naming.TAG_AGENT_NAME: args.agent_name,
+    }
+
+
+def tag_list(t: dict[str, str], key: str = "Key", value: str = "Value") -> list[dict[str, str]]:
+    """Tags as the list-of-pairs shape most AWS APIs take."""
+    return [{key: k, value: val} for k, val in sorted(t.items())]
+
+
+def container_environment(args: AgentWorkerArgs) -> dict[str, str]:
+    """Plain (non-secret) environment of the worker container."""
+    env = dict(args.extra_env)
+    env["LIVEKIT_URL"] = args.livekit_url
+    env[WORKER_ENV["agent_name"]] = args.agent_name
+    for field in ("llm", "stt", "tts", "instructions", "greeting"):
+        env[WORKER_ENV[field]] = getattr(args.worker, field)
+    return env
+
+
+def image_reference(args: AgentWorkerArgs, repository_uri: str | None) -> str:
+    """The full image reference; a ``:tag`` / ``@digest`` is resolved against the owned repository."""
+    if v.IMAGE_REF_RE.match(args.image):
+        if not repository_uri:
+            raise ValueError("image is relative to the owned repository, whose URI is not known")
+        return repository_uri + args.image
+    return args.image
+
+
+def ecr_repository_arn(image: str) -> str | None:
+    """ARN of the ECR repository an image reference points into, or None for other registries."""
+    m = v.IMAGE_RE.match(image)
+    if not m:
+        return None
+    registry, _, path = m.group("repository").partition("/")
+    ecr = v.ECR_REGISTRY_RE.match(registry)
+    if not ecr:
+        return None
+    partition = "aws-cn" if registry.endswith(".cn") else "aws"
+    return f"arn:{partition}:ecr:{ecr.group('region')}:{ecr.group('account')}:repository/{path}"
+
+
+def execution_policy(log_group_arn: str, secret_arns: list[str], repository_arn: str | None) -> str:
+    """Least-privilege policy for the execution role: write this log group, read these secrets, pull this repo."""
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "Logs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": [log_group_arn.removesuffix(":*") + ":log-stream:*"],
+        }
+    ]
+    if secret_arns:
+        statements.append({
+            "Sid": "Secrets",
+            "Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue"],
+            "Resource": sorted(secret_arns),
+        })  # fmt: skip
+    if repository_arn:
+        statements += [
+            # GetAuthorizationToken has no resource-level permissions: AWS requires "*" as its resource.
+            {"Sid": "EcrAuth", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": ["*"]},
+            {
+                "Sid": "EcrPull",
+                "Effect": "Allow",
+                "Action": ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
+                "Resource": [repository_arn],
+            },
+        ]
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+
+
+def task_policy(args: AgentWorkerArgs) -> str | None:
+    """Policy for the task role: only the statements the user declared (the worker needs no AWS access)."""
+    if not args.task_role_statements:
+        return None
+    statements = [
+        {"Sid": f"Worker{i}", "Effect": "Allow", "Action": s.actions, "Resource": s.resources}
+        for i, s in enumerate(args.task_role_statements)
+    ]
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+
+
+def task_definition(
+    args: AgentWorkerArgs,
+    *,
+    image: str,
+    region: str,
+    log_group: str,
+    execution_role_arn: str,
+    task_role_arn: str,
+    secret_arns: dict[str, str],
+) -> dict[str, Any]:
+    """``register_task_definition`` parameters (without tags); deterministic for equal inputs."""
+    container: dict[str, Any] = {
+        "name": naming.CONTAINER_NAME,
+        "image": image,
+        "essential": True,
+        "environment": [{"name": k, "value": val} for k, val in sorted(container_environment(args).items())],
+        "secrets": [{"name": k, "valueFrom": arn} for k, arn in sorted(secret_arns.items())],
+        "logConfiguration": {
+            "logDriver": "awslogs",
+            "options": {"awslogs-group": log_group, "awslogs-region": region, "awslogs-stream-prefix": "worker"},
+        },
+        "stopTimeout": args.stop_timeout_seconds,
+    }
+    if args.health_check is not None:
+        h = args.health_check
+        container["healthCheck"] = {
+            "command": h.command,
+            "interval": h.interval_seconds,
+            "timeout": h.timeout_seconds,
+            "retries": h.retries,
+            "startPeriod": h.start_period_seconds,
+        }
+    return {
+        "family": names(args).family,
+        "taskRoleArn": task_role_arn,
+        "executionRoleArn": execution_role_arn,
+        "networkMode": "awsvpc",
+        "requiresCompatibilities": ["FARGATE"],
+        "cpu": str(args.cpu),
+        "memory": str(args.memory),
+        "runtimePlatform": {"operatingSystemFamily": "LINUX", "cpuArchitecture": args.cpu_architecture},
+        "containerDefinitions": [container],
+    }
+
+
+def digest(spec: dict[str, Any]) -> str:
+    """Stable digest of a task definition spec (tags the registered revision; compared on update/refresh)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def network_configuration(args: AgentWorkerArgs) -> dict[str, Any]:
+    """``networkConfiguration`` of the service."""
+    return {
+        "awsvpcConfiguration": {
+            "subnets": list(args.subnets),
+            "securityGroups": list(args.security_groups),
+            "assignPublicIp": "ENABLED" if args.assign_public_ip else "DISABLED",
+        }
+    }
+
+
+def deployment_configuration(args: AgentWorkerArgs) -> dict[str, Any]:
+    """``deploymentConfiguration`` of the service: rolling, with the circuit breaker."""
+    d = args.deployment
+    return {
+        "deploymentCircuitBreaker": {"enable": True, "rollback": d.rollback},
+        "minimumHealthyPercent": d.min_healthy_percent,
+        "maximumPercent": d.max_percent,
+    }
+
+
+def names(args: AgentWorkerArgs) -> naming.Names:
+    """Derived names of a deployment."""
+    return naming.Names(args.environment, args.agent_name, args.effective_service_name, args.cluster_name)

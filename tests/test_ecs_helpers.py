@@ -1,0 +1,121 @@
+"""Shared helpers for the ECS agent-worker tests (no tests here): arguments, call recording, leftovers on moto."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import boto3
+
+from infra.ecs import aws
+
+SECRET_KEY = "LKkey" + secrets.token_hex(8)
+SECRET_SECRET = "LKsecret" + secrets.token_hex(12)
+SECRET_OPENAI = "sk-test-" + secrets.token_hex(12)
+ALL_SECRETS = (SECRET_KEY, SECRET_SECRET, SECRET_OPENAI)
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/agents/support"
+MUTATING_PREFIXES = (
+    "Create", "Put", "Register", "Update", "Delete", "Deregister", "Tag", "Untag", "Restore", "Detach", "Attach",
+)  # fmt: skip
+
+
+def default_network() -> tuple[list[str], str]:
+    """Two subnets and the default security group of moto's default VPC (us-east-1)."""
+    ec2 = boto3.client("ec2")
+    subnets = sorted(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"] if s.get("DefaultForAz"))[:2]
+    groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": ["default"]}])["SecurityGroups"]
+    return subnets, groups[0]["GroupId"]
+
+
+def public_args(subnet_ids: list[str], sg: str, **overrides: Any) -> dict[str, Any]:
+    """Non-secret arguments of a valid deployment."""
+    args: dict[str, Any] = {
+        "agent_name": "support",
+        "stack": "dev",
+        "environment": "test",
+        "image": f"{IMAGE}:v1",
+        "cpu": 512,
+        "memory": 1024,
+        "cluster_name": "voice",
+        "create_cluster": True,
+        "subnets": subnet_ids,
+        "security_groups": [sg],
+        "livekit_url": "wss://voice.example.com",
+        "desired_count": 1,
+        "tags": {"team": "voice"},
+    }
+    args.update(overrides)
+    return args
+
+
+def full_args(subnet_ids: list[str], sg: str, **overrides: Any) -> dict[str, Any]:
+    """Valid arguments including the secret ones (plaintext, as the provider receives them)."""
+    args = public_args(subnet_ids, sg)
+    args.update(
+        livekit_api_key=SECRET_KEY, livekit_api_secret=SECRET_SECRET, provider_keys={"OPENAI_API_KEY": SECRET_OPENAI}
+    )
+    args.update(overrides)
+    return args
+
+
+@contextmanager
+def recorded_calls() -> Iterator[list[tuple[str, str]]]:
+    """Every AWS call the provider makes inside the block, as (service, operation)."""
+    calls: list[tuple[str, str]] = []
+    remove = aws.add_call_hook(lambda service, op, params: calls.append((service, op)))
+    try:
+        yield calls
+    finally:
+        remove()
+
+
+def mutating(calls: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The calls that change something."""
+    return [c for c in calls if c[1].startswith(MUTATING_PREFIXES)]
+
+
+def leftovers() -> dict[str, list[str]]:
+    """Every ECS, IAM, Secrets Manager, Logs, Auto Scaling and ECR object still alive on moto."""
+    ecs = boto3.client("ecs")
+    clusters = ecs.list_clusters()["clusterArns"]
+    live_clusters = (
+        [c["clusterArn"] for c in ecs.describe_clusters(clusters=clusters)["clusters"] if c["status"] == "ACTIVE"]
+        if clusters
+        else []
+    )
+    services = []
+    for cluster in clusters:
+        arns = ecs.list_services(cluster=cluster)["serviceArns"]
+        if arns:
+            services += [
+                s["serviceArn"]
+                for s in ecs.describe_services(cluster=cluster, services=arns)["services"]
+                if s["status"] != "INACTIVE"
+            ]
+    scaling = boto3.client("application-autoscaling")
+    return {
+        "clusters": live_clusters,
+        "services": services,
+        "task_definitions": ecs.list_task_definitions(status="ACTIVE")["taskDefinitionArns"]
+        + ecs.list_task_definitions(status="INACTIVE")["taskDefinitionArns"],
+        "roles": [r["RoleName"] for r in boto3.client("iam").list_roles()["Roles"]],
+        "secrets": [
+            s["Name"] for s in boto3.client("secretsmanager").list_secrets(IncludePlannedDeletion=True)["SecretList"]
+        ],
+        "log_groups": [g["logGroupName"] for g in boto3.client("logs").describe_log_groups()["logGroups"]],
+        "scalable_targets": [
+            t["ResourceId"] for t in scaling.describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"]
+        ],
+        "scaling_policies": [
+            p["PolicyName"] for p in scaling.describe_scaling_policies(ServiceNamespace="ecs")["ScalingPolicies"]
+        ],
+        "repositories": [r["repositoryName"] for r in boto3.client("ecr").describe_repositories()["repositories"]],
+    }
+
+
+def assert_nothing_left() -> None:
+    """Fail naming every object that is still there."""
+    left = {k: v for k, v in leftovers().items() if v}
+    assert left == {}, f"objects left behind: {left}"
