@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+import boto3
 import pytest
 import yaml
 from pulumi import automation as auto
@@ -26,7 +27,7 @@ def clean_livekit(endpoints):
 
 
 @pytest.mark.engine
-def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit, tmp_path, pulumi_env):
+def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit, aws, tmp_path, pulumi_env):
     sut = StackUnderTest(tmp_path, pulumi_env, "local", copy.deepcopy(LOCAL))
     outputs = up(sut.stack)
     table = outputs["routing_table"]
@@ -47,6 +48,19 @@ def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit
         assert metadata["direction"] == "inbound"
     assert rules["local-sales"]["room_config"]["agents"][0]["agent_name"] == "sales-agent"
     assert "Which product" in json.loads(rules["local-sales"]["metadata"])["agent_config"]["greeting_instructions"]
+
+    ecs = boto3.client("ecs")
+    services = ecs.list_services(cluster="siphon-local")["serviceArns"]
+    assert sorted(a.rsplit("/", 1)[-1] for a in services) == [
+        "siphon-local-reminders-agent",
+        "siphon-local-sales-agent",
+        "siphon-local-support-agent",
+    ]
+    assert outputs["agents"] == {
+        "support-agent": "ecs+local",
+        "sales-agent": "ecs+local",
+        "reminders-agent": "ecs+local",
+    }
 
     reminders = outputs["outbound_routes"]["reminders"]
     assert reminders["trunk_id"] == outputs_trunk_id(live, "local-carrier")

@@ -50,7 +50,7 @@ CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
     ("bad-trunk-key", [lambda d: d["inbound_trunks"].update({"Main Trunk": {"numbers": ["+15550100999"]}})],
      "inbound_trunks", "lower-case"),
     ("route-unknown-agent", [_set("inbound_routes.support.agent", "suport-agent")], "inbound_routes.support.agent", "no agent named 'suport-agent'"),
-    ("agent-without-worker", [_set("agents.support-agent.local", _DELETE)], "inbound_routes.support.agent", "has no worker"),
+    ("agent-without-worker", [_set("agents.support-agent.local", _DELETE), _set("agents.support-agent.ecs", _DELETE)], "inbound_routes.support.agent", "has no worker"),
     ("outbound-unknown-agent", [_set("outbound_routes.reminders.agent", "nobody")], "outbound_routes.reminders.agent", "no agent named"),
     ("route-unknown-trunk", [_set("inbound_routes.support.trunks", ["missing"])], "inbound_routes.support.trunks.0", "no inbound trunk named"),
     ("route-number-not-on-trunk", [_set("inbound_routes.support.numbers", ["+15550100999"])], "inbound_routes.support.numbers", "no inbound trunk serves"),

@@ -102,7 +102,7 @@ class AgentComponent(pulumi.ComponentResource):
     def __init__(self, key: str, stack: StackFile, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("siphon:routing:Agent", key, None, opts)
         agent = stack.agents[key]
-        self.worker = "ecs" if agent.ecs else ("local" if agent.local else "none")
+        self.worker = agent.workers
         self.deployment: pulumi.Resource | None = None
         if agent.ecs is not None:
             from infra.stack.ecs import agent_deployment  # imported lazily: only stacks with ECS agents need boto3

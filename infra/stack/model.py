@@ -123,9 +123,14 @@ class Agent(Model):
     local: LocalWorker | None = None
 
     @property
+    def workers(self) -> str:
+        """Where its workers run: "ecs", "local", "ecs+local", or "none"."""
+        return "+".join(w for w, on in (("ecs", self.ecs), ("local", self.local)) if on is not None) or "none"
+
+    @property
     def has_worker(self) -> bool:
         """True when a worker for this agent is declared somewhere."""
-        return self.ecs is not None or self.local is not None
+        return self.workers != "none"
 
 
 class HeaderOverride(Model):

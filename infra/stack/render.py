@@ -17,7 +17,7 @@ def routing_rows(stack: StackFile) -> list[dict[str, str]]:
     rows = []
     for key, route in stack.inbound_routes.items():
         agent = stack.agents.get(route.agent)
-        worker = ("ecs" if agent.ecs else "local" if agent.local else "none") if agent else "missing"
+        worker = agent.workers if agent else "missing"
         for number in route.numbers or ["(any)"]:
             rows.append({"direction": "inbound", "number": number, "route": key,
                          "trunks": ", ".join(route_trunks(stack, key)) or "(any)", "agent": route.agent,
@@ -26,7 +26,7 @@ def routing_rows(stack: StackFile) -> list[dict[str, str]]:
         trunk = stack.outbound_trunks.get(route.trunk)
         numbers = route.caller_ids or (trunk.numbers if trunk else [])
         agent = stack.agents.get(route.agent)
-        worker = ("ecs" if agent.ecs else "local" if agent.local else "none") if agent else "missing"
+        worker = agent.workers if agent else "missing"
         rows.append({"direction": "outbound", "number": ", ".join(numbers), "route": key, "trunks": route.trunk,
                      "agent": route.agent, "worker": worker})  # fmt: skip
     return rows
