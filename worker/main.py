@@ -1,0 +1,236 @@
+"""The packaged agent worker: one ``AgentServer`` whose ``rtc_session`` serves every route ("micro-agent").
+
+Run (locally and in the image, the same command)::
+
+    python -m worker.main start      # production mode: SIGTERM drains running calls
+    python -m worker.main dev        # development mode
+
+Environment: ``LIVEKIT_URL``, ``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET``, ``SIPHON_AGENT_NAME`` (or
+``LIVEKIT_AGENT_NAME``), and the ``SIPHON_*`` settings documented on ``worker.config.WorkerSettings``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import warnings
+
+# No model weights at run time: never preload livekit-agents' bundled local inference models.
+os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
+
+from google.protobuf.duration_pb2 import Duration
+from livekit import api, rtc
+from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobExecutorType, cli, room_io
+
+from worker.config import (
+    OVERRIDES_ATTRIBUTE,
+    CallFacts,
+    MergedConfig,
+    ResolvedCall,
+    SipFacts,
+    WorkerSettings,
+    call_facts,
+    merge_layers,
+)
+from worker.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_agent_config, parse_metadata
+from worker.models import registry
+
+logger = logging.getLogger("siphon.worker")
+
+ATTR_CALL_STATUS = "siphon.call_status"
+
+
+def _sip_participant(room: rtc.Room) -> rtc.RemoteParticipant | None:
+    for p in room.remote_participants.values():
+        if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_SIP or SipFacts.looks_like_sip(p.attributes):
+            return p
+    return None
+
+
+async def _wait_sip(room: rtc.Room, timeout: float, identity: str | None = None) -> rtc.RemoteParticipant | None:
+    """Wait until a SIP participant (optionally with ``identity``) is in the room, up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        p = room.remote_participants.get(identity) if identity else _sip_participant(room)
+        if p is not None:
+            return p
+        if time.monotonic() >= deadline or not room.isconnected():
+            return None
+        await asyncio.sleep(0.1)
+
+
+async def _dial(ctx: JobContext, meta: CallMetadata, settings: WorkerSettings) -> rtc.RemoteParticipant | str:
+    """Place the outbound call the metadata asks for; the answered participant, or why there is none."""
+    if not (meta.outbound_trunk_id and meta.called_number):
+        return "not dialled: outbound metadata needs outbound_trunk_id and called_number"
+    ring = meta.ring_timeout or settings.ring_timeout
+    identity = meta.participant_identity or f"sip-{ctx.room.name}"[:128]
+    request = api.CreateSIPParticipantRequest(
+        room_name=ctx.room.name,
+        sip_trunk_id=meta.outbound_trunk_id,
+        sip_number=meta.caller_number or "",
+        sip_call_to=meta.called_number,
+        participant_identity=identity,
+        participant_name=f"Phone {meta.called_number}",
+        ringing_timeout=Duration(seconds=int(ring)),
+        wait_until_answered=True,
+    )
+    try:
+        await ctx.api.sip.create_sip_participant(request, timeout=ring + 10)
+    except api.TwirpError as err:
+        return f"dial failed: {err.code}: {err.message[:200]}"
+    except TimeoutError:
+        return "dial timed out"
+    except Exception as err:  # connection errors and the like: end the job, keep the worker
+        return f"dial failed: {type(err).__name__}"
+    p = await _wait_sip(ctx.room, ring, identity=identity)
+    return p if p is not None else "answered, but the SIP participant never joined"
+
+
+def _resolve_models(
+    merged: MergedConfig, defaults: AgentConfig
+) -> tuple[dict[ModelKind, registry.Resolved], list[str]]:
+    out: dict[ModelKind, registry.Resolved] = {}
+    problems: list[str] = []
+    for kind in MODEL_KINDS:
+        out[kind] = r = registry.resolve(kind, getattr(merged.config, kind), getattr(defaults, kind))
+        if r.fallback_reason:
+            problems.append(f"{kind}: {r.requested} -> {r.label}: {r.fallback_reason}")
+    return out, problems
+
+
+async def _set_attributes(ctx: JobContext, attrs: dict[str, str]) -> None:
+    try:
+        await ctx.room.local_participant.set_attributes(attrs)
+    except Exception as err:
+        logger.warning("could not publish agent attributes", extra={"error": type(err).__name__})
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    """One call: read metadata, find or dial the SIP participant, merge layers, start the agent session."""
+    settings = WorkerSettings.from_env()
+    started = time.perf_counter()
+    parsed = parse_metadata(ctx.job.metadata)
+    meta = parsed.metadata
+    parse_ms = (time.perf_counter() - started) * 1000
+    warns = [*settings.default_warnings, *parsed.warnings]
+
+    await ctx.connect()
+
+    sip_p = _sip_participant(ctx.room)
+    dialled = False
+    if meta.direction == "outbound" and sip_p is None:
+        if meta.standalone_call:  # SIPHON's Call dials itself right after dispatching: wait, never dial twice
+            sip_p = await _wait_sip(ctx.room, meta.ring_timeout or settings.ring_timeout)
+            outcome: rtc.RemoteParticipant | str = sip_p or "the dispatcher's call never joined"
+        else:
+            outcome = await _dial(ctx, meta, settings)
+            dialled = True
+        if isinstance(outcome, str):
+            logger.warning(
+                "outbound call not connected; ending the job", extra={"reason": outcome, "room": ctx.room.name}
+            )
+            await _set_attributes(ctx, {ATTR_CALL_STATUS: "unanswered", "siphon.route": meta.route or ""})
+            ctx.shutdown(reason=f"outbound call not connected: {outcome}")
+            return
+        sip_p = outcome
+    elif sip_p is None and meta.direction != "outbound":
+        sip_p = await _wait_sip(ctx.room, settings.participant_wait)
+
+    sip = SipFacts.from_attributes(sip_p.identity, sip_p.attributes) if sip_p is not None else None
+    facts: CallFacts = call_facts(meta, sip, dialled=dialled)
+    attr_layer: AgentConfig | None = None
+    if sip_p is not None and OVERRIDES_ATTRIBUTE in sip_p.attributes:
+        attr_layer, attr_warns = parse_agent_config(sip_p.attributes[OVERRIDES_ATTRIBUTE], path=OVERRIDES_ATTRIBUTE)
+        warns.extend(attr_warns)
+    merged = merge_layers(
+        ("default", settings.defaults), ("route", meta.agent_config), ("call", meta.overrides), ("call", attr_layer)
+    )
+    models, fallback_problems = _resolve_models(merged, settings.defaults)
+    resolved = ResolvedCall(
+        agent_name=settings.agent_name,
+        route=meta.route,
+        facts=facts,
+        merged=merged,
+        models={k: r.label for k, r in models.items()},
+        fallbacks={k: r.fallback_reason for k, r in models.items() if r.fallback_reason},
+        warnings=tuple(warns),
+    )
+    resolve_ms = (time.perf_counter() - started) * 1000
+    for w in warns:
+        logger.warning("metadata problem (ignored, falling back)", extra={"room": ctx.room.name, **w.as_dict()})
+    for problem in fallback_problems:
+        logger.warning("model spec unavailable, using fallback", extra={"room": ctx.room.name, "detail": problem})
+    logger.info(
+        "resolved call configuration",
+        extra={
+            "room": ctx.room.name,
+            "config": json.dumps(resolved.describe(), sort_keys=True),
+            "config_hash": resolved.hash,
+            "metadata_parse_ms": round(parse_ms, 3),
+            "resolve_ms": round(resolve_ms, 3),
+        },
+    )
+    await _set_attributes(ctx, {**resolved.attributes(), ATTR_CALL_STATUS: "active" if sip_p else "no_caller"})
+
+    cfg = merged.config
+    session: AgentSession = AgentSession(
+        llm=models["llm"].component,
+        stt=models["stt"].component,
+        tts=models["tts"].component,
+        vad=None,  # no VAD model weights; the STT drives turns
+        turn_handling={"turn_detection": "stt"},
+    )
+
+    @session.on("close")
+    def _on_close(_: object) -> None:
+        ctx.shutdown(reason="session closed")
+
+    room_options = (
+        room_io.RoomOptions(participant_identity=sip_p.identity) if sip_p is not None else room_io.RoomOptions()
+    )
+    await session.start(
+        agent=Agent(instructions=cfg.system_instructions or ""),
+        room=ctx.room,
+        room_options=room_options,
+        record=False,
+    )
+    if cfg.send_greeting is not False:
+        session.generate_reply(instructions=cfg.greeting_instructions or "")
+
+
+def build_server(settings: WorkerSettings | None = None) -> AgentServer:
+    """The worker's ``AgentServer``, registered under the configured agent name."""
+    settings = settings or WorkerSettings.from_env()
+    kwargs: dict[str, object] = {}
+    if settings.num_idle_processes is not None:
+        kwargs["num_idle_processes"] = settings.num_idle_processes
+    server = AgentServer(
+        job_executor_type=JobExecutorType.THREAD if settings.job_executor == "thread" else JobExecutorType.PROCESS,
+        load_threshold=settings.load_threshold,
+        port=settings.http_port,
+        host=settings.http_host,
+        drain_timeout=settings.drain_timeout,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    if settings.max_jobs:
+        max_jobs = settings.max_jobs
+        server.load_fnc = lambda s: min(1.0, len(s.active_jobs) / max_jobs)
+    server.rtc_session(entrypoint, agent_name=settings.agent_name)
+    return server
+
+
+server = build_server()
+
+
+def main() -> None:
+    """CLI entry: ``start`` / ``dev`` / ``console``, as livekit-agents' CLI."""
+    warnings.filterwarnings("ignore", message="the built-in Python CLI is deprecated", category=DeprecationWarning)
+    cli.run_app(server)
+
+
+if __name__ == "__main__":
+    main()

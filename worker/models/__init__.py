@@ -1,0 +1,1 @@
+"""Model specs -> livekit-agents components: the registry (import-light) and the offline providers."""

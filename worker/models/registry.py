@@ -1,0 +1,257 @@
+"""One registry from model specs to livekit-agents components.
+
+A spec is a LiveKit model string (``provider[/model][:variant]``: ``openai/gpt-4.1-mini``,
+``deepgram/nova-3:en``, ``cartesia/sonic-2:<voice>``) or a SIPHON provider dict
+(``{"provider": "openai", "model": "gpt-4.1-mini", ...params}``). Both normalise to ``NormalizedSpec``.
+
+Plugin providers are optional extras (``livekit-plugins-<name>``); the ``local`` provider is pure code and
+always available offline (``local/scripted`` LLM, ``local/espeak-ng[:voice]`` TTS, ``local/silent`` STT).
+
+Everything except ``build`` is import-light (no livekit-agents), so stack validation can call
+``can_resolve`` / ``check_spec`` without the worker's dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from worker.metadata import MODEL_KINDS, ModelKind, ModelSpec, ProviderSpec
+
+_SPEC = TypeAdapter(ModelSpec)
+
+VARIANT_PARAM: dict[ModelKind, str | None] = {"llm": None, "stt": "language", "tts": "voice"}
+"""What the ``:variant`` suffix of a model string sets, per kind."""
+
+
+class SpecError(ValueError):
+    """A spec that cannot be parsed or names no known provider."""
+
+
+class SpecUnavailable(RuntimeError):
+    """A known spec that cannot be built here (plugin not installed, credential missing, bad params)."""
+
+
+@dataclass(frozen=True)
+class NormalizedSpec:
+    """A parsed model spec."""
+
+    kind: ModelKind
+    provider: str
+    model: str | None = None
+    variant: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Non-secret display form: ``provider/model[:variant]`` (parameters left out)."""
+        out = self.provider + (f"/{self.model}" if self.model else "")
+        return out + (f":{self.variant}" if self.variant else "")
+
+
+@dataclass(frozen=True)
+class Provider:
+    """How to build one provider's component for one kind."""
+
+    module: str
+    factory: str  # attribute path inside module, e.g. "LLM" or "LLM.with_cerebras"
+    env: tuple[str, ...] = ()  # credentials that must be set (any one of them)
+    extra: str = ""  # the pip extra / package that provides it
+    models: tuple[str, ...] = ()  # non-empty: only these models (local providers)
+    default_model: str | None = None
+    offline: bool = False
+
+
+def _plugin(name: str, factory: str, *env: str, module: str | None = None) -> Provider:
+    mod = module or name
+    return Provider(f"livekit.plugins.{mod}", factory, env, f"livekit-plugins-{mod}")
+
+
+_LOCAL = "worker.models.offline"
+PROVIDERS: dict[ModelKind, dict[str, Provider]] = {
+    "llm": {
+        "local": Provider(_LOCAL, "ScriptedLLM", models=("scripted",), default_model="scripted", offline=True),
+        "openai": _plugin("openai", "LLM", "OPENAI_API_KEY"),
+        "anthropic": _plugin("anthropic", "LLM", "ANTHROPIC_API_KEY"),
+        "gemini": _plugin("google", "LLM", "GOOGLE_API_KEY", "GEMINI_API_KEY", module="google"),
+        "google": _plugin("google", "LLM", "GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_APPLICATION_CREDENTIALS"),
+        "groq": _plugin("groq", "LLM", "GROQ_API_KEY"),
+        "mistralai": _plugin("mistralai", "LLM", "MISTRAL_API_KEY"),
+        "openrouter": _plugin("openai", "LLM.with_openrouter", "OPENROUTER_API_KEY", module="openai"),
+        "xai": _plugin("openai", "LLM.with_x_ai", "XAI_API_KEY", module="openai"),
+        "deepseek": _plugin("openai", "LLM.with_deepseek", "DEEPSEEK_API_KEY", module="openai"),
+        "ollama": _plugin("openai", "LLM.with_ollama", module="openai"),
+        "perplexity": _plugin("openai", "LLM.with_perplexity", "PERPLEXITY_API_KEY", module="openai"),
+        "together": _plugin("openai", "LLM.with_together", "TOGETHER_API_KEY", module="openai"),
+        "cerebras": _plugin("openai", "LLM.with_cerebras", "CEREBRAS_API_KEY", module="openai"),
+    },
+    "stt": {
+        "local": Provider(_LOCAL, "SilentSTT", models=("silent",), default_model="silent", offline=True),
+        "deepgram": _plugin("deepgram", "STT", "DEEPGRAM_API_KEY"),
+        "assemblyai": _plugin("assemblyai", "STT", "ASSEMBLYAI_API_KEY"),
+        "openai": _plugin("openai", "STT", "OPENAI_API_KEY"),
+        "groq": _plugin("groq", "STT", "GROQ_API_KEY"),
+        "cartesia": _plugin("cartesia", "STT", "CARTESIA_API_KEY"),
+        "sarvam": _plugin("sarvam", "STT", "SARVAM_API_KEY"),
+        "mistralai": _plugin("mistralai", "STT", "MISTRAL_API_KEY"),
+        "google": _plugin("google", "STT", "GOOGLE_APPLICATION_CREDENTIALS"),
+    },
+    "tts": {
+        "local": Provider(_LOCAL, "EspeakTTS", models=("espeak-ng",), default_model="espeak-ng", offline=True),
+        "cartesia": _plugin("cartesia", "TTS", "CARTESIA_API_KEY"),
+        "elevenlabs": _plugin("elevenlabs", "TTS", "ELEVEN_API_KEY", "ELEVENLABS_API_KEY"),
+        "deepgram": _plugin("deepgram", "TTS", "DEEPGRAM_API_KEY"),
+        "openai": _plugin("openai", "TTS", "OPENAI_API_KEY"),
+        "groq": _plugin("groq", "TTS", "GROQ_API_KEY"),
+        "rime": _plugin("rime", "TTS", "RIME_API_KEY"),
+        "sarvam": _plugin("sarvam", "TTS", "SARVAM_API_KEY"),
+        "google": _plugin("google", "TTS", "GOOGLE_APPLICATION_CREDENTIALS"),
+        "gemini": _plugin("google", "beta.GeminiTTS", "GOOGLE_API_KEY", "GEMINI_API_KEY", module="google"),
+    },
+}
+"""Every provider the worker knows, per kind. Adding a provider = one line here."""
+
+LOCAL_DEFAULTS: dict[ModelKind, str] = {"llm": "local/scripted", "stt": "local/silent", "tts": "local/espeak-ng"}
+"""The offline last resort when even the worker's configured default cannot be built."""
+
+
+def known_providers(kind: ModelKind) -> list[str]:
+    """Provider names accepted for ``kind``."""
+    return sorted(PROVIDERS[kind])
+
+
+def parse_spec(kind: ModelKind, spec: object) -> NormalizedSpec:
+    """Normalise a string or provider dict; raises ``SpecError`` (unparseable or unknown provider)."""
+    if kind not in MODEL_KINDS:
+        raise SpecError(f"unknown model kind {kind!r}")
+    if not isinstance(spec, str | ProviderSpec):
+        try:
+            spec = _SPEC.validate_python(spec)
+        except ValidationError as err:
+            raise SpecError(f"invalid {kind} spec: {err.error_count()} validation error(s)") from None
+    if isinstance(spec, ProviderSpec):
+        params = spec.params
+        model = params.pop("model", None)
+        if model is not None and not isinstance(model, str):
+            raise SpecError(f"{kind} spec: 'model' must be a string")
+        norm = NormalizedSpec(kind, spec.provider, model or None, None, params)
+    else:
+        text = spec.strip()
+        head, _, variant = text.partition(":")
+        provider, _, model = head.partition("/")
+        if not provider or (_ and not model) or (":" in text and not variant):
+            raise SpecError(f"invalid {kind} model string (expected provider[/model][:variant])")
+        norm = NormalizedSpec(kind, provider.lower(), model or None, variant or None)
+    entry = PROVIDERS[kind].get(norm.provider)
+    if entry is None:
+        raise SpecError(f"unknown {kind} provider {norm.provider!r} (known: {', '.join(known_providers(kind))})")
+    if entry.models and (norm.model or entry.default_model) not in entry.models:
+        raise SpecError(f"unknown {norm.provider} {kind} model {norm.model!r} (known: {', '.join(entry.models)})")
+    if norm.variant and VARIANT_PARAM[kind] is None:
+        raise SpecError(f"{kind} model strings take no ':variant' suffix")
+    return norm
+
+
+def can_resolve(kind: ModelKind, spec: object) -> bool:
+    """True when ``spec`` parses and names a provider (and, for local providers, a model) the worker knows.
+
+    Does not check that the plugin is installed in the image or that its credential is set: that depends
+    on the deployment (see ``availability``)."""
+    try:
+        parse_spec(kind, spec)
+    except SpecError:
+        return False
+    return True
+
+
+def check_spec(kind: ModelKind, spec: object) -> str | None:
+    """``None`` if ``can_resolve``, else the reason (for stack validation messages)."""
+    try:
+        parse_spec(kind, spec)
+    except SpecError as err:
+        return str(err)
+    return None
+
+
+def availability(norm: NormalizedSpec, env: Mapping[str, str] | None = None) -> str | None:
+    """``None`` if this process can build ``norm``, else why not (plugin missing, credential missing)."""
+    env = os.environ if env is None else env
+    entry = PROVIDERS[norm.kind][norm.provider]
+    if entry.offline:
+        if norm.kind == "tts" and shutil.which("espeak-ng") is None:
+            return "espeak-ng binary not found"
+        return None
+    try:
+        found = importlib.util.find_spec(entry.module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        return f"plugin {entry.module} not installed (install {entry.extra})"
+    if entry.env and not any(env.get(k) for k in entry.env):
+        return f"credential missing: set {' or '.join(entry.env)} in the worker's environment"
+    return None
+
+
+def build(norm: NormalizedSpec) -> Any:
+    """Construct the livekit-agents component for ``norm``; raises ``SpecUnavailable``."""
+    reason = availability(norm)
+    if reason:
+        raise SpecUnavailable(reason)
+    entry = PROVIDERS[norm.kind][norm.provider]
+    kwargs: dict[str, Any] = dict(norm.params)
+    model = norm.model or entry.default_model
+    if model and not entry.offline:
+        kwargs["model"] = model
+    variant_param = VARIANT_PARAM[norm.kind]
+    if norm.variant and variant_param:
+        kwargs[variant_param] = norm.variant
+    try:
+        target: Any = importlib.import_module(entry.module)
+        for part in entry.factory.split("."):
+            target = getattr(target, part)
+        return target(**kwargs)
+    except Exception as err:  # a bad parameter or a plugin error must never take the call down
+        raise SpecUnavailable(f"{norm.label}: {type(err).__name__}: {str(err)[:200]}") from err
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A built component and how it was chosen."""
+
+    kind: ModelKind
+    component: Any
+    label: str  # label of the spec actually used
+    requested: str | None  # label (or "invalid") of the spec asked for
+    fallback_reason: str | None = None
+
+
+def resolve(kind: ModelKind, spec: object, default: object) -> Resolved:
+    """Build ``spec``; if it is unknown or unavailable, build ``default``; if that fails too, the local
+    offline provider. ``fallback_reason`` says why a fallback happened (log it as a warning)."""
+    reasons: list[str] = []
+    requested: str | None = None
+    candidates = [spec, default, LOCAL_DEFAULTS[kind]]
+    for i, candidate in enumerate(candidates):
+        if candidate is None:
+            continue
+        try:
+            norm = parse_spec(kind, candidate)
+        except SpecError as err:
+            requested = requested or "invalid"
+            reasons.append(str(err))
+            continue
+        requested = requested or norm.label
+        try:
+            component = build(norm)
+        except SpecUnavailable as err:
+            reasons.append(str(err))
+            continue
+        return Resolved(kind, component, norm.label, requested, "; ".join(reasons) if i and reasons else None)
+    raise SpecUnavailable(f"no {kind} can be built: {'; '.join(reasons)}")
