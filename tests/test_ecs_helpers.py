@@ -45,6 +45,7 @@ def public_args(subnet_ids: list[str], sg: str, **overrides: Any) -> dict[str, A
         "livekit_url": "wss://voice.example.com",
         "desired_count": 1,
         "tags": {"team": "voice"},
+        "worker": {"llm": "openai/gpt-4o-mini"},
     }
     args.update(overrides)
     return args

@@ -106,7 +106,7 @@ def test_create_update_and_delete_in_order(net):
 
     # Update: new image + worker default + rotated key + dropped key + no autoscaling.
     new = full_args(
-        subnets, sg, image=":v2", ecr_repository={"keep_last_images": 5}, worker={"greeting": "Hello!"},
+        subnets, sg, image=":v2", ecr_repository={"keep_last_images": 5}, worker={"greeting_instructions": "Hello!"},
         provider_keys={"OPENAI_API_KEY": "sk-rotated"},
     )  # fmt: skip
     with recorded_calls() as calls:

@@ -60,6 +60,37 @@ def _env_float(env: Mapping[str, str], key: str, default: float) -> float:
         return default
 
 
+AGENT_NAME_ENV = "SIPHON_AGENT_NAME"
+# AgentConfig field -> environment variable the worker reads its default for that field from.
+DEFAULTS_ENV: dict[str, str] = {
+    "llm": "SIPHON_DEFAULT_LLM",
+    "stt": "SIPHON_DEFAULT_STT",
+    "tts": "SIPHON_DEFAULT_TTS",
+    "system_instructions": "SIPHON_SYSTEM_INSTRUCTIONS",
+    "greeting_instructions": "SIPHON_GREETING_INSTRUCTIONS",
+    "send_greeting": "SIPHON_SEND_GREETING",
+}
+
+
+def defaults_env(layer: AgentConfig) -> dict[str, str]:
+    """The environment that makes ``WorkerSettings.from_env`` use ``layer`` as the worker defaults.
+
+    Deployments (ECS task definitions, local worker processes) call this instead of naming variables.
+    """
+    out: dict[str, str] = {}
+    for name, var in DEFAULTS_ENV.items():
+        value = getattr(layer, name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[var] = "true" if value else "false"
+        elif isinstance(value, str):
+            out[var] = value
+        else:  # a provider dict
+            out[var] = json.dumps(value.model_dump(mode="json"), separators=(",", ":"))
+    return out
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """The worker's own settings, read from its environment (as set by the deployment).
@@ -93,19 +124,19 @@ class WorkerSettings:
         """Read settings; invalid values are warned about and replaced by the built-in defaults."""
         env = os.environ if env is None else env
         raw: dict[str, object] = {
-            "llm": _spec_env(env.get("SIPHON_DEFAULT_LLM")) or "local/scripted",
-            "stt": _spec_env(env.get("SIPHON_DEFAULT_STT")) or "local/silent",
-            "tts": _spec_env(env.get("SIPHON_DEFAULT_TTS")) or "local/espeak-ng",
-            "system_instructions": env.get("SIPHON_SYSTEM_INSTRUCTIONS") or DEFAULT_SYSTEM_INSTRUCTIONS,
-            "greeting_instructions": env.get("SIPHON_GREETING_INSTRUCTIONS") or DEFAULT_GREETING_INSTRUCTIONS,
-            "send_greeting": env.get("SIPHON_SEND_GREETING", "true").strip().lower() not in ("0", "false", "no"),
+            "llm": _spec_env(env.get(DEFAULTS_ENV["llm"])) or "local/scripted",
+            "stt": _spec_env(env.get(DEFAULTS_ENV["stt"])) or "local/silent",
+            "tts": _spec_env(env.get(DEFAULTS_ENV["tts"])) or "local/espeak-ng",
+            "system_instructions": env.get(DEFAULTS_ENV["system_instructions"]) or DEFAULT_SYSTEM_INSTRUCTIONS,
+            "greeting_instructions": env.get(DEFAULTS_ENV["greeting_instructions"]) or DEFAULT_GREETING_INSTRUCTIONS,
+            "send_greeting": env.get(DEFAULTS_ENV["send_greeting"], "true").strip().lower() not in ("0", "false", "no"),
         }
         defaults, warnings = parse_agent_config(raw, path="defaults")
         idle = env.get("SIPHON_NUM_IDLE_PROCESSES")
         max_jobs = env.get("SIPHON_MAX_JOBS")
         executor = env.get("SIPHON_JOB_EXECUTOR", "process")
         return cls(
-            agent_name=env.get("SIPHON_AGENT_NAME") or env.get("LIVEKIT_AGENT_NAME") or "siphon-agent",
+            agent_name=env.get(AGENT_NAME_ENV) or env.get("LIVEKIT_AGENT_NAME") or "siphon-agent",
             defaults=defaults,
             default_warnings=warnings,
             ring_timeout=_env_float(env, "SIPHON_RING_TIMEOUT", 30.0),

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from infra.ecs import validation as v
+from worker.metadata import AgentConfig
 
 SECRET_FIELDS = ("livekit_api_key", "livekit_api_secret", "provider_keys")
 # Env names the two LiveKit credentials are injected as (from Secrets Manager, with valueFrom).
@@ -25,16 +26,6 @@ DEFAULT_HEALTH_COMMAND = [
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class WorkerDefaults(_Model):
-    """Defaults the worker applies to a call unless the dispatch metadata overrides them."""
-
-    llm: str = Field("openai/gpt-4o-mini", min_length=1, max_length=200)
-    stt: str = Field("deepgram/nova-3", min_length=1, max_length=200)
-    tts: str = Field("cartesia/sonic-2", min_length=1, max_length=200)
-    instructions: str = Field("You are a helpful voice assistant on a phone call.", min_length=1, max_length=8000)
-    greeting: str = Field("", max_length=2000)
 
 
 class HealthCheck(_Model):
@@ -133,7 +124,7 @@ class AgentWorkerArgs(_Model):
     livekit_api_key: SecretStr = Field(min_length=1, max_length=4096)
     livekit_api_secret: SecretStr = Field(min_length=1, max_length=4096)
     provider_keys: dict[str, SecretStr] = Field(default_factory=dict, max_length=20)
-    worker: WorkerDefaults = Field(default_factory=WorkerDefaults)
+    worker: AgentConfig = Field(default_factory=AgentConfig, description="the worker's default layer")
     extra_env: dict[str, str] = Field(default_factory=dict, max_length=50)
 
     cluster_name: str = Field(pattern=v.CLUSTER_OR_SERVICE_RE.pattern)

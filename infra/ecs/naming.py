@@ -9,15 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CONTAINER_NAME = "worker"
-# Environment variables the packaged worker (worker/config.py) reads its defaults from.
-WORKER_ENV = {
-    "agent_name": "SIPHON_AGENT_NAME",
-    "llm": "SIPHON_DEFAULT_LLM",
-    "stt": "SIPHON_DEFAULT_STT",
-    "tts": "SIPHON_DEFAULT_TTS",
-    "instructions": "SIPHON_SYSTEM_INSTRUCTIONS",
-    "greeting": "SIPHON_GREETING_INSTRUCTIONS",
-}
 # Tag keys put on every object (values: the stack, environment and agent name).
 TAG_STACK = "siphon:stack"
 TAG_ENVIRONMENT = "siphon:environment"

@@ -9,8 +9,7 @@ from typing import Any
 from infra.ecs import naming
 from infra.ecs import validation as v
 from infra.ecs.args import AgentWorkerArgs
-
-WORKER_ENV = naming.WORKER_ENV
+from worker.config import AGENT_NAME_ENV, defaults_env
 
 TRUST_POLICY = json.dumps({
     "Version": "2012-10-17",
@@ -39,9 +38,8 @@ def container_environment(args: AgentWorkerArgs) -> dict[str, str]:
     """Plain (non-secret) environment of the worker container."""
     env = dict(args.extra_env)
     env["LIVEKIT_URL"] = args.livekit_url
-    env[WORKER_ENV["agent_name"]] = args.agent_name
-    for field in ("llm", "stt", "tts", "instructions", "greeting"):
-        env[WORKER_ENV[field]] = getattr(args.worker, field)
+    env[AGENT_NAME_ENV] = args.agent_name
+    env.update(defaults_env(args.worker))
     return env
 
 

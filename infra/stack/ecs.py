@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -11,21 +10,6 @@ import pulumi
 
 from infra.ecs.resource import AgentWorkerDeployment
 from infra.stack.model import StackFile
-from worker.metadata import AgentConfig
-
-
-def _spec_text(spec: object) -> str | None:
-    if spec is None:
-        return None
-    return spec if isinstance(spec, str) else json.dumps(spec.model_dump(mode="json"), separators=(",", ":"))  # type: ignore[attr-defined]
-
-
-def worker_defaults(defaults: AgentConfig) -> dict[str, str]:
-    """The worker defaults of the ECS deployment from the agent's default layer."""
-    out = {k: _spec_text(getattr(defaults, k)) for k in ("llm", "stt", "tts")}
-    out["instructions"] = defaults.system_instructions
-    out["greeting"] = defaults.greeting_instructions
-    return {k: v for k, v in out.items() if v}
 
 
 def default_subnets(region: str) -> list[str]:
@@ -73,7 +57,7 @@ def agent_deployment(key: str, stack: StackFile, opts: pulumi.ResourceOptions) -
         "provider_keys": {
             env: pulumi.Config().require_secret(cfg) for env, cfg in agent.ecs.provider_key_secrets.items()
         },
-        "worker": worker_defaults(agent.defaults),
+        "worker": agent.defaults.model_dump(mode="json", exclude_none=True),
         **agent.ecs.settings,
     }
     return AgentWorkerDeployment(f"{key}-worker", args, opts)
