@@ -34,6 +34,37 @@ def render(endpoints: Endpoints, env: LocalEnv) -> str:
     return "\n".join(lines)
 
 
+def deploy_and_run(env: LocalEnv) -> str:
+    """Deploy the local stack, start its local workers, and describe the routing that is now live."""
+    from infra.stack.load import load, stack_path
+    from infra.stack.render import table
+    from localenv.deploy import deploy, start_workers
+    from worker.config import defaults_env
+
+    log = env.run_dir / "pulumi-up.log"
+    with log.open("w") as f:
+        outputs = deploy(env, on_output=lambda line: f.write(line + "\n"))
+    stack, _ = load(stack_path("local"))
+    workers = start_workers(env, {k: defaults_env(a.defaults) for k, a in stack.agents.items() if a.local})
+    rows = [
+        {"number": number, "route": row["route"], "rule id": row["rule_id"], "agent": row["agent_name"],
+         "worker": row["worker"]}
+        for number, row in outputs["routing_table"].items()
+    ]  # fmt: skip
+    rows += [
+        {"number": ", ".join(r["caller_ids"]), "route": f"{name} (outbound)", "rule id": f"trunk {r['trunk_id']}",
+         "agent": r["agent_name"], "worker": outputs["agents"][r["agent_name"]]}
+        for name, r in outputs["outbound_routes"].items()
+    ]  # fmt: skip
+    lines = [
+        f"Deployed stack `local` (engine log {log}).",
+        f"Local workers running: {', '.join(w.name for w in workers) or 'none'}",
+        "",
+        table(rows),
+    ]
+    return "\n".join(lines)
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -46,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--run-dir", type=Path, default=None, help="folder for configs and logs")
     up.add_argument("--require-sip", action="store_true", help="fail if livekit-sip is not installed")
     up.add_argument("--once", action="store_true", help="start, print, stop (a smoke test)")
+    up.add_argument("--no-deploy", action="store_true", help="only the services: do not deploy the local stack")
     args = parser.parse_args(argv)
 
     signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` tears down like Ctrl-C
@@ -60,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with env:
         assert env.endpoints is not None
         print(render(env.endpoints, env), flush=True)
+        if not args.no_deploy:
+            try:
+                print(deploy_and_run(env), flush=True)
+            except Exception as e:  # the engine's own message says what failed; the services still stop
+                print(f"siphon-local: deploying the local stack failed: {e}", file=sys.stderr)
+                return 1
         if args.once:
             return 0
         print("\nPress Ctrl-C to stop.", flush=True)
