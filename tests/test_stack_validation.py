@@ -69,8 +69,6 @@ CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
      "agents.sales-agent.defaults.tts", "cannot resolve"),
     ("credential-in-provider-dict", [_set("agents.sales-agent.defaults.llm", {"provider": "openai", "api_key": "sk-123"})],
      "agents.sales-agent.defaults.llm", "looks like a credential"),
-    ("unresolvable-header-override", [_set("inbound_routes.support.header_overrides.0.values.gold.llm", "nope/x")],
-     "inbound_routes.support.header_overrides.0.values.gold.llm", "cannot resolve"),
     ("unknown-agent-config-key", [_set("inbound_routes.sales.agent_config.system_prompt", "hi")],
      "inbound_routes.sales.agent_config.system_prompt", "unknown field"),
     ("direct-rule-with-agent", [_set("inbound_routes.sales.rule", {"type": "direct", "room_name": "lobby"})],

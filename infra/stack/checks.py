@@ -137,9 +137,6 @@ def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:
         yield from _specs(agent.defaults, f"agents.{key}.defaults")
     for key, route in stack.inbound_routes.items():
         yield from _specs(route.agent_config, f"inbound_routes.{key}.agent_config")
-        for i, override in enumerate(route.header_overrides):
-            for value, layer in override.values.items():
-                yield from _specs(layer, f"inbound_routes.{key}.header_overrides.{i}.values.{value}")
     for key, route in stack.outbound_routes.items():
         yield from _specs(route.agent_config, f"outbound_routes.{key}.agent_config")
 

@@ -20,7 +20,7 @@ from infra.livekit.args import (
     OutboundTrunkArgs,
     Rule,
 )
-from infra.livekit.validation import AttributeName, HeaderName, Model, Pin
+from infra.livekit.validation import AttributeName, Model, Pin
 from worker.metadata import AgentConfig, RouteMetadata
 
 Key = str  # names used as keys in the file (trunk, agent, route names)
@@ -133,14 +133,6 @@ class Agent(Model):
         return self.workers != "none"
 
 
-class HeaderOverride(Model):
-    """Select a per-call override from a SIP header mapped to an attribute (issue: per-call inbound overrides)."""
-
-    header: HeaderName
-    attribute: AttributeName
-    values: dict[str, AgentConfig] = Field(description="attribute value -> configuration layer")
-
-
 class RoomSettings(Model):
     """Room timeouts and size for the rooms a route creates."""
 
@@ -172,7 +164,6 @@ class InboundRoute(Model):
     context: Context = Field(default_factory=dict, description="free-form customer context")
     attributes: dict[AttributeName, str] = Field(default_factory=dict)
     room: RoomSettings = Field(default_factory=RoomSettings)
-    header_overrides: list[HeaderOverride] = Field(default_factory=list)
     krisp_enabled: bool = False
     media: MediaConfig | None = None
 

@@ -1,0 +1,26 @@
+"""The pull-request preview workflow is valid YAML that follows the Pulumi GitHub Action's conventions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_preview_workflow_uses_pulumi_actions_for_every_deployed_stack():
+    wf = yaml.safe_load((REPO / ".github" / "workflows" / "preview.yml").read_text())
+    assert "pull_request" in wf[True]  # YAML 1.1 reads the `on:` key as True
+    assert wf["permissions"]["pull-requests"] == "write"
+    job = wf["jobs"]["preview"]
+    stacks = sorted(p.stem for p in (REPO / "stacks").glob("*.yaml") if not p.name.startswith("Pulumi."))
+    assert sorted(job["strategy"]["matrix"]["stack"]) == [s for s in stacks if s != "local"]
+    steps = {s.get("name", s.get("uses", "")): s for s in job["steps"]}
+    pulumi = next(s for s in job["steps"] if s.get("uses", "").startswith("pulumi/actions@"))
+    assert pulumi["with"]["command"] == "preview"
+    assert pulumi["with"]["stack-name"] == "${{ matrix.stack }}"
+    assert pulumi["with"]["comment-on-pr"] is True and pulumi["with"]["diff"] is True
+    assert pulumi["with"]["pulumi-version"] == "3.260.0"
+    assert "siphon-infra validate" in steps["Validate the stack file (offline)"]["run"]
+    assert "siphon-infra summary" in steps["Routing summary"]["run"]
