@@ -24,6 +24,7 @@ from pulumi import automation as auto
 from infra.livekit.client import CALL_LOG_ENV
 from localenv import engine
 from localenv.manager import LocalEnv
+from localenv.reset import wipe_sip
 
 PROGRAM = Path(__file__).resolve().parent.parent / "tests" / "programs" / "sip"
 
@@ -77,19 +78,6 @@ async def floor(n: int, prefix: str) -> int:
         await lk.aclose()
 
 
-async def wipe() -> None:
-    lk = api.LiveKitAPI()
-    try:
-        for r in (await lk.sip.list_dispatch_rule(api.ListSIPDispatchRuleRequest())).items:
-            await lk.sip.delete_dispatch_rule(
-                api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=r.sip_dispatch_rule_id)
-            )
-        for t in (await lk.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())).items:
-            await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=t.sip_trunk_id))
-    finally:
-        await lk.aclose()
-
-
 def calls(log: Path) -> Counter[str]:
     c = Counter(log.read_text().split()) if log.exists() else Counter()
     log.unlink(missing_ok=True)
@@ -127,7 +115,7 @@ def run(n: int, work_root: Path) -> None:
     t0 = time.perf_counter()
     floor_calls = asyncio.run(floor(n, f"f{n}"))
     t_floor = time.perf_counter() - t0
-    asyncio.run(wipe())
+    wipe_sip()
 
     print(f"N={n} pairs ({2 * n} objects)")
     print(f"  pulumi up          {t_up:7.2f} s  {sum(c_up.values()):4d} LiveKit calls {dict(c_up)}")

@@ -13,6 +13,7 @@ from pulumi import automation as auto
 
 from infra.livekit.convert import canonical
 from localenv import engine
+from localenv.reset import wipe_sip
 
 PROGRAM = Path(__file__).parent / "programs" / "sip"
 
@@ -55,21 +56,6 @@ def livekit_canonical() -> dict[str, dict[str, dict[str, Any]]]:
     return {kind: {m.name: canonical(m) for m in items} for kind, items in livekit_objects().items()}
 
 
-async def _wipe() -> None:
-    lk = api.LiveKitAPI()
-    try:
-        for r in (await lk.sip.list_dispatch_rule(api.ListSIPDispatchRuleRequest())).items:
-            await lk.sip.delete_dispatch_rule(
-                api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=r.sip_dispatch_rule_id)
-            )
-        for t in (await lk.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())).items:
-            await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=t.sip_trunk_id))
-        for t in (await lk.sip.list_outbound_trunk(api.ListSIPOutboundTrunkRequest())).items:
-            await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=t.sip_trunk_id))
-    finally:
-        await lk.aclose()
-
-
 def wipe_livekit() -> None:
     """Delete every SIP object (per-test reset of the shared server)."""
-    asyncio.run(_wipe())
+    wipe_sip()

@@ -24,10 +24,9 @@ from pulumi.dynamic import (
     ResourceProvider,
     UpdateResult,
 )
-from pulumi.output import Unknown
-from pulumi.runtime import rpc
 from pydantic import ValidationError
 
+from infra.dynamic import InvalidArguments, is_unknown
 from infra.ecs import components as c
 from infra.ecs import rollout, spec
 from infra.ecs.args import SECRET_FIELDS, AgentWorkerArgs
@@ -62,21 +61,6 @@ OUTPUT_KEYS = (
     "scaling_policy_arn",
     "drift",
 )
-
-
-def is_unknown(value: Any) -> bool:
-    """True for a value (or a value containing one) that is not known yet during preview."""
-    if isinstance(value, Unknown) or value == rpc.UNKNOWN:
-        return True
-    if isinstance(value, dict):
-        return any(is_unknown(x) for x in value.values())
-    if isinstance(value, list):
-        return any(is_unknown(x) for x in value)
-    return False
-
-
-class InvalidArguments(ValueError):
-    """Arguments failed validation; the message names the deployment and each field."""
 
 
 def _who(props: dict[str, Any]) -> str:

@@ -20,10 +20,9 @@ from pulumi.dynamic import (
     ResourceProvider,
     UpdateResult,
 )
-from pulumi.output import Unknown
-from pulumi.runtime import rpc
 from pydantic import BaseModel, ValidationError
 
+from infra.dynamic import InvalidArguments, is_unknown
 from infra.livekit import client
 from infra.livekit.convert import canonical, declared, to_proto
 from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK, Kind
@@ -33,20 +32,6 @@ CONFIG_KEYS = ("livekit:url", "livekit:apiKey", "livekit:apiSecret")
 URL_INPUT = "__livekit_url"  # optional non-secret input: which LiveKit project the object lives in
 # LiveKit checks conflicts against stored objects without a lock: creates of one kind are serialised.
 _CREATE_LOCKS = {k.label: threading.Lock() for k in (INBOUND_TRUNK, OUTBOUND_TRUNK, DISPATCH_RULE)}
-
-
-def _is_unknown(value: Any) -> bool:
-    if isinstance(value, Unknown) or value == rpc.UNKNOWN:
-        return True
-    if isinstance(value, dict):
-        return any(_is_unknown(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_is_unknown(v) for v in value)
-    return False
-
-
-class InvalidArguments(ValueError):
-    """Arguments failed validation; the message lists each field and what is wrong with it."""
 
 
 class LiveKitProvider(ResourceProvider):
@@ -93,7 +78,7 @@ class LiveKitProvider(ResourceProvider):
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Validate and normalise; fields still unknown during preview are checked once known."""
-        unknown = {k for k, v in news.items() if _is_unknown(v)}
+        unknown = {k for k, v in news.items() if is_unknown(v)}
         body = {k: v for k, v in news.items() if self._is_input(k) and k not in unknown}
         failures = []
         try:
@@ -114,7 +99,7 @@ class LiveKitProvider(ResourceProvider):
 
     def diff(self, id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         """Compare declared fields only (never ``__provider``); everything updates in place."""
-        changed = [k for k in self._declared_keys() if _is_unknown(news.get(k)) or olds.get(k) != news.get(k)]
+        changed = [k for k in self._declared_keys() if is_unknown(news.get(k)) or olds.get(k) != news.get(k)]
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> CreateResult:

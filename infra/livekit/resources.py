@@ -22,15 +22,9 @@ import pulumi
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ValidationError
 
-from infra.livekit.args import DispatchRuleArgs, InboundTrunkArgs, OutboundTrunkArgs
+from infra.dynamic import InvalidArguments
 from infra.livekit.convert import declared
-from infra.livekit.provider import (
-    DispatchRuleProvider,
-    InboundTrunkProvider,
-    InvalidArguments,
-    LiveKitProvider,
-    OutboundTrunkProvider,
-)
+from infra.livekit.provider import DispatchRuleProvider, InboundTrunkProvider, LiveKitProvider, OutboundTrunkProvider
 from infra.livekit.validation import describe_errors
 
 SECRET_OUTPUTS = ["auth_password"]
@@ -63,58 +57,44 @@ def _props(
     return props, secrets
 
 
-def _options(opts: pulumi.ResourceOptions | None, secrets: list[str]) -> pulumi.ResourceOptions:
-    return pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=secrets))
+class _SipResource(Resource):
+    """Shared constructor: the subclass names its provider and, through class keywords, its type token."""
 
-
-class SipInboundTrunk(Resource, module="livekit", name="SipInboundTrunk"):
-    """A LiveKit inbound SIP trunk (see ``InboundTrunkArgs`` for its fields)."""
-
-    sip_trunk_id: pulumi.Output[str]
-    name: pulumi.Output[str]
-    numbers: pulumi.Output[list[str]]
+    _provider_class: type[LiveKitProvider]
 
     def __init__(
         self,
         resource_name: str,
-        args: InboundTrunkArgs | Mapping[str, Any],
+        args: BaseModel | Mapping[str, Any],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        provider = InboundTrunkProvider()
+        provider = self._provider_class()
         props, secrets = _props(resource_name, provider, args)
-        super().__init__(provider, resource_name, props, _options(opts, secrets))
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=secrets))
+        super().__init__(provider, resource_name, props, opts)
 
 
-class SipOutboundTrunk(Resource, module="livekit", name="SipOutboundTrunk"):
-    """A LiveKit outbound SIP trunk (see ``OutboundTrunkArgs`` for its fields)."""
+class SipInboundTrunk(_SipResource, module="livekit", name="SipInboundTrunk"):
+    """A LiveKit inbound SIP trunk; arguments: ``InboundTrunkArgs`` (as the model or a mapping of inputs)."""
 
+    _provider_class = InboundTrunkProvider
     sip_trunk_id: pulumi.Output[str]
     name: pulumi.Output[str]
     numbers: pulumi.Output[list[str]]
 
-    def __init__(
-        self,
-        resource_name: str,
-        args: OutboundTrunkArgs | Mapping[str, Any],
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        provider = OutboundTrunkProvider()
-        props, secrets = _props(resource_name, provider, args)
-        super().__init__(provider, resource_name, props, _options(opts, secrets))
+
+class SipOutboundTrunk(_SipResource, module="livekit", name="SipOutboundTrunk"):
+    """A LiveKit outbound SIP trunk; arguments: ``OutboundTrunkArgs`` (as the model or a mapping of inputs)."""
+
+    _provider_class = OutboundTrunkProvider
+    sip_trunk_id: pulumi.Output[str]
+    name: pulumi.Output[str]
+    numbers: pulumi.Output[list[str]]
 
 
-class SipDispatchRule(Resource, module="livekit", name="SipDispatchRule"):
-    """A LiveKit SIP dispatch rule (see ``DispatchRuleArgs`` for its fields)."""
+class SipDispatchRule(_SipResource, module="livekit", name="SipDispatchRule"):
+    """A LiveKit SIP dispatch rule; arguments: ``DispatchRuleArgs`` (as the model or a mapping of inputs)."""
 
+    _provider_class = DispatchRuleProvider
     sip_dispatch_rule_id: pulumi.Output[str]
     name: pulumi.Output[str]
-
-    def __init__(
-        self,
-        resource_name: str,
-        args: DispatchRuleArgs | Mapping[str, Any],
-        opts: pulumi.ResourceOptions | None = None,
-    ) -> None:
-        provider = DispatchRuleProvider()
-        props, secrets = _props(resource_name, provider, args)
-        super().__init__(provider, resource_name, props, _options(opts, secrets))

@@ -9,7 +9,7 @@ that holds its password.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, Field, JsonValue, field_validator, model_validator
 
@@ -36,61 +36,40 @@ def _check_keys(names: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 class _SecretPassword(Model):
+    """Trunk fields for a password kept in Pulumi config, never in the file."""
+
     auth_password_secret: str = Field(
         default="",
         pattern=r"^$|^[A-Za-z][A-Za-z0-9_.-]*$",
         description="Pulumi config key holding the password (`pulumi config set --secret <key> ...`)",
     )
+    name: str = Field(default="", exclude=True)  # the entry's key is the name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plain_password(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("auth_password"):
+            raise ValueError(
+                "auth_password must not be written in the stack file: store it with "
+                "`pulumi config set --secret <key> <password>` and set auth_password_secret: <key>"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> Self:  # replaces the trunk args' check: the password comes from config
+        user = getattr(self, "auth_username", "")
+        if bool(user) != bool(self.auth_password_secret):
+            missing = "auth_password_secret" if user else "auth_username"
+            raise ValueError(f"digest auth needs both auth_username and auth_password_secret: set {missing} too")
+        return self
 
 
 class StackInboundTrunk(_SecretPassword, InboundTrunkArgs):
-    """An inbound trunk: InboundTrunkArgs without ``name`` (the key is the name) and with a password secret."""
-
-    name: str = Field(default="", exclude=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_plain_password(cls, data: Any) -> Any:
-        return _forbid_password(data)
-
-    @model_validator(mode="after")
-    def _auth_pair(self) -> StackInboundTrunk:  # overrides InboundTrunkArgs: the password comes from config
-        return _secret_pair(self)
+    """An inbound trunk: every InboundTrunkArgs field; the key is its name, the password comes from config."""
 
 
 class StackOutboundTrunk(_SecretPassword, OutboundTrunkArgs):
-    """An outbound trunk: OutboundTrunkArgs without ``name`` (the key is the name), password from config."""
-
-    name: str = Field(default="", exclude=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_plain_password(cls, data: Any) -> Any:
-        return _forbid_password(data)
-
-    @model_validator(mode="after")
-    def _auth_pair(self) -> StackOutboundTrunk:
-        return _secret_pair(self)
-
-
-def _forbid_password(data: Any) -> Any:
-    if isinstance(data, dict) and data.get("auth_password"):
-        raise ValueError(
-            "auth_password must not be written in the stack file: store it with "
-            "`pulumi config set --secret <key> <password>` and set auth_password_secret: <key>"
-        )
-    return data
-
-
-T = TypeVar("T", bound=_SecretPassword)
-
-
-def _secret_pair(trunk: T) -> T:
-    user = getattr(trunk, "auth_username", "")
-    if bool(user) != bool(trunk.auth_password_secret):
-        missing = "auth_password_secret" if user else "auth_username"
-        raise ValueError(f"digest auth needs both auth_username and auth_password_secret: set {missing} too")
-    return trunk
+    """An outbound trunk: every OutboundTrunkArgs field; the key is its name, the password comes from config."""
 
 
 class LocalWorker(Model):
