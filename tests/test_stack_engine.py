@@ -16,6 +16,16 @@ from infra.stack.render import markdown_summary
 from tests.sip_harness import livekit_canonical, livekit_objects, wipe_livekit
 from tests.stack_harness import StackUnderTest, up
 
+TRUNK_PASSWORD = "Tr0nk-Passw0rd-from-config-91"
+
+
+def endpoints_secret() -> str:
+    """The LiveKit API secret of the session environment (stored in Secrets Manager for the ECS workers)."""
+    import os
+
+    return os.environ["LIVEKIT_API_SECRET"]
+
+
 LOCAL = yaml.safe_load((Path(__file__).parents[1] / "stacks" / "local.yaml").read_text())
 
 
@@ -28,8 +38,18 @@ def clean_livekit(endpoints):
 
 @pytest.mark.engine
 def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit, aws, tmp_path, pulumi_env):
-    sut = StackUnderTest(tmp_path, pulumi_env, "local", copy.deepcopy(LOCAL))
-    outputs = up(sut.stack)
+    doc = copy.deepcopy(LOCAL)
+    doc["inbound_trunks"]["main"].update(auth_username="carrier", auth_password_secret="mainTrunkPassword")
+    sut = StackUnderTest(tmp_path, pulumi_env, "local", doc)
+    sut.stack.set_config("mainTrunkPassword", auto.ConfigValue(TRUNK_PASSWORD, secret=True))
+    logs: list[str] = []
+    outputs = {k: v.value for k, v in sut.stack.up(on_output=logs.append).outputs.items()}
+    assert livekit_objects()["inbound"][0].auth_password == TRUNK_PASSWORD, "the password reached LiveKit"
+    state = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "state").rglob("*") if p.is_file())
+    for secret in (TRUNK_PASSWORD, endpoints_secret()):
+        assert secret not in state, "a secret is in plain text in the state"
+        assert secret not in "\n".join(logs), "a secret is in the up output"
+        assert secret not in json.dumps(outputs), "a secret is in the stack outputs"
     table = outputs["routing_table"]
     assert set(table) == {"+15550100100", "+15550100101"}
 
@@ -68,7 +88,7 @@ def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit
     assert reminders["agent_name"] == "reminders-agent"
 
     # one route's instructions change: exactly one resource update, naming the field
-    edited = copy.deepcopy(LOCAL)
+    edited = copy.deepcopy(doc)
     edited["inbound_routes"]["sales"]["agent_config"]["greeting_instructions"] = "Hi, sales here. What can I do?"
     sut.write(edited)
     preview = sut.stack.preview(diff=True)
