@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pulumi import automation as auto
 
 from localenv import engine
 
@@ -44,8 +43,3 @@ class StackUnderTest:
             cwd=self.work, env={**__import__("os").environ, **ws.env_vars}, capture_output=True, text=True, check=False,
         )  # fmt: skip
         return json.loads(out.stdout)
-
-
-def up(stack: auto.Stack) -> dict[str, Any]:
-    """Run `up` and return the outputs as plain values."""
-    return {k: v.value for k, v in stack.up().outputs.items()}

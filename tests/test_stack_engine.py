@@ -14,7 +14,7 @@ from pulumi import automation as auto
 from infra.stack.load import parse
 from infra.stack.render import markdown_summary
 from tests.sip_harness import livekit_canonical, livekit_objects, wipe_livekit
-from tests.stack_harness import StackUnderTest, up
+from tests.stack_harness import StackUnderTest
 
 TRUNK_PASSWORD = "Tr0nk-Passw0rd-from-config-91"
 
