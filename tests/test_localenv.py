@@ -14,21 +14,22 @@ from localenv.manager import LocalEnv
 from localenv.process import ServiceError
 
 
-def _pids_of(run_dir: Path) -> list[int]:
-    """PIDs of processes whose command line mentions the run folder (config files live there)."""
+def _pids_of(run_dir: Path, marker: str | None = None) -> list[int]:
+    """PIDs of processes whose command line mentions the run folder, or whose environment holds ``marker``."""
     pids = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                env = (entry / "environ").read_bytes().decode(errors="replace") if marker else ""
             except OSError:
                 continue
-            if str(run_dir) in cmd and int(entry.name) != os.getpid():
+            if str(run_dir) in cmd or (marker and marker in env):
                 pids.append(int(entry.name))
     return pids
 
 
-def test_cli_up_once_prints_endpoints_and_leaves_nothing_running(tmp_path):
+def test_readme_main_command_deploys_prints_routing_and_leaves_nothing_running(tmp_path):
     run_dir = tmp_path / "run"
     out = subprocess.run(
         [sys.executable, "-m", "localenv.cli", "up", "--once", "--run-dir", str(run_dir)],
@@ -44,9 +45,13 @@ def test_cli_up_once_prints_endpoints_and_leaves_nothing_running(tmp_path):
         assert f"export {var}" in out.stdout
     secret = next(line for line in out.stdout.splitlines() if "LIVEKIT_API_SECRET=" in line).split("=", 1)[1]
     assert len(secret) >= 32
-    for log in ("redis.log", "livekit-server.log", "moto.log"):
+    for log in ("redis.log", "livekit-server.log", "moto.log", "pulumi-up.log", "worker-support-agent.log"):
         assert (run_dir / log).stat().st_size > 0, log
-    assert _pids_of(run_dir) == []
+    assert "Deployed stack `local`" in out.stdout
+    assert "Local workers running: worker-support-agent, worker-sales-agent, worker-reminders-agent" in out.stdout
+    assert "| +15550100100 | support" in out.stdout and "SDR_" in out.stdout
+    url = next(line for line in out.stdout.splitlines() if "LIVEKIT_URL=" in line).split("=", 1)[1]
+    assert _pids_of(run_dir, f"LIVEKIT_URL={url}") == [], "a service or worker outlived the command"
 
 
 def test_a_service_that_dies_at_start_is_reported_with_its_log(tmp_path, monkeypatch):
