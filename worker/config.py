@@ -61,6 +61,7 @@ def _env_float(env: Mapping[str, str], key: str, default: float) -> float:
 
 
 AGENT_NAME_ENV = "SIPHON_AGENT_NAME"
+DRAIN_TIMEOUT_ENV = "SIPHON_DRAIN_TIMEOUT"  # seconds to finish running calls after SIGTERM
 # AgentConfig field -> environment variable the worker reads its default for that field from.
 DEFAULTS_ENV: dict[str, str] = {
     "llm": "SIPHON_DEFAULT_LLM",
@@ -147,7 +148,7 @@ class WorkerSettings:
             max_jobs=int(max_jobs) if max_jobs and max_jobs.isdigit() and int(max_jobs) > 0 else None,
             job_executor="thread" if executor == "thread" else "process",
             num_idle_processes=int(idle) if idle and idle.isdigit() else None,
-            drain_timeout=int(_env_float(env, "SIPHON_DRAIN_TIMEOUT", 1800)),
+            drain_timeout=int(_env_float(env, DRAIN_TIMEOUT_ENV, 1800)),
         )
 
 
