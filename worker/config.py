@@ -194,6 +194,19 @@ def merge_layers(*layers: tuple[LayerName, AgentConfig | None]) -> MergedConfig:
     return MergedConfig(AgentConfig.model_validate(values), sources)
 
 
+def attribute_layer(
+    overrides: Mapping[str, Mapping[str, AgentConfig]] | None, attributes: Mapping[str, str]
+) -> AgentConfig | None:
+    """The per-call layer the SIP participant's attributes select from a route's ``attribute_overrides``.
+
+    Each attribute whose value has an entry contributes its layer, in the route's order (later wins).
+    """
+    chosen = [
+        ("call", table[attributes[name]]) for name, table in (overrides or {}).items() if attributes.get(name) in table
+    ]
+    return merge_layers(*chosen).config if chosen else None
+
+
 @dataclass(frozen=True)
 class SipFacts:
     """What the SIP participant's attributes say about the call (livekit-sip sets them)."""

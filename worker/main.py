@@ -32,6 +32,7 @@ from worker.config import (
     ResolvedCall,
     SipFacts,
     WorkerSettings,
+    attribute_layer,
     call_facts,
     merge_layers,
 )
@@ -146,8 +147,13 @@ async def entrypoint(ctx: JobContext) -> None:
     if sip_p is not None and OVERRIDES_ATTRIBUTE in sip_p.attributes:
         attr_layer, attr_warns = parse_agent_config(sip_p.attributes[OVERRIDES_ATTRIBUTE], path=OVERRIDES_ATTRIBUTE)
         warns.extend(attr_warns)
+    selected = attribute_layer(meta.attribute_overrides, sip_p.attributes) if sip_p is not None else None
     merged = merge_layers(
-        ("default", settings.defaults), ("route", meta.agent_config), ("call", meta.overrides), ("call", attr_layer)
+        ("default", settings.defaults),
+        ("route", meta.agent_config),
+        ("call", meta.overrides),
+        ("call", selected),
+        ("call", attr_layer),
     )
     models, fallback_problems = _resolve_models(merged, settings.defaults)
     resolved = ResolvedCall(

@@ -75,6 +75,10 @@ RouteName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][\w.:-]*$")
 ]
 Instructions = Annotated[str, StringConstraints(max_length=MAX_INSTRUCTIONS_CHARS)]
+AttributeKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+]
+AttributeValue = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 SpecString = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][^\s]*$")
 ]
@@ -175,6 +179,14 @@ class RouteMetadata(BaseModel):
     agent_config: AgentConfig | None = Field(default=None, description="The route's configuration layer.")
     context: dict[str, JsonValue] | None = Field(
         default=None, description=f"Free-form customer context (max {MAX_CONTEXT_CHARS} characters as JSON)."
+    )
+    attribute_overrides: dict[AttributeKey, dict[AttributeValue, AgentConfig]] | None = Field(
+        default=None,
+        max_length=8,
+        description=(
+            "Per-call layers chosen by the SIP participant's attributes (a trunk maps SIP headers to attributes "
+            "with headers_to_attributes): attribute name -> attribute value -> configuration layer."
+        ),
     )
     # SIPHON compatibility keys (prefer caller_number / called_number).
     agent_number: PhoneNumber | None = Field(
