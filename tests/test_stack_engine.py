@@ -67,6 +67,17 @@ def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit
         assert metadata["route"] == row["route"]
         assert metadata["direction"] == "inbound"
     assert rules["local-sales"]["room_config"]["agents"][0]["agent_name"] == "sales-agent"
+    # header-selected overrides: the trunk maps the headers, the rule metadata tells the worker the layers
+    assert live["inbound"]["local-main"]["headers_to_attributes"] == {
+        "X-Customer-Tier": "customer.tier",
+        "X-Language": "siphon.header.x-language",
+    }
+    support_meta = json.loads(rules["local-support"]["metadata"])
+    assert support_meta["attribute_overrides"]["customer.tier"]["gold"]["greeting_instructions"].startswith(
+        "Welcome back"
+    )
+    sales_meta = json.loads(rules["local-sales"]["metadata"])
+    assert sales_meta["attribute_overrides"]["siphon.header.x-language"]["fr"]["tts"] == "local/espeak-ng:fr"
     assert "Which product" in json.loads(rules["local-sales"]["metadata"])["agent_config"]["greeting_instructions"]
 
     ecs = boto3.client("ecs")

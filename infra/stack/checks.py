@@ -137,6 +137,17 @@ def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:
         yield from _specs(agent.defaults, f"agents.{key}.defaults")
     for key, route in stack.inbound_routes.items():
         yield from _specs(route.agent_config, f"inbound_routes.{key}.agent_config")
+        for i, override in enumerate(route.header_overrides):
+            if not route_trunks(stack, key):
+                yield (
+                    f"inbound_routes.{key}.header_overrides.{i}",
+                    (
+                        "header overrides need the route's trunks (headers reach the agent through a trunk's "
+                        "headers_to_attributes): set numbers served by a trunk, or trunks:"
+                    ),
+                )
+            for value, layer in override.values.items():
+                yield from _specs(layer, f"inbound_routes.{key}.header_overrides.{i}.values.{value}")
     for key, route in stack.outbound_routes.items():
         yield from _specs(route.agent_config, f"outbound_routes.{key}.agent_config")
 

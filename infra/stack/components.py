@@ -14,14 +14,26 @@ import pulumi
 
 from infra.livekit.provider import URL_INPUT
 from infra.livekit.resources import SipDispatchRule
+from infra.stack.headers import route_attribute_overrides
 from infra.stack.model import InboundRoute, OutboundRoute, StackFile
 from worker.metadata import AgentConfig, RouteMetadata
 
 
-def route_metadata(route_key: str, route: InboundRoute | OutboundRoute, direction: str) -> RouteMetadata:
+def route_metadata(
+    route_key: str,
+    route: InboundRoute | OutboundRoute,
+    direction: str,
+    attribute_overrides: dict[str, dict[str, AgentConfig]] | None = None,
+) -> RouteMetadata:
     """The metadata the worker receives for calls on this route (the route layer of the merge)."""
     layer = route.agent_config if route.agent_config != AgentConfig() else None
-    return RouteMetadata(route=route_key, direction=direction, agent_config=layer, context=route.context or None)
+    return RouteMetadata(
+        route=route_key,
+        direction=direction,
+        agent_config=layer,
+        context=route.context or None,
+        attribute_overrides=attribute_overrides,
+    )
 
 
 class InboundRouteComponent(pulumi.ComponentResource):
@@ -44,7 +56,7 @@ class InboundRouteComponent(pulumi.ComponentResource):
             if route.rule
             else {"type": "individual", "room_prefix": stack.object_name(key), "pin": route.pin}
         )
-        metadata = route_metadata(key, route, "inbound").to_json()
+        metadata = route_metadata(key, route, "inbound", route_attribute_overrides(stack, key)).to_json()
         args: dict[str, Any] = {
             "name": stack.object_name(key),
             "metadata": metadata,

@@ -20,7 +20,7 @@ from infra.livekit.args import (
     OutboundTrunkArgs,
     Rule,
 )
-from infra.livekit.validation import AttributeName, Model, Pin
+from infra.livekit.validation import AttributeName, HeaderName, Model, Pin
 from worker.metadata import AgentConfig, RouteMetadata
 
 Key = str  # names used as keys in the file (trunk, agent, route names)
@@ -112,6 +112,13 @@ class Agent(Model):
         return self.workers != "none"
 
 
+class HeaderOverride(Model):
+    """Per-call layers chosen by a SIP header the caller's side sets (for example a customer tier)."""
+
+    header: HeaderName = Field(description="SIP header, e.g. X-Customer-Tier")
+    values: dict[str, AgentConfig] = Field(min_length=1, description="header value -> configuration layer")
+
+
 class RoomSettings(Model):
     """Room timeouts and size for the rooms a route creates."""
 
@@ -143,6 +150,7 @@ class InboundRoute(Model):
     context: Context = Field(default_factory=dict, description="free-form customer context")
     attributes: dict[AttributeName, str] = Field(default_factory=dict)
     room: RoomSettings = Field(default_factory=RoomSettings)
+    header_overrides: list[HeaderOverride] = Field(default_factory=list, max_length=8)
     krisp_enabled: bool = False
     media: MediaConfig | None = None
 

@@ -14,6 +14,7 @@ from infra.livekit.provider import URL_INPUT
 from infra.livekit.resources import SipInboundTrunk, SipOutboundTrunk
 from infra.stack.checks import cross_check, route_trunks
 from infra.stack.components import AgentComponent, InboundRouteComponent, OutboundRouteComponent
+from infra.stack.headers import trunk_header_mappings
 from infra.stack.load import StackFileError, load, stack_path
 from infra.stack.model import StackFile
 
@@ -37,9 +38,11 @@ def validated(environment: str) -> StackFile:
     return stack
 
 
-def _trunk_args(stack: StackFile, key: str, trunk: Any) -> dict[str, Any]:
+def _trunk_args(stack: StackFile, key: str, trunk: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
     args = trunk.model_dump(exclude={"auth_password_secret", "name"})
     args["name"] = stack.object_name(key)
+    if headers:  # headers that routes' header_overrides need as participant attributes
+        args["headers_to_attributes"] = {**args["headers_to_attributes"], **headers}
     if trunk.auth_password_secret:
         args["auth_password"] = pulumi.Config().require_secret(trunk.auth_password_secret)
     if stack.livekit.url:
@@ -52,7 +55,11 @@ def run(environment: str | None = None) -> None:
     stack = validated(environment or pulumi.get_stack())
     opts = pulumi.ResourceOptions(protect=stack.protect)
 
-    inbound = {k: SipInboundTrunk(f"{k}-in", _trunk_args(stack, k, t), opts) for k, t in stack.inbound_trunks.items()}
+    headers = trunk_header_mappings(stack)
+    inbound = {
+        k: SipInboundTrunk(f"{k}-in", _trunk_args(stack, k, t, headers.get(k)), opts)
+        for k, t in stack.inbound_trunks.items()
+    }
     outbound = {
         k: SipOutboundTrunk(f"{k}-out", _trunk_args(stack, k, t), opts) for k, t in stack.outbound_trunks.items()
     }
