@@ -344,6 +344,25 @@ def test_explicit_dispatch_call_layers_metadata_and_participant_attribute(
     assert worker.text().count(a["siphon.config_hash"]) >= 2
 
 
+def test_header_selected_layer_applies_when_the_sip_attribute_matches(endpoints: Endpoints, worker: WorkerProc) -> None:
+    """Stand-in SIP participant whose trunk mapped X-Customer-Tier to ``customer.tier``: the route's
+    ``attribute_overrides`` pick the gold layer for "gold" and nothing for an unlisted value."""
+    meta = RouteMetadata(
+        route="support",
+        direction="inbound",
+        agent_config=AgentConfig(greeting_instructions="Route greeting"),
+        attribute_overrides={"customer.tier": {"gold": AgentConfig(greeting_instructions="Gold greeting")}},
+    )
+    gold = call(endpoints, worker, meta.to_json(), participant=sip_attributes(**{"customer.tier": "gold"}))
+    assert_answered(gold, worker, "gold")
+    assert gold.attributes["siphon.greeting_instructions_sha"] == _sha("Gold greeting")
+    assert "greeting_instructions=call" in gold.attributes["siphon.sources"]
+    plain = call(endpoints, worker, meta.to_json(), participant=sip_attributes(**{"customer.tier": "bronze"}))
+    assert_answered(plain, worker, "bronze")
+    assert plain.attributes["siphon.greeting_instructions_sha"] == _sha("Route greeting")
+    assert "greeting_instructions=route" in plain.attributes["siphon.sources"]
+
+
 def test_siphon_inbound_payload_answers_with_fallback_models(endpoints: Endpoints, worker: WorkerProc) -> None:
     """Stand-in SIP participant; SIPHON's inbound Dispatch payload, its cloud providers not installed here."""
     r = call(endpoints, worker, json.dumps(SIPHON_INBOUND), participant=sip_attributes())
