@@ -9,7 +9,6 @@ Credentials come from the environment or Pulumi config, never from stack outputs
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -147,9 +146,3 @@ def place_call(
         return CallResult(req.call_id, room, dispatch.id, spec["agent_name"], identity, sip_call_id, False)
 
     return client.call(creds, f"place call {req.call_id} on route {req.route!r}", run, timeout=timeout + 5)
-
-
-def load_outputs(text: str) -> dict[str, Mapping[str, Any]]:
-    """The outbound routes from `pulumi stack output --json` text."""
-    data = json.loads(text)
-    return dict(data.get("outbound_routes", data))

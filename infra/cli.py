@@ -63,24 +63,63 @@ def _pairs(items: list[str]) -> dict[str, str]:
     return out
 
 
-def cmd_call(args: argparse.Namespace) -> int:
-    """Place one call and print its ids."""
+def _stack_outputs(target: str, outputs: Path | None) -> dict:
     import subprocess
 
-    from infra.calls import CallError, load_outputs, place_call
+    if outputs:
+        return json.loads(outputs.read_text())
+    run = subprocess.run(
+        ["pulumi", "stack", "output", "--json", "--stack", target], capture_output=True, text=True, check=False
+    )
+    if run.returncode != 0:
+        raise SystemExit(f"cannot read the outputs of stack {target!r}: {run.stderr.strip()}")
+    return json.loads(run.stdout)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify inbound routes; print route, number, agent, result and time to answer."""
+    import os
+
+    from infra.verify import expectations, verify_one
+
+    sip_address = os.environ.get("SIPHON_SIP_ADDRESS")
+    if not sip_address:
+        print(
+            "siphon-infra verify: no SIP bridge to call through: set SIPHON_SIP_ADDRESS to livekit-sip's host:port "
+            "(`./dev local` prints it when livekit-sip is installed)",
+            file=sys.stderr,
+        )
+        return 2
+    stack = _load_checked(_path(args.target))
+    unknown = [r for r in args.route if r not in stack.inbound_routes]
+    if unknown:
+        print(f"siphon-infra verify: no inbound route {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    outputs = _stack_outputs(args.target, args.outputs)
+    results = [
+        verify_one(e, sip_address, args.timeout) for e in expectations(stack, outputs["routing_table"], args.route)
+    ]
+    rows = [{"route": r.route, "number": r.number, "agent": r.agent, "result": "ok" if r.ok else f"FAIL: {r.detail}",
+             "time to answer": f"{r.seconds:.2f}s"} for r in results]  # fmt: skip
+    print(table(rows, ["route", "number", "agent", "result", "time to answer"]))
+    return 0 if results and all(r.ok for r in results) else 1
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """Place one call and print its ids."""
+    from infra.calls import CallError, place_call
     from infra.livekit.client import LiveKitError
 
-    if args.outputs:
-        text = args.outputs.read_text()
-    else:
-        text = subprocess.run(
-            ["pulumi", "stack", "output", "--json", "--stack", args.target], capture_output=True, text=True, check=True
-        ).stdout
     try:
         result = place_call(
-            load_outputs(text), args.route, args.number, call_id=args.call_id, overrides=_pairs(args.set) or None,
-            context=_pairs(args.context), dial="direct" if args.direct else "worker",
-        )  # fmt: skip
+            _stack_outputs(args.target, args.outputs)["outbound_routes"],
+            args.route,
+            args.number,
+            call_id=args.call_id,
+            overrides=_pairs(args.set) or None,
+            context=_pairs(args.context),
+            dial="direct" if args.direct else "worker",
+        )
     except (CallError, LiveKitError) as e:
         print(f"siphon-infra call: {e}", file=sys.stderr)
         return 1
@@ -111,8 +150,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--context", action="append", default=[], metavar="KEY=VALUE", help="customer context")
     c.add_argument("--direct", action="store_true", help="dial from here instead of letting the worker dial")
     c.add_argument("--outputs", type=Path, help="`pulumi stack output --json` saved to a file")
+    vf = sub.add_parser("verify", help="prove inbound routes with synthetic SIP calls")
+    vf.add_argument("target")
+    vf.add_argument("--route", action="append", default=[], help="only these routes (repeatable)")
+    vf.add_argument("--outputs", type=Path, help="`pulumi stack output --json` saved to a file")
+    vf.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for each answer")
     args = parser.parse_args(argv)
 
+    if args.command == "verify":
+        return cmd_verify(args)
     if args.command == "call":
         return cmd_call(args)
     if args.command == "validate":

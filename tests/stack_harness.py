@@ -28,6 +28,12 @@ class StackUnderTest:
         env = {**pulumi_env, "SIPHON_STACKS_DIR": str(self.work / "stacks")}
         self.stack = engine.select_stack(self.work, environment, env)
 
+    def stack_file(self) -> Any:
+        """The parsed stack file under test."""
+        from infra.stack.load import load
+
+        return load(self.work / "stacks" / f"{self.environment}.yaml")[0]
+
     def write(self, doc: dict[str, Any]) -> None:
         (self.work / "stacks" / f"{self.environment}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 

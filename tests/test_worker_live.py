@@ -363,6 +363,43 @@ def test_header_selected_layer_applies_when_the_sip_attribute_matches(endpoints:
     assert "greeting_instructions=route" in plain.attributes["siphon.sources"]
 
 
+def test_verify_expectation_matches_what_the_worker_publishes(endpoints: Endpoints, worker: WorkerProc) -> None:
+    """``verify`` computes, from the stack file alone, the attributes the agent answering a route must publish;
+    the real worker, given that route's metadata and a stand-in SIP caller, publishes exactly those."""
+    from infra.stack.components import route_metadata
+    from infra.stack.load import parse
+    from infra.verify import compare, expectations
+
+    text = f"""
+environment: local
+inbound_trunks:
+  main: {{numbers: ["{OUR_NUMBER}"], allowed_addresses: ["127.0.0.1/32"]}}
+agents:
+  {worker.agent_name}: {{local: {{}}}}
+inbound_routes:
+  support:
+    numbers: ["{OUR_NUMBER}"]
+    agent: {worker.agent_name}
+    agent_config: {{greeting_instructions: "Verify greeting", tts: "local/espeak-ng:en"}}
+"""
+    stack, _ = parse(text, "verify.yaml")
+    (expected,) = expectations(stack, {OUR_NUMBER: {"route": "support", "rule_id": "SDR_unused"}})
+    meta = route_metadata("support", stack.inbound_routes["support"], "inbound")
+    r = call(endpoints, worker, meta.to_json(), participant=sip_attributes())
+    assert_answered(r, worker)
+    assert compare(expected, r.attributes) == []
+    wrong = route_metadata(
+        "support",
+        stack.inbound_routes["support"].model_copy(
+            update={"agent_config": AgentConfig(greeting_instructions="Something else")}
+        ),
+        "inbound",
+    )
+    r2 = call(endpoints, worker, wrong.to_json(), participant=sip_attributes())
+    problems = compare(expected, r2.attributes)
+    assert any(p.startswith("greeting_instructions_sha") for p in problems), problems
+
+
 def test_siphon_inbound_payload_answers_with_fallback_models(endpoints: Endpoints, worker: WorkerProc) -> None:
     """Stand-in SIP participant; SIPHON's inbound Dispatch payload, its cloud providers not installed here."""
     r = call(endpoints, worker, json.dumps(SIPHON_INBOUND), participant=sip_attributes())
