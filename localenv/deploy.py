@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -62,10 +63,10 @@ def start_workers(env: LocalEnv, agent_env: dict[str, dict[str, str]]) -> list[S
             env.run_dir / f"worker-{agent_name}.log",
             env=proc_env,
             cwd=tools.REPO,
-            health=lambda port=port: _http_ok(port),
+            health=functools.partial(_http_ok, port),
         )
         env.services.append(svc)
         svc.start()
-        svc.wait_healthy(svc.health, 60)  # type: ignore[arg-type]
+        svc.wait_healthy(60)
         workers.append(svc)
     return workers

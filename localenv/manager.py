@@ -157,7 +157,7 @@ class LocalEnv:
             lambda: _http_ok(moto_port, "/moto-api/"),
             env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
         )
-        self.startup_seconds["redis"] = redis.wait_healthy(redis.health, 15)
+        self.startup_seconds["redis"] = redis.wait_healthy(15)
 
         lk_config = self.run_dir / "livekit-server.yaml"
         lk_config.write_text(
@@ -174,8 +174,8 @@ class LocalEnv:
         server = self._spawn(
             "livekit-server", [str(livekit_server), "--dev", "--config", str(lk_config)], lambda: _http_ok(lk_port)
         )
-        self.startup_seconds["livekit-server"] = server.wait_healthy(server.health, 30)
-        self.startup_seconds["moto"] = moto.wait_healthy(moto.health, 30)
+        self.startup_seconds["livekit-server"] = server.wait_healthy(30)
+        self.startup_seconds["moto"] = moto.wait_healthy(30)
 
         sip_address = None
         if livekit_sip is not None:
@@ -193,7 +193,7 @@ class LocalEnv:
                 })
             )  # fmt: skip
             sip = self._spawn("livekit-sip", [str(livekit_sip), "--config", str(sip_config)], lambda: _http_ok(health))
-            self.startup_seconds["livekit-sip"] = sip.wait_healthy(sip.health, 30)
+            self.startup_seconds["livekit-sip"] = sip.wait_healthy(30)
             sip_address = f"{LOOPBACK}:{sip_port}"
 
         self.endpoints = Endpoints(
@@ -233,7 +233,7 @@ class LocalEnv:
         svc.stop()
         svc.start()
         assert svc.health is not None
-        svc.wait_healthy(svc.health, timeout)
+        svc.wait_healthy(timeout)
 
     def stop(self) -> None:
         """Stop every service, the last started first."""

@@ -57,8 +57,14 @@ class Supervised:
         """True while the process runs."""
         return self.proc is not None and self.proc.poll() is None
 
-    def wait_healthy(self, check: Callable[[], bool], timeout: float) -> float:
-        """Poll ``check`` until it passes; return seconds taken. Raise with the log tail on death or timeout."""
+    def wait_healthy(self, timeout: float, check: Callable[[], bool] | None = None) -> float:
+        """Poll ``check`` (default: the service's health check) until it passes; return seconds taken.
+
+        Raise with the log tail if the process dies or the timeout passes.
+        """
+        check = check or self.health
+        if check is None:
+            raise ValueError(f"{self.name} has no health check")
         t0 = time.monotonic()
         while True:
             if not self.alive():

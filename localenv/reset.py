@@ -16,8 +16,8 @@ async def _wipe() -> None:
             )
         for t in (await lk.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())).items:
             await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=t.sip_trunk_id))
-        for t in (await lk.sip.list_outbound_trunk(api.ListSIPOutboundTrunkRequest())).items:
-            await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=t.sip_trunk_id))
+        for o in (await lk.sip.list_outbound_trunk(api.ListSIPOutboundTrunkRequest())).items:
+            await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=o.sip_trunk_id))
     finally:
         await lk.aclose()
 

@@ -168,7 +168,7 @@ def _log(msg: str) -> None:
     print(f"[setup] {msg}", file=sys.stderr, flush=True)
 
 
-def _run(cmd: Sequence[str], **kw: object) -> None:
+def _run(cmd: Sequence[str | Path], **kw: object) -> None:
     _log("$ " + " ".join(str(c) for c in cmd))
     subprocess.run(list(map(str, cmd)), check=True, **kw)  # type: ignore[call-overload]
 

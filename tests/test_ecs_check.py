@@ -180,7 +180,11 @@ def test_state_fingerprints_do_not_contain_secret_values():
 
 
 def test_resource_props_mark_secrets_and_seed_outputs():
+    import asyncio
+
     from infra.ecs.resource import deployment_props
+
+    asyncio.set_event_loop(asyncio.new_event_loop())  # Outputs need a loop; an earlier asyncio.run() cleared it
 
     props = deployment_props(args())
     assert all(type(props[k]).__name__ == "Output" for k in ("livekit_api_key", "livekit_api_secret", "provider_keys"))

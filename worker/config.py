@@ -201,7 +201,7 @@ def attribute_layer(
 
     Each attribute whose value has an entry contributes its layer, in the route's order (later wins).
     """
-    chosen = [
+    chosen: list[tuple[LayerName, AgentConfig | None]] = [
         ("call", table[attributes[name]]) for name, table in (overrides or {}).items() if attributes.get(name) in table
     ]
     return merge_layers(*chosen).config if chosen else None

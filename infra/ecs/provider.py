@@ -210,7 +210,7 @@ class AgentWorkerProvider(ResourceProvider):
             outs["task_definition_arn"] = live_td
             if described is not None:
                 td, _ = described
-                container = next(iter(td.get("containerDefinitions", [])), {})
+                container: dict[str, Any] = next(iter(td.get("containerDefinitions", [])), {})
                 if container.get("image") and container["image"] != props.get("image_uri"):
                     outs["image_uri"] = container["image"]
                     if props.get("image") == props.get("image_uri"):  # a full reference was declared

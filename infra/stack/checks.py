@@ -38,27 +38,30 @@ def _specs(layer: AgentConfig, where: str) -> Iterator[tuple[str, str]]:
                 yield f"{where}.{kind}", f"the worker cannot resolve this {kind} spec: {reason}"
 
 
-def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:
-    # agents and their workers
-    for key, route in [*stack.inbound_routes.items(), *stack.outbound_routes.items()]:
-        section = "inbound_routes" if key in stack.inbound_routes else "outbound_routes"
-        agent = stack.agents.get(route.agent)
+def _agent_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """Every route's agent is declared and has a worker."""
+    routes: list[tuple[str, str, str]] = [("inbound_routes", k, r.agent) for k, r in stack.inbound_routes.items()]
+    routes += [("outbound_routes", k, r.agent) for k, r in stack.outbound_routes.items()]
+    for section, key, agent_name in routes:
+        agent = stack.agents.get(agent_name)
         if agent is None:
             known = ", ".join(sorted(stack.agents)) or "none declared"
             yield (
                 f"{section}.{key}.agent",
-                (f"no agent named {route.agent!r} (declared: {known}); calls routed here would reach no worker"),
+                (f"no agent named {agent_name!r} (declared: {known}); calls routed here would reach no worker"),
             )
         elif not agent.has_worker:
             yield (
                 f"{section}.{key}.agent",
                 (
-                    f"agent {route.agent!r} has no worker (set `ecs:` or `local:` under agents.{route.agent}); "
+                    f"agent {agent_name!r} has no worker (set `ecs:` or `local:` under agents.{agent_name}); "
                     "calls routed here would reach no worker"
                 ),
             )
 
-    # trunks referenced by routes
+
+def _trunk_reference_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """Routes name existing trunks, and their numbers are served by them."""
     for key, route in stack.inbound_routes.items():
         for i, trunk in enumerate(route.trunks):
             if trunk not in stack.inbound_trunks:
@@ -76,19 +79,21 @@ def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:
                 f"inbound_routes.{key}.numbers",
                 ("no inbound trunk serves these numbers: add them to a trunk's numbers or name trunks:"),
             )
-    for key, route in stack.outbound_routes.items():
-        trunk = stack.outbound_trunks.get(route.trunk)
-        if trunk is None:
-            yield f"outbound_routes.{key}.trunk", f"no outbound trunk named {route.trunk!r}"
+    for key, out in stack.outbound_routes.items():
+        out_trunk = stack.outbound_trunks.get(out.trunk)
+        if out_trunk is None:
+            yield f"outbound_routes.{key}.trunk", f"no outbound trunk named {out.trunk!r}"
             continue
-        for i, number in enumerate(route.caller_ids):
-            if number not in trunk.numbers:
-                yield f"outbound_routes.{key}.caller_ids.{i}", f"{number} is not one of trunk {route.trunk!r}'s numbers"
+        for i, number in enumerate(out.caller_ids):
+            if number not in out_trunk.numbers:
+                yield f"outbound_routes.{key}.caller_ids.{i}", f"{number} is not one of trunk {out.trunk!r}'s numbers"
 
-    # inbound trunks LiveKit would match ambiguously (same number x allowed caller cell)
+
+def _trunk_conflicts(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """Inbound trunks LiveKit would match ambiguously (same number x allowed caller cell)."""
     cells: dict[tuple[str, str], str] = {}
-    for key, trunk in stack.inbound_trunks.items():
-        for cell in product(trunk.numbers or [""], trunk.allowed_numbers or [""]):
+    for key, inbound in stack.inbound_trunks.items():
+        for cell in product(inbound.numbers or [""], inbound.allowed_numbers or [""]):
             other = cells.setdefault(cell, key)
             if other != key:
                 number = cell[0] or "<any number>"
@@ -101,7 +106,9 @@ def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:
                 )
                 break
 
-    # dispatch rules LiveKit would reject as conflicting (pin x trunk x caller x called)
+
+def _rule_conflicts(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """Dispatch rules LiveKit would reject as conflicting (pin x trunk x caller x called)."""
     keys: dict[tuple[str, str, str, str], str] = {}
     for key, route in stack.inbound_routes.items():
         pin = route.pin or (route.rule.pin if route.rule else "")
@@ -120,10 +127,12 @@ def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:
                 )
                 break
 
-    # security outside local
+
+def _security_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """Inbound trunks outside `local` are restricted."""
     if stack.environment != LOCAL:
-        for key, trunk in stack.inbound_trunks.items():
-            if not (trunk.auth_username or trunk.allowed_addresses):
+        for key, inbound in stack.inbound_trunks.items():
+            if not (inbound.auth_username or inbound.allowed_addresses):
                 yield (
                     f"inbound_trunks.{key}",
                     (
@@ -132,7 +141,9 @@ def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:
                     ),
                 )
 
-    # model specs
+
+def _spec_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """Model specs the worker can resolve."""
     for key, agent in stack.agents.items():
         yield from _specs(agent.defaults, f"agents.{key}.defaults")
     for key, route in stack.inbound_routes.items():
@@ -148,8 +159,17 @@ def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:
                 )
             for value, layer in override.values.items():
                 yield from _specs(layer, f"inbound_routes.{key}.header_overrides.{i}.values.{value}")
-    for key, route in stack.outbound_routes.items():
-        yield from _specs(route.agent_config, f"outbound_routes.{key}.agent_config")
+    for key, out in stack.outbound_routes.items():
+        yield from _specs(out.agent_config, f"outbound_routes.{key}.agent_config")
+
+
+CHECKS = (_agent_problems, _trunk_reference_problems, _trunk_conflicts, _rule_conflicts, _security_problems,
+          _spec_problems)  # fmt: skip
+
+
+def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    for check in CHECKS:
+        yield from check(stack)
 
 
 def cross_check(stack: StackFile, file: str, lines: dict[tuple[str, ...], int]) -> list[Problem]:

@@ -16,13 +16,13 @@ from infra.livekit.provider import URL_INPUT
 from infra.livekit.resources import SipDispatchRule
 from infra.stack.headers import route_attribute_overrides
 from infra.stack.model import InboundRoute, OutboundRoute, StackFile
-from worker.metadata import AgentConfig, RouteMetadata
+from worker.metadata import AgentConfig, Direction, RouteMetadata
 
 
 def route_metadata(
     route_key: str,
     route: InboundRoute | OutboundRoute,
-    direction: str,
+    direction: Direction,
     attribute_overrides: dict[str, dict[str, AgentConfig]] | None = None,
 ) -> RouteMetadata:
     """The metadata the worker receives for calls on this route (the route layer of the merge)."""

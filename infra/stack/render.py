@@ -22,13 +22,12 @@ def routing_rows(stack: StackFile) -> list[dict[str, str]]:
             rows.append({"direction": "inbound", "number": number, "route": key,
                          "trunks": ", ".join(route_trunks(stack, key)) or "(any)", "agent": route.agent,
                          "worker": worker})  # fmt: skip
-    for key, route in stack.outbound_routes.items():
-        trunk = stack.outbound_trunks.get(route.trunk)
-        numbers = route.caller_ids or (trunk.numbers if trunk else [])
-        agent = stack.agents.get(route.agent)
-        worker = agent.workers if agent else "missing"
-        rows.append({"direction": "outbound", "number": ", ".join(numbers), "route": key, "trunks": route.trunk,
-                     "agent": route.agent, "worker": worker})  # fmt: skip
+    for key, out in stack.outbound_routes.items():
+        trunk = stack.outbound_trunks.get(out.trunk)
+        numbers = out.caller_ids or (trunk.numbers if trunk else [])
+        out_agent = stack.agents.get(out.agent)
+        rows.append({"direction": "outbound", "number": ", ".join(numbers), "route": key, "trunks": out.trunk,
+                     "agent": out.agent, "worker": out_agent.workers if out_agent else "missing"})  # fmt: skip
     return rows
 
 
@@ -59,9 +58,9 @@ def mermaid(stack: StackFile) -> str:
                 lines.append(f'  {_id("n", number)} --> {_id("in", trunk)}["trunk {trunk}"]')
                 lines.append(f"  {_id('in', trunk)} --> {rule}")
         lines.append(f'  {rule} --> {_id("agent", route.agent)}["agent {route.agent}"]')
-    for key, route in stack.outbound_routes.items():
-        agent, trunk = _id("agent", route.agent), _id("out", route.trunk)
-        lines.append(f'  {agent}["agent {route.agent}"] -->|"{key}"| {trunk}["trunk {route.trunk} (out)"]')
+    for key, out in stack.outbound_routes.items():
+        agent_id, trunk_id = _id("agent", out.agent), _id("out", out.trunk)
+        lines.append(f'  {agent_id}["agent {out.agent}"] -->|"{key}"| {trunk_id}["trunk {out.trunk} (out)"]')
     for key, agent in stack.agents.items():
         if agent.ecs:
             lines.append(f'  {_id("agent", key)} --> {_id("w", key)}[("ECS {agent.ecs.image.rsplit("/", 1)[-1]}")]')

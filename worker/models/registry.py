@@ -25,7 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from worker.metadata import MODEL_KINDS, ModelKind, ModelSpec, ProviderSpec
 
-_SPEC = TypeAdapter(ModelSpec)
+_SPEC: TypeAdapter[ModelSpec] = TypeAdapter(ModelSpec)
 
 VARIANT_PARAM: dict[ModelKind, str | None] = {"llm": None, "stt": "language", "tts": "voice"}
 """What the ``:variant`` suffix of a model string sets, per kind."""
