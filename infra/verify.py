@@ -21,7 +21,8 @@ from typing import Any
 from livekit import api
 
 from infra.stack.model import StackFile
-from worker.config import WorkerSettings, defaults_env, merge_layers
+from localenv.ports import free_port_range
+from worker.config import WorkerSettings, defaults_env, merge_layers, text_sha
 from worker.metadata import MODEL_KINDS
 from worker.models.registry import parse_spec
 
@@ -97,12 +98,6 @@ class Expectation:
     attributes: dict[str, str]
 
 
-def _sha(text: str | None) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:12] if text else ""
-
-
 def expectations(stack: StackFile, routing_table: dict[str, Any], routes: list[str] | None = None) -> list[Expectation]:
     """One expectation per (route, number) of the deployed routing table."""
     out = []
@@ -117,8 +112,8 @@ def expectations(stack: StackFile, routing_table: dict[str, Any], routes: list[s
             "siphon.route": key,
             "siphon.direction": "inbound",
             "siphon.called_number": number,
-            "siphon.system_instructions_sha": _sha(cfg.system_instructions),
-            "siphon.greeting_instructions_sha": _sha(cfg.greeting_instructions),
+            "siphon.system_instructions_sha": text_sha(cfg.system_instructions) or "",
+            "siphon.greeting_instructions_sha": text_sha(cfg.greeting_instructions) or "",
             "siphon.fallbacks": "",
         }
         for kind in MODEL_KINDS:
@@ -175,14 +170,6 @@ class Outcome:
     seconds: float
 
 
-def _free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def verify_one(exp: Expectation, sip_address: str, timeout: float = 20.0) -> Outcome:
     """Call one route number with sipp and check the answer."""
     sipp = shutil.which("sipp")
@@ -192,7 +179,7 @@ def verify_one(exp: Expectation, sip_address: str, timeout: float = 20.0) -> Out
         path = Path(tmp) / "uac.xml"
         path.write_text(scenario(TEST_CALLER, hold_ms=int(timeout * 1000) + 5000))
         started = time.monotonic()
-        argv = [sipp, "-sf", str(path), "-s", exp.number, "-i", "127.0.0.1", "-p", str(_free_udp_port()),
+        argv = [sipp, "-sf", str(path), "-s", exp.number, "-i", "127.0.0.1", "-p", str(free_port_range(1)),
                 "-m", "1", "-nostdin", "-timeout", str(int(timeout) + 10), sip_address]  # fmt: skip
         call = subprocess.Popen(argv, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:

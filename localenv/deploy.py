@@ -11,7 +11,7 @@ from typing import Any
 from pulumi import automation as auto
 
 from localenv import engine, tools
-from localenv.manager import LocalEnv, _http_ok
+from localenv.manager import LocalEnv, http_ok
 from localenv.ports import free_tcp_port
 from localenv.process import Supervised
 
@@ -23,18 +23,8 @@ LOCAL_STACK = "local"
 def local_stack(env: LocalEnv, extra_env: dict[str, str] | None = None) -> auto.Stack:
     """The ``local`` Pulumi stack of this repository, with its state in the run folder."""
     assert env.endpoints is not None
-    penv = engine.engine_env(env.run_dir / "state", LOCAL_PASSPHRASE, env.run_dir / "pulumi-home", extra_env or {})
-    return auto.create_or_select_stack(
-        stack_name=LOCAL_STACK,
-        work_dir=str(tools.REPO),
-        opts=auto.LocalWorkspaceOptions(
-            work_dir=str(tools.REPO),
-            pulumi_home=penv["PULUMI_HOME"],
-            env_vars={**env.endpoints.env(), **penv},
-            secrets_provider="passphrase",
-            pulumi_command=engine.pulumi_command(),
-        ),
-    )
+    penv = engine.engine_env(env.run_dir / "state", LOCAL_PASSPHRASE, env.run_dir / "pulumi-home", extra_env)
+    return engine.select_stack(tools.REPO, LOCAL_STACK, {**env.endpoints.env(), **penv})
 
 
 def deploy(env: LocalEnv, on_output: Callable[[str], Any] | None = None) -> dict[str, Any]:
@@ -57,16 +47,13 @@ def start_workers(env: LocalEnv, agent_env: dict[str, dict[str, str]]) -> list[S
             "SIPHON_HTTP_PORT": str(port),
             "SIPHON_MAX_JOBS": "20",  # report load in jobs, not host CPU (a busy 2-core host looks full)
         }
-        svc = Supervised(
+        svc = env.spawn(
             f"worker-{agent_name}",
             [sys.executable, "-m", "worker.main", "start"],
-            env.run_dir / f"worker-{agent_name}.log",
+            functools.partial(http_ok, port),
             env=proc_env,
             cwd=tools.REPO,
-            health=functools.partial(_http_ok, port),
         )
-        env.services.append(svc)
-        svc.start()
         svc.wait_healthy(60)
         workers.append(svc)
     return workers

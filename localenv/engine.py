@@ -6,7 +6,6 @@ downloaded, and the CLI is the one built by ``./dev setup``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,7 +16,9 @@ from localenv import tools
 VENV = tools.REPO / ".venv"
 
 
-def engine_env(backend_dir: Path, passphrase: str, pulumi_home: Path, extra: Mapping[str, str] = ()) -> dict[str, str]:  # type: ignore[assignment]
+def engine_env(
+    backend_dir: Path, passphrase: str, pulumi_home: Path, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Environment for the CLI and every process it starts (language host, dynamic providers)."""
     backend_dir.mkdir(parents=True, exist_ok=True)
     pulumi_home.mkdir(parents=True, exist_ok=True)
@@ -35,7 +36,7 @@ def engine_env(backend_dir: Path, passphrase: str, pulumi_home: Path, extra: Map
         # The dynamic-provider plugin script runs `python -m pulumi.dynamic` from this virtualenv.
         "PULUMI_RUNTIME_VIRTUALENV": str(VENV),
     }
-    env.update(extra)
+    env.update(extra or {})
     return env
 
 
@@ -61,14 +62,13 @@ def write_project(work_dir: Path, name: str, description: str = "") -> None:
 
 def select_stack(work_dir: Path, stack: str, env: Mapping[str, str]) -> auto.Stack:
     """Create or select ``stack`` of the program in ``work_dir``."""
-    ws_env = {**{k: v for k, v in os.environ.items() if k.startswith(("AWS_", "LIVEKIT_"))}, **env}
     return auto.create_or_select_stack(
         stack_name=stack,
         work_dir=str(work_dir),
         opts=auto.LocalWorkspaceOptions(
             work_dir=str(work_dir),
             pulumi_home=env["PULUMI_HOME"],
-            env_vars=ws_env,
+            env_vars=dict(env),  # added to os.environ, which the CLI and its plugins inherit
             secrets_provider="passphrase",
             pulumi_command=pulumi_command(),
         ),

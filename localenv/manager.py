@@ -30,7 +30,8 @@ PORT_RETRIES = 3
 RTP_PORTS = 40  # RTP ports for livekit-sip: two per concurrent call
 
 
-def _http_ok(port: int, path: str = "/") -> bool:
+def http_ok(port: int, path: str = "/") -> bool:
+    """True when an HTTP GET on a loopback port answers below 500."""
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=1)
     try:
         conn.request("GET", path)
@@ -118,10 +119,16 @@ class LocalEnv:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
-    def _spawn(
-        self, name: str, argv: list[str], health: Callable[[], bool], env: dict[str, str] | None = None
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        health: Callable[[], bool],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> Supervised:
-        svc = Supervised(name, argv, self.run_dir / f"{name}.log", env=env, cwd=self.run_dir, health=health)
+        """Start a supervised process that logs to ``<run_dir>/<name>.log`` and stops with the environment."""
+        svc = Supervised(name, argv, self.run_dir / f"{name}.log", env=env, cwd=cwd or self.run_dir, health=health)
         self.services.append(svc)
         svc.start()
         return svc
@@ -145,16 +152,16 @@ class LocalEnv:
         redis_port, moto_port, lk_port, lk_tcp = (free_tcp_port() for _ in range(4))
         lk_udp = free_port_range(1)
 
-        redis = self._spawn(
+        redis = self.spawn(
             "redis",
             [redis_server, "--port", str(redis_port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
              "--dir", str(self.run_dir)],
             lambda: _redis_ok(redis_port),
         )  # fmt: skip
-        moto = self._spawn(
+        moto = self.spawn(
             "moto",
             [str(moto_server), "-H", LOOPBACK, "-p", str(moto_port)],
-            lambda: _http_ok(moto_port, "/moto-api/"),
+            lambda: http_ok(moto_port, "/moto-api/"),
             env={**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"},
         )
         self.startup_seconds["redis"] = redis.wait_healthy(15)
@@ -171,8 +178,8 @@ class LocalEnv:
                 "logging": {"level": log_level},
             })
         )  # fmt: skip
-        server = self._spawn(
-            "livekit-server", [str(livekit_server), "--dev", "--config", str(lk_config)], lambda: _http_ok(lk_port)
+        server = self.spawn(
+            "livekit-server", [str(livekit_server), "--dev", "--config", str(lk_config)], lambda: http_ok(lk_port)
         )
         self.startup_seconds["livekit-server"] = server.wait_healthy(30)
         self.startup_seconds["moto"] = moto.wait_healthy(30)
@@ -192,7 +199,7 @@ class LocalEnv:
                     "logging": {"level": log_level},
                 })
             )  # fmt: skip
-            sip = self._spawn("livekit-sip", [str(livekit_sip), "--config", str(sip_config)], lambda: _http_ok(health))
+            sip = self.spawn("livekit-sip", [str(livekit_sip), "--config", str(sip_config)], lambda: http_ok(health))
             self.startup_seconds["livekit-sip"] = sip.wait_healthy(30)
             sip_address = f"{LOOPBACK}:{sip_port}"
 

@@ -309,8 +309,8 @@ class ResolvedCall:
             "called_number": self.facts.called_number,
             "trunk_id": self.facts.trunk_id,
             "models": dict(self.models),
-            "system_instructions_sha": _text_sha(cfg.system_instructions),
-            "greeting_instructions_sha": _text_sha(cfg.greeting_instructions),
+            "system_instructions_sha": text_sha(cfg.system_instructions),
+            "greeting_instructions_sha": text_sha(cfg.greeting_instructions),
             "send_greeting": cfg.send_greeting,
             "sources": dict(self.merged.sources),
             "fact_sources": dict(self.facts.sources),
@@ -340,12 +340,13 @@ class ResolvedCall:
             "sources": ",".join(f"{k}={v}" for k, v in sorted(self.merged.sources.items())),
             "fallbacks": ",".join(sorted(self.fallbacks)),
             "warnings": str(len(self.warnings)),
-            "system_instructions_sha": _text_sha(cfg.system_instructions) or "",
-            "greeting_instructions_sha": _text_sha(cfg.greeting_instructions) or "",
+            "system_instructions_sha": text_sha(cfg.system_instructions) or "",
+            "greeting_instructions_sha": text_sha(cfg.greeting_instructions) or "",
         }
         attrs.update({kind: self.models.get(kind, "") for kind in MODEL_KINDS})
         return {ATTR_PREFIX + k: v for k, v in attrs.items()}
 
 
-def _text_sha(text: str | None) -> str | None:
+def text_sha(text: str | None) -> str | None:
+    """Short hash of an instruction text, as published in ``siphon.*_instructions_sha`` attributes."""
     return hashlib.sha256(text.encode()).hexdigest()[:12] if text else None

@@ -94,10 +94,6 @@ class Aws:
         """Application Auto Scaling client."""
         return self.client("application-autoscaling")
 
-    def account_id(self) -> str:
-        """The caller's account id."""
-        return self.client("sts").get_caller_identity()["Account"]
-
 
 def _notify(params: dict[str, Any], model: Any, event_name: str = "", **_: Any) -> None:
     if _hooks:

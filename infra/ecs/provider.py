@@ -12,6 +12,7 @@ value, or anything it can be recovered from, ever being stored.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from pulumi.dynamic import (
@@ -68,7 +69,7 @@ def _who(props: dict[str, Any]) -> str:
     return f"{LABEL} (agent_name {name!r})" if isinstance(name, str) else LABEL
 
 
-def _body(props: dict[str, Any], skip: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+def _body(props: dict[str, Any], skip: AbstractSet[str] = frozenset()) -> dict[str, Any]:
     return {k: v for k, v in props.items() if k != "__provider" and k not in OUTPUT_KEYS and k not in skip}
 
 
