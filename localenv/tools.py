@@ -12,7 +12,6 @@ clones on the same machine reuse it and nothing is rebuilt unless a pin changes.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -28,13 +27,17 @@ REPO = Path(__file__).resolve().parent.parent
 # --- pins (one place; tests assert pyproject.toml, uv.lock and tools/pulumi/go.mod agree) ---------
 PULUMI_VERSION = "3.260.0"
 LIVEKIT_SERVER_VERSION = "v1.13.5"
-LIVEKIT_SIP_VERSION = "v1.11.0"
+LIVEKIT_SIP_VERSION = "v1.10.0"  # v1.11.0 needs a livekit/protocol the proxy does not serve
 UV_VERSION = "0.13.9"
 MIN_GO = (1, 21)  # older Go cannot fetch the go1.26 toolchain the LiveKit and Pulumi modules require
 
 LIVEKIT_SERVER_PKG = "github.com/livekit/livekit-server/cmd/server"
-LIVEKIT_SIP_MODULE = "github.com/livekit/sip"
+LIVEKIT_SIP_PKG = "github.com/livekit/sip/cmd/livekit-sip"
 PULUMI_WRAPPER = REPO / "tools" / "pulumi"
+LIVEKIT_SIP_WRAPPER = REPO / "tools" / "livekit-sip"
+# A GOPROXY-layout folder holding modules the ordinary proxy refuses (livekit-sip, media-sdk).
+# Optional: without it (and without ../shared/goproxy) the ordinary proxy must serve them.
+GO_MIRROR_ENV = "SIPHON_GO_MIRROR"
 
 DEBIAN_PACKAGES = (
     "redis-server",  # LiveKit SIP state
@@ -67,8 +70,19 @@ def _digest(paths: Sequence[Path]) -> str:
     return h.hexdigest()[:12]
 
 
-def _pulumi_inputs() -> list[Path]:
-    return [p for p in PULUMI_WRAPPER.rglob("*") if p.is_file() and p.suffix in {".go", ".mod", ".sum"}]
+def _go_inputs(wrapper: Path) -> list[Path]:
+    return [p for p in wrapper.rglob("*") if p.is_file() and p.suffix in {".go", ".mod", ".sum"}]
+
+
+def go_mirror() -> Path | None:
+    """The extra Go module mirror: $SIPHON_GO_MIRROR, else ../shared/goproxy beside the checkout."""
+    if env := os.environ.get(GO_MIRROR_ENV):
+        path = Path(env).resolve()
+        if not path.is_dir():
+            raise ToolError(f"{GO_MIRROR_ENV}={env} is not a folder (it should hold a GOPROXY-layout module mirror)")
+        return path
+    default = REPO.parent / "shared" / "goproxy"
+    return default if default.is_dir() else None
 
 
 @dataclass(frozen=True)
@@ -116,7 +130,7 @@ def pulumi_tool() -> Tool:
             "pulumi-language-python-exec",
             "pulumi-resource-pulumi-python",
         ),
-        key=_digest(_pulumi_inputs()),
+        key=_digest(_go_inputs(PULUMI_WRAPPER)),
     )
 
 
@@ -126,8 +140,8 @@ def livekit_server_tool() -> Tool:
 
 
 def livekit_sip_tool() -> Tool:
-    """livekit-sip (the SIP bridge) built from its Go module with cgo."""
-    return Tool("livekit-sip", LIVEKIT_SIP_VERSION, ("livekit-sip",))
+    """livekit-sip (the SIP bridge) built with cgo from the wrapper module ``tools/livekit-sip``."""
+    return Tool("livekit-sip", LIVEKIT_SIP_VERSION, ("livekit-sip",), key=_digest(_go_inputs(LIVEKIT_SIP_WRAPPER)))
 
 
 def _on_path(binary: str, version: str) -> Path | None:
@@ -287,32 +301,31 @@ def install_livekit_server() -> None:
 
 
 def install_livekit_sip() -> None:
-    """Build livekit-sip (cgo) from its module; raise a ToolError that says what to install if it fails."""
+    """Build livekit-sip with cgo from the wrapper module, using the Go module mirror when there is one."""
     tool = livekit_sip_tool()
-    if tool.installed() or _on_path("livekit-sip", tool.version):
+    if tool.installed():
         return
     go = check_go()
-    env = _go_env()
-    dl = subprocess.run(
-        [go, "mod", "download", "-json", f"{LIVEKIT_SIP_MODULE}@{LIVEKIT_SIP_VERSION}"],
-        capture_output=True, text=True, env=env, cwd=PULUMI_WRAPPER, check=False,
-    )  # fmt: skip
-    info = json.loads(dl.stdout or "{}")
-    if "Dir" not in info:
-        reason = info.get("Error") or dl.stderr.strip()
-        raise ToolError(
-            f"livekit-sip {LIVEKIT_SIP_VERSION} could not be fetched from the Go module proxy ({reason}). "
-            f"Install it yourself: build {LIVEKIT_SIP_MODULE}/cmd/livekit-sip at {LIVEKIT_SIP_VERSION} with cgo "
-            "(Debian: pkg-config libopus-dev libopusfile-dev libsoxr-dev) and put `livekit-sip` on PATH, or copy "
-            f"it to {tool.path()}. Until then SIP call tests are skipped and the local environment runs without "
-            "a SIP bridge."
-        )
+    env = dict(_go_env(), CGO_ENABLED="1", GOFLAGS="-mod=readonly")
+    if (mirror := go_mirror()) is not None:
+        upstream = subprocess.run([go, "env", "GOPROXY"], capture_output=True, text=True, check=True).stdout.strip()
+        env["GOPROXY"] = f"{mirror.as_uri()},{upstream}"
+        _log(f"livekit-sip: using the Go module mirror {mirror}")
 
     def build(bin_dir: Path) -> None:
-        _run(
-            [go, "build", "-trimpath", "-o", bin_dir / "livekit-sip", "./cmd/livekit-sip"],
-            cwd=info["Dir"], env=dict(env, CGO_ENABLED="1", GOFLAGS="-mod=readonly"),
-        )  # fmt: skip
+        ldflags = f"-X github.com/livekit/sip/version.Version={LIVEKIT_SIP_VERSION.lstrip('v')}"
+        try:
+            _run(
+                [go, "build", "-trimpath", "-ldflags", ldflags, "-o", bin_dir / "livekit-sip", LIVEKIT_SIP_PKG],
+                cwd=LIVEKIT_SIP_WRAPPER, env=env,
+            )  # fmt: skip
+        except subprocess.CalledProcessError as e:
+            raise ToolError(
+                f"livekit-sip {LIVEKIT_SIP_VERSION} did not build (go exited {e.returncode}; its output is above). "
+                f"If the Go module proxy refused github.com/livekit/sip, point {GO_MIRROR_ENV} at a module mirror "
+                "holding it (CI finds ../shared/goproxy); cgo needs the Debian packages pkg-config libopus-dev "
+                "libopusfile-dev libsoxr-dev."
+            ) from e
 
     _install_into(tool, build)
 
@@ -324,33 +337,28 @@ def sync_python_env() -> None:
     _run([uv, "sync", "--frozen", "--quiet"], cwd=REPO, env=env)
 
 
-# Installed in this order; the optional ones report instead of failing the whole set-up.
-STEPS: tuple[tuple[str, Callable[[], None], bool], ...] = (
-    ("debian packages", install_debian_packages, True),
-    ("uv", install_uv, True),
-    ("python env", sync_python_env, True),
-    ("pulumi", install_pulumi, True),
-    ("livekit-server", install_livekit_server, True),
-    ("livekit-sip", install_livekit_sip, False),
+# Installed in this order; set-up stops at the first failure, whose message says what to install.
+STEPS: tuple[tuple[str, Callable[[], None]], ...] = (
+    ("debian packages", install_debian_packages),
+    ("uv", install_uv),
+    ("python env", sync_python_env),
+    ("pulumi", install_pulumi),
+    ("livekit-server", install_livekit_server),
+    ("livekit-sip", install_livekit_sip),
 )
 
 
 def install_all() -> int:
-    """Install everything; return 0, or 1 if a required tool failed. Prints per-step timings."""
-    failed = False
-    for name, step, required in STEPS:
+    """Install everything; return 0, or 1 if a tool failed. Prints per-step timings."""
+    for name, step in STEPS:
         t0 = time.monotonic()
         try:
             step()
         except (ToolError, subprocess.CalledProcessError, OSError) as e:
-            level = "ERROR" if required else "WARNING"
-            _log(f"{level}: {name}: {e}")
-            failed |= required
-            if required:
-                break
-            continue
+            _log(f"ERROR: {name}: {e}")
+            return 1
         _log(f"{name}: ok ({time.monotonic() - t0:.1f}s)")
-    return 1 if failed else 0
+    return 0
 
 
 def bin_dirs() -> list[Path]:
