@@ -76,11 +76,23 @@ def _stack_outputs(target: str, outputs: Path | None) -> dict:
     return json.loads(run.stdout)
 
 
+def _config_secret(target: str, key: str) -> str:
+    """One config value of the stack (secrets decrypted), as `pulumi config get` gives it."""
+    import subprocess
+
+    run = subprocess.run(
+        ["pulumi", "config", "get", key, "--stack", target], capture_output=True, text=True, check=False
+    )
+    if run.returncode != 0:
+        raise SystemExit(f"cannot read config {key!r} of stack {target!r}: {run.stderr.strip()}")
+    return run.stdout.rstrip("\n")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify inbound routes; print route, number, agent, result and time to answer."""
     import os
 
-    from infra.verify import expectations, verify_one
+    from infra.verify import expectations, trunk_auth_keys, verify_one
 
     sip_address = os.environ.get("SIPHON_SIP_ADDRESS")
     if not sip_address:
@@ -96,9 +108,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"siphon-infra verify: no inbound route {', '.join(unknown)}", file=sys.stderr)
         return 2
     outputs = _stack_outputs(args.target, args.outputs)
-    results = [
-        verify_one(e, sip_address, args.timeout) for e in expectations(stack, outputs["routing_table"], args.route)
-    ]
+    passwords = {k: _config_secret(args.target, k) for k in set(trunk_auth_keys(stack, args.route).values())}
+    exps = expectations(stack, outputs["routing_table"], args.route, passwords)
+    results = [verify_one(e, sip_address, args.timeout) for e in exps]
     rows = [{"route": r.route, "number": r.number, "agent": r.agent, "result": "ok" if r.ok else f"FAIL: {r.detail}",
              "time to answer": f"{r.seconds:.2f}s"} for r in results]  # fmt: skip
     print(table(rows, ["route", "number", "agent", "result", "time to answer"]))

@@ -1,105 +1,72 @@
-"""``verify``: prove each inbound route with a synthetic SIP call and check who answered, and how.
+"""``verify``: prove each inbound route with a real call, one call at a time, and check who answered, and how.
 
-For every inbound route (or those named), sipp calls the route's number through the SIP bridge; the
-check waits for the room LiveKit creates for that call (its SIP participant carries the route's rule
-id) and for the agent to publish its resolved configuration (``siphon.*`` attributes), then compares
-those with what the stack declares: the agent, the route, the called number, instructions and greeting
-(by hash) and the model of each kind, computed exactly as the worker merges them.
+For every inbound route number (or the routes named), sipp calls the number through the SIP bridge with a
+Call-ID of its own. The check finds *that* call's room (the caller's participant carries the Call-ID as
+``sip.callIDFull``), waits for *that* room's agent to publish its resolved configuration (``siphon.*``
+attributes), compares them with what the stack declares (agent name, route, called number, instructions
+and greeting by hash, the model of each kind, computed exactly as the worker merges them), then hangs up
+by deleting the room, which makes the bridge send BYE. Time to answer runs from the INVITE to the
+attributes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
-import tempfile
+import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from livekit import api
 
+from infra import sipp
+from infra.stack.checks import route_trunks
 from infra.stack.model import StackFile
-from localenv.ports import free_port_range
-from worker.config import WorkerSettings, defaults_env, merge_layers, text_sha
+from worker.config import ATTR_PREFIX, WorkerSettings, defaults_env, merge_layers, text_sha
 from worker.metadata import MODEL_KINDS
 from worker.models.registry import parse_spec
 
-TEST_CALLER = "+15005550006"  # a reserved test number as the caller
-_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="siphon-infra verify">
-  <send retrans="500"><![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: sip:{caller}@[local_ip]:[local_port]
-Max-Forwards: 70
-{headers}Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=siphon 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-a=rtpmap:0 PCMU/8000
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
-  <recv response="200" rtd="true"/>
-  <send><![CDATA[
-ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Contact: sip:{caller}@[local_ip]:[local_port]
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <pause milliseconds="{hold_ms}"/>
-  <send retrans="500"><![CDATA[
-BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Contact: sip:{caller}@[local_ip]:[local_port]
-Max-Forwards: 70
-Content-Length: 0
-]]></send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"""
-
-
-def scenario(caller: str, headers: dict[str, str] | None = None, hold_ms: int = 20000) -> str:
-    """A sipp UAC scenario: INVITE (PCMU) from ``caller`` with extra headers, hold, BYE."""
-    extra = "".join(f"{k}: {v}\n" for k, v in (headers or {}).items())
-    return _SCENARIO.format(caller=caller.lstrip("+"), headers=extra, hold_ms=hold_ms)
+TEST_CALLER = "+15005550006"  # a reserved test number, used as the caller unless the route filters callers
+POLL = 0.05  # seconds between looks at LiveKit while a call is set up
+HANGUP_WAIT = 15.0  # seconds for the caller to see BYE after the room is deleted
+CALL_STATUS_ATTRIBUTE = "sip.callStatus"  # livekit-sip: ringing until it answers the caller, then active
 
 
 @dataclass(frozen=True)
 class Expectation:
-    """What the agent answering a route's number must publish."""
+    """One route number to call, and what the agent answering it must publish."""
 
     route: str
     number: str
     agent_name: str
     rule_id: str
     attributes: dict[str, str]
+    caller: str = TEST_CALLER
+    auth: tuple[str, str] | None = None  # digest credentials of the route's trunk, when it has them
 
 
-def expectations(stack: StackFile, routing_table: dict[str, Any], routes: list[str] | None = None) -> list[Expectation]:
-    """One expectation per (route, number) of the deployed routing table."""
+def trunk_auth_keys(stack: StackFile, routes: list[str] | None = None) -> dict[str, str]:
+    """Config keys of the trunk passwords the selected routes' calls must answer a challenge with: route -> key."""
+    out = {}
+    for key in stack.inbound_routes:
+        if routes and key not in routes:
+            continue
+        for trunk in route_trunks(stack, key):
+            if secret := stack.inbound_trunks[trunk].auth_password_secret:
+                out[key] = secret
+                break
+    return out
+
+
+def expectations(
+    stack: StackFile,
+    routing_table: Mapping[str, Any],
+    routes: list[str] | None = None,
+    passwords: Mapping[str, str] | None = None,
+) -> list[Expectation]:
+    """One expectation per (route, number) of the deployed routing table; ``passwords`` maps config key -> value."""
+    passwords = passwords or {}
     out = []
     for number, row in routing_table.items():
         key = row["route"]
@@ -109,53 +76,94 @@ def expectations(stack: StackFile, routing_table: dict[str, Any], routes: list[s
         defaults = WorkerSettings.from_env(defaults_env(stack.agents[route.agent].defaults)).defaults
         cfg = merge_layers(("default", defaults), ("route", route.agent_config)).config
         attrs = {
-            "siphon.route": key,
-            "siphon.direction": "inbound",
-            "siphon.called_number": number,
-            "siphon.system_instructions_sha": text_sha(cfg.system_instructions) or "",
-            "siphon.greeting_instructions_sha": text_sha(cfg.greeting_instructions) or "",
-            "siphon.fallbacks": "",
+            "agent_name": route.agent,
+            "route": key,
+            "direction": "inbound",
+            "called_number": number,
+            "system_instructions_sha": text_sha(cfg.system_instructions) or "",
+            "greeting_instructions_sha": text_sha(cfg.greeting_instructions) or "",
+            "fallbacks": "",
         }
         for kind in MODEL_KINDS:
             spec = getattr(cfg, kind)
-            attrs[f"siphon.{kind}"] = parse_spec(kind, spec if isinstance(spec, str) else spec.model_dump()).label
-        out.append(Expectation(key, number, route.agent, row["rule_id"], attrs))
+            attrs[kind] = parse_spec(kind, spec if isinstance(spec, str) else spec.model_dump()).label
+        trunks = [stack.inbound_trunks[t] for t in route_trunks(stack, key)]
+        callers = route.caller_numbers or next((t.allowed_numbers for t in trunks if t.allowed_numbers), [])
+        auth = next(((t.auth_username, passwords.get(t.auth_password_secret, "")) for t in trunks if t.auth_username),
+                    None)  # fmt: skip
+        out.append(Expectation(key, number, route.agent, row["rule_id"],
+                               {ATTR_PREFIX + k: v for k, v in attrs.items()}, callers[0] if callers else TEST_CALLER,
+                               auth))  # fmt: skip
     return out
 
 
-def compare(expected: Expectation, actual: dict[str, str]) -> list[str]:
+def compare(expected: Expectation, actual: Mapping[str, str]) -> list[str]:
     """What differs between the published and the declared configuration."""
     return [
-        f"{k.removeprefix('siphon.')} is {actual.get(k)!r}, declared {v!r}"
+        f"{k.removeprefix(ATTR_PREFIX)} is {actual.get(k)!r}, declared {v!r}"
         for k, v in expected.attributes.items()
         if actual.get(k, "") != v
     ]
 
 
-async def _watch(rule_id: str, caller: str, agent_name: str, timeout: float) -> tuple[dict[str, str] | None, str]:
-    """Wait for the call's room (SIP participant with the rule id) and its agent's resolved attributes."""
-    lk = api.LiveKitAPI()
-    deadline = time.monotonic() + timeout
-    room_seen = ""
+@dataclass
+class Observation:
+    """What LiveKit showed of one synthetic call."""
+
+    room: str = ""
+    rule_id: str = ""
+    attributes: dict[str, str] | None = None  # the answering agent's, once published
+    answered_after: float = 0.0  # seconds from INVITE to answered (agent attributes published, caller active)
+    dispatched: tuple[str, ...] = ()  # agent names LiveKit dispatched to the room
+    caller_left: bool = False
+
+
+async def _participants(lk: api.LiveKitAPI, room: str) -> list[api.ParticipantInfo]:
     try:
-        while time.monotonic() < deadline:
+        return list((await lk.room.list_participants(api.ListParticipantsRequest(room=room))).participants)
+    except api.TwirpError as e:
+        if e.code == "not_found":
+            return []
+        raise
+
+
+async def observe(lk: api.LiveKitAPI, call: sipp.SippCall, known_rooms: set[str], timeout: float) -> Observation:
+    """Find the call's own room by its Call-ID, then wait for the room's agent to publish its configuration."""
+    seen = Observation()
+    others = set(known_rooms)  # rooms that exist already or belong to other calls
+    deadline = call.started + timeout
+    while time.monotonic() < deadline:
+        if not seen.room:
+            if not call.running():
+                return seen  # refused, dropped or ended before it reached a room
             for room in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms:
-                parts = (await lk.room.list_participants(api.ListParticipantsRequest(room=room.name))).participants
-                sip = [p for p in parts if p.attributes.get("sip.ruleID") == rule_id
-                       and p.attributes.get("sip.phoneNumber", "").lstrip("+") == caller.lstrip("+")]  # fmt: skip
-                if not sip:
+                if room.name in others:
                     continue
-                room_seen = room.name
-                agents = [p for p in parts if p.kind == api.ParticipantInfo.Kind.AGENT]
-                ready = [a for a in agents if a.attributes.get("siphon.config_hash")]
-                if ready:
-                    return dict(ready[0].attributes), room.name
-            await asyncio.sleep(0.2)
-    finally:
-        await lk.aclose()
-    if not room_seen:
-        return None, "the call reached no room for this route's rule (trunk or rule mismatch, or the bridge refused it)"
-    return None, f"room {room_seen} got the caller but no agent answered: is a worker named {agent_name!r} running?"
+                parts = await _participants(lk, room.name)
+                mine = [p for p in parts if p.attributes.get(sipp.CALL_ID_ATTRIBUTE) == call.call_id]
+                if mine:
+                    seen.room, seen.rule_id = room.name, mine[0].attributes.get("sip.ruleID", "")
+                    break
+                if any(p.kind == api.ParticipantInfo.Kind.SIP for p in parts):
+                    others.add(room.name)
+        if seen.room:
+            parts = await _participants(lk, seen.room)
+            caller = [p for p in parts if p.attributes.get(sipp.CALL_ID_ATTRIBUTE) == call.call_id]
+            if not caller:
+                seen.caller_left = True
+                break
+            agents = [p for p in parts if p.kind == api.ParticipantInfo.Kind.AGENT]
+            ready = [a for a in agents if a.attributes.get(ATTR_PREFIX + "config_hash")]
+            # Answered: the agent published its configuration and the bridge has answered the caller (200 OK).
+            if ready and caller[0].attributes.get(CALL_STATUS_ATTRIBUTE) == "active":
+                seen.attributes = dict(ready[0].attributes)
+                seen.answered_after = time.monotonic() - call.started
+                return seen
+        await asyncio.sleep(POLL)
+    if seen.room:
+        with contextlib.suppress(api.TwirpError):
+            seen.dispatched = tuple(d.agent_name for d in await lk.agent_dispatch.list_dispatch(seen.room))
+    return seen
 
 
 @dataclass(frozen=True)
@@ -167,28 +175,57 @@ class Outcome:
     agent: str
     ok: bool
     detail: str
-    seconds: float
+    seconds: float  # INVITE to the agent's attributes (or to the failure)
+
+
+def _no_answer(exp: Expectation, seen: Observation, timeout: float) -> str:
+    if not seen.room:
+        return "the call reached no room"
+    if seen.caller_left:
+        return f"room {seen.room}: the caller was dropped before any agent answered"
+    if not seen.dispatched:
+        return f"room {seen.room} got the call but LiveKit dispatched no agent to it (the rule names none)"
+    names = ", ".join(repr(n) for n in seen.dispatched)
+    if exp.agent_name not in seen.dispatched:
+        return (f"nothing answered within {timeout:.0f}s: the call's rule dispatched agent {names}, "
+                f"declared {exp.agent_name!r} (the rule was changed outside the stack? run `pulumi up`)")  # fmt: skip
+    return f"nothing answered within {timeout:.0f}s: agent {names} was dispatched, but no worker of that name took it"
+
+
+async def _verify(exp: Expectation, sip_address: str, timeout: float, source_ip: str | None) -> Outcome:
+    lk = api.LiveKitAPI()
+    try:
+        known = {r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms}
+        call = sipp.place(sip_address, exp.number, caller=exp.caller, auth=exp.auth, source_ip=source_ip,
+                          hold_s=timeout + HANGUP_WAIT, answer_timeout_s=timeout)  # fmt: skip
+        seen = Observation()
+        try:
+            seen = await observe(lk, call, known, timeout)
+        finally:
+            if seen.room and call.running():  # hang up: deleting the room makes the bridge send BYE to the caller
+                with contextlib.suppress(api.TwirpError):
+                    await lk.room.delete_room(api.DeleteRoomRequest(room=seen.room))
+        end = await asyncio.to_thread(call.wait, HANGUP_WAIT)
+    finally:
+        await lk.aclose()
+    took = seen.answered_after or (time.monotonic() - call.started)
+    if not seen.room:
+        why = end.reason if not end.completed else "the call ended before reaching a room"
+        return Outcome(exp.route, exp.number, exp.agent_name, False, f"the call reached no room: {why}", took)
+    problems = []
+    if seen.rule_id != exp.rule_id:
+        problems.append(f"the call was routed by rule {seen.rule_id or '?'}, not the route's rule {exp.rule_id}")
+    if seen.attributes is None:
+        problems.append(_no_answer(exp, seen, timeout))
+    else:
+        problems += compare(exp, seen.attributes)
+        if not end.completed:
+            problems.append(f"the call did not end with BYE: {end.reason}")
+    return Outcome(exp.route, exp.number, exp.agent_name, not problems, "; ".join(problems) or "ok", took)
 
 
 def verify_one(exp: Expectation, sip_address: str, timeout: float = 20.0) -> Outcome:
-    """Call one route number with sipp and check the answer."""
-    sipp = shutil.which("sipp")
-    if not sipp:
-        return Outcome(exp.route, exp.number, exp.agent_name, False, "sipp is not installed", 0.0)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "uac.xml"
-        path.write_text(scenario(TEST_CALLER, hold_ms=int(timeout * 1000) + 5000))
-        started = time.monotonic()
-        argv = [sipp, "-sf", str(path), "-s", exp.number, "-i", "127.0.0.1", "-p", str(free_port_range(1)),
-                "-m", "1", "-nostdin", "-timeout", str(int(timeout) + 10), sip_address]  # fmt: skip
-        call = subprocess.Popen(argv, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            attrs, note = asyncio.run(_watch(exp.rule_id, TEST_CALLER, exp.agent_name, timeout))
-        finally:
-            call.terminate()
-            call.wait(timeout=10)
-        took = time.monotonic() - started
-    if attrs is None:
-        return Outcome(exp.route, exp.number, exp.agent_name, False, note, took)
-    problems = compare(exp, attrs)
-    return Outcome(exp.route, exp.number, exp.agent_name, not problems, "; ".join(problems) or "ok", took)
+    """Call one route number through the bridge at ``sip_address`` and check the answer."""
+    host = sip_address.rsplit(":", 1)[0]
+    source_ip = "127.0.0.1" if host.startswith("127.") or host == "localhost" else None
+    return asyncio.run(_verify(exp, sip_address, timeout, source_ip))

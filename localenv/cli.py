@@ -25,8 +25,6 @@ def render(endpoints: Endpoints, env: LocalEnv) -> str:
     lines = ["Local environment is up:"]
     for name, secs in env.startup_seconds.items():
         lines.append(f"  {name:<15} healthy in {secs:.2f}s")
-    if env.sip_unavailable_reason:
-        lines.append(f"  livekit-sip     NOT RUNNING: {env.sip_unavailable_reason}")
     lines.append(f"  logs            {endpoints.run_dir}")
     lines.append("")
     lines.append("export these to use it:")
@@ -65,8 +63,17 @@ def deploy_and_run(env: LocalEnv) -> str:
     return "\n".join(lines)
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+def _stop_requested(signum: int, frame: FrameType | None) -> None:
+    """First Ctrl-C or SIGTERM: stop. Later ones (a terminal sends SIGINT to the whole process group, `uv run`
+    forwards it once more, an impatient user presses again) must not abort the teardown: they are noted only."""
+    signal.signal(signal.SIGINT, _already_stopping)
+    signal.signal(signal.SIGTERM, _already_stopping)
+    print("\nsiphon-local: stopping (workers drain first, then the services)...", file=sys.stderr, flush=True)
     raise KeyboardInterrupt
+
+
+def _already_stopping(signum: int, frame: FrameType | None) -> None:
+    print("siphon-local: already stopping...", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,40 +82,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start everything, print endpoints, stay up until Ctrl-C")
     up.add_argument("--run-dir", type=Path, default=None, help="folder for configs and logs")
-    up.add_argument("--require-sip", action="store_true", help="fail if livekit-sip is not installed")
     up.add_argument("--once", action="store_true", help="start, print, stop (a smoke test)")
     up.add_argument("--no-deploy", action="store_true", help="only the services: do not deploy the local stack")
     args = parser.parse_args(argv)
 
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` tears down like Ctrl-C
+    signal.signal(signal.SIGINT, _stop_requested)
+    signal.signal(signal.SIGTERM, _stop_requested)  # `kill` tears down like Ctrl-C
     run_dir = args.run_dir or default_run_dir()
     try:
-        env = LocalEnv.start(run_dir, require_sip=args.require_sip)
+        env = LocalEnv.start(run_dir)
     except (ServiceError, tools.ToolError) as e:
         print(f"siphon-local: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    with env:
-        assert env.endpoints is not None
-        print(render(env.endpoints, env), flush=True)
-        if not args.no_deploy:
-            try:
-                print(deploy_and_run(env), flush=True)
-            except Exception as e:  # the engine's own message says what failed; the services still stop
-                print(f"siphon-local: deploying the local stack failed: {e}", file=sys.stderr)
-                return 1
-        if args.once:
-            return 0
-        print("\nPress Ctrl-C to stop.", flush=True)
+    try:
+        with env:  # every exit path stops the workers (drained first), then the services
+            return _serve(env, deploy=not args.no_deploy, once=args.once)
+    except KeyboardInterrupt:
+        print("siphon-local: stopped", file=sys.stderr)
+        return 0
+
+
+def _serve(env: LocalEnv, *, deploy: bool, once: bool) -> int:
+    assert env.endpoints is not None
+    print(render(env.endpoints, env), flush=True)
+    if deploy:
         try:
-            wait_forever(env)
-        except KeyboardInterrupt:
-            print("\nstopping...", file=sys.stderr)
-            return 0
-        except ServiceError as e:
-            print(f"siphon-local: {e}", file=sys.stderr)
+            print(deploy_and_run(env), flush=True)
+        except Exception as e:  # the engine's own message says what failed; the services still stop
+            print(f"siphon-local: deploying the local stack failed: {e}", file=sys.stderr)
             return 1
+    if once:
+        return 0
+    print("\nPress Ctrl-C to stop.", flush=True)
+    try:
+        wait_forever(env)
+    except ServiceError as e:
+        print(f"siphon-local: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -15,7 +15,7 @@ from localenv.manager import Endpoints, LocalEnv
 
 @pytest.fixture(scope="session")
 def local_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnv]:
-    """Redis, livekit-server, livekit-sip (when installed) and moto, started once per session.
+    """Redis, livekit-server, livekit-sip and moto, started once per session (a missing tool fails the run).
 
     Their endpoints are exported to os.environ for the whole session, so every client and every
     process the tests start (the Pulumi CLI and its provider plugins included) reaches them.
@@ -41,14 +41,6 @@ def endpoints(local_env: LocalEnv) -> Endpoints:
     local_env.check_alive()
     assert local_env.endpoints is not None
     return local_env.endpoints
-
-
-@pytest.fixture
-def sip_endpoints(endpoints: Endpoints, local_env: LocalEnv) -> Endpoints:
-    """Endpoints with a running SIP bridge; skips (saying why) when livekit-sip is not installed."""
-    if endpoints.sip_address is None:
-        pytest.skip(f"SIP bridge not running: {local_env.sip_unavailable_reason}")
-    return endpoints
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from localenv import engine
+from localenv.deploy import LOCAL_PASSPHRASE, LOCAL_STACK
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +27,9 @@ class StackUnderTest:
         self.environment = environment
         self.write(doc)
         env = {**pulumi_env, "SIPHON_STACKS_DIR": str(self.work / "stacks")}
+        if environment == LOCAL_STACK:  # its committed config holds the local test passwords (encrypted)
+            shutil.copy(REPO / "stacks" / f"Pulumi.{LOCAL_STACK}.yaml", self.work / "stacks")
+            env["PULUMI_CONFIG_PASSPHRASE"] = LOCAL_PASSPHRASE
         self.stack = engine.select_stack(self.work, environment, env)
 
     def stack_file(self) -> Any:

@@ -11,7 +11,6 @@ import pytest
 from livekit import api
 
 from localenv.manager import Endpoints
-from localenv.ports import free_port_range
 
 NUMBER = "+15550100"
 
@@ -63,32 +62,33 @@ async def _cleanup(ep: Endpoints, trunk_id: str, rule_id: str) -> None:
         await lk.aclose()
 
 
-def test_sipp_invite_creates_a_room_with_the_sip_participant(sip_endpoints: Endpoints, tmp_path):
+def test_sipp_invite_creates_a_room_with_the_sip_participant(endpoints: Endpoints, tmp_path):
     sipp = shutil.which("sipp")
     assert sipp, "sipp (Debian sip-tester) is installed by ./dev setup"
-    trunk_id, rule_id = asyncio.run(_setup(sip_endpoints))
-    port = free_port_range(1)
-    call = subprocess.Popen(
-        [sipp, "-sn", "uac", "-i", "127.0.0.1", "-p", str(port), "-s", NUMBER, "-m", "1", "-d", "15000",
-         "-timeout", "40", "-nostdin", "-trace_err", sip_endpoints.sip_address],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    trunk_id, rule_id = asyncio.run(_setup(endpoints))
+    call = subprocess.Popen(  # sipp's own UAC: INVITE, hold 4 s, BYE
+        [sipp, "-sn", "uac", "-i", "127.0.0.1", "-s", NUMBER, "-m", "1", "-d", "4000",
+         "-timeout", "40", "-nostdin", "-trace_err", endpoints.sip_address],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 20
         found: list[tuple[str, api.ParticipantInfo]] = []
         while time.monotonic() < deadline and not found:
-            found = asyncio.run(_sip_participants(sip_endpoints))
-            time.sleep(0.2)
+            found = asyncio.run(_sip_participants(endpoints))
+            time.sleep(0.1)
         assert found, "no SIP participant appeared in any room"
         room, participant = found[0]
         assert room.startswith("call_")
         assert participant.attributes["sip.trunkID"] == trunk_id
         assert participant.attributes["sip.ruleID"] == rule_id
         assert participant.attributes["sip.trunkPhoneNumber"] == NUMBER
+        assert call.wait(timeout=20) == 0, "sipp's call should end with its own BYE, answered"
     finally:
-        call.terminate()
-        call.wait(timeout=10)
-        asyncio.run(_cleanup(sip_endpoints, trunk_id, rule_id))
+        if call.poll() is None:
+            call.terminate()
+            call.wait(timeout=10)
+        asyncio.run(_cleanup(endpoints, trunk_id, rule_id))
 
 
 @pytest.mark.parametrize("binary", ["sipp", "redis-server"])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,88 @@ def test_a_service_that_dies_at_start_is_reported_with_its_log(tmp_path, monkeyp
     assert "livekit-server exited with code 3" in str(err.value)
     assert "boom: cannot start" in str(err.value)
     assert _pids_of(run_dir) == [], "redis and moto must be stopped when a later service fails"
+
+
+def _process_tree(root: int) -> dict[int, str]:
+    """Every live descendant of ``root`` (whatever its session), as pid -> start time (to tell reused pids)."""
+    children: dict[int, list[int]] = {}
+    started: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        started[int(entry.name)] = fields[19]
+    out: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        for child in children.get(pid, []):
+            out[child] = started[child]
+            todo.append(child)
+    return out
+
+
+def _alive(tree: dict[int, str]) -> list[str]:
+    left = []
+    for pid, start in tree.items():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[19] == start and fields[0] != "Z":
+            left.append(f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes()[:120]!r}")
+    return left
+
+
+def _dev_local(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """`./dev local` as a terminal starts it: its own process group, output to a file we can read."""
+    out = tmp_path / "dev-local.out"
+    with out.open("wb") as f:
+        proc = subprocess.Popen(["./dev", "local", "--run-dir", str(tmp_path / "run"), *args], cwd=tools.REPO,
+                                stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while "Press Ctrl-C to stop." not in out.read_text(errors="replace"):
+        assert proc.poll() is None, out.read_text(errors="replace")[-3000:]
+        assert time.monotonic() < deadline, out.read_text(errors="replace")[-3000:]
+        time.sleep(0.2)
+    return proc, out
+
+
+def test_one_ctrl_c_of_dev_local_stops_every_process_it_started_workers_first(tmp_path):
+    proc, out = _dev_local(tmp_path)
+    tree = _process_tree(proc.pid)
+    names = " ".join(
+        Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace") for p in tree if Path(f"/proc/{p}").exists()
+    )
+    for service in ("redis-server", "livekit-server", "livekit-sip", "moto_server", "worker.main"):
+        assert service in names, f"{service} not running under ./dev local"
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole foreground group
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)  # an impatient second Ctrl-C must not abort the teardown
+    assert proc.wait(timeout=120) == 0, out.read_text()[-3000:]
+    text = out.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    assert _alive(tree) == [], text[-2000:]
+    log = (tmp_path / "run" / "worker-support-agent.log").read_text()
+    assert "draining worker" in log or "shutting down" in log.lower(), log[-2000:]
+
+
+def test_sigterm_to_siphon_local_stops_every_process_it_started(tmp_path):
+    proc, out = _dev_local(tmp_path, "--no-deploy")
+    tree = _process_tree(proc.pid)
+    assert len(tree) >= 5
+    argv = {p: Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0") for p in tree}
+    leader = next(
+        p for p, a in argv.items() if Path(a[0].decode()).name.startswith("python") and b"siphon-local" in a[1]
+    )
+    os.kill(leader, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, out.read_text()[-3000:]
+    assert "Traceback" not in out.read_text()
+    assert _alive(tree) == []

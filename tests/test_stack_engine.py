@@ -44,14 +44,16 @@ def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit
     sut.stack.set_config("mainTrunkPassword", auto.ConfigValue(TRUNK_PASSWORD, secret=True))
     logs: list[str] = []
     outputs = {k: v.value for k, v in sut.stack.up(on_output=logs.append).outputs.items()}
-    assert livekit_objects()["inbound"][0].auth_password == TRUNK_PASSWORD, "the password reached LiveKit"
+    main = next(t for t in livekit_objects()["inbound"] if t.name == "local-main")
+    assert main.auth_password == TRUNK_PASSWORD, "the password reached LiveKit"
     state = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "state").rglob("*") if p.is_file())
-    for secret in (TRUNK_PASSWORD, endpoints_secret()):
+    local_passwords = [sut.stack.get_config(k).value for k in ("localPartnersPassword", "localCarrierPassword")]
+    for secret in (TRUNK_PASSWORD, endpoints_secret(), *local_passwords):
         assert secret not in state, "a secret is in plain text in the state"
         assert secret not in "\n".join(logs), "a secret is in the up output"
         assert secret not in json.dumps(outputs), "a secret is in the stack outputs"
     table = outputs["routing_table"]
-    assert set(table) == {"+15550100100", "+15550100101"}
+    assert set(table) == {"+15550100100", "+15550100101", "+15550100102"}
 
     live = livekit_canonical()
     rules = {r["name"]: r for r in live["rules"].values()}
@@ -128,8 +130,8 @@ def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit
     preview = sut.stack.preview()
     assert preview.change_summary.get("delete") == 2, preview.change_summary  # the component and its rule
     sut.stack.up()
-    assert sorted(r.name for r in livekit_objects()["rules"]) == ["local-support"]
-    assert [t.name for t in livekit_objects()["inbound"]] == ["local-main"]
+    assert sorted(r.name for r in livekit_objects()["rules"]) == ["local-partners", "local-support"]
+    assert sorted(t.name for t in livekit_objects()["inbound"]) == ["local-main", "local-partners"]
 
     sut.stack.destroy()
     assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}

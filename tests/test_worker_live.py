@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,8 +31,11 @@ from typing import BinaryIO
 import pytest
 from livekit import api, rtc
 
+from infra import sipp
+from infra.verify import Observation, observe
 from localenv.manager import Endpoints
 from localenv.ports import free_port_range
+from tests.sip_carrier import Carrier
 from tests.test_worker_metadata import HOSTILE_CASES, SIPHON_INBOUND, SIPHON_OUTBOUND
 from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
 
@@ -605,30 +607,7 @@ async def _inbound_route(ep: Endpoints, agent_name: str, number: str, metadata: 
         await lk.aclose()
 
 
-async def _agent_attributes(ep: Endpoints, prefix: str, timeout: float) -> tuple[dict[str, str], bool]:
-    lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for room in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms:
-                if not room.name.startswith(prefix):
-                    continue
-                for p in (await lk.room.list_participants(api.ListParticipantsRequest(room=room.name))).participants:
-                    if p.kind == api.ParticipantInfo.Kind.AGENT and p.attributes.get("siphon.config_hash"):
-                        audio = any(t.type == api.TrackType.AUDIO for t in p.tracks)
-                        if audio:
-                            return dict(p.attributes), True
-            await asyncio.sleep(0.2)
-        return {}, False
-    finally:
-        await lk.aclose()
-
-
-def test_sipp_inbound_call_is_answered_with_the_routes_configuration(
-    sip_endpoints: Endpoints, worker: WorkerProc, tmp_path: Path
-) -> None:
-    sipp = shutil.which("sipp")
-    assert sipp
+def test_sipp_inbound_call_is_answered_with_the_routes_configuration(endpoints: Endpoints, worker: WorkerProc) -> None:
     number = "+15550188"
     route = RouteMetadata(
         route="sipp-inbound",
@@ -636,47 +615,35 @@ def test_sipp_inbound_call_is_answered_with_the_routes_configuration(
         called_number=number,
         agent_config=AgentConfig(tts="local/espeak-ng:en-gb", system_instructions="Inbound route"),
     )
-    trunk_id, rule_id = asyncio.run(_inbound_route(sip_endpoints, worker.agent_name, number, route.to_json()))
-    port = free_port_range(1)
-    caller = subprocess.Popen(
-        [sipp, "-sn", "uac", "-i", "127.0.0.1", "-p", str(port), "-s", number, "-m", "1", "-d", "20000",
-         "-timeout", "40", "-nostdin", "-trace_err", sip_endpoints.sip_address],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        attrs, audio = asyncio.run(_agent_attributes(sip_endpoints, "wk", WAIT))
-        assert audio, worker.text()[-3000:]
-        assert attrs["siphon.route"] == "sipp-inbound"
-        assert attrs["siphon.direction"] == "inbound"
-        assert attrs["siphon.tts"] == "local/espeak-ng:en-gb"
-        assert attrs["siphon.trunk_id"] == trunk_id
-        assert attrs["siphon.called_number"] == number
-    finally:
-        caller.terminate()
-        caller.wait(timeout=10)
+    trunk_id, rule_id = asyncio.run(_inbound_route(endpoints, worker.agent_name, number, route.to_json()))
 
-        async def cleanup() -> None:
-            lk = api.LiveKitAPI(sip_endpoints.livekit_url, sip_endpoints.api_key, sip_endpoints.api_secret)
-            try:
-                await lk.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
-                await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
-            finally:
-                await lk.aclose()
+    async def scenario() -> tuple[Observation, sipp.CallEnd]:
+        lk = api.LiveKitAPI(endpoints.livekit_url, endpoints.api_key, endpoints.api_secret)
+        try:
+            call = sipp.place(endpoints.sip_address, number, caller=CALLER, hold_s=WAIT + 15)
+            seen = await observe(lk, call, set(), WAIT)
+            if seen.room:
+                await lk.room.delete_room(api.DeleteRoomRequest(room=seen.room))  # the bridge sends BYE
+            return seen, await asyncio.to_thread(call.wait, 15)
+        finally:
+            await lk.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
+            await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
+            await lk.aclose()
 
-        asyncio.run(cleanup())
+    seen, end = asyncio.run(scenario())
+    assert seen.attributes, worker.text()[-3000:]
+    attrs = seen.attributes
+    assert attrs["siphon.route"] == "sipp-inbound"
+    assert attrs["siphon.direction"] == "inbound"
+    assert attrs["siphon.tts"] == "local/espeak-ng:en-gb"
+    assert attrs["siphon.trunk_id"] == trunk_id
+    assert attrs["siphon.called_number"] == number
+    assert end.completed, end
 
 
-def test_sipp_outbound_dispatch_dials_a_uas_that_answers(
-    sip_endpoints: Endpoints, worker: WorkerProc, tmp_path: Path
-) -> None:
-    sipp = shutil.which("sipp")
-    assert sipp
-    port = free_port_range(1)
-    callee = subprocess.Popen(
-        [sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-timeout", "40", "-nostdin"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    trunk_id = asyncio.run(_outbound_trunk(sip_endpoints, f"127.0.0.1:{port}", "+15550100"))
+def test_sipp_outbound_dispatch_dials_a_uas_that_answers(endpoints: Endpoints, worker: WorkerProc) -> None:
+    carrier = Carrier(free_port_range(1)).start()
+    trunk_id = asyncio.run(_outbound_trunk(endpoints, f"127.0.0.1:{carrier.port}", "+15550100"))
     try:
         meta = CallMetadata(
             route="sipp-outbound",
@@ -686,12 +653,12 @@ def test_sipp_outbound_dispatch_dials_a_uas_that_answers(
             called_number="+15550124",
             ring_timeout=15,
         )
-        r = call(sip_endpoints, worker, meta.to_json(), kind="standard")
+        r = call(endpoints, worker, meta.to_json(), kind="standard")  # deletes the room at the end: BYE
         assert_answered(r, worker, "outbound")
         assert r.attributes["siphon.direction"] == "outbound"
         assert r.attributes["siphon.call_status"] == "active"
         assert r.attributes["siphon.called_number"] == "+15550124"
+        assert carrier.wait(15) == 0, carrier.messages()[-3000:]
     finally:
-        callee.terminate()
-        callee.wait(timeout=10)
-        asyncio.run(_delete_trunk(sip_endpoints, trunk_id))
+        carrier.close()
+        asyncio.run(_delete_trunk(endpoints, trunk_id))

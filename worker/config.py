@@ -330,6 +330,7 @@ class ResolvedCall:
         cfg = self.merged.config
         attrs = {
             "schema_version": str(SCHEMA_VERSION),
+            "agent_name": self.agent_name,
             "route": self.route or "",
             "direction": self.facts.direction or "unknown",
             "caller_number": self.facts.caller_number or "",

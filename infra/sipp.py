@@ -1,0 +1,210 @@
+"""Synthetic phone calls with sipp: one INVITE with a Call-ID of our own, answered, held, hung up with BYE.
+
+The Call-ID is how a call is found again on the LiveKit side: livekit-sip publishes it on the caller's
+participant as ``sip.callIDFull``. The caller hangs up by BYE when told to, or answers the far end's BYE
+(for example when the room is deleted), so sipp always ends the call by the protocol, never by a kill.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CALL_ID_ATTRIBUTE = "sip.callIDFull"  # livekit-sip: the SIP Call-ID of the caller's leg
+
+_HEADERS = """From: <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>{to_tag}
+Call-ID: [call_id]
+Contact: sip:{caller}@[local_ip]:[local_port]
+Max-Forwards: 70"""
+
+_INVITE = """INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+{headers}
+CSeq: {cseq} INVITE
+{extra}{auth}Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=siphon 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+"""
+
+_IN_DIALOG = """{method} sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+{headers}
+CSeq: {cseq} {method}
+Content-Length: 0
+"""
+
+_OK_TO_BYE = """SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+"""
+
+
+def _cdata(text: str) -> str:
+    return f"<![CDATA[\n{text}\n]]>"
+
+
+def scenario(
+    caller: str,
+    headers: dict[str, str] | None = None,
+    *,
+    auth: tuple[str, str] | None = None,
+    hold_ms: int = 30000,
+) -> str:
+    """A sipp UAC scenario: INVITE (PCMU) from ``caller`` with extra headers, answer a digest challenge with
+    ``auth`` (username, password) when given, then hold until the far end sends BYE or ``hold_ms`` passes,
+    and hang up with BYE. Credentials live only in the scenario file, never on a command line."""
+    extra = "".join(f"{k}: {v}\n" for k, v in (headers or {}).items())
+    user = caller.lstrip("+")
+    common = {"caller": user}
+    dialog = _HEADERS.format(to_tag="", **common)
+    answered = _HEADERS.format(to_tag="[peer_tag_param]", **common)
+    steps = [f'<send retrans="500">{_cdata(_INVITE.format(headers=dialog, cseq=1, extra=extra, auth=""))}</send>',
+             '<recv response="100" optional="true"/>']  # fmt: skip
+    if auth:
+        steps += [
+            '<recv response="401" optional="true" auth="true" next="auth"/>',
+            '<recv response="407" optional="true" auth="true" next="auth"/>',
+        ]
+    steps += [
+        '<recv response="180" optional="true"/>',
+        '<recv response="183" optional="true"/>',
+        '<recv response="200" rtd="true" next="answered"/>',
+    ]
+    if auth:
+        credentials = f"[authentication username={auth[0]} password={auth[1]}]\n"
+        steps += [
+            '<label id="auth"/>',
+            f"<send>{_cdata(_IN_DIALOG.format(method='ACK', headers=answered, cseq=1))}</send>",
+            f'<send retrans="500">{_cdata(_INVITE.format(headers=dialog, cseq=2, extra=extra, auth=credentials))}'
+            "</send>",
+            '<recv response="100" optional="true"/>',
+            '<recv response="180" optional="true"/>',
+            '<recv response="183" optional="true"/>',
+            '<recv response="200" rtd="true"/>',
+        ]
+    cseq = 2 if auth else 1
+    steps += [
+        '<label id="answered"/>',
+        f"<send>{_cdata(_IN_DIALOG.format(method='ACK', headers=answered, cseq=cseq))}</send>",
+        f'<recv request="BYE" timeout="{hold_ms}" ontimeout="hangup"/>',
+        f'<send next="done">{_cdata(_OK_TO_BYE)}</send>',
+        '<label id="hangup"/>',
+        f'<send retrans="500">{_cdata(_IN_DIALOG.format(method="BYE", headers=answered, cseq=cseq + 1))}</send>',
+        '<recv response="200" crlf="true"/>',
+        '<label id="done"/>',
+        '<nop display="call ended"/>',
+    ]
+    body = "\n  ".join(steps)
+    return f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="siphon-call">\n  {body}\n</scenario>\n'
+
+
+class SippMissing(RuntimeError):
+    """sipp is not installed."""
+
+
+def sipp_binary() -> str:
+    """Path of sipp, or SippMissing saying how to install it."""
+    found = shutil.which("sipp")
+    if not found:
+        raise SippMissing("sipp is not installed: install the Debian package sip-tester (`apt-get install sip-tester`)")
+    return found
+
+
+@dataclass
+class CallEnd:
+    """How a synthetic call ended, as sipp saw it."""
+
+    completed: bool  # the call was answered and ended by BYE
+    exit_code: int | None
+    reason: str  # empty when completed; else the first SIP status or sipp error
+
+
+@dataclass
+class SippCall:
+    """One running synthetic call (a sipp process placing one INVITE)."""
+
+    call_id: str
+    number: str
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    started: float  # time.monotonic() when the INVITE went out
+    _tmp: tempfile.TemporaryDirectory[str] = field(repr=False)
+    _end: CallEnd | None = field(default=None, repr=False)
+
+    def running(self) -> bool:
+        """True while sipp has not exited (ringing, answered or held)."""
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float) -> CallEnd:
+        """Wait for sipp to end the call (answered BYE or refusal); terminate it only after ``timeout``."""
+        if self._end is not None:
+            return self._end
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self._end = CallEnd(False, self.proc.returncode, f"the call did not end within {timeout:.0f}s")
+        else:
+            code = self.proc.returncode
+            self._end = CallEnd(code == 0, code, "" if code == 0 else self.failure())
+        self._tmp.cleanup()
+        return self._end
+
+    def failure(self) -> str:
+        """Why sipp failed the call: the first unexpected SIP status, a time-out, or sipp's own message."""
+        logs = [*sorted(self.workdir.glob("*_errors.log")), self.workdir / "sipp.stderr"]
+        text = "\n".join(p.read_text(errors="replace") for p in logs if p.exists())
+        if m := re.search(r"received '(SIP/2\.0 \d{3}[^\r\n']*)", text):
+            return f"refused: {m.group(1).removeprefix('SIP/2.0 ')}"
+        if "timeout" in text.lower() or "timed out" in text.lower():
+            return "no answer from the SIP bridge (the INVITE was dropped or timed out)"
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return lines[-1][:300] if lines else f"sipp exited {self.proc.returncode}"
+
+
+def place(
+    sip_address: str,
+    number: str,
+    *,
+    caller: str,
+    headers: dict[str, str] | None = None,
+    auth: tuple[str, str] | None = None,
+    source_ip: str | None = "127.0.0.1",
+    hold_s: float = 30.0,
+    answer_timeout_s: float = 20.0,
+) -> SippCall:
+    """Start one synthetic call to ``number`` through the bridge at ``sip_address`` (host:port, UDP)."""
+    sipp = sipp_binary()
+    tmp = tempfile.TemporaryDirectory(prefix="siphon-sipp-")
+    work = Path(tmp.name)
+    call_id = f"siphon-{uuid.uuid4().hex}"
+    (work / "uac.xml").write_text(scenario(caller, headers, auth=auth, hold_ms=int(hold_s * 1000)))
+    argv = [
+        sipp, "-sf", "uac.xml", "-s", number, *(["-i", source_ip] if source_ip else []), "-m", "1",
+        "-cid_str", call_id, "-nostdin", "-trace_err", "-recv_timeout", str(int(answer_timeout_s * 1000)),
+        "-timeout", str(int(hold_s + answer_timeout_s + 10)), "-timeout_error",
+    ]  # fmt: skip
+    argv.append(sip_address)
+    with (work / "sipp.stderr").open("wb") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(argv, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    return SippCall(call_id, number, proc, work, started, tmp)
