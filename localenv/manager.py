@@ -225,11 +225,14 @@ class LocalEnv:
         finally:
             conn.close()
 
-    def release(self, svc: Supervised) -> None:
-        """Stop one process started with spawn() and forget it (a test's own worker; the rest keep running)."""
-        svc.stop()
+    def release(self, svc: Supervised, grace: float = 10.0) -> bool:
+        """Stop one process started with spawn() and forget it (a test's own worker; the rest keep running).
+
+        True when it exited on SIGTERM within ``grace`` seconds (False: it had to be killed)."""
+        clean = svc.stop(grace)
         if svc in self.services:
             self.services.remove(svc)
+        return clean
 
     def service(self, name: str) -> Supervised:
         """The supervised process of one service (for tests that kill or restart it)."""

@@ -90,16 +90,23 @@ class Supervised:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 10.0) -> bool:
         """SIGTERM the process (it shuts its own children down, as a container runtime would ask it to),
-        then SIGKILL whatever is left of its process group after ``grace`` seconds or once it exits."""
+        then SIGKILL whatever is left of its process group after ``grace`` seconds or once it exits.
+
+        Return True when the process itself exited on SIGTERM within ``grace`` (False: it had to be killed).
+        """
         if self.proc is None:
-            return
+            return True
+        clean = True
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            try:
                 self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                clean = False
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=5)
+        return clean

@@ -72,11 +72,11 @@ def deployed(local_env: LocalEnv, tmp_path_factory: pytest.TempPathFactory) -> I
     try:
         yield Deployed(sut, outputs, {w.name.removeprefix("worker-"): w for w in workers}, carrier_port, env)
     finally:
-        for w in workers:
-            local_env.release(w)
+        killed = [w.name for w in workers if not local_env.release(w, grace=30)]
         sut.stack.destroy()
         local_env.reset_aws()
         print(f"\nreal calls placed by {Path(__file__).name}: {len(CALLS_PLACED)}")
+    assert killed == [], f"workers that did not exit on SIGTERM within 30 s: {killed}"
 
 
 def verify(d: Deployed, *routes: str) -> tuple[int, dict[str, str], str]:
@@ -261,7 +261,7 @@ def test_verify_fails_only_the_route_whose_rule_was_repointed_and_names_what_was
 
 def test_verify_fails_only_the_route_whose_worker_is_stopped(deployed: Deployed, local_env: LocalEnv) -> None:
     worker = deployed.workers["sales-agent"]
-    worker.stop()
+    assert worker.stop(grace=30), "the worker should exit on SIGTERM"
     try:
         code, rows, out = verify(deployed, "sales", "support")
     finally:

@@ -57,12 +57,11 @@ def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit
 
     live = livekit_canonical()
     rules = {r["name"]: r for r in live["rules"].values()}
-    trunk_id = outputs["inbound_trunks"]["main"]
     assert live["inbound"]["local-main"]["numbers"] == ["+15550100100", "+15550100101"]
     for number, row in table.items():
         rule = next(r for r in livekit_objects()["rules"] if r.sip_dispatch_rule_id == row["rule_id"])
         assert list(rule.numbers) == [number]
-        assert list(rule.trunk_ids) == [trunk_id]
+        assert list(rule.trunk_ids) == [outputs["inbound_trunks"][t] for t in row["trunks"]]
         agents = rule.room_config.agents
         assert [a.agent_name for a in agents] == [row["agent_name"]]
         metadata = json.loads(agents[0].metadata)
