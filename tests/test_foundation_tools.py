@@ -8,6 +8,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from localenv import tools
 
 
@@ -56,3 +58,33 @@ def test_cache_key_follows_the_build_inputs(tmp_path, monkeypatch):
     assert tool.home.parent == tmp_path
     assert tool.home.name == f"pulumi-{tools.PULUMI_VERSION}-{tool.key}"
     assert not tool.installed()
+
+
+def test_livekit_sip_is_the_pinned_build_from_the_wrapper_module():
+    bridge = tools.require_binary(tools.livekit_sip_tool())
+    assert _out(str(bridge), "--version") == f"SIP version {tools.LIVEKIT_SIP_VERSION.lstrip('v')}"
+    gomod = (tools.LIVEKIT_SIP_WRAPPER / "go.mod").read_text()
+    assert f"require github.com/livekit/sip {tools.LIVEKIT_SIP_VERSION}" in gomod
+    gosum = (tools.LIVEKIT_SIP_WRAPPER / "go.sum").read_text()
+    assert f"github.com/livekit/sip {tools.LIVEKIT_SIP_VERSION} h1:" in gosum, "builds verify the module against go.sum"
+
+
+def test_the_bridge_is_rebuilt_when_its_wrapper_module_changes(tmp_path, monkeypatch):
+    before = tools.livekit_sip_tool()
+    wrapper = tmp_path / "livekit-sip"
+    wrapper.mkdir()
+    for f in tools.LIVEKIT_SIP_WRAPPER.iterdir():
+        (wrapper / f.name).write_bytes(f.read_bytes())
+    (wrapper / "go.mod").write_text((wrapper / "go.mod").read_text() + "\n// changed\n")
+    monkeypatch.setattr(tools, "LIVEKIT_SIP_WRAPPER", wrapper)
+    monkeypatch.setattr(tools, "REPO", tmp_path)
+    after = tools.livekit_sip_tool()
+    assert after.key != before.key and after.home != before.home and not after.installed()
+
+
+def test_the_go_module_mirror_comes_from_the_environment_or_beside_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.setenv(tools.GO_MIRROR_ENV, str(tmp_path))
+    assert tools.go_mirror() == tmp_path.resolve()
+    monkeypatch.setenv(tools.GO_MIRROR_ENV, str(tmp_path / "missing"))
+    with pytest.raises(tools.ToolError, match=tools.GO_MIRROR_ENV):
+        tools.go_mirror()
