@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 
 from infra import sipp
@@ -186,6 +187,7 @@ async def run_call(
     kind: str = "sip",
     until: str = "audio",  # "audio" | "left"
     keep: bool = False,
+    leave: bool = False,  # the caller disconnects at the end, the room stays (a hang-up the agent must notice)
 ) -> CallResult:
     """Join a room as a stand-in participant (kind ``kind`` with attributes ``participant``), dispatch the agent
     with ``metadata``, and watch the agent until it publishes audio (or leaves)."""
@@ -248,8 +250,9 @@ async def run_call(
     finally:
         if not keep:
             await room.disconnect()
-            with contextlib.suppress(api.TwirpError):
-                await lk.room.delete_room(api.DeleteRoomRequest(room=room_name))
+            if not leave:
+                with contextlib.suppress(api.TwirpError):
+                    await lk.room.delete_room(api.DeleteRoomRequest(room=room_name))
         await lk.aclose()
 
 
@@ -474,7 +477,7 @@ def test_outbound_dial_that_cannot_connect_ends_the_job_cleanly(endpoints: Endpo
     assert r.agent_identity, worker.text()[-3000:]
     assert r.agent_left, "the agent should leave after an unanswered dial"
     assert r.attributes.get("siphon.call_status") == "unanswered", r.attributes
-    assert "outbound call not connected; ending the job" in worker.text()
+    assert "outbound call not connected" in worker.text() and "ending the job without a call" in worker.text()
     # Still serving:
     assert_answered(call(endpoints, worker, "", participant=sip_attributes()), worker, "after unanswered dial")
 
@@ -662,3 +665,105 @@ def test_sipp_outbound_dispatch_dials_a_uas_that_answers(endpoints: Endpoints, w
     finally:
         carrier.close()
         asyncio.run(_delete_trunk(endpoints, trunk_id))
+
+
+def _active_jobs(w: WorkerProc) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{w.http_port()}/worker", timeout=5) as resp:
+        return int(json.loads(resp.read()).get("active_jobs", 0))  # proto JSON leaves out zero
+
+
+def _wait_jobs(w: WorkerProc, done: object, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = _active_jobs(w)
+        if done(n):  # type: ignore[operator]
+            return n
+        time.sleep(0.2)
+    return _active_jobs(w)
+
+
+def test_abandoned_calls_end_their_jobs_and_the_worker_answers_the_next_call(
+    endpoints: Endpoints, tmp_path: Path
+) -> None:
+    """30 dispatches whose caller never joins (hung up while it rang), and one whose stand-in caller hangs up
+    after the agent answered: every job ends by itself, saying why, and the next call is answered."""
+    w = start_worker(endpoints, tmp_path / "abandon.log", f"siphon-abandon-{uuid.uuid4().hex[:6]}",
+                     SIPHON_MAX_JOBS="40", SIPHON_PARTICIPANT_WAIT="3", SIPHON_JOB_EXECUTOR="thread")  # fmt: skip
+    try:
+
+        async def abandon() -> None:
+            lk = api.LiveKitAPI(endpoints.livekit_url, endpoints.api_key, endpoints.api_secret)
+            try:
+                await asyncio.gather(*(
+                    lk.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+                        agent_name=w.agent_name, room=f"ghost-{uuid.uuid4().hex[:8]}", metadata=""))
+                    for _ in range(30)
+                ))  # fmt: skip
+            finally:
+                await lk.aclose()
+
+        asyncio.run(abandon())
+
+        def ended() -> int:
+            return len(re.findall(r'"message": "job ended".*"reason": "no caller joined within 3s"', w.text()))
+
+        assert _wait_jobs(w, lambda n: n == 0 and ended() == 30, 90) == 0, "jobs without a caller must end"
+        assert ended() == 30, w.text()[-3000:]
+
+        left = call(endpoints, w, "", participant=sip_attributes(), leave=True)
+        assert_answered(left, w, "before hang-up")
+        assert _wait_jobs(w, lambda n: n == 0, WAIT) == 0, "a job whose caller left must end"
+        assert "session closed" in w.text()
+
+        assert_answered(call(endpoints, w, "", participant=sip_attributes()), w, "after abandoned calls")
+    finally:
+        assert w.stop() == 0, w.text()[-3000:]
+
+
+def test_a_caller_beyond_every_workers_capacity_hears_ringing_then_a_sip_refusal(
+    endpoints: Endpoints, tmp_path: Path
+) -> None:
+    """One worker with capacity 2, three simultaneous real calls: two are answered; LiveKit hands the third to
+    no worker (it does not queue dispatches), so the bridge keeps it ringing (it answers a caller only when an
+    agent's audio is there, never into silence) and refuses it with 486 when the trunk's ringing timeout
+    passes, a status a carrier fails over on."""
+    w = start_worker(endpoints, tmp_path / "full.log", f"siphon-full-{uuid.uuid4().hex[:6]}", SIPHON_MAX_JOBS="2")
+    number = "+15550177"
+    try:
+
+        async def scenario() -> list[tuple[Observation, sipp.CallEnd]]:
+            lk = api.LiveKitAPI(endpoints.livekit_url, endpoints.api_key, endpoints.api_secret)
+            trunk = await lk.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(trunk=api.SIPInboundTrunkInfo(
+                name="full-in", numbers=[number], allowed_addresses=["127.0.0.1/32"],
+                ringing_timeout=Duration(seconds=8))))  # fmt: skip
+            rule = await lk.sip.create_dispatch_rule(api.CreateSIPDispatchRuleRequest(dispatch_rule=api.SIPDispatchRuleInfo(
+                name="full-rule", trunk_ids=[trunk.sip_trunk_id],
+                rule=api.SIPDispatchRule(dispatch_rule_individual=api.SIPDispatchRuleIndividual(room_prefix="full")),
+                room_config=api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name=w.agent_name)]))))  # fmt: skip
+            try:
+                calls = [
+                    sipp.place(endpoints.sip_address, number, caller=f"+1555020000{i}", hold_s=40) for i in range(3)
+                ]
+                seen = await asyncio.gather(*(observe(lk, c, set(), 25) for c in calls))
+                for s in seen:
+                    if s.attributes and s.room:
+                        await lk.room.delete_room(api.DeleteRoomRequest(room=s.room))  # hang up the answered ones
+                ends = await asyncio.gather(*(asyncio.to_thread(c.wait, 20) for c in calls))
+                return list(zip(seen, ends, strict=True))
+            finally:
+                await lk.sip.delete_dispatch_rule(
+                    api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule.sip_dispatch_rule_id)
+                )
+                await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk.sip_trunk_id))
+                await lk.aclose()
+
+        results = asyncio.run(scenario())
+        answered = [(s, e) for s, e in results if s.attributes]
+        refused = [(s, e) for s, e in results if not s.attributes]
+        assert len(answered) == 2, results
+        assert all(e.completed for _, e in answered), answered
+        ((seen, end),) = refused
+        assert seen.room and seen.caller_left, seen  # it reached a room, rang, and was dropped by the bridge
+        assert not end.completed and "486" in end.reason, end
+    finally:
+        assert w.stop() == 0, w.text()[-3000:]

@@ -100,19 +100,21 @@ class WorkerSettings:
     ``SIPHON_DEFAULT_LLM`` / ``_STT`` / ``_TTS``: default model specs (strings, or provider-dict JSON).
     ``SIPHON_SYSTEM_INSTRUCTIONS``, ``SIPHON_GREETING_INSTRUCTIONS``, ``SIPHON_SEND_GREETING``.
     ``SIPHON_RING_TIMEOUT`` (outbound answer wait, s), ``SIPHON_PARTICIPANT_WAIT`` (inbound wait for the
-    SIP participant, s), ``SIPHON_LOAD_THRESHOLD``, ``SIPHON_HTTP_PORT`` / ``SIPHON_HTTP_HOST`` (health server),
-    ``SIPHON_JOB_EXECUTOR``
-    (process|thread), ``SIPHON_NUM_IDLE_PROCESSES``, ``SIPHON_DRAIN_TIMEOUT``, ``SIPHON_MAX_JOBS`` (report load as
-    active jobs / max jobs instead of host CPU; livekit-server stops assigning jobs to a worker whose load
-    reaches its target load, 0.7 by default, so CPU-based load starves a busy small host).
+    SIP participant, s; a job whose caller has not joined by then ends), ``SIPHON_HTTP_PORT`` /
+    ``SIPHON_HTTP_HOST`` (health server), ``SIPHON_JOB_EXECUTOR`` (process|thread),
+    ``SIPHON_NUM_IDLE_PROCESSES``, ``SIPHON_DRAIN_TIMEOUT``.
+    ``SIPHON_MAX_JOBS``: the worker's call capacity. LiveKit only hands jobs to workers whose reported load
+    is below its target load (``SIPHON_LOAD_THRESHOLD``, 0.7 as on livekit-server), so the worker reports
+    load = target x active calls / capacity: it is full, for the server and for itself, at exactly that
+    many calls. Without it, load is host CPU, which starves a busy small host.
     """
 
     agent_name: str
     defaults: AgentConfig
     default_warnings: tuple[MetadataWarning, ...] = ()
     ring_timeout: float = 30.0
-    participant_wait: float = 3.0
-    load_threshold: float = 0.7
+    participant_wait: float = 10.0
+    load_threshold: float = 0.7  # livekit-server's default agents.target_load
     http_port: int = 8081
     http_host: str = ""
     max_jobs: int | None = None
@@ -141,7 +143,7 @@ class WorkerSettings:
             defaults=defaults,
             default_warnings=warnings,
             ring_timeout=_env_float(env, "SIPHON_RING_TIMEOUT", 30.0),
-            participant_wait=_env_float(env, "SIPHON_PARTICIPANT_WAIT", 3.0),
+            participant_wait=_env_float(env, "SIPHON_PARTICIPANT_WAIT", 10.0),
             load_threshold=_env_float(env, "SIPHON_LOAD_THRESHOLD", 0.7),
             http_port=int(_env_float(env, "SIPHON_HTTP_PORT", 8081)),
             http_host=env.get("SIPHON_HTTP_HOST", ""),

@@ -17,13 +17,14 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Mapping
 
 # No model weights at run time: never preload livekit-agents' bundled local inference models.
 os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
 
 from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
-from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobExecutorType, cli, room_io
+from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobExecutorType, JobProcess, cli, room_io
 
 from worker.config import (
     OVERRIDES_ATTRIBUTE,
@@ -92,12 +93,16 @@ async def _dial(ctx: JobContext, meta: CallMetadata, settings: WorkerSettings) -
 
 
 def _resolve_models(
-    merged: MergedConfig, defaults: AgentConfig
+    merged: MergedConfig, defaults: AgentConfig, warm: Mapping[ModelKind, registry.Resolved]
 ) -> tuple[dict[ModelKind, registry.Resolved], list[str]]:
     out: dict[ModelKind, registry.Resolved] = {}
     problems: list[str] = []
     for kind in MODEL_KINDS:
-        out[kind] = r = registry.resolve(kind, getattr(merged.config, kind), getattr(defaults, kind))
+        spec = getattr(merged.config, kind)
+        if kind in warm and spec == getattr(defaults, kind):  # built in prewarm, before the call came in
+            out[kind] = warm[kind]
+            continue
+        out[kind] = r = registry.resolve(kind, spec, getattr(defaults, kind))
         if r.fallback_reason:
             problems.append(f"{kind}: {r.requested} -> {r.label}: {r.fallback_reason}")
     return out, problems
@@ -110,9 +115,29 @@ async def _set_attributes(ctx: JobContext, attrs: dict[str, str]) -> None:
         logger.warning("could not publish agent attributes", extra={"error": type(err).__name__})
 
 
+def prewarm(proc: JobProcess) -> None:
+    """Once per job process, before it is handed a call: read settings, import and build the default models."""
+    settings = WorkerSettings.from_env()
+    proc.userdata["settings"] = settings
+    proc.userdata["models"] = {
+        kind: r
+        for kind in MODEL_KINDS
+        if not (r := registry.resolve(kind, getattr(settings.defaults, kind), None)).fallback_reason
+    }
+
+
+async def _end_job(ctx: JobContext, meta: CallMetadata, status: str, reason: str) -> None:
+    """End a job that has no call to serve, saying why; its slot is free again."""
+    logger.warning("ending the job without a call", extra={"reason": reason, "room": ctx.room.name})
+    await _set_attributes(ctx, {ATTR_CALL_STATUS: status, "siphon.route": meta.route or ""})
+    ctx.shutdown(reason=reason)
+
+
 async def entrypoint(ctx: JobContext) -> None:
     """One call: read metadata, find or dial the SIP participant, merge layers, start the agent session."""
-    settings = WorkerSettings.from_env()
+    settings: WorkerSettings = ctx.proc.userdata.get("settings") or WorkerSettings.from_env()
+    warm: dict[ModelKind, registry.Resolved] = ctx.proc.userdata.get("models", {})
+    ctx.add_shutdown_callback(lambda reason: _log_end(ctx, reason))
     started = time.perf_counter()
     parsed = parse_metadata(ctx.job.metadata)
     meta = parsed.metadata
@@ -131,15 +156,14 @@ async def entrypoint(ctx: JobContext) -> None:
             outcome = await _dial(ctx, meta, settings)
             dialled = True
         if isinstance(outcome, str):
-            logger.warning(
-                "outbound call not connected; ending the job", extra={"reason": outcome, "room": ctx.room.name}
-            )
-            await _set_attributes(ctx, {ATTR_CALL_STATUS: "unanswered", "siphon.route": meta.route or ""})
-            ctx.shutdown(reason=f"outbound call not connected: {outcome}")
+            await _end_job(ctx, meta, "unanswered", f"outbound call not connected: {outcome}")
             return
         sip_p = outcome
     elif sip_p is None and meta.direction != "outbound":
         sip_p = await _wait_sip(ctx.room, settings.participant_wait)
+        if sip_p is None:  # the caller hung up while it rang, or a dispatch without a call
+            await _end_job(ctx, meta, "no_caller", f"no caller joined within {settings.participant_wait:g}s")
+            return
 
     sip = SipFacts.from_attributes(sip_p.identity, sip_p.attributes) if sip_p is not None else None
     facts: CallFacts = call_facts(meta, sip, dialled=dialled)
@@ -155,7 +179,7 @@ async def entrypoint(ctx: JobContext) -> None:
         ("call", selected),
         ("call", attr_layer),
     )
-    models, fallback_problems = _resolve_models(merged, settings.defaults)
+    models, fallback_problems = _resolve_models(merged, settings.defaults, warm)
     resolved = ResolvedCall(
         agent_name=settings.agent_name,
         route=meta.route,
@@ -192,8 +216,8 @@ async def entrypoint(ctx: JobContext) -> None:
     )
 
     @session.on("close")
-    def _on_close(_: object) -> None:
-        ctx.shutdown(reason="session closed")
+    def _on_close(ev: object) -> None:  # the caller hung up (close_on_disconnect), or the session failed
+        ctx.shutdown(reason=f"session closed: {getattr(ev, 'reason', 'unknown')}")
 
     room_options = (
         room_io.RoomOptions(participant_identity=sip_p.identity) if sip_p is not None else room_io.RoomOptions()
@@ -208,23 +232,29 @@ async def entrypoint(ctx: JobContext) -> None:
         session.generate_reply(instructions=cfg.greeting_instructions or "")
 
 
+async def _log_end(ctx: JobContext, reason: str) -> None:
+    logger.info("job ended", extra={"reason": reason or "unknown", "room": ctx.room.name})
+
+
 def build_server(settings: WorkerSettings | None = None) -> AgentServer:
     """The worker's ``AgentServer``, registered under the configured agent name."""
     settings = settings or WorkerSettings.from_env()
     kwargs: dict[str, object] = {}
     if settings.num_idle_processes is not None:
         kwargs["num_idle_processes"] = settings.num_idle_processes
+    threshold = settings.load_threshold
     server = AgentServer(
         job_executor_type=JobExecutorType.THREAD if settings.job_executor == "thread" else JobExecutorType.PROCESS,
-        load_threshold=settings.load_threshold,
+        load_threshold=threshold,
         port=settings.http_port,
         host=settings.http_host,
         drain_timeout=settings.drain_timeout,
         **kwargs,  # type: ignore[arg-type]
     )
-    if settings.max_jobs:
-        max_jobs = settings.max_jobs
-        server.load_fnc = lambda s: min(1.0, len(s.active_jobs) / max_jobs)
+    if settings.max_jobs:  # full at exactly max_jobs calls, for the server (target load) and for the worker
+        capacity = settings.max_jobs
+        server.load_fnc = lambda s: min(1.0, threshold * len(s.active_jobs) / capacity)
+    server.setup_fnc = prewarm
     server.rtc_session(entrypoint, agent_name=settings.agent_name)
     return server
 
