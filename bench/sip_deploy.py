@@ -10,7 +10,11 @@ For each N, against one livekit-server started for the run, from an empty server
 
 Ratios, not absolute times, are the result (this machine is shared and small).
 
-    uv run python -m bench.sip_deploy [N ...]      (default: 10 50 200 500)
+    uv run python -m bench.sip_deploy [N ...] [--checkpoints]     (default: 10 50 200 500)
+
+The engine runs with PULUMI_SKIP_CHECKPOINTS=true, as README recommends for large stacks (the
+default engine rewrites the whole state file after every step: quadratic in the number of
+resources); ``--checkpoints`` measures the default instead.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from localenv import engine
 from localenv.manager import LocalEnv
 from localenv.reset import wipe_sip
 
-PROGRAM = Path(__file__).resolve().parent.parent / "tests" / "programs" / "sip"
+SKIP_CHECKPOINTS = "PULUMI_SKIP_CHECKPOINTS"
+PROGRAM = Path(__file__).resolve().parent / "programs" / "routes"
 
 
 def number(i: int) -> str:
@@ -71,7 +76,9 @@ async def floor(n: int, prefix: str) -> int:
         trunks = await asyncio.gather(
             *(
                 lk.sip.create_inbound_trunk(
-                    api.CreateSIPInboundTrunkRequest(trunk=api.SIPInboundTrunkInfo(name=f"{prefix}-t{i}", numbers=[number(i)]))
+                    api.CreateSIPInboundTrunkRequest(
+                        trunk=api.SIPInboundTrunkInfo(name=f"{prefix}-t{i}", numbers=[number(i)])
+                    )
                 )
                 for i in range(n)
             )
@@ -138,14 +145,22 @@ def timed(fn: Any, calls: Calls) -> tuple[Any, Phase]:
     return result, Phase(time.perf_counter() - t0, calls.take())
 
 
-def stack_for(root: Path, name: str, program: Path, calls: Calls) -> auto.Stack:
+def stack_for(root: Path, name: str, program: Path, calls: Calls, extra: dict[str, str] | None = None) -> auto.Stack:
     env = engine.engine_env(
-        root / f"state-{name}", secrets.token_urlsafe(16), root / "home", {CALL_LOG_ENV: str(calls.path)}
+        root / f"state-{name}",
+        secrets.token_urlsafe(16),
+        root / "home",
+        {CALL_LOG_ENV: str(calls.path), **(extra or {})},
     )
     work = root / f"program-{name}"
     shutil.copytree(program, work)
     engine.write_project(work, "sip")
     return engine.select_stack(work, "bench", env)
+
+
+def declare(stack: auto.Stack, routes: dict[str, Any]) -> None:
+    """Write the routes the program declares (a file: too big for a config value on the command line)."""
+    (Path(stack.workspace.work_dir) / "spec.json").write_text(json.dumps(routes))
 
 
 def fixed_cost(root: Path, calls: Calls) -> tuple[float, float]:
@@ -157,7 +172,7 @@ def fixed_cost(root: Path, calls: Calls) -> tuple[float, float]:
     for name, program, configure in (("empty", empty, False), ("zero", PROGRAM, True)):
         stack = stack_for(root, name, program, calls)
         if configure:
-            stack.set_config("spec", auto.ConfigValue(json.dumps(spec(0, "z"))))
+            declare(stack, spec(0, "z"))
         stack.preview()  # warm-up (first plugin and package listing)
         times.append(min(timed(stack.preview, calls)[1].seconds for _ in range(3)))
     return times[0], times[1]
@@ -166,7 +181,7 @@ def fixed_cost(root: Path, calls: Calls) -> tuple[float, float]:
 def run(n: int, root: Path, calls: Calls) -> Row:
     stack = stack_for(root, f"n{n}", PROGRAM, calls)
     declared = spec(n, f"e{n}")
-    stack.set_config("spec", auto.ConfigValue(json.dumps(declared)))
+    declare(stack, declared)
 
     result, up = timed(stack.up, calls)
     assert result.summary.result == "succeeded"
@@ -175,7 +190,7 @@ def run(n: int, root: Path, calls: Calls) -> Row:
 
     changed = copy.deepcopy(declared)
     changed["rules"]["r0"]["room_config"]["agents"][0]["metadata"] = prompt(0, version=2)
-    stack.set_config("spec", auto.ConfigValue(json.dumps(changed)))
+    declare(stack, changed)
     result, change = timed(stack.up, calls)
     assert result.summary.resource_changes == {"same": 2 * n, "update": 1}, result.summary.resource_changes
 
@@ -198,8 +213,9 @@ def report(rows: list[Row], empty: float, zero: float) -> None:
     print(f"engine fixed cost: empty-program preview {empty:.2f} s; our program with 0 routes {zero:.2f} s")
     print()
     head = (
-        f"{'N':>4} {'objs':>5} | {'up s':>6} {'ms/obj':>6} {'marg':>6} {'calls/obj':>9} | {'SIPHON s':>8} {'ms/obj':>6} "
-        f"{'marg':>6} | {'floor s':>7} | {'up/SIPHON':>9} {'marg/SIPHON':>11} | {'noop pv s':>9} {'pv/empty':>8} | "
+        f"{'N':>4} {'objs':>5} | {'up s':>6} {'ms/obj':>6} {'marg':>6} {'calls/obj':>9} | "
+        f"{'SIPHON s':>8} {'ms/obj':>6} {'marg':>6} | {'floor s':>7} | {'up/SIPHON':>9} {'marg/SIPHON':>11} | "
+        f"{'noop pv s':>9} {'pv/empty':>8} | "
         f"{'change s':>8} {'upd':>3} {'del':>3} | {'destroy s':>9} {'dst/up':>6}"
     )
     print(head)
@@ -215,8 +231,9 @@ def report(rows: list[Row], empty: float, zero: float) -> None:
             d = 2 * (r.n - prev.n)
             marg = 1000 * (r.up.seconds - prev.up.seconds) / d
             smarg = 1000 * (r.siphon.seconds - prev.siphon.seconds) / d
+        calls_per = r.up.total / max(creates, 1)
         print(
-            f"{r.n:>4} {objs:>5} | {r.up.seconds:>6.2f} {per:>6.1f} {marg:>6.1f} {r.up.total / max(creates, 1):>9.3f} | "
+            f"{r.n:>4} {objs:>5} | {r.up.seconds:>6.2f} {per:>6.1f} {marg:>6.1f} {calls_per:>9.3f} | "
             f"{r.siphon.seconds:>8.2f} {sper:>6.1f} {smarg:>6.1f} | {r.floor.seconds:>7.2f} | "
             f"{per / sper:>9.1f} {marg / sper:>11.1f} | {r.preview.seconds:>9.2f} {r.preview.seconds / empty:>8.2f} | "
             f"{r.change.seconds:>8.2f} {r.change.calls['UpdateSIPDispatchRule']:>3} "
@@ -225,7 +242,7 @@ def report(rows: list[Row], empty: float, zero: float) -> None:
         )
         prev = r
     print()
-    print("marg = marginal ms per created object from the previous N; marg/SIPHON divides it by SIPHON's ms/obj at that N")
+    print("marg = marginal ms per created object from the previous N (marg/SIPHON: over SIPHON's ms/obj at that N)")
     print("calls/obj = LiveKit calls made by `up` per object created; upd/del = calls made by the one-prompt change")
     for r in rows:
         print(
@@ -235,7 +252,12 @@ def report(rows: list[Row], empty: float, zero: float) -> None:
 
 
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [10, 50, 200, 500]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    sizes = [int(a) for a in args] or [10, 50, 200, 500]
+    if "--checkpoints" not in sys.argv:
+        os.environ[SKIP_CHECKPOINTS] = "true"
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # compile each module once, not in every engine process
+    print(f"engine: {SKIP_CHECKPOINTS}={os.environ.get(SKIP_CHECKPOINTS, 'false')} (--checkpoints for the default)")
     siphon_loop.venv()  # install before timing anything
     root = Path(tempfile.mkdtemp(prefix="siphon-bench-"))
     calls = Calls(root / "calls.log")
