@@ -1,42 +1,69 @@
-"""Benchmark: deploy N inbound trunk + dispatch rule pairs through the real Pulumi engine, then a no-op preview.
+"""Benchmark: N inbound routes (trunk + dispatch rule each) through the real Pulumi engine, with same-run baselines.
 
-Prints wall times and LiveKit API call counts, next to a minimal asyncio script that makes the same
-creates against the same server in the same run (the floor). Ratios are engine time / floor time.
+For each N, against one livekit-server started for the run, from an empty server each time:
 
-    uv run python bench/sip_deploy.py [N ...]      (default: 10 50)
+- ours: ``pulumi up`` (cold), a no-op ``preview``, an ``up`` that changes one route's prompt, ``destroy``;
+  wall time and the LiveKit calls the providers made, by method;
+- SIPHON 0.1.4's own ``Dispatch(...).agent_dispatch()`` loop for the same numbers (``bench/siphon_loop.py``);
+- the asyncio floor: the same creates from one client, concurrently;
+- once: ``pulumi preview`` of an empty program and of our program with no routes (the engine's fixed cost).
+
+Ratios, not absolute times, are the result (this machine is shared and small).
+
+    uv run python -m bench.sip_deploy [N ...] [--checkpoints]     (default: 10 50 200 500)
+
+The engine runs with PULUMI_SKIP_CHECKPOINTS=true, as README recommends for large stacks (the
+default engine rewrites the whole state file after every step: quadratic in the number of
+resources); ``--checkpoints`` measures the default instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
+import os
 import secrets
 import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from livekit import api
 from pulumi import automation as auto
 
+from bench import siphon_loop
 from infra.livekit.client import CALL_LOG_ENV
 from localenv import engine
 from localenv.manager import LocalEnv
 from localenv.reset import wipe_sip
 
-PROGRAM = Path(__file__).resolve().parent.parent / "tests" / "programs" / "sip"
+SKIP_CHECKPOINTS = "PULUMI_SKIP_CHECKPOINTS"
+PROGRAM = Path(__file__).resolve().parent / "programs" / "routes"
 
 
-def spec(n: int, prefix: str) -> dict:
+def number(i: int) -> str:
+    return f"+1555{3_000_000 + i:07d}"
+
+
+def prompt(i: int, version: int = 1) -> str:
+    return json.dumps({"agent_config": {"system_instructions": f"You answer route {i} (v{version})."}})
+
+
+def spec(n: int, prefix: str) -> dict[str, Any]:
+    """N routes: an inbound trunk for one number and an individual rule dispatching an agent with a prompt."""
     return {
-        "inbound": {f"t{i}": {"name": f"{prefix}-t{i}", "numbers": [f"+1555030{i:04d}"]} for i in range(n)},
+        "inbound": {f"t{i}": {"name": f"{prefix}-t{i}", "numbers": [number(i)]} for i in range(n)},
         "rules": {
             f"r{i}": {
                 "name": f"{prefix}-r{i}",
-                "rule": {"type": "individual", "room_prefix": "b"},
+                "rule": {"type": "individual", "room_prefix": "inbound-call-"},
                 "trunk_refs": [f"t{i}"],
+                "room_config": {"agents": [{"agent_name": f"{prefix}-agent", "metadata": prompt(i)}]},
             }
             for i in range(n)
         },
@@ -44,14 +71,13 @@ def spec(n: int, prefix: str) -> dict:
 
 
 async def floor(n: int, prefix: str) -> int:
-    """The same creates with one client, trunks then rules, concurrently; returns API calls made."""
-    lk = api.LiveKitAPI()
-    try:
+    """The same creates from one client, all trunks then all rules, concurrently; returns API calls made."""
+    async with api.LiveKitAPI() as lk:
         trunks = await asyncio.gather(
             *(
                 lk.sip.create_inbound_trunk(
                     api.CreateSIPInboundTrunkRequest(
-                        trunk=api.SIPInboundTrunkInfo(name=f"{prefix}-t{i}", numbers=[f"+1555030{i:04d}"])
+                        trunk=api.SIPInboundTrunkInfo(name=f"{prefix}-t{i}", numbers=[number(i)])
                     )
                 )
                 for i in range(n)
@@ -65,7 +91,10 @@ async def floor(n: int, prefix: str) -> int:
                             name=f"{prefix}-r{i}",
                             trunk_ids=[t.sip_trunk_id],
                             rule=api.SIPDispatchRule(
-                                dispatch_rule_individual=api.SIPDispatchRuleIndividual(room_prefix="b")
+                                dispatch_rule_individual=api.SIPDispatchRuleIndividual(room_prefix="inbound-call-")
+                            ),
+                            room_config=api.RoomConfiguration(
+                                agents=[api.RoomAgentDispatch(agent_name=f"{prefix}-agent", metadata=prompt(i))]
                             ),
                         )
                     )
@@ -73,69 +102,172 @@ async def floor(n: int, prefix: str) -> int:
                 for i, t in enumerate(trunks)
             )
         )
-        return 2 * n
-    finally:
-        await lk.aclose()
+    return 2 * n
 
 
-def calls(log: Path) -> Counter[str]:
-    c = Counter(log.read_text().split()) if log.exists() else Counter()
-    log.unlink(missing_ok=True)
-    return c
+@dataclass
+class Phase:
+    seconds: float
+    calls: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
 
 
-def run(n: int, work_root: Path) -> None:
-    log = work_root / f"calls-{n}.log"
+@dataclass
+class Row:
+    n: int
+    up: Phase
+    preview: Phase
+    change: Phase
+    destroy: Phase
+    siphon: Phase
+    floor: Phase
+
+
+class Calls:
+    """LiveKit calls made by the provider processes, read from the call log they append to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def take(self) -> Counter[str]:
+        c = Counter(self.path.read_text().split()) if self.path.exists() else Counter()
+        self.path.unlink(missing_ok=True)
+        return c
+
+
+def timed(fn: Any, calls: Calls) -> tuple[Any, Phase]:
+    calls.take()
+    t0 = time.perf_counter()
+    result = fn()
+    return result, Phase(time.perf_counter() - t0, calls.take())
+
+
+def stack_for(root: Path, name: str, program: Path, calls: Calls, extra: dict[str, str] | None = None) -> auto.Stack:
     env = engine.engine_env(
-        work_root / f"state-{n}", secrets.token_urlsafe(16), work_root / "home", {CALL_LOG_ENV: str(log)}
+        root / f"state-{name}",
+        secrets.token_urlsafe(16),
+        root / "home",
+        {CALL_LOG_ENV: str(calls.path), **(extra or {})},
     )
-    work = work_root / f"program-{n}"
-    shutil.copytree(PROGRAM, work)
+    work = root / f"program-{name}"
+    shutil.copytree(program, work)
     engine.write_project(work, "sip")
-    stack = engine.select_stack(work, "bench", env)
-    stack.set_config("spec", auto.ConfigValue(json.dumps(spec(n, f"e{n}"))))
+    return engine.select_stack(work, "bench", env)
 
-    t0 = time.perf_counter()
-    up = stack.up()
-    t_up = time.perf_counter() - t0
-    assert up.summary.result == "succeeded"
-    c_up = calls(log)
 
-    t0 = time.perf_counter()
-    pv = stack.preview()
-    t_preview = time.perf_counter() - t0
-    assert pv.change_summary == {"same": 2 * n + 1}, pv.change_summary
-    c_preview = calls(log)
+def declare(stack: auto.Stack, routes: dict[str, Any]) -> None:
+    """Write the routes the program declares (a file: too big for a config value on the command line)."""
+    (Path(stack.workspace.work_dir) / "spec.json").write_text(json.dumps(routes))
 
-    t0 = time.perf_counter()
-    stack.destroy()
-    t_destroy = time.perf_counter() - t0
-    c_destroy = calls(log)
+
+def fixed_cost(root: Path, calls: Calls) -> tuple[float, float]:
+    """Preview seconds of an empty program, and of our program declaring no routes (best of 3 each)."""
+    empty = root / "empty-src"
+    empty.mkdir()
+    (empty / "__main__.py").write_text("import pulumi  # declares nothing\n")
+    times = []
+    for name, program, configure in (("empty", empty, False), ("zero", PROGRAM, True)):
+        stack = stack_for(root, name, program, calls)
+        if configure:
+            declare(stack, spec(0, "z"))
+        stack.preview()  # warm-up (first plugin and package listing)
+        times.append(min(timed(stack.preview, calls)[1].seconds for _ in range(3)))
+    return times[0], times[1]
+
+
+def run(n: int, root: Path, calls: Calls) -> Row:
+    stack = stack_for(root, f"n{n}", PROGRAM, calls)
+    declared = spec(n, f"e{n}")
+    declare(stack, declared)
+
+    result, up = timed(stack.up, calls)
+    assert result.summary.result == "succeeded"
+    result, preview = timed(stack.preview, calls)
+    assert result.change_summary == {"same": 2 * n + 1}, result.change_summary
+
+    changed = copy.deepcopy(declared)
+    changed["rules"]["r0"]["room_config"]["agents"][0]["metadata"] = prompt(0, version=2)
+    declare(stack, changed)
+    result, change = timed(stack.up, calls)
+    assert result.summary.resource_changes == {"same": 2 * n, "update": 1}, result.summary.resource_changes
+
+    result, destroy = timed(stack.destroy, calls)
+    assert result.summary.resource_changes == {"delete": 2 * n + 1}, result.summary.resource_changes
+    wipe_sip()
+
+    seconds, siphon_calls = siphon_loop.run(n, f"s{n}", 3_000_000)
+    siphon = Phase(seconds, Counter({"(all)": siphon_calls}))
+    wipe_sip()
 
     t0 = time.perf_counter()
     floor_calls = asyncio.run(floor(n, f"f{n}"))
-    t_floor = time.perf_counter() - t0
+    floor_phase = Phase(time.perf_counter() - t0, Counter({"(all)": floor_calls}))
     wipe_sip()
+    return Row(n, up, preview, change, destroy, siphon, floor_phase)
 
-    print(f"N={n} pairs ({2 * n} objects)")
-    print(f"  pulumi up          {t_up:7.2f} s  {sum(c_up.values()):4d} LiveKit calls {dict(c_up)}")
-    print(f"  no-op preview      {t_preview:7.2f} s  {sum(c_preview.values()):4d} LiveKit calls")
-    print(f"  pulumi destroy     {t_destroy:7.2f} s  {sum(c_destroy.values()):4d} LiveKit calls")
-    print(f"  asyncio floor      {t_floor:7.2f} s  {floor_calls:4d} LiveKit calls")
-    print(f"  up / floor         {t_up / t_floor:7.1f} x")
-    print(f"  up per object      {1000 * t_up / (2 * n):7.1f} ms (floor {1000 * t_floor / (2 * n):.1f} ms)")
+
+def report(rows: list[Row], empty: float, zero: float) -> None:
+    print(f"engine fixed cost: empty-program preview {empty:.2f} s; our program with 0 routes {zero:.2f} s")
+    print()
+    head = (
+        f"{'N':>4} {'objs':>5} | {'up s':>6} {'ms/obj':>6} {'marg':>6} {'calls/obj':>9} | "
+        f"{'SIPHON s':>8} {'ms/obj':>6} {'marg':>6} | {'floor s':>7} | {'up/SIPHON':>9} {'marg/SIPHON':>11} | "
+        f"{'noop pv s':>9} {'pv/empty':>8} | "
+        f"{'change s':>8} {'upd':>3} {'del':>3} | {'destroy s':>9} {'dst/up':>6}"
+    )
+    print(head)
+    print("-" * len(head))
+    prev: Row | None = None
+    for r in rows:
+        objs = 2 * r.n
+        creates = r.up.calls["CreateSIPInboundTrunk"] + r.up.calls["CreateSIPDispatchRule"]
+        per = 1000 * r.up.seconds / objs
+        sper = 1000 * r.siphon.seconds / objs
+        marg = smarg = float("nan")
+        if prev is not None:
+            d = 2 * (r.n - prev.n)
+            marg = 1000 * (r.up.seconds - prev.up.seconds) / d
+            smarg = 1000 * (r.siphon.seconds - prev.siphon.seconds) / d
+        calls_per = r.up.total / max(creates, 1)
+        print(
+            f"{r.n:>4} {objs:>5} | {r.up.seconds:>6.2f} {per:>6.1f} {marg:>6.1f} {calls_per:>9.3f} | "
+            f"{r.siphon.seconds:>8.2f} {sper:>6.1f} {smarg:>6.1f} | {r.floor.seconds:>7.2f} | "
+            f"{per / sper:>9.1f} {marg / sper:>11.1f} | {r.preview.seconds:>9.2f} {r.preview.seconds / empty:>8.2f} | "
+            f"{r.change.seconds:>8.2f} {r.change.calls['UpdateSIPDispatchRule']:>3} "
+            f"{r.change.calls['DeleteSIPDispatchRule'] + r.change.calls['DeleteSIPTrunk']:>3} | "
+            f"{r.destroy.seconds:>9.2f} {r.destroy.seconds / r.up.seconds:>6.2f}"
+        )
+        prev = r
+    print()
+    print("marg = marginal ms per created object from the previous N (marg/SIPHON: over SIPHON's ms/obj at that N)")
+    print("calls/obj = LiveKit calls made by `up` per object created; upd/del = calls made by the one-prompt change")
+    for r in rows:
+        print(
+            f"N={r.n}: up {dict(r.up.calls)}; no-op preview {r.preview.total} calls; change {dict(r.change.calls)}; "
+            f"destroy {r.destroy.total} calls; SIPHON {r.siphon.total} calls; floor {r.floor.total} calls"
+        )
 
 
 def main() -> None:
-    sizes = [int(a) for a in sys.argv[1:]] or [10, 50]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    sizes = [int(a) for a in args] or [10, 50, 200, 500]
+    if "--checkpoints" not in sys.argv:
+        os.environ[SKIP_CHECKPOINTS] = "true"
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # compile each module once, not in every engine process
+    print(f"engine: {SKIP_CHECKPOINTS}={os.environ.get(SKIP_CHECKPOINTS, 'false')} (--checkpoints for the default)")
+    siphon_loop.venv()  # install before timing anything
     root = Path(tempfile.mkdtemp(prefix="siphon-bench-"))
+    calls = Calls(root / "calls.log")
     with LocalEnv.start(root / "env") as env:
         assert env.endpoints is not None
-        import os
-
         os.environ.update(env.endpoints.env())
-        for n in sizes:
-            run(n, root)
+        empty, zero = fixed_cost(root, calls)
+        rows = [run(n, root, calls) for n in sizes]
+    report(rows, empty, zero)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
-"""LiveKit credentials and one guarded way to call the LiveKit API from a synchronous provider."""
+"""LiveKit credentials and one guarded way to call the LiveKit API from synchronous code (providers, CLI)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -10,6 +9,8 @@ from typing import TypeVar
 
 import aiohttp
 from livekit import api
+
+from infra.livekit import loop
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 15.0
@@ -29,7 +30,7 @@ class LiveKitUnreachable(LiveKitError):
 
 @dataclass(frozen=True)
 class Credentials:
-    """Where LiveKit is and how to sign requests (never pickled into state: built per call)."""
+    """Where LiveKit is and how to sign requests (never pickled into state: resolved per call)."""
 
     url: str
     api_key: str
@@ -77,21 +78,14 @@ def _trace_configs() -> list[aiohttp.TraceConfig]:
 def call(
     creds: Credentials, what: str, fn: Callable[[api.LiveKitAPI], Awaitable[T]], timeout: float = DEFAULT_TIMEOUT
 ) -> T:
-    """Run ``fn`` with a fresh client in its own event loop, with a timeout, translating failures.
+    """Run ``fn`` with this process's client for ``creds`` on its shared event loop, with a timeout.
 
-    ``what`` names the operation and resource for error messages, e.g. "create inbound trunk 'main'".
+    Failures become ``LiveKitError`` (LiveKit's own message) or ``LiveKitUnreachable``; ``what`` names
+    the operation and resource for those messages, e.g. "create inbound trunk 'main'".
     """
-
-    async def run() -> T:
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), trace_configs=_trace_configs())
-        client = api.LiveKitAPI(creds.url, creds.api_key, creds.api_secret, session=session)
-        try:
-            return await asyncio.wait_for(fn(client), timeout)
-        finally:
-            await session.close()
-
+    runner = loop.shared(_trace_configs)
     try:
-        return asyncio.run(run())
+        return runner.run(loop.with_client(runner, creds.url, creds.api_key, creds.api_secret, timeout, fn))
     except api.TwirpError as e:
         raise LiveKitError(f"{what}: LiveKit answered {e.code}: {e.message}", e.code) from None
     except (aiohttp.ClientConnectionError, OSError) as e:
@@ -103,3 +97,8 @@ def call(
         raise LiveKitUnreachable(
             f"{what}: LiveKit at {creds.url} did not answer within {timeout:.0f}s; retry, the operation is idempotent"
         ) from None
+
+
+def state(key: str, factory: Callable[[], T]) -> T:
+    """Per-process state kept next to the shared loop (e.g. caches holding asyncio primitives)."""
+    return loop.shared(_trace_configs).state(key, factory)

@@ -2,12 +2,12 @@
 
 State refers to these classes by import path (``infra.livekit.provider.InboundTrunkProvider`` ...):
 keep the path stable. Instances carry no attributes into state; credentials come from
-``configure()`` (stack config) or the environment at call time, and a client is built per call.
+``configure()`` (stack config) or the environment at call time. The event loop, LiveKit client,
+name index and conflict claims are per provider process (``client.state``), never pickled.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any, ClassVar
 
 from pulumi.dynamic import (
@@ -24,14 +24,14 @@ from pydantic import BaseModel, ValidationError
 
 from infra.dynamic import InvalidArguments, is_unknown
 from infra.livekit import client
+from infra.livekit.conflicts import Claims, conflict_keys
 from infra.livekit.convert import canonical, declared, to_proto
 from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK, Kind
+from infra.livekit.names import NameIndex
 from infra.livekit.validation import describe_errors
 
 CONFIG_KEYS = ("livekit:url", "livekit:apiKey", "livekit:apiSecret")
 URL_INPUT = "__livekit_url"  # optional non-secret input: which LiveKit project the object lives in
-# LiveKit checks conflicts against stored objects without a lock: creates of one kind are serialised.
-_CREATE_LOCKS = {k.label: threading.Lock() for k in (INBOUND_TRUNK, OUTBOUND_TRUNK, DISPATCH_RULE)}
 
 
 class LiveKitProvider(ResourceProvider):
@@ -51,6 +51,16 @@ class LiveKitProvider(ResourceProvider):
         if props.get(URL_INPUT):  # the stack file's livekit.url wins over config and environment
             config["livekit:url"] = props[URL_INPUT]
         return client.Credentials.resolve(config)
+
+    def _names(self, creds: client.Credentials) -> NameIndex:
+        """This process's name index of this kind on this LiveKit project."""
+        indexes = client.state("names", dict[tuple[str, str, str], NameIndex])
+        return indexes.setdefault((creds.url, creds.api_key, self.KIND.label), NameIndex(self.KIND.object_id))
+
+    def _claims(self, creds: client.Credentials) -> Claims:
+        """This process's in-flight write keys for this LiveKit project (every kind shares one)."""
+        claims = client.state("claims", dict[tuple[str, str], Claims])
+        return claims.setdefault((creds.url, creds.api_key), Claims())
 
     def _declared_keys(self) -> list[str]:
         return list(self.KIND.args.model_fields)
@@ -103,34 +113,65 @@ class LiveKitProvider(ResourceProvider):
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        """Create, or adopt the object of the same name (a retried or interrupted create leaves no duplicate)."""
+        """Create, or adopt the object of the same name (a retried or interrupted create leaves no duplicate).
+
+        One LiveKit call per object: the names come from one listing per kind per provider process
+        (``infra.livekit.names``), and only writes LiveKit could find conflicting wait for each other.
+        """
         args = self._validate(props)
         name = props["name"]
         message = to_proto(args, self.KIND.message)
+        creds = self._creds(props)
+        index = self._names(creds)
 
         async def create_or_adopt(lk: client.api.LiveKitAPI) -> str:
-            existing = [m for m in await self.KIND.list(lk, []) if m.name == name]
-            if len(existing) > 1:
-                ids = ", ".join(self.KIND.object_id(m) for m in existing)
-                raise client.LiveKitError(
-                    f"several LiveKit {self.KIND.label}s are named {name!r} ({ids}): delete all but one, then retry"
-                )
-            if existing:
-                object_id = self.KIND.object_id(existing[0])
-                await self.KIND.replace(lk, object_id, message)
-                return object_id
-            return self.KIND.object_id(await self.KIND.create(lk, message))
+            async def listing() -> list[Any]:
+                return await self.KIND.list(lk, [])
 
-        with _CREATE_LOCKS[self.KIND.label]:
-            object_id = client.call(self._creds(props), self._what("create", props), create_or_adopt)
+            async with self._claims(creds).hold(conflict_keys(self.KIND.label, message)):
+                ids, seen = await index.lookup(name, listing)
+                if not ids:
+                    try:
+                        created = self.KIND.object_id(await self.KIND.create(lk, message))
+                    except client.api.TwirpError:
+                        await index.refresh(seen, listing)  # someone may have created it since the listing
+                        ids, seen = await index.lookup(name, listing)
+                        if not ids:
+                            raise
+                    else:
+                        index.added(name, created)
+                        return created
+                if len(ids) > 1:
+                    raise client.LiveKitError(
+                        f"several LiveKit {self.KIND.label}s are named {name!r} ({', '.join(ids)}): "
+                        "delete all but one, then retry"
+                    )
+                try:
+                    await self.KIND.replace(lk, ids[0], message)
+                except client.api.TwirpError as e:
+                    if e.code != "not_found":
+                        raise
+                    index.removed(ids[0])  # deleted since the listing: create it after all
+                    created = self.KIND.object_id(await self.KIND.create(lk, message))
+                    index.added(name, created)
+                    return created
+                return ids[0]
+
+        object_id = client.call(creds, self._what("create", props), create_or_adopt)
         return CreateResult(object_id, self._outs(object_id, declared(args), props))
 
     def update(self, id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         """Replace the whole object in place (same id), resending every field including secrets."""
         args = self._validate(news)
         message = to_proto(args, self.KIND.message)
+        creds = self._creds(news)
+
+        async def replace(lk: client.api.LiveKitAPI) -> None:
+            async with self._claims(creds).hold(conflict_keys(self.KIND.label, message)):
+                await self.KIND.replace(lk, id, message)
+
         try:
-            client.call(self._creds(news), self._what("update", news), lambda lk: self.KIND.replace(lk, id, message))
+            client.call(creds, self._what("update", news), replace)
         except client.LiveKitError as e:
             if e.code == "not_found":
                 raise client.LiveKitError(
@@ -152,7 +193,9 @@ class LiveKitProvider(ResourceProvider):
 
     def delete(self, id: str, props: dict[str, Any]) -> None:
         """Delete; an object that is already gone counts as deleted."""
-        client.call(self._creds(props), self._what("delete", props), lambda lk: self.KIND.delete(lk, id))
+        creds = self._creds(props)
+        client.call(creds, self._what("delete", props), lambda lk: self.KIND.delete(lk, id))
+        self._names(creds).removed(id)
 
 
 class InboundTrunkProvider(LiveKitProvider):

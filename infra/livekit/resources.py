@@ -23,7 +23,6 @@ from pulumi.dynamic import Resource
 from pydantic import BaseModel, ValidationError
 
 from infra.dynamic import InvalidArguments
-from infra.livekit.convert import declared
 from infra.livekit.provider import DispatchRuleProvider, InboundTrunkProvider, LiveKitProvider, OutboundTrunkProvider
 from infra.livekit.validation import describe_errors
 
@@ -34,18 +33,27 @@ class InvalidDeclaration(pulumi.RunError, InvalidArguments):
     """Invalid arguments caught while the program runs; Pulumi shows the message without a traceback."""
 
 
+def _set_fields(args: BaseModel) -> dict[str, Any]:
+    """Only the fields that differ from their defaults: ``check()`` fills in the rest in the provider.
+
+    Every key sent becomes an Output the SDK tracks until the program ends (and its wait loop is
+    quadratic in them), so a trunk declared with two fields costs two keys, not sixteen.
+    """
+    return args.model_dump(exclude_defaults=True)
+
+
 def _props(
     resource_name: str, provider: LiveKitProvider, args: BaseModel | Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[str]]:
     model = provider.KIND.args
     if isinstance(args, BaseModel):
-        props: dict[str, Any] = declared(args)
+        props: dict[str, Any] = _set_fields(args)
     else:
         props = dict(args)
         plain = not any(isinstance(v, pulumi.Output) for v in props.values())
         if plain:  # fail fast in the program, naming the resource and the field
             try:
-                props = declared(model.model_validate(props))
+                props = _set_fields(model.model_validate(props))
             except ValidationError as e:
                 lines = "\n".join(f"  {f}: {r}" for f, r in describe_errors(e))
                 raise InvalidDeclaration(f"{provider.KIND.label} {resource_name!r} is invalid:\n{lines}") from None

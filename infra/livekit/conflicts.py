@@ -1,0 +1,80 @@
+"""Which writes could conflict in LiveKit, and holding them apart while they are in flight.
+
+LiveKit rejects an inbound trunk or a dispatch rule that collides with a stored one, but checks
+against what is stored without a lock: two colliding objects written at the same moment can both
+pass. Writes are therefore serialised only where they share a key LiveKit compares (the same
+logic as ``ValidateTrunksIter`` / ``DispatchRuleValidator`` in livekit/protocol ``sip/sip.go``):
+
+- inbound trunks: one key per (called number, or "") x (allowed caller number, or "");
+- dispatch rules: one key per (pin, trunk id or "", caller number or "", called number or "");
+- every kind: its name (names are unique per kind; the second write of a name adopts the first).
+
+Outbound trunks have no conflict rules, so only their names are keys. Everything else runs in
+parallel. ``Claims`` is hand-written (a condition over a set of held keys): asyncio has no
+multi-key lock, and taking per-key locks one by one would need a global order to avoid deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
+from itertools import product
+from typing import Any
+
+from livekit import api
+
+_NUMBERISH = re.compile(r"^\+?[\d\- ()]+$")
+
+
+def normalize_number(number: str) -> str:
+    """LiveKit's NormalizeNumber: "+1 (555) 010-0100" and "15550100100" are the same number."""
+    if not _NUMBERISH.match(number):
+        return number
+    digits = re.sub(r"[\- ()]", "", number)
+    return digits if digits.startswith("+") else "+" + digits
+
+
+def _numbers(values: Any) -> list[str]:
+    return sorted({normalize_number(v) for v in values}) or [""]
+
+
+def conflict_keys(label: str, message: Any) -> frozenset[Hashable]:
+    """The keys a write of ``message`` (a LiveKit object of kind ``label``) must hold exclusively."""
+    keys: set[Hashable] = {(label, "name", message.name)}
+    if isinstance(message, api.SIPInboundTrunkInfo):
+        for cell in product(_numbers(message.numbers), _numbers(message.allowed_numbers)):
+            keys.add((label, "cell", *cell))
+    elif isinstance(message, api.SIPDispatchRuleInfo):
+        which = message.rule.WhichOneof("rule")
+        pin = getattr(getattr(message.rule, which), "pin", "") if which else ""
+        trunks = sorted(set(message.trunk_ids)) or [""]
+        for combo in product(trunks, _numbers(message.inbound_numbers), _numbers(message.numbers)):
+            keys.add((label, "rule", pin, *combo))
+    return frozenset(keys)
+
+
+class Claims:
+    """Keys held by writes in flight; a write waits only while another holds one of its keys."""
+
+    def __init__(self) -> None:
+        self._held: set[Hashable] = set()
+        self._changed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def hold(self, keys: frozenset[Hashable]) -> AsyncIterator[None]:
+        """Hold every key in ``keys`` (all at once, so no deadlock) for the duration of the block."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._held.isdisjoint(keys))
+            self._held |= keys
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self._held -= keys
+                self._changed.notify_all()
+
+    def held(self) -> int:
+        """How many keys are held right now (for tests)."""
+        return len(self._held)
