@@ -14,9 +14,12 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 CALL_ID_ATTRIBUTE = "sip.callIDFull"  # livekit-sip: the SIP Call-ID of the caller's leg
+_TRACE_BLOCK = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d[ \t]\d\d:\d\d:\d\d\.\d+)\n(.*?)(?=^-{20,} |\Z)", re.M | re.S)
+_ANSWER = re.compile(r"^SIP/2\.0 200 .*?^CSeq:\s*\d+ INVITE", re.M | re.S)
 
 _HEADERS = """From: <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
 To: <sip:[service]@[remote_ip]:[remote_port]>{to_tag}
@@ -135,6 +138,7 @@ class CallEnd:
     completed: bool  # the call was answered and ended by BYE
     exit_code: int | None
     reason: str  # empty when completed; else the first SIP status or sipp error
+    answered_after: float | None = None  # seconds from the first INVITE sent to the 200 OK received
 
 
 @dataclass
@@ -166,8 +170,22 @@ class SippCall:
         else:
             code = self.proc.returncode
             self._end = CallEnd(code == 0, code, "" if code == 0 else self.failure())
+        self._end.answered_after = self.time_to_answer()
         self._tmp.cleanup()
         return self._end
+
+    def time_to_answer(self) -> float | None:
+        """Seconds from the first INVITE sent to the 200 OK that answered it, from sipp's message trace."""
+        text = "\n".join(p.read_text(errors="replace") for p in self.workdir.glob("*_messages.log"))
+        sent = answered = None
+        for stamp, body in _TRACE_BLOCK.findall(text):
+            at = datetime.strptime(stamp.replace("\t", " "), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            if sent is None and "message sent" in body and "\nINVITE sip:" in body:
+                sent = at
+            elif sent is not None and "message received" in body and _ANSWER.search(body):
+                answered = at
+                break
+        return answered - sent if sent is not None and answered is not None else None
 
     def failure(self) -> str:
         """Why sipp failed the call: the first unexpected SIP status, a time-out, or sipp's own message."""
@@ -200,7 +218,7 @@ def place(
     (work / "uac.xml").write_text(scenario(caller, headers, auth=auth, hold_ms=int(hold_s * 1000)))
     argv = [
         sipp, "-sf", "uac.xml", "-s", number, *(["-i", source_ip] if source_ip else []), "-m", "1",
-        "-cid_str", call_id, "-nostdin", "-trace_err", "-recv_timeout", str(int(answer_timeout_s * 1000)),
+        "-cid_str", call_id, "-nostdin", "-trace_err", "-trace_msg", "-recv_timeout", str(int(answer_timeout_s * 1000)),
         "-timeout", str(int(hold_s + answer_timeout_s + 10)), "-timeout_error",
     ]  # fmt: skip
     argv.append(sip_address)

@@ -37,13 +37,12 @@ def deploy_and_run(env: LocalEnv) -> str:
     from infra.stack.load import load, stack_path
     from infra.stack.render import table
     from localenv.deploy import deploy, start_workers
-    from worker.config import defaults_env
 
     log = env.run_dir / "pulumi-up.log"
     with log.open("w") as f:
         outputs = deploy(env, on_output=lambda line: f.write(line + "\n"))
     stack, _ = load(stack_path("local"))
-    workers = start_workers(env, {k: defaults_env(a.defaults) for k, a in stack.agents.items() if a.local})
+    workers = start_workers(env, {k: a.worker_env() for k, a in stack.agents.items() if a.local})
     rows = [
         {"number": number, "route": row["route"], "rule id": row["rule_id"], "agent": row["agent_name"],
          "worker": row["worker"]}

@@ -45,7 +45,6 @@ def start_workers(env: LocalEnv, agent_env: dict[str, dict[str, str]]) -> list[S
             **settings,
             "SIPHON_AGENT_NAME": agent_name,
             "SIPHON_HTTP_PORT": str(port),
-            "SIPHON_MAX_JOBS": "20",  # report load in jobs, not host CPU (a busy 2-core host looks full)
         }
         svc = env.spawn(
             f"worker-{agent_name}",

@@ -84,6 +84,8 @@ CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
      "inbound_trunks.main", "needs allowed_addresses or auth_username"),
     ("huge-context", [_set("inbound_routes.sales.context", {"blob": "x" * 20000})], "inbound_routes.sales.context", "too large"),
     ("wrong-type-numbers", [_set("inbound_trunks.main.numbers", "+15550100100")], "inbound_trunks.main.numbers", "valid list"),
+    ("no-calls-per-worker", [_set("agents.support-agent.max_calls", 0)], "agents.support-agent.max_calls", "greater than or equal to 1"),
+    ("too-many-calls-per-worker", [_set("agents.support-agent.max_calls", 5000)], "agents.support-agent.max_calls", "less than or equal to 200"),
     ("negative-timeout", [_set("inbound_routes.sales.room", {"empty_timeout": -5})], "inbound_routes.sales.room.empty_timeout", "greater than or equal to 0"),
 ]  # fmt: skip
 
@@ -154,3 +156,15 @@ def test_cli_routes_prints_table_and_diagram(capsys):
     assert "| inbound   | +15550100100 | support" in out
     assert "flowchart LR" in out
     assert "rule support" in out
+
+
+def test_an_agents_call_capacity_is_declared_or_derived_from_its_ecs_size_and_reaches_its_workers():
+    from worker.config import MAX_JOBS_ENV
+
+    stack, _ = parse(yaml.safe_dump(BASE, sort_keys=False), "stacks/case.yaml")
+    declared, derived = stack.agents["support-agent"], stack.agents["sales-agent"]
+    assert (declared.max_calls, declared.calls_per_worker) == (10, 10)
+    assert (derived.ecs.cpu, derived.ecs.memory, derived.calls_per_worker) == (256, 512, 2)
+    assert declared.worker_env()[MAX_JOBS_ENV] == "10" and derived.worker_env()[MAX_JOBS_ENV] == "2"
+    local_only = derived.model_copy(update={"ecs": None})
+    assert local_only.calls_per_worker == 10

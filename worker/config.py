@@ -61,6 +61,16 @@ def _env_float(env: Mapping[str, str], key: str, default: float) -> float:
 
 
 AGENT_NAME_ENV = "SIPHON_AGENT_NAME"
+MAX_JOBS_ENV = "SIPHON_MAX_JOBS"  # the worker's call capacity (calls at once), set by every deployment
+MAX_CALLS_LIMIT = 200  # upper bound of a declared capacity: one worker process supervises every call's job
+
+
+def max_calls_for(cpu_units: int, memory_mib: int) -> int:
+    """Default call capacity of a worker with this much CPU (1024 = one vCPU) and memory: a call's job
+    process takes about an eighth of a vCPU and 256 MiB with cloud models."""
+    return max(1, min(cpu_units // 128, memory_mib // 256, MAX_CALLS_LIMIT))
+
+
 DRAIN_TIMEOUT_ENV = "SIPHON_DRAIN_TIMEOUT"  # seconds to finish running calls after SIGTERM
 # AgentConfig field -> environment variable the worker reads its default for that field from.
 DEFAULTS_ENV: dict[str, str] = {
@@ -136,7 +146,7 @@ class WorkerSettings:
         }
         defaults, warnings = parse_agent_config(raw, path="defaults")
         idle = env.get("SIPHON_NUM_IDLE_PROCESSES")
-        max_jobs = env.get("SIPHON_MAX_JOBS")
+        max_jobs = env.get(MAX_JOBS_ENV)
         executor = env.get("SIPHON_JOB_EXECUTOR", "process")
         return cls(
             agent_name=env.get(AGENT_NAME_ENV) or env.get("LIVEKIT_AGENT_NAME") or "siphon-agent",

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from infra.ecs import validation as v
+from worker.config import MAX_CALLS_LIMIT, max_calls_for
 from worker.metadata import AgentConfig
 
 SECRET_FIELDS = ("livekit_api_key", "livekit_api_secret", "provider_keys")
@@ -125,6 +126,9 @@ class AgentWorkerArgs(_Model):
     livekit_api_secret: SecretStr = Field(min_length=1, max_length=4096)
     provider_keys: dict[str, SecretStr] = Field(default_factory=dict, max_length=20)
     worker: AgentConfig = Field(default_factory=AgentConfig, description="the worker's default layer")
+    max_calls: int | None = Field(
+        None, ge=1, le=MAX_CALLS_LIMIT, description="calls one task serves at once (default: from cpu and memory)"
+    )
     extra_env: dict[str, str] = Field(default_factory=dict, max_length=50)
 
     cluster_name: str = Field(pattern=v.CLUSTER_OR_SERVICE_RE.pattern)
@@ -247,6 +251,11 @@ class AgentWorkerArgs(_Model):
         if clash:
             raise ValueError(f"extra_env: {', '.join(clash)} also set in provider_keys")
         return self
+
+    @property
+    def effective_max_calls(self) -> int:
+        """The declared call capacity of one task, else the default for its cpu and memory."""
+        return self.max_calls or max_calls_for(self.cpu, self.memory)
 
     @property
     def effective_service_name(self) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 from infra.ecs import naming
 from infra.ecs import validation as v
 from infra.ecs.args import AgentWorkerArgs
-from worker.config import AGENT_NAME_ENV, DRAIN_TIMEOUT_ENV, defaults_env
+from worker.config import AGENT_NAME_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV, defaults_env
 
 TRUST_POLICY = json.dumps({
     "Version": "2012-10-17",
@@ -41,6 +41,7 @@ def container_environment(args: AgentWorkerArgs) -> dict[str, str]:
     env[AGENT_NAME_ENV] = args.agent_name
     # Drain running calls within the SIGTERM-to-SIGKILL grace ECS gives the container (leave time to exit).
     env[DRAIN_TIMEOUT_ENV] = str(max(args.stop_timeout_seconds - 10, 1))
+    env[MAX_JOBS_ENV] = str(args.effective_max_calls)
     env.update(defaults_env(args.worker))
     return env
 

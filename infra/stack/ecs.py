@@ -58,6 +58,7 @@ def agent_deployment(key: str, stack: StackFile, opts: pulumi.ResourceOptions) -
             env: pulumi.Config().require_secret(cfg) for env, cfg in agent.ecs.provider_key_secrets.items()
         },
         "worker": agent.defaults.model_dump(mode="json", exclude_none=True),
+        "max_calls": agent.calls_per_worker,
         **agent.ecs.settings,
     }
     return AgentWorkerDeployment(f"{key}-worker", args, opts)

@@ -21,11 +21,13 @@ from infra.livekit.args import (
     Rule,
 )
 from infra.livekit.validation import AttributeName, HeaderName, Model, Pin
+from worker.config import MAX_CALLS_LIMIT, MAX_JOBS_ENV, defaults_env, max_calls_for
 from worker.metadata import AgentConfig, RouteMetadata
 
 Key = str  # names used as keys in the file (trunk, agent, route names)
 KEY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 ENVIRONMENT_PATTERN = r"^[a-z][a-z0-9-]{0,30}$"
+LOCAL_MAX_CALLS = 10  # a local worker process without an ECS size to derive its capacity from
 
 
 def _check_keys(names: dict[str, Any], what: str) -> dict[str, Any]:
@@ -98,8 +100,23 @@ class Agent(Model):
     """An agent: the worker registered under ``agent_name`` (the key), its defaults, and where it runs."""
 
     defaults: AgentConfig = Field(default_factory=AgentConfig, description="the worker's default layer")
+    max_calls: int | None = Field(
+        None, ge=1, le=MAX_CALLS_LIMIT,
+        description=f"calls one worker serves at once (default: from ecs cpu and memory, else {LOCAL_MAX_CALLS})",
+    )  # fmt: skip
     ecs: EcsDeployment | None = None
     local: LocalWorker | None = None
+
+    @property
+    def calls_per_worker(self) -> int:
+        """The declared capacity, else the default for the ECS task size, else the local default."""
+        if self.max_calls:
+            return self.max_calls
+        return max_calls_for(self.ecs.cpu, self.ecs.memory) if self.ecs else LOCAL_MAX_CALLS
+
+    def worker_env(self) -> dict[str, str]:
+        """Settings of this agent's worker process (its defaults and its capacity), as environment variables."""
+        return {**defaults_env(self.defaults), MAX_JOBS_ENV: str(self.calls_per_worker)}
 
     @property
     def workers(self) -> str:

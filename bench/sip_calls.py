@@ -1,0 +1,163 @@
+"""Real calls through the SIP bridge: time to answer for the packaged worker vs a bare livekit-agents worker.
+
+One run, one local environment (Redis, livekit-server, livekit-sip): two workers, each behind its own
+trunk number and dispatch rule; sipp places every call. Time to answer is what the caller experiences:
+from the INVITE sent to the 200 OK (livekit-sip answers only once the agent's audio is in the room, so
+this includes dispatch, job start, metadata, configuration and the agent's first track). Reports:
+
+- sequential calls: p50 / p95 of N calls;
+- bursts of 10, 20, 40 simultaneous INVITEs: answered / lost, p50 / p95 / max;
+and every figure as the ratio ours / baseline.
+
+    PATH=$(python3 -m localenv.tools path):$PATH .venv/bin/python -m bench.sip_calls [-n 30] [--bursts 10 20 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from livekit import api
+
+from infra import sipp
+from localenv.manager import Endpoints, LocalEnv, http_ok
+from localenv.ports import free_tcp_port
+from worker.metadata import AgentConfig, RouteMetadata
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPACITY = 50  # per worker, above the largest burst: the bench measures answer time, not overflow
+HOLD = 3.0  # seconds each answered call is held before the caller hangs up
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+async def _route(lk: api.LiveKitAPI, name: str, number: str, agent: str, metadata: str) -> None:
+    info = api.SIPInboundTrunkInfo(name=f"bench-{name}", numbers=[number], allowed_addresses=["127.0.0.1/32"])
+    trunk = await lk.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(trunk=info))
+    rule = api.SIPDispatchRuleInfo(
+        name=f"bench-{name}",
+        trunk_ids=[trunk.sip_trunk_id],
+        rule=api.SIPDispatchRule(dispatch_rule_individual=api.SIPDispatchRuleIndividual(room_prefix=name)),
+        room_config=api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name=agent, metadata=metadata)]),
+    )
+    await lk.sip.create_dispatch_rule(api.CreateSIPDispatchRuleRequest(dispatch_rule=rule))
+
+
+@contextmanager
+def workers(env: LocalEnv) -> Iterator[None]:
+    ep = env.endpoints
+    assert ep is not None
+    started = []
+    for name, argv, extra in (
+        ("ours", [sys.executable, "-m", "worker.main", "start"],
+         {"SIPHON_AGENT_NAME": "bench-ours", "SIPHON_MAX_JOBS": str(CAPACITY)}),
+        ("baseline", [sys.executable, "-m", "bench.baseline_worker", "start"],
+         {"BASELINE_AGENT_NAME": "bench-baseline", "BASELINE_MAX_JOBS": str(CAPACITY)}),
+    ):  # fmt: skip
+        port = free_tcp_port()
+        penv = {**os.environ, **ep.env(), **extra, "SIPHON_HTTP_PORT": str(port), "BASELINE_HTTP_PORT": str(port),
+                "PYTHONPATH": str(ROOT)}  # fmt: skip
+        svc = env.spawn(f"worker-{name}", argv, lambda port=port: http_ok(port), env=penv, cwd=ROOT)  # type: ignore[misc]
+        svc.wait_healthy(60)
+        started.append(svc)
+    time.sleep(3)  # idle job processes warm up
+    try:
+        yield
+    finally:
+        for svc in started:
+            env.release(svc, grace=30)
+
+
+def call_once(ep: Endpoints, number: str) -> sipp.SippCall:
+    return sipp.place(ep.sip_address, number, caller="+15005550006", hold_s=HOLD, answer_timeout_s=40)
+
+
+def calls(ep: Endpoints, number: str, n: int, *, together: bool) -> tuple[list[float], int]:
+    """Place n calls (one after another, or all at once); answer times of the answered ones, and the lost."""
+    if together:
+        placed = [call_once(ep, number) for _ in range(n)]
+        ends = [c.wait(HOLD + 60) for c in placed]
+    else:
+        ends = [call_once(ep, number).wait(HOLD + 60) for _ in range(n)]
+    times = [e.answered_after for e in ends if e.answered_after is not None]
+    return times, n - len(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=30, help="sequential calls per worker")
+    parser.add_argument("--bursts", type=int, nargs="*", default=[10, 20, 40])
+    args = parser.parse_args()
+    numbers = {"ours": "+15550300001", "baseline": "+15550300002"}
+    with tempfile.TemporaryDirectory() as tmp, LocalEnv.start(Path(tmp)) as env:
+        ep = env.endpoints
+        assert ep is not None
+        os.environ.update(ep.env())
+        route = RouteMetadata(route="bench", direction="inbound", agent_config=AgentConfig(greeting_instructions="Hi"))
+
+        async def setup() -> None:
+            lk = api.LiveKitAPI()
+            try:
+                await _route(lk, "ours", numbers["ours"], "bench-ours", route.to_json())
+                await _route(lk, "baseline", numbers["baseline"], "bench-baseline", "")
+            finally:
+                await lk.aclose()
+
+        asyncio.run(setup())
+        with workers(env):
+            rows = []
+            for label, n, together in [("sequential", args.n, False), *((f"burst {b}", b, True) for b in args.bursts)]:
+                result = {}
+                for who in ("baseline", "ours"):  # same order every time; the baseline goes first
+                    result[who] = calls(ep, numbers[who], n, together=together)
+                    time.sleep(2)
+                rows.append((label, n, result))
+                print(_row(label, n, result), flush=True)
+    print("\n" + _table(rows))
+    return 0
+
+
+def _fmt(times: list[float], lost: int) -> dict[str, float]:
+    nan = float("nan")
+    return {
+        "answered": len(times),
+        "lost": lost,
+        "p50": pct(times, 50),
+        "p95": pct(times, 95),
+        "max": max(times) if times else nan,
+    }
+
+
+def _cells(f: dict[str, float]) -> str:
+    return f"{f['answered']:.0f}/{f['lost']:.0f} | {f['p50']:.2f} / {f['p95']:.2f} / {f['max']:.2f}"
+
+
+def _row(label: str, n: int, result: dict[str, tuple[list[float], int]]) -> str:
+    o, b = _fmt(*result["ours"]), _fmt(*result["baseline"])
+    return f"{label} (n={n}): ours {_cells(o)} | baseline {_cells(b)} | p50 x{o['p50'] / b['p50']:.2f}"
+
+
+def _table(rows: list[tuple[str, int, dict[str, tuple[list[float], int]]]]) -> str:
+    out = [
+        "| calls | ours answered/lost | ours p50 / p95 / max (s) | baseline answered/lost "
+        "| baseline p50 / p95 / max (s) | p50 ratio | p95 ratio |",
+        "|" + "---|" * 7,
+    ]
+    for label, _, result in rows:
+        o, b = _fmt(*result["ours"]), _fmt(*result["baseline"])
+        out.append(f"| {label} | {_cells(o)} | {_cells(b)} | {o['p50'] / b['p50']:.2f} | {o['p95'] / b['p95']:.2f} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
