@@ -145,6 +145,7 @@ async def entrypoint(ctx: JobContext) -> None:
     warns = [*settings.default_warnings, *parsed.warnings]
 
     await ctx.connect()
+    connect_ms = (time.perf_counter() - started) * 1000
 
     sip_p = _sip_participant(ctx.room)
     dialled = False
@@ -165,6 +166,7 @@ async def entrypoint(ctx: JobContext) -> None:
             await _end_job(ctx, meta, "no_caller", f"no caller joined within {settings.participant_wait:g}s")
             return
 
+    caller_at = time.perf_counter()
     sip = SipFacts.from_attributes(sip_p.identity, sip_p.attributes) if sip_p is not None else None
     facts: CallFacts = call_facts(meta, sip, dialled=dialled)
     attr_layer: AgentConfig | None = None
@@ -189,7 +191,7 @@ async def entrypoint(ctx: JobContext) -> None:
         fallbacks={k: r.fallback_reason for k, r in models.items() if r.fallback_reason},
         warnings=tuple(warns),
     )
-    resolve_ms = (time.perf_counter() - started) * 1000
+    resolve_ms = (time.perf_counter() - caller_at) * 1000  # caller known -> configuration resolved
     for w in warns:
         logger.warning("metadata problem (ignored, falling back)", extra={"room": ctx.room.name, **w.as_dict()})
     for problem in fallback_problems:
@@ -201,10 +203,14 @@ async def entrypoint(ctx: JobContext) -> None:
             "config": json.dumps(resolved.describe(), sort_keys=True),
             "config_hash": resolved.hash,
             "metadata_parse_ms": round(parse_ms, 3),
+            "connect_ms": round(connect_ms, 1),
             "resolve_ms": round(resolve_ms, 3),
         },
     )
-    await _set_attributes(ctx, {**resolved.attributes(), ATTR_CALL_STATUS: "active" if sip_p else "no_caller"})
+    # Published while the session starts: the caller is answered when the agent's audio track is up.
+    published = asyncio.create_task(
+        _set_attributes(ctx, {**resolved.attributes(), ATTR_CALL_STATUS: "active" if sip_p else "no_caller"})
+    )
 
     cfg = merged.config
     session: AgentSession = AgentSession(
@@ -228,6 +234,12 @@ async def entrypoint(ctx: JobContext) -> None:
         room_options=room_options,
         record=False,
     )
+    await published
+    logger.info(
+        "agent ready",  # audio track published, attributes set: the bridge answers the caller now
+        extra={"room": ctx.room.name, "ready_ms": round((time.perf_counter() - started) * 1000, 1),
+               "from_caller_ms": round((time.perf_counter() - caller_at) * 1000, 1)},
+    )  # fmt: skip
     if cfg.send_greeting is not False:
         session.generate_reply(instructions=cfg.greeting_instructions or "")
 
