@@ -27,21 +27,26 @@ Call-ID: [call_id]
 Contact: sip:{caller}@[local_ip]:[local_port]
 Max-Forwards: 70"""
 
-_INVITE = """INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-{headers}
-CSeq: {cseq} INVITE
-{extra}{auth}Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
+SDP_PCMU = """v=0
 o=siphon 53655765 2353687637 IN IP[local_ip_type] [local_ip]
 s=-
 c=IN IP[media_ip_type] [media_ip]
 t=0 0
 m=audio [media_port] RTP/AVP 0
 a=rtpmap:0 PCMU/8000
+"""  # an audio offer or answer in sipp's keywords: one PCMU stream on sipp's media port
+
+_INVITE = (
+    """INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+{headers}
+CSeq: {cseq} INVITE
+{extra}{auth}Content-Type: application/sdp
+Content-Length: [len]
+
 """
+    + SDP_PCMU
+)
 
 _IN_DIALOG = """{method} sip:[service]@[remote_ip]:[remote_port] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]

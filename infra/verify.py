@@ -5,8 +5,9 @@ Call-ID of its own. The check finds *that* call's room (the caller's participant
 ``sip.callIDFull``), waits for *that* room's agent to publish its resolved configuration (``siphon.*``
 attributes), compares them with what the stack declares (agent name, route, called number, instructions
 and greeting by hash, the model of each kind, computed exactly as the worker merges them), then hangs up
-by deleting the room, which makes the bridge send BYE. Time to answer runs from the INVITE to the
-attributes.
+by deleting the room, which makes the bridge send BYE. Time to answer is the caller's: from the INVITE
+sent to the 200 OK, which livekit-sip sends once the agent's audio is in the room (the worker publishes
+its attributes together with its audio track; verify waits for both).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ class Outcome:
     agent: str
     ok: bool
     detail: str
-    seconds: float  # INVITE to the agent's attributes (or to the failure)
+    seconds: float  # INVITE sent to answered (200 OK, sent once the agent's audio and attributes are up)
 
 
 def _no_answer(exp: Expectation, seen: Observation, timeout: float) -> str:
@@ -208,7 +209,8 @@ async def _verify(exp: Expectation, sip_address: str, timeout: float, source_ip:
         end = await asyncio.to_thread(call.wait, HANGUP_WAIT)
     finally:
         await lk.aclose()
-    took = seen.answered_after or (time.monotonic() - call.started)
+    # The caller's own clock (sipp's trace: INVITE sent -> 200 OK) when it was answered; else what we saw.
+    took = end.answered_after or seen.answered_after or (time.monotonic() - call.started)
     if not seen.room:
         why = end.reason if not end.completed else "the call ended before reaching a room"
         return Outcome(exp.route, exp.number, exp.agent_name, False, f"the call reached no room: {why}", took)

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.sipp import sipp_binary
+from infra.sipp import SDP_PCMU, sipp_binary
 
 _REPLY = """SIP/2.0 {status}
 [last_Via:]
@@ -20,18 +20,9 @@ _REPLY = """SIP/2.0 {status}
 {extra}Content-Length: {length}
 """
 
-_SDP = """
-v=0
-o=carrier 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-a=rtpmap:0 PCMU/8000"""
-
 
 def _send(status: str, extra: str = "", sdp: bool = False, attrs: str = "") -> str:
-    text = _REPLY.format(status=status, extra=extra, length="[len]" if sdp else "0") + (_SDP if sdp else "")
+    text = _REPLY.format(status=status, extra=extra, length="[len]" if sdp else "0") + ("\n" + SDP_PCMU if sdp else "")
     return f"<send{attrs}><![CDATA[\n{text}\n]]></send>"
 
 
