@@ -25,6 +25,7 @@ from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobExecutorType, cli, room_io
 
+from worker import end_call, turns
 from worker.config import (
     OVERRIDES_ATTRIBUTE,
     CallFacts,
@@ -187,8 +188,7 @@ async def entrypoint(ctx: JobContext) -> None:
         llm=models["llm"].component,
         stt=models["stt"].component,
         tts=models["tts"].component,
-        vad=None,  # no VAD model weights; the STT drives turns
-        turn_handling={"turn_detection": "stt"},
+        **turns.session_options(cfg),  # Silero VAD (model inside the wheel) and the layers' turn-taking settings
     )
 
     @session.on("close")
@@ -199,7 +199,7 @@ async def entrypoint(ctx: JobContext) -> None:
         room_io.RoomOptions(participant_identity=sip_p.identity) if sip_p is not None else room_io.RoomOptions()
     )
     await session.start(
-        agent=Agent(instructions=cfg.system_instructions or ""),
+        agent=Agent(instructions=cfg.system_instructions or "", tools=end_call.tools(cfg)),
         room=ctx.room,
         room_options=room_options,
         record=False,
