@@ -191,6 +191,8 @@ async def entrypoint(ctx: JobContext) -> None:
         **turns.session_options(cfg),  # Silero VAD (model inside the wheel) and the layers' turn-taking settings
     )
 
+    turns.report(session, ctx.room.local_participant, room=ctx.room.name)
+
     @session.on("close")
     def _on_close(_: object) -> None:
         ctx.shutdown(reason="session closed")

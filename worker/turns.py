@@ -15,13 +15,19 @@ options (``session_options``) import livekit-agents lazily.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    from livekit import rtc
+    from livekit.agents import AgentSession, ConversationItemAddedEvent, UserStateChangedEvent
     from livekit.agents import vad as lk_vad
+
+logger = logging.getLogger("siphon.worker")
 
 Seconds = float
 
@@ -114,3 +120,48 @@ def session_options(layer: TurnTaking) -> dict[str, Any]:
 def attributes(layer: TurnTaking) -> dict[str, str]:
     """The resolved settings as ``siphon.*`` participant attribute values (without the prefix)."""
     return {name: str(v).lower() if isinstance(v, bool) else f"{v:g}" for name, v in resolved(layer).items()}
+
+
+ATTR_CALLER_SPEECH = "siphon.caller_speech"
+"""Agent attribute: how many times VAD has detected the caller starting to speak in this call."""
+ATTR_INTERRUPTED = "siphon.interrupted"
+"""Agent attribute: how many of the agent's utterances the caller interrupted in this call."""
+ATTR_UTTERANCES = "siphon.agent_utterances"
+"""Agent attribute: how many utterances the agent has finished or been interrupted in, in this call."""
+
+
+def report(session: AgentSession, participant: rtc.LocalParticipant, *, room: str) -> None:
+    """Log and publish (``siphon.caller_speech``, ``siphon.interrupted``, ``siphon.agent_utterances`` attributes)
+    what turn-taking did: caller speech detected by VAD, agent utterances, those the caller cut short."""
+    counts = {ATTR_CALLER_SPEECH: 0, ATTR_INTERRUPTED: 0, ATTR_UTTERANCES: 0}
+    pending: set[asyncio.Task[None]] = set()
+
+    def bump(*attrs: str, message: str) -> None:
+        for attr in attrs:
+            counts[attr] += 1
+        logger.info(message, extra={"room": room, **{a.removeprefix("siphon."): counts[a] for a in attrs}})
+        task = asyncio.create_task(_publish(participant, {k: str(v) for k, v in counts.items()}))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    @session.on("user_state_changed")
+    def _user(ev: UserStateChangedEvent) -> None:
+        if ev.new_state == "speaking":
+            bump(ATTR_CALLER_SPEECH, message="caller speech detected (VAD)")
+
+    @session.on("conversation_item_added")
+    def _item(ev: ConversationItemAddedEvent) -> None:
+        from livekit.agents.llm import ChatMessage
+
+        if isinstance(ev.item, ChatMessage) and ev.item.role == "assistant":
+            if ev.item.interrupted:
+                bump(ATTR_UTTERANCES, ATTR_INTERRUPTED, message="agent speech interrupted by the caller")
+            else:
+                bump(ATTR_UTTERANCES, message="agent utterance finished")
+
+
+async def _publish(participant: rtc.LocalParticipant, attrs: dict[str, str]) -> None:
+    try:
+        await participant.set_attributes(attrs)
+    except Exception as err:  # the room may be gone at the end of a call
+        logger.debug("could not publish turn-taking attributes", extra={"error": type(err).__name__})
