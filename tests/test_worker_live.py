@@ -81,7 +81,9 @@ class WorkerProc:
 
     def errors(self) -> list[str]:
         """ERROR/CRITICAL log records, except teardown noise after a test deletes a room mid-call: the rtc engine's
-        data-channel errors and (intermittently, under load) a job process exiting 255 after "room disconnected".
+        data-channel errors, its publisher renegotiation meeting the closed connection (since VAD runs, the agent's
+        session does more at start), and (intermittently, under load) a job process exiting 255 after "room
+        disconnected".
         Both happen after the call was answered and ended; the worker process itself keeps running."""
         out = []
         for line in self.text().splitlines():
@@ -90,7 +92,8 @@ class WorkerProc:
             except ValueError:
                 continue
             msg = rec.get("message", "")
-            teardown = "data channel" in msg or msg.startswith("process exited with non-zero exit code")
+            teardown = ("data channel" in msg or msg.startswith("process exited with non-zero exit code")
+                        or ("failed to negotiate the publisher" in msg and "wrong state: closed" in msg))  # fmt: skip
             if rec.get("level") in ("ERROR", "CRITICAL") and not teardown:
                 out.append(rec["message"][:500])
         return out
