@@ -69,16 +69,25 @@ def _cdata(text: str) -> str:
     return f"<![CDATA[\n{text}\n]]>"
 
 
+@dataclass(frozen=True)
+class CallerAudio:
+    """What the caller says: raw 8 kHz mu-law (PCMU) audio, played once ``after_s`` seconds into the answered call."""
+
+    path: Path
+    after_s: float = 0.0
+
+
 def scenario(
     caller: str,
     headers: dict[str, str] | None = None,
     *,
     auth: tuple[str, str] | None = None,
     hold_ms: int = 30000,
+    audio: CallerAudio | None = None,
 ) -> str:
     """A sipp UAC scenario: INVITE (PCMU) from ``caller`` with extra headers, answer a digest challenge with
-    ``auth`` (username, password) when given, then hold until the far end sends BYE or ``hold_ms`` passes,
-    and hang up with BYE. Credentials live only in the scenario file, never on a command line."""
+    ``auth`` (username, password) when given, then (with ``audio``) speak, hold until the far end sends BYE or
+    ``hold_ms`` passes, and hang up with BYE. Credentials live only in the scenario file, never on a command line."""
     extra = "".join(f"{k}: {v}\n" for k, v in (headers or {}).items())
     user = caller.lstrip("+")
     common = {"caller": user}
@@ -112,6 +121,13 @@ def scenario(
     steps += [
         '<label id="answered"/>',
         f"<send>{_cdata(_IN_DIALOG.format(method='ACK', headers=answered, cseq=cseq))}</send>",
+    ]
+    if audio:  # sipp streams the file as RTP (payload type 0) in the background; the wait for BYE starts at once
+        steps += [
+            f'<pause milliseconds="{int(audio.after_s * 1000)}"/>',
+            f'<nop><action><exec rtp_stream="{audio.path.name},1,0"/></action></nop>',
+        ]
+    steps += [
         f'<recv request="BYE" timeout="{hold_ms}" ontimeout="hangup"/>',
         f'<send next="done">{_cdata(_OK_TO_BYE)}</send>',
         '<label id="hangup"/>',
@@ -214,13 +230,17 @@ def place(
     source_ip: str | None = "127.0.0.1",
     hold_s: float = 30.0,
     answer_timeout_s: float = 20.0,
+    audio: CallerAudio | None = None,
 ) -> SippCall:
-    """Start one synthetic call to ``number`` through the bridge at ``sip_address`` (host:port, UDP)."""
+    """Start one synthetic call to ``number`` through the bridge at ``sip_address`` (host:port, UDP); with
+    ``audio`` the caller speaks (see ``CallerAudio``)."""
     sipp = sipp_binary()
     tmp = tempfile.TemporaryDirectory(prefix="siphon-sipp-")
     work = Path(tmp.name)
     call_id = f"siphon-{uuid.uuid4().hex}"
-    (work / "uac.xml").write_text(scenario(caller, headers, auth=auth, hold_ms=int(hold_s * 1000)))
+    (work / "uac.xml").write_text(scenario(caller, headers, auth=auth, hold_ms=int(hold_s * 1000), audio=audio))
+    if audio:
+        shutil.copyfile(audio.path, work / audio.path.name)
     argv = [
         sipp, "-sf", "uac.xml", "-s", number, *(["-i", source_ip] if source_ip else []), "-m", "1",
         "-cid_str", call_id, "-nostdin", "-trace_err", "-trace_msg", "-recv_timeout", str(int(answer_timeout_s * 1000)),

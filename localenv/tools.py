@@ -47,7 +47,24 @@ DEBIAN_PACKAGES = (
     "libopusfile-dev",
     "libsoxr-dev",
     "espeak-ng",  # the worker's offline TTS
+    "sox",  # caller audio for real calls (espeak-ng speech as 8 kHz mu-law)
+    "podman",  # builds and runs the worker image (no Docker engine here)
+    "runc",  # podman's runtime here (crun fails on cgroup v1)
+    "debootstrap",  # the image's base, made from Debian packages when no registry is reachable
 )
+
+
+# The worker image's base where no registry is reachable: Debian bookworm (python3 = 3.11, the project's
+# Python) from Debian packages, imported into podman. Tagged by a key of these inputs; rebuilt when they change.
+BASE_SUITE = "bookworm"
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+BASE_SOURCES = (
+    "deb {mirror} bookworm main",
+    "deb {mirror} bookworm-updates main",
+    "deb {security} bookworm-security main",
+)
+DEBIAN_MIRROR_ENV = "SIPHON_DEBIAN_MIRROR"  # default http://deb.debian.org/debian
+CONTAINERS_CONF = REPO / "localenv" / "containers.conf"  # podman settings that work here (runc, cgroupfs, no ulimits)
 
 
 def cache_root() -> Path:
@@ -337,6 +354,68 @@ def sync_python_env() -> None:
     _run([uv, "sync", "--frozen", "--quiet"], cwd=REPO, env=env)
 
 
+def container_env() -> dict[str, str]:
+    """Environment for podman: the project's containers.conf (an explicit CONTAINERS_CONF wins)."""
+    return {"CONTAINERS_CONF": str(CONTAINERS_CONF), **os.environ}
+
+
+def container_engine() -> str:
+    """The container engine to build and run images with: a working docker, else podman (set-up installs it)."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "info"], capture_output=True, timeout=30, check=False).returncode == 0:
+        return docker
+    podman = shutil.which("podman")
+    if podman:
+        return podman
+    raise ToolError("no container engine: run `./dev setup` (Debian packages podman runc debootstrap) or start docker")
+
+
+def base_image_ref() -> str:
+    """The locally built base image (podman), tagged with a key of its inputs."""
+    key = hashlib.sha256(repr((BASE_SUITE, BASE_PACKAGES, BASE_SOURCES)).encode()).hexdigest()[:12]
+    return f"localhost/siphon-base:{BASE_SUITE}-{key}"
+
+
+def _podman_has(ref: str) -> bool:
+    cmd = ["podman", "image", "exists", ref]
+    return subprocess.run(cmd, env=container_env(), capture_output=True, check=False).returncode == 0
+
+
+def install_base_image() -> None:
+    """Build the worker image's base from Debian packages (debootstrap) and import it into podman.
+
+    Nothing to do with a working docker engine: the Dockerfile's default base comes from its registry.
+    """
+    if Path(container_engine()).name == "docker" or _podman_has(ref := base_image_ref()):
+        return
+    debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
+    if not os.access(debootstrap, os.X_OK):
+        raise ToolError("debootstrap is not installed: run `./dev setup` as root (Debian package debootstrap)")
+    if os.geteuid() != 0:
+        raise ToolError("building the base image needs root (debootstrap and podman's image store): run as root")
+    mirror = os.environ.get(DEBIAN_MIRROR_ENV, "http://deb.debian.org/debian")
+    security = mirror.removesuffix("/debian") + "/debian-security" if mirror.endswith("/debian") else mirror
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".base-", dir=cache_root()) as tmp:
+        rootfs = Path(tmp) / "rootfs"
+        _run([debootstrap, "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", BASE_SUITE, rootfs, mirror],
+             stdout=subprocess.DEVNULL)  # fmt: skip
+        lines = (line.format(mirror=mirror, security=security) for line in BASE_SOURCES)
+        (rootfs / "etc" / "apt" / "sources.list").write_text("\n".join(lines) + "\n")
+        for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for f in (rootfs / cache).glob("*"):
+                if f.is_file():
+                    f.unlink()
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        try:
+            _run(["podman", "import", "--change", "CMD [\"/bin/bash\"]", "-", ref], stdin=tar.stdout,
+                 env=container_env(), stdout=subprocess.DEVNULL)  # fmt: skip
+        finally:
+            assert tar.stdout is not None
+            tar.stdout.close()
+            tar.wait()
+
+
 # Installed in this order; set-up stops at the first failure, whose message says what to install.
 STEPS: tuple[tuple[str, Callable[[], None]], ...] = (
     ("debian packages", install_debian_packages),
@@ -345,6 +424,7 @@ STEPS: tuple[tuple[str, Callable[[], None]], ...] = (
     ("pulumi", install_pulumi),
     ("livekit-server", install_livekit_server),
     ("livekit-sip", install_livekit_sip),
+    ("worker base image", install_base_image),
 )
 
 

@@ -88,6 +88,10 @@ def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit
         "siphon-local-sales-agent",
         "siphon-local-support-agent",
     ]
+    for arn in services:  # tasks run the image pinned by digest
+        taskdef = ecs.describe_services(cluster="siphon-local", services=[arn])["services"][0]["taskDefinition"]
+        image = ecs.describe_task_definition(taskDefinition=taskdef)["taskDefinition"]["containerDefinitions"][0]
+        assert "@sha256:" in image["image"], image["image"]
     assert outputs["agents"] == {
         "support-agent": "ecs+local",
         "sales-agent": "ecs+local",

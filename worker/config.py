@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from worker import end_call, turns
 from worker.metadata import (
     MODEL_KINDS,
     SCHEMA_VERSION,
@@ -43,6 +44,7 @@ from worker.metadata import (
     ModelKind,
     parse_agent_config,
 )
+from worker.turns import TURN_FIELDS
 
 LayerName = Literal["default", "route", "call"]
 ATTR_PREFIX = "siphon."
@@ -80,6 +82,8 @@ DEFAULTS_ENV: dict[str, str] = {
     "system_instructions": "SIPHON_SYSTEM_INSTRUCTIONS",
     "greeting_instructions": "SIPHON_GREETING_INSTRUCTIONS",
     "send_greeting": "SIPHON_SEND_GREETING",
+    "end_call": "SIPHON_END_CALL",
+    **{name: f"SIPHON_{name.upper()}" for name in TURN_FIELDS},  # SIPHON_ALLOW_INTERRUPTIONS, ...
 }
 
 
@@ -97,6 +101,8 @@ def defaults_env(layer: AgentConfig) -> dict[str, str]:
             out[var] = "true" if value else "false"
         elif isinstance(value, str):
             out[var] = value
+        elif isinstance(value, int | float):
+            out[var] = repr(value)
         else:  # a provider dict
             out[var] = json.dumps(value.model_dump(mode="json"), separators=(",", ":"))
     return out
@@ -108,7 +114,8 @@ class WorkerSettings:
 
     ``SIPHON_AGENT_NAME`` (or livekit-agents' ``LIVEKIT_AGENT_NAME``): the agent name to register.
     ``SIPHON_DEFAULT_LLM`` / ``_STT`` / ``_TTS``: default model specs (strings, or provider-dict JSON).
-    ``SIPHON_SYSTEM_INSTRUCTIONS``, ``SIPHON_GREETING_INSTRUCTIONS``, ``SIPHON_SEND_GREETING``.
+    ``SIPHON_SYSTEM_INSTRUCTIONS``, ``SIPHON_GREETING_INSTRUCTIONS``, ``SIPHON_SEND_GREETING``, ``SIPHON_END_CALL``,
+    and one ``SIPHON_<FIELD>`` per turn-taking field of ``worker.turns.TurnTaking`` (``SIPHON_ALLOW_INTERRUPTIONS``...).
     ``SIPHON_RING_TIMEOUT`` (outbound answer wait, s), ``SIPHON_PARTICIPANT_WAIT`` (inbound wait for the
     SIP participant, s; a job whose caller has not joined by then ends), ``SIPHON_HTTP_PORT`` /
     ``SIPHON_HTTP_HOST`` (health server), ``SIPHON_JOB_EXECUTOR`` (process|thread),
@@ -143,6 +150,8 @@ class WorkerSettings:
             "system_instructions": env.get(DEFAULTS_ENV["system_instructions"]) or DEFAULT_SYSTEM_INSTRUCTIONS,
             "greeting_instructions": env.get(DEFAULTS_ENV["greeting_instructions"]) or DEFAULT_GREETING_INSTRUCTIONS,
             "send_greeting": env.get(DEFAULTS_ENV["send_greeting"], "true").strip().lower() not in ("0", "false", "no"),
+            # end_call and turn-taking: validated (pydantic reads "0.5", "false") by parse_agent_config below
+            **{name: env[DEFAULTS_ENV[name]] for name in ("end_call", *TURN_FIELDS) if env.get(DEFAULTS_ENV[name])},
         }
         defaults, warnings = parse_agent_config(raw, path="defaults")
         idle = env.get("SIPHON_NUM_IDLE_PROCESSES")
@@ -357,6 +366,7 @@ class ResolvedCall:
             "greeting_instructions_sha": text_sha(cfg.greeting_instructions) or "",
         }
         attrs.update({kind: self.models.get(kind, "") for kind in MODEL_KINDS})
+        attrs.update(turns.attributes(cfg), end_call=str(end_call.enabled(cfg)).lower())
         return {ATTR_PREFIX + k: v for k, v in attrs.items()}
 
 

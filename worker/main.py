@@ -26,6 +26,7 @@ from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobExecutorType, JobProcess, cli, room_io
 
+from worker import end_call, turns
 from worker.config import (
     OVERRIDES_ATTRIBUTE,
     CallFacts,
@@ -116,7 +117,7 @@ async def _set_attributes(ctx: JobContext, attrs: dict[str, str]) -> None:
 
 
 def prewarm(proc: JobProcess) -> None:
-    """Once per job process, before it is handed a call: read settings, import and build the default models."""
+    """Once per job process, before it is handed a call: read settings, build the default models, load VAD."""
     settings = WorkerSettings.from_env()
     proc.userdata["settings"] = settings
     proc.userdata["models"] = {
@@ -124,6 +125,7 @@ def prewarm(proc: JobProcess) -> None:
         for kind in MODEL_KINDS
         if not (r := registry.resolve(kind, getattr(settings.defaults, kind), None)).fallback_reason
     }
+    turns.session_options(settings.defaults)  # loads Silero VAD for the default turn-taking (cached per process)
 
 
 async def _end_job(ctx: JobContext, meta: CallMetadata, status: str, reason: str) -> None:
@@ -217,9 +219,10 @@ async def entrypoint(ctx: JobContext) -> None:
         llm=models["llm"].component,
         stt=models["stt"].component,
         tts=models["tts"].component,
-        vad=None,  # no VAD model weights; the STT drives turns
-        turn_handling={"turn_detection": "stt"},
+        **turns.session_options(cfg),  # Silero VAD (model inside the wheel) and the layers' turn-taking settings
     )
+
+    turns.report(session, ctx.room.local_participant, room=ctx.room.name)
 
     @session.on("close")
     def _on_close(ev: object) -> None:  # the caller hung up (close_on_disconnect), or the session failed
@@ -229,7 +232,7 @@ async def entrypoint(ctx: JobContext) -> None:
         room_io.RoomOptions(participant_identity=sip_p.identity) if sip_p is not None else room_io.RoomOptions()
     )
     await session.start(
-        agent=Agent(instructions=cfg.system_instructions or ""),
+        agent=Agent(instructions=cfg.system_instructions or "", tools=end_call.tools(cfg)),
         room=ctx.room,
         room_options=room_options,
         record=False,

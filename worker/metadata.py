@@ -35,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 
+from worker.turns import TurnTaking
+
 SCHEMA_VERSION = 1
 """Current version of the metadata schema. Readers accept older versions and warn on newer ones."""
 
@@ -139,8 +141,9 @@ ModelSpec = SpecString | ProviderSpec
 """A model spec: a LiveKit model string or a SIPHON provider dict."""
 
 
-class AgentConfig(BaseModel):
-    """One configuration layer (SIPHON's ``agent_config``): models, instructions and greeting.
+class AgentConfig(TurnTaking):
+    """One configuration layer (SIPHON's ``agent_config``): models, instructions, greeting, turn-taking
+    (``worker.turns.TurnTaking``, SIPHON's keyword names) and the end-call tool.
 
     ``None`` (or an absent key) means "inherit from the layer below". SIPHON's truthy-wins rule also
     applies to the empty string and to blank instructions: they inherit too (see ``worker.config``).
@@ -155,6 +158,9 @@ class AgentConfig(BaseModel):
     greeting_instructions: Instructions | None = None
     send_greeting: bool | None = Field(
         default=None, description="Whether the agent speaks first. Extension to SIPHON; null inherits."
+    )
+    end_call: bool | None = Field(
+        default=None, description="Whether the agent has the end-call (hang up) tool; default true; null inherits."
     )
 
 

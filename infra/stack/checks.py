@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import product
 
+from infra.ecs.validation import IMAGE_RE
 from infra.stack.load import Problem, _line_of
 from infra.stack.model import StackFile
 from worker.metadata import AgentConfig
@@ -142,6 +143,19 @@ def _security_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
                 )
 
 
+def _image_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """Outside `local`, ECS tasks run an image pinned by digest (a tag can be moved to other code)."""
+    if stack.environment == LOCAL:
+        return
+    for key, agent in stack.agents.items():
+        m = IMAGE_RE.match(agent.ecs.image) if agent.ecs else None
+        if agent.ecs and not (m and m.group("digest")):
+            yield (
+                f"agents.{key}.ecs.image",
+                f"outside `{LOCAL}` pin the image by digest (<repository>@sha256:<digest>; `./dev image` prints it)",
+            )
+
+
 def _spec_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
     """Model specs the worker can resolve."""
     for key, agent in stack.agents.items():
@@ -164,7 +178,7 @@ def _spec_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
 
 
 CHECKS = (_agent_problems, _trunk_reference_problems, _trunk_conflicts, _rule_conflicts, _security_problems,
-          _spec_problems)  # fmt: skip
+          _image_problems, _spec_problems)  # fmt: skip
 
 
 def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:

@@ -1,0 +1,240 @@
+"""The worker image, built here and run: it answers a real SIP call, runs as non-root, answers its health check,
+drains a running call on SIGTERM, and holds no secrets and no test code.
+
+The image is built with ``localenv.image.build`` (what ``./dev image`` runs: docker if its engine runs, else
+podman on the base ``./dev setup`` made from Debian packages; layer-cached, so a warm build only checks its
+layers). Each container runs on the host network against the session's livekit-server, as the worker of one
+route: a trunk and dispatch rule made for it, called by sipp through the real livekit-sip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from livekit import api
+
+from infra import sipp
+from infra.verify import Observation, observe
+from localenv import image as worker_image
+from localenv import tools
+from localenv.manager import Endpoints, LocalEnv
+from localenv.ports import free_tcp_port
+from tests.test_worker_live import CALLER, WAIT, _inbound_route
+from worker.config import text_sha
+from worker.metadata import AgentConfig, RouteMetadata
+
+SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|API_KEY|CREDENTIAL)", re.IGNORECASE)
+FIGURES: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def built() -> Iterator[worker_image.BuiltImage]:
+    try:
+        img = worker_image.build()
+    except tools.ToolError as e:
+        pytest.fail(f"cannot build the worker image: {e}")
+    except subprocess.CalledProcessError as e:
+        pytest.fail(f"the worker image did not build:\n{(e.stdout or '')[-3000:]}\n{(e.stderr or '')[-3000:]}")
+    FIGURES["build"] = img.summary()
+    yield img
+    print("\nworker image: " + "; ".join(f"{k}: {v}" for k, v in FIGURES.items()))
+
+
+@dataclass
+class Container:
+    """A worker container running in the foreground of a ``<engine> run`` process."""
+
+    engine: str
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    agent_name: str
+    http_port: int
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def cmd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.engine, *args], env=worker_image.engine_env(), capture_output=True, text=True,
+                              timeout=60, check=False)  # fmt: skip
+
+    def wait_for_log(self, needle: str, timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.text():
+                return
+            assert self.proc.poll() is None, f"container exited ({self.proc.returncode}):\n{self.text()[-3000:]}"
+            time.sleep(0.1)
+        raise AssertionError(f"{needle!r} not logged within {timeout}s:\n{self.text()[-3000:]}")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.cmd("stop", "-t", "30", self.name)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.cmd("rm", "-f", self.name)
+                self.proc.wait(timeout=20)
+        return self.proc.returncode
+
+
+def run_container(img: worker_image.BuiltImage, ep: Endpoints, log: Path, **env: str) -> Container:
+    """Start the image as the worker of a fresh agent name; LiveKit credentials are passed by name only (their
+    values come from the engine's environment, never its command line)."""
+    name = f"siphon-worker-{uuid.uuid4().hex[:8]}"
+    agent_name = f"siphon-image-{uuid.uuid4().hex[:6]}"
+    port = free_tcp_port()
+    settings = {"SIPHON_AGENT_NAME": agent_name, "SIPHON_HTTP_PORT": str(port), "SIPHON_HTTP_HOST": "127.0.0.1",
+                "SIPHON_MAX_JOBS": "20", "SIPHON_DRAIN_TIMEOUT": "60", **env}  # fmt: skip
+    argv = [img.engine, "run", "--rm", "--name", name, "--network", "host", "--stop-timeout", "60",
+            *(a for k in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") for a in ("-e", k)),
+            *(a for k, v in settings.items() for a in ("-e", f"{k}={v}")), img.ref]  # fmt: skip
+    out = log.open("wb")
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, env={**worker_image.engine_env(), **ep.env()}, stdout=out, stderr=subprocess.STDOUT)
+    out.close()
+    c = Container(img.engine, name, proc, log, agent_name, port)
+    try:
+        c.wait_for_log('"registered worker"', timeout=90)
+    except BaseException:
+        c.stop()
+        raise
+    FIGURES.setdefault("container start to worker registered", f"{time.monotonic() - started:.1f}s")
+    return c
+
+
+@pytest.fixture(scope="module")
+def container(
+    built: worker_image.BuiltImage, local_env: LocalEnv, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Container]:
+    ep = local_env.endpoints
+    assert ep is not None
+    c = run_container(built, ep, tmp_path_factory.mktemp("image") / "container.log")
+    yield c
+    assert c.stop() == 0, c.text()[-3000:]
+
+
+def answered_call(
+    ep: Endpoints, agent_name: str, number: str, route: RouteMetadata, during: Callable[[str], None] | None = None
+) -> tuple[Observation, sipp.CallEnd, str]:
+    """One real inbound call through the bridge to ``agent_name`` on a route of its own; ``during(room)`` runs once
+    the agent answered, before the room is deleted (which makes the bridge send BYE)."""
+    trunk_id, rule_id = asyncio.run(_inbound_route(ep, agent_name, number, route.to_json()))
+
+    async def scenario() -> tuple[Observation, sipp.CallEnd]:
+        lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
+        try:
+            call = sipp.place(ep.sip_address, number, caller=CALLER, hold_s=WAIT + 60)
+            seen = await observe(lk, call, set(), WAIT)
+            if seen.room:
+                if during is not None:
+                    await asyncio.to_thread(during, seen.room)
+                await lk.room.delete_room(api.DeleteRoomRequest(room=seen.room))
+            return seen, await asyncio.to_thread(call.wait, 15)
+        finally:
+            await lk.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
+            await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
+            await lk.aclose()
+
+    seen, end = asyncio.run(scenario())
+    return seen, end, trunk_id
+
+
+def test_the_worker_in_the_image_answers_a_real_call_with_its_routes_configuration(
+    endpoints: Endpoints, container: Container
+) -> None:
+    number = "+15550199"
+    greeting = "Hello from the worker image."
+    route = RouteMetadata(route="image-route", called_number=number,
+                          agent_config=AgentConfig(tts="local/espeak-ng:en-gb", greeting_instructions=greeting))  # fmt: skip
+    seen, end, trunk_id = answered_call(endpoints, container.agent_name, number, route)
+    assert seen.attributes, container.text()[-3000:]
+    attrs = seen.attributes
+    assert attrs["siphon.agent_name"] == container.agent_name  # only the container registered this name
+    assert attrs["siphon.route"] == "image-route"
+    assert attrs["siphon.direction"] == "inbound"
+    assert attrs["siphon.called_number"] == number
+    assert attrs["siphon.trunk_id"] == trunk_id
+    assert attrs["siphon.tts"] == "local/espeak-ng:en-gb"
+    assert attrs["siphon.greeting_instructions_sha"] == text_sha(greeting)
+    assert attrs.get("siphon.fallbacks", "") == ""  # LiveKit drops empty attributes
+    assert end.completed, end
+    FIGURES["INVITE to answered (image worker)"] = f"{seen.answered_after:.2f}s"
+
+
+def test_the_image_runs_as_a_non_root_user_and_answers_its_health_checks(container: Container) -> None:
+    status = container.cmd("exec", container.name, "cat", "/proc/1/status")
+    assert status.returncode == 0, status.stderr
+    uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status.stdout, re.M)
+    assert uids and uids.groups() == ("10001", "10001"), status.stdout  # the worker process (PID 1) itself
+    with urllib.request.urlopen(f"http://127.0.0.1:{container.http_port}/", timeout=5) as r:
+        assert r.status == 200
+    health = container.cmd("healthcheck", "run", container.name)  # the image's own HEALTHCHECK command
+    assert health.returncode == 0, health.stdout + health.stderr
+
+
+def test_sigterm_drains_a_running_call_then_the_container_exits_0(
+    built: worker_image.BuiltImage, endpoints: Endpoints, tmp_path: Path
+) -> None:
+    c = run_container(built, endpoints, tmp_path / "drain.log")
+    observed: dict[str, bool] = {}
+
+    def sigterm_mid_call(room: str) -> None:
+        assert c.cmd("kill", "--signal", "TERM", c.name).returncode == 0
+        c.wait_for_log('"draining worker"')
+        observed["running while the call lasts"] = c.proc.poll() is None
+
+    try:
+        number = "+15550198"
+        seen, end, _ = answered_call(endpoints, c.agent_name, number, RouteMetadata(route="drain"), sigterm_mid_call)
+        assert seen.attributes, c.text()[-3000:]
+        assert observed == {"running while the call lasts": True}, c.text()[-3000:]
+        assert end.completed, end
+        c.proc.wait(timeout=WAIT)
+        assert c.proc.returncode == 0, c.text()[-3000:]
+    finally:
+        c.stop()
+
+
+def test_the_image_holds_no_secrets_and_no_test_code(built: worker_image.BuiltImage) -> None:
+    inspect = subprocess.run([built.engine, "image", "inspect", built.ref], env=worker_image.engine_env(),
+                             capture_output=True, text=True, check=True)  # fmt: skip
+    config = json.loads(inspect.stdout)[0]["Config"]
+    names = [e.split("=", 1)[0] for e in config.get("Env") or []]
+    assert not [n for n in names if SECRET_NAME.search(n)], names
+    assert config.get("User") == "10001:10001"
+    script = (
+        "import os, json\n"
+        "hits = []\n"
+        "for top in ('/app', '/root', '/home', '/src', '/tmp'):\n"
+        "    for d, dirs, files in os.walk(top):\n"
+        "        if '/site-packages' in d: continue\n"
+        "        for f in files:\n"
+        "            if f.startswith(('test_', '.env', 'Pulumi.', 'conftest')) or f.endswith(('.pem', '.key')):\n"
+        "                hits.append(os.path.join(d, f))\n"
+        "print(json.dumps({'app': sorted(os.listdir('/app')), 'worker': sorted(os.listdir('/app/worker')),"
+        " 'hits': hits}))\n"
+    )
+    run = subprocess.run([built.engine, "run", "--rm", "--network", "none", "--entrypoint", "python", built.ref,
+                          "-c", script], env=worker_image.engine_env(), capture_output=True, text=True, timeout=120,
+                         check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["app"] == [".venv", "worker"], seen
+    assert not {"tests", "localenv", "bench", "infra", "Dockerfile"} & set(seen["worker"]), seen
+    assert seen["hits"] == [], seen
+    for line in subprocess.run([built.engine, "history", "--no-trunc", "--format", "{{.CreatedBy}}", built.ref],
+                               env=worker_image.engine_env(), capture_output=True, text=True,
+                               check=True).stdout.splitlines():  # fmt: skip
+        assert "LIVEKIT_API_SECRET=" not in line and os.environ.get("LIVEKIT_API_SECRET", "\0") not in line, line

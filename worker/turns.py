@@ -1,0 +1,167 @@
+"""Voice activity detection and turn-taking: the settings (a configuration layer's fields) and the session options.
+
+The fields carry SIPHON's worker keyword names as-is (``allow_interruptions``, ``min_silence_duration``,
+``activation_threshold``, ``prefix_padding_duration``, ``min_endpointing_delay``, ``max_endpointing_delay``,
+``min_interruption_duration``), so a SIPHON ``Agent(...)`` keyword moves over unchanged into an agent's
+``defaults`` or a route's ``agent_config``. Unset fields inherit (the merge rule of ``worker.config``); what no
+layer sets takes SIPHON 0.1.4's values (``SIPHON_DEFAULTS``), so a migrated agent keeps its behaviour.
+
+VAD is Silero (``livekit-plugins-silero``): its ONNX model ships inside the wheel, so it runs offline. Turn
+detection and interruptions are VAD-driven (no turn-detector model, no network).
+
+``TurnTaking`` (the fields) imports only pydantic: ``worker.metadata`` and ``infra`` import it. The session
+options (``session_options``) import livekit-agents lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from livekit import rtc
+    from livekit.agents import AgentSession, ConversationItemAddedEvent, UserStateChangedEvent
+    from livekit.agents import vad as lk_vad
+
+logger = logging.getLogger("siphon.worker")
+
+Seconds = float
+
+
+class TurnTaking(BaseModel):
+    """Turn-taking fields of a configuration layer (SIPHON's keyword names; ``None`` inherits)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow_interruptions: bool | None = Field(
+        default=None, description="Whether the caller's speech (detected by VAD) interrupts the agent. SIPHON: true."
+    )
+    min_interruption_duration: Seconds | None = Field(
+        default=None, ge=0.05, le=10, description="Speech (s) needed before it interrupts the agent. SIPHON: 0.3."
+    )
+    min_silence_duration: Seconds | None = Field(
+        default=None, ge=0.05, le=10, description="VAD: silence (s) that ends a stretch of speech. SIPHON: 0.5."
+    )
+    activation_threshold: float | None = Field(
+        default=None, gt=0, lt=1, description="VAD: speech probability above which a frame is speech. SIPHON: 0.5."
+    )
+    prefix_padding_duration: Seconds | None = Field(
+        default=None, ge=0, le=5, description="VAD: audio (s) kept before detected speech. SIPHON: 0.3."
+    )
+    min_endpointing_delay: Seconds | None = Field(
+        default=None, ge=0, le=10, description="Least wait (s) after speech before the turn ends. SIPHON: 0.2."
+    )
+    max_endpointing_delay: Seconds | None = Field(
+        default=None, ge=0, le=30, description="Most wait (s) after speech before the turn ends. SIPHON: 0.6."
+    )
+
+
+TURN_FIELDS: tuple[str, ...] = tuple(TurnTaking.model_fields)
+
+SIPHON_DEFAULTS: dict[str, float | bool] = {
+    "allow_interruptions": True,
+    "min_interruption_duration": 0.3,
+    "min_silence_duration": 0.5,
+    "activation_threshold": 0.5,
+    "prefix_padding_duration": 0.3,
+    "min_endpointing_delay": 0.2,
+    "max_endpointing_delay": 0.6,
+}
+"""What applies when no layer sets a field: SIPHON 0.1.4's worker code values (its docs list others)."""
+
+
+def resolved(layer: TurnTaking) -> dict[str, float | bool]:
+    """Every turn-taking field of a merged layer, unset ones filled from ``SIPHON_DEFAULTS``.
+
+    A ``max_endpointing_delay`` below the ``min_endpointing_delay`` (each valid alone, set on different layers)
+    is raised to it.
+    """
+    out = {name: v if (v := getattr(layer, name)) is not None else SIPHON_DEFAULTS[name] for name in TURN_FIELDS}
+    out["max_endpointing_delay"] = max(out["max_endpointing_delay"], out["min_endpointing_delay"])
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def load_vad(min_silence_duration: float, activation_threshold: float, prefix_padding_duration: float) -> lk_vad.VAD:
+    """Silero VAD with these settings, loaded once per process and settings (the model is in the wheel)."""
+    from livekit.plugins import silero
+
+    return silero.VAD.load(
+        min_silence_duration=min_silence_duration,
+        activation_threshold=activation_threshold,
+        prefix_padding_duration=prefix_padding_duration,
+    )
+
+
+def session_options(layer: TurnTaking) -> dict[str, Any]:
+    """``AgentSession`` keyword arguments for a merged layer: Silero VAD and VAD-driven turns and interruptions."""
+    s = resolved(layer)
+    vad = load_vad(
+        float(s["min_silence_duration"]), float(s["activation_threshold"]), float(s["prefix_padding_duration"])
+    )
+    return {
+        "vad": vad,
+        "turn_handling": {
+            "turn_detection": "vad",
+            "endpointing": {"min_delay": s["min_endpointing_delay"], "max_delay": s["max_endpointing_delay"]},
+            "interruption": {
+                "enabled": bool(s["allow_interruptions"]),
+                "mode": "vad",  # "adaptive" needs LiveKit's inference service: not offline
+                "min_duration": s["min_interruption_duration"],
+            },
+        },
+    }
+
+
+def attributes(layer: TurnTaking) -> dict[str, str]:
+    """The resolved settings as ``siphon.*`` participant attribute values (without the prefix)."""
+    return {name: str(v).lower() if isinstance(v, bool) else f"{v:g}" for name, v in resolved(layer).items()}
+
+
+ATTR_CALLER_SPEECH = "siphon.caller_speech"
+"""Agent attribute: how many times VAD has detected the caller starting to speak in this call."""
+ATTR_INTERRUPTED = "siphon.interrupted"
+"""Agent attribute: how many of the agent's utterances the caller interrupted in this call."""
+ATTR_UTTERANCES = "siphon.agent_utterances"
+"""Agent attribute: how many utterances the agent has finished or been interrupted in, in this call."""
+
+
+def report(session: AgentSession, participant: rtc.LocalParticipant, *, room: str) -> None:
+    """Log and publish (``siphon.caller_speech``, ``siphon.interrupted``, ``siphon.agent_utterances`` attributes)
+    what turn-taking did: caller speech detected by VAD, agent utterances, those the caller cut short."""
+    counts = {ATTR_CALLER_SPEECH: 0, ATTR_INTERRUPTED: 0, ATTR_UTTERANCES: 0}
+    pending: set[asyncio.Task[None]] = set()
+
+    def bump(*attrs: str, message: str) -> None:
+        for attr in attrs:
+            counts[attr] += 1
+        logger.info(message, extra={"room": room, **{a.removeprefix("siphon."): counts[a] for a in attrs}})
+        task = asyncio.create_task(_publish(participant, {k: str(v) for k, v in counts.items()}))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    @session.on("user_state_changed")
+    def _user(ev: UserStateChangedEvent) -> None:
+        if ev.new_state == "speaking":
+            bump(ATTR_CALLER_SPEECH, message="caller speech detected (VAD)")
+
+    @session.on("conversation_item_added")
+    def _item(ev: ConversationItemAddedEvent) -> None:
+        from livekit.agents.llm import ChatMessage
+
+        if isinstance(ev.item, ChatMessage) and ev.item.role == "assistant":
+            if ev.item.interrupted:
+                bump(ATTR_UTTERANCES, ATTR_INTERRUPTED, message="agent speech interrupted by the caller")
+            else:
+                bump(ATTR_UTTERANCES, message="agent utterance finished")
+
+
+async def _publish(participant: rtc.LocalParticipant, attrs: dict[str, str]) -> None:
+    try:
+        await participant.set_attributes(attrs)
+    except Exception as err:  # the room may be gone at the end of a call
+        logger.debug("could not publish turn-taking attributes", extra={"error": type(err).__name__})
