@@ -117,6 +117,16 @@ def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit
     sut.stack.up()
     assert {r.name: r.sip_dispatch_rule_id for r in livekit_objects()["rules"]} == ids_before, "updated in place"
 
+    # a new worker image (another digest) for one agent: one update, and image is the field the preview names
+    new_image = doc["agents"]["sales-agent"]["ecs"]["image"].split("@")[0] + "@sha256:" + "1" * 64
+    edited["agents"]["sales-agent"]["ecs"]["image"] = new_image
+    sut.write(edited)
+    preview = sut.stack.preview(diff=True)
+    assert preview.change_summary.get("update") == 1, preview.change_summary
+    assert "~ image" in preview.stdout and new_image in preview.stdout, preview.stdout[-3000:]
+    edited["agents"]["sales-agent"]["ecs"]["image"] = doc["agents"]["sales-agent"]["ecs"]["image"]
+    sut.write(edited)
+
     # the Markdown summary for that kind of change renders
     edited["inbound_routes"]["support"]["context"] = {"line": "support", "v": 2}
     sut.write(edited)

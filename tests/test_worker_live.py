@@ -693,7 +693,7 @@ def test_abandoned_calls_end_their_jobs_and_the_worker_answers_the_next_call(
     """30 dispatches whose caller never joins (hung up while it rang), and one whose stand-in caller hangs up
     after the agent answered: every job ends by itself, saying why, and the next call is answered."""
     w = start_worker(endpoints, tmp_path / "abandon.log", f"siphon-abandon-{uuid.uuid4().hex[:6]}",
-                     SIPHON_MAX_JOBS="40", SIPHON_PARTICIPANT_WAIT="3", SIPHON_JOB_EXECUTOR="thread")  # fmt: skip
+                     SIPHON_MAX_JOBS="40", SIPHON_PARTICIPANT_WAIT="3")  # fmt: skip
     try:
 
         async def abandon() -> None:

@@ -25,6 +25,7 @@ os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
 from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobExecutorType, JobProcess, cli, room_io
+from livekit.plugins import silero  # noqa: F401  (plugins register at import, on the main thread: not in prewarm)
 
 from worker import end_call, turns
 from worker.config import (
@@ -135,8 +136,21 @@ async def _end_job(ctx: JobContext, meta: CallMetadata, status: str, reason: str
     ctx.shutdown(reason=reason)
 
 
+CONNECT_TIMEOUT = 20.0  # seconds for the job to join its room before it gives up
+
+
 async def entrypoint(ctx: JobContext) -> None:
-    """One call: read metadata, find or dial the SIP participant, merge layers, start the agent session."""
+    """One call; whatever fails in it ends the job (a job that raised would otherwise hold its slot)."""
+    try:
+        await _call(ctx)
+    except Exception as err:
+        logger.exception("the call failed; ending the job", extra={"room": ctx.room.name})
+        ctx.shutdown(reason=f"failed: {type(err).__name__}: {str(err)[:200]}")
+        raise
+
+
+async def _call(ctx: JobContext) -> None:
+    """Read metadata, find or dial the SIP participant, merge layers, start the agent session."""
     settings: WorkerSettings = ctx.proc.userdata.get("settings") or WorkerSettings.from_env()
     warm: dict[ModelKind, registry.Resolved] = ctx.proc.userdata.get("models", {})
     ctx.add_shutdown_callback(lambda reason: _log_end(ctx, reason))
@@ -146,7 +160,7 @@ async def entrypoint(ctx: JobContext) -> None:
     parse_ms = (time.perf_counter() - started) * 1000
     warns = [*settings.default_warnings, *parsed.warnings]
 
-    await ctx.connect()
+    await asyncio.wait_for(ctx.connect(), CONNECT_TIMEOUT)
     connect_ms = (time.perf_counter() - started) * 1000
 
     sip_p = _sip_participant(ctx.room)
