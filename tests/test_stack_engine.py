@@ -12,6 +12,7 @@ import yaml
 from pulumi import automation as auto
 
 from infra.stack.load import parse
+from infra.stack.plan import compile_stack
 from infra.stack.render import markdown_summary
 from tests.sip_harness import livekit_canonical, livekit_objects, wipe_livekit
 from tests.stack_harness import StackUnderTest
@@ -116,7 +117,8 @@ def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit
     # the Markdown summary for that kind of change renders
     edited["inbound_routes"]["support"]["context"] = {"line": "support", "v": 2}
     sut.write(edited)
-    summary = markdown_summary("local", parse(yaml.safe_dump(edited), "local.yaml")[0], sut.preview_json())
+    stack, lines = parse(yaml.safe_dump(edited), "local.yaml")
+    summary = markdown_summary("local", compile_stack(stack, "local.yaml", lines), sut.preview_json())
     assert "| inbound   | +15550100100 | support" in summary
     assert "```mermaid" in summary
     assert "flowchart LR" in summary

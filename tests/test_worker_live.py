@@ -371,8 +371,8 @@ def test_header_selected_layer_applies_when_the_sip_attribute_matches(endpoints:
 def test_verify_expectation_matches_what_the_worker_publishes(endpoints: Endpoints, worker: WorkerProc) -> None:
     """``verify`` computes, from the stack file alone, the attributes the agent answering a route must publish;
     the real worker, given that route's metadata and a stand-in SIP caller, publishes exactly those."""
-    from infra.stack.components import route_metadata
     from infra.stack.load import parse
+    from infra.stack.plan import route_metadata
     from infra.verify import compare, expectations
 
     text = f"""

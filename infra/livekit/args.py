@@ -155,13 +155,18 @@ class AgentDispatch(Model):
     attributes: dict[AttributeName, str] = Field(default_factory=dict)
 
 
-class RoomConfig(Model):
-    """Room settings applied when a rule creates a room (agents fire only then)."""
+class RoomTimeouts(Model):
+    """Timeouts and size of the rooms a rule creates (a stack route's ``room``)."""
 
-    name: str = ""
     empty_timeout: int = Field(default=0, ge=0, le=86400, description="seconds an empty room stays open")
     departure_timeout: int = Field(default=0, ge=0, le=86400, description="seconds after the last participant")
     max_participants: int = Field(default=0, ge=0)
+
+
+class RoomConfig(RoomTimeouts):
+    """Room settings applied when a rule creates a room (agents fire only then)."""
+
+    name: str = ""
     metadata: Metadata = ""
     min_playout_delay: int = Field(default=0, ge=0, description="milliseconds")
     max_playout_delay: int = Field(default=0, ge=0, description="milliseconds")
