@@ -167,3 +167,30 @@ def test_invalid_stack_fails_preview_and_up_without_touching_livekit(
         assert "local.yaml:" in str(err.value), "the message names the file and line"
         assert "Traceback" not in str(err.value)
     assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}
+
+
+ENGINE_CASES = ["fargate-memory-for-cpu", "ecs-image-not-a-full-reference", "pin-discarded-by-rule",
+                "unset-trunk-secret", "route-metadata-over-livekit-limit"]  # fmt: skip
+
+
+@pytest.mark.engine
+def test_preview_refuses_what_validate_refuses_at_the_same_line(clean_livekit, tmp_path, pulumi_env):
+    """The same stack files `validate` rejects fail `pulumi preview` with the same file:line: field (one compile step)."""
+    from tests.test_stack_validation import PREVIEW_CASES, _problems
+
+    cases = {c[0]: c for c in PREVIEW_CASES}
+    for i, name in enumerate(ENGINE_CASES):
+        _, mutations, field, words = cases[name]
+        doc = copy.deepcopy(LOCAL)
+        for mutate in mutations:
+            mutate(doc)
+        expected = [p for p in _problems(doc) if p.field == field]
+        assert expected, name
+        sut = StackUnderTest(tmp_path / str(i), pulumi_env, "local", doc)
+        with pytest.raises(auto.errors.CommandError) as err:
+            sut.stack.preview()
+        message = str(err.value)
+        assert f"local.yaml:{expected[0].line}: {field}: " in message, (name, message[-2000:])
+        assert words in message, name
+        assert "Traceback" not in message
+    assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}

@@ -93,6 +93,93 @@ CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
 ]  # fmt: skip
 
 
+def _rename_agent(new: str) -> Callable[[dict], None]:
+    def apply(doc: dict) -> None:
+        doc["agents"][new] = doc["agents"].pop("support-agent")
+        for route in doc["inbound_routes"].values():
+            if route["agent"] == "support-agent":
+                route["agent"] = new
+
+    return apply
+
+
+BIG_LAYERS = {f"tier{i}": {"system_instructions": "x" * 7900} for i in range(9)}
+
+# Classes that passed `validate` and failed only at preview (or never), before validate and the program shared
+# one compile step: naming limits per system, Fargate sizes, unknown or mistyped ECS keys, open allow-lists,
+# national prefixes, values that silently discard others, caller-vs-called filters, metadata size, unset secrets.
+PREVIEW_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
+    ("environment-too-long-for-ecs", [_set("environment", "staging-eu-west-1")], "environment", "1-16 lower-case"),
+    ("environment-ends-with-dash", [_set("environment", "dev-")], "environment", "not starting or ending with '-'"),
+    ("agent-name-too-long-for-ecs", [_rename_agent("customer-support-agent-for-the-emea-region")],
+     "agents.customer-support-agent-for-the-emea-region", "must fit 64 characters"),
+    ("agent-name-livekit-accepts-ecs-refuses", [_rename_agent("Support_Agent")], "agents.Support_Agent", "on ECS"),
+    ("fargate-memory-for-cpu", [_set("agents.support-agent.ecs.memory", 4096)], "agents.support-agent.ecs.memory",
+     "not allowed with cpu 256 on Fargate (one of 512, 1024, 2048)"),
+    ("fargate-cpu", [_set("agents.support-agent.ecs.cpu", 300)], "agents.support-agent.ecs.cpu", "not a Fargate cpu value"),
+    ("ecs-settings-bag-is-gone", [_set("agents.support-agent.ecs.settings", {"desired_count": 0})],
+     "agents.support-agent.ecs.settings", "unknown field"),
+    ("ecs-typo", [_set("agents.support-agent.ecs.autoscalling", {"min_count": 1, "max_count": 2})],
+     "agents.support-agent.ecs.autoscalling", "unknown field"),
+    ("ecs-image-not-a-full-reference", [_set("agents.support-agent.ecs.image", "siphon-worker:latest")],
+     "agents.support-agent.ecs.image", "full reference"),
+    ("ecs-desired-outside-autoscaling", [_set("agents.support-agent.ecs.autoscaling", {"min_count": 2, "max_count": 4})],
+     "agents.support-agent.ecs.desired_count", "outside autoscaling"),
+    ("ecs-reserved-provider-key", [_set("agents.support-agent.ecs.provider_key_secrets", {"LIVEKIT_TOKEN": "localCarrierPassword"})],
+     "agents.support-agent.ecs.provider_key_secrets", "is reserved"),
+    ("ecs-bad-security-group", [_set("aws.security_groups", ["default"])], "aws.security_groups", "not security group ids"),
+    ("open-allow-list", [_set("environment", "dev"), _set("inbound_trunks.main.allowed_addresses", ["0.0.0.0/0"])],
+     "inbound_trunks.main.allowed_addresses.0", "admits every address"),
+    ("open-ipv6-allow-list", [_set("environment", "dev"), _set("inbound_trunks.main.allowed_addresses", ["::/0"])],
+     "inbound_trunks.main.allowed_addresses.0", "admits every address"),
+    ("national-prefix-kept", [_set("inbound_trunks.main.numbers", ["+44 (0)20 7946 0018"])],
+     "inbound_trunks.main.numbers.0", "write +442079460018"),
+    ("national-prefix-kept-route", [_set("inbound_routes.sales.caller_numbers", ["+4402079460018"])],
+     "inbound_routes.sales.caller_numbers.0", "write +442079460018"),
+    ("pin-discarded-by-rule", [_set("inbound_routes.sales.pin", "4321"), _set("inbound_routes.sales.rule", {"type": "individual"})],
+     "inbound_routes.sales.pin", "move it to rule.pin"),
+    ("caller-filter-holds-the-called-number", [_set("inbound_routes.sales.caller_numbers", ["+15550100101"])],
+     "inbound_routes.sales.caller_numbers", "a number this route answers"),
+    ("route-metadata-over-livekit-limit", [_set("inbound_routes.support.header_overrides.0.values", BIG_LAYERS)],
+     "inbound_routes.support", "LiveKit's limit"),
+    ("unset-trunk-secret", [_set("inbound_trunks.partners.auth_password_secret", "partnersPassword")],
+     "inbound_trunks.partners.auth_password_secret", "pulumi config set --secret partnersPassword"),
+    ("unset-model-key-secret", [_set("agents.support-agent.ecs.provider_key_secrets", {"OPENAI_API_KEY": "openaiApiKey"})],
+     "agents.support-agent.ecs.provider_key_secrets.OPENAI_API_KEY", "pulumi config set --secret openaiApiKey"),
+]  # fmt: skip
+CASES += PREVIEW_CASES
+
+# Messages that used to mislead: (id, mutations, field, words that must be there, words that must not).
+MESSAGE_CASES = [
+    ("national-number-hint", [_set("inbound_trunks.main.numbers", ["020 7946 0018"])], "inbound_trunks.main.numbers.0",
+     "without the national prefix 0", "+020"),
+    ("provider-dict-reason-first", [_set("agents.sales-agent.defaults.llm", {"model": "gpt-4.1-mini"})],
+     "agents.sales-agent.defaults.llm.provider", "Field required", "valid string"),
+    ("plain-password-at-its-line", [_set("inbound_trunks.main.auth_username", "u"), _set("inbound_trunks.main.auth_password", "hunter2")],
+     "inbound_trunks.main.auth_password", "pulumi config set --secret", "hunter2"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("mutations", "field", "words", "wrong"), [c[1:] for c in MESSAGE_CASES],
+                         ids=[c[0] for c in MESSAGE_CASES])  # fmt: skip
+def test_messages_name_the_field_and_say_what_to_write(mutations, field, words, wrong):
+    doc = copy.deepcopy(BASE)
+    for mutate in mutations:
+        mutate(doc)
+    problems = _problems(doc)
+    text = "\n".join(str(p) for p in problems)
+    assert [p.field for p in problems] == [field], text
+    assert words in text
+    assert wrong not in text
+    line = yaml.safe_dump(doc, sort_keys=False).splitlines()[problems[0].line - 1]
+    assert any(part in line for part in field.split(".")[1:]), ("the line shown is the field's", line, text)
+
+
+def test_the_catalogue_covers_every_class_validate_used_to_miss():
+    assert len(PREVIEW_CASES) >= 20
+    assert len(CASES) >= 55
+
+
 def _problems(doc: dict) -> list:
     """What `siphon-infra validate` and the Pulumi program report: parse, then the shared compile step."""
     text = yaml.safe_dump(doc, sort_keys=False)
