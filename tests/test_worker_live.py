@@ -36,8 +36,9 @@ from infra import sipp
 from infra.verify import Observation, observe
 from localenv.manager import Endpoints
 from localenv.ports import free_port_range
+from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
 from tests.sip_carrier import Carrier
-from tests.test_worker_metadata import HOSTILE_CASES, SIPHON_INBOUND, SIPHON_OUTBOUND
+from tests.test_worker_metadata import HOSTILE_CASES
 from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
 
 ROOT = Path(__file__).resolve().parent.parent
