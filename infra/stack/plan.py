@@ -14,6 +14,7 @@ default VPC's subnets.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,7 +231,7 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
                 out[key] = Trunk(args, trunk.auth_password_secret)
 
     for key, route in stack.inbound_routes.items():
-        trunks = route_trunks(stack, key)
+        route_trunk_keys = route_trunks(stack, key)
         metadata = route_metadata(key, route, "inbound", route_attribute_overrides(stack, key)).to_json()
         rule = (
             route.rule.model_dump()
@@ -242,7 +243,7 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
             "metadata": metadata,
             "attributes": {"siphon.route": key, **route.attributes},
             "rule": rule,
-            "trunk_ids": trunks,
+            "trunk_ids": route_trunk_keys,
             "hide_phone_number": route.hide_phone_number,
             "inbound_numbers": route.caller_numbers,
             "numbers": route.numbers,
@@ -259,7 +260,7 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
                 problems[i] = (field_path, f"the route's metadata (agent_config, context, header_overrides) is "
                                            f"{len(metadata)} characters; LiveKit's limit: {message}")  # fmt: skip
         if args is not None:
-            plan.inbound_routes[key] = Route(args, trunks)
+            plan.inbound_routes[key] = Route(args, route_trunk_keys)
 
     for key, out_route in stack.outbound_routes.items():
         out_trunk = stack.outbound_trunks[out_route.trunk]
@@ -293,7 +294,7 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
             "worker": agent.defaults.model_dump(mode="json", exclude_none=True),
             "max_calls": agent.calls_per_worker,
         }
-        worker = _build(AgentWorkerArgs, data, lambda f, k=key: _worker_field(k, f), problems)
+        worker = _build(AgentWorkerArgs, data, functools.partial(_worker_field, key), problems)
         if worker is not None:
             plan.workers[key] = Worker(worker, dict(agent.ecs.provider_key_secrets), not aws.subnets, not url)
     return plan
