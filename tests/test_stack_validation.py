@@ -260,3 +260,11 @@ def test_an_agents_call_capacity_is_declared_or_derived_from_its_ecs_size_and_re
     assert declared.worker_env()[MAX_JOBS_ENV] == "10" and derived.worker_env()[MAX_JOBS_ENV] == "2"
     local_only = derived.model_copy(update={"ecs": None})
     assert local_only.calls_per_worker == 10
+
+
+def test_routes_takes_an_environment_name_even_beside_a_file_of_that_name(monkeypatch, capsys):
+    monkeypatch.chdir(STACKS.parent)  # the repository root holds the ./dev script
+    assert (STACKS.parent / "dev").is_file()
+    assert cli.main(["routes", "dev"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "| inbound " in out and "not valid YAML" not in out
