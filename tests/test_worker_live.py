@@ -44,7 +44,7 @@ from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "worker" / "Dockerfile"
 CALLER = "+15557654321"
-OUR_NUMBER = "+15550177"
+OUR_NUMBER = "+15550100177"  # a possible NANP number: stack files refuse impossible ones
 WAIT = 30.0  # upper bound for any single expected event (failure bound, not a performance assertion)
 HOSTILE_BATCHES = 8  # 5 concurrent calls per batch: more makes job-process teardown flaky on 2 cores
 
