@@ -25,7 +25,7 @@ from pathlib import Path
 from livekit import api, rtc
 
 from localenv.manager import Endpoints, LocalEnv
-from tests.test_worker_metadata import SIPHON_INBOUND
+from localenv.siphon_payloads import SIPHON_INBOUND
 from worker.config import WorkerSettings, call_facts, merge_layers
 from worker.metadata import CallMetadata, parse_metadata
 from worker.models import registry

@@ -14,23 +14,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from infra.stack.checks import cross_check
-from infra.stack.load import STACKS_DIR, StackFileError, load, stack_path
-from infra.stack.model import StackFile
-from infra.stack.render import markdown_summary, mermaid, routing_rows, table
+from infra.stack.load import STACKS_DIR, StackFileError, stack_path
+from infra.stack.plan import Plan, plan_file
+from infra.stack.render import markdown_summary, mermaid, table
 
 
 def _path(target: str) -> Path:
-    p = Path(target)
-    return p if p.suffix in (".yaml", ".yml") or p.exists() else stack_path(target)
+    """A stack file path (it ends in .yaml/.yml), else the stack file of the environment of that name.
+
+    Only the suffix decides: ``routes dev`` means ``stacks/dev.yaml`` even beside a file named ``dev``.
+    """
+    return Path(target) if Path(target).suffix in (".yaml", ".yml") else stack_path(target)
 
 
-def _load_checked(path: Path) -> StackFile:
-    stack, lines = load(path)
-    problems = cross_check(stack, str(path), lines)
-    if problems:
-        raise StackFileError(problems)
-    return stack
+def _plan(path: Path) -> Plan:
+    return plan_file(path)
 
 
 def cmd_validate(targets: list[str]) -> int:
@@ -41,13 +39,14 @@ def cmd_validate(targets: list[str]) -> int:
     failed = False
     for path in paths:
         try:
-            stack = _load_checked(path)
+            plan = _plan(path)
         except StackFileError as e:
             failed = True
             print(f"{path}: INVALID ({len(e.problems)} problem{'s' if len(e.problems) > 1 else ''})")
             for problem in e.problems:
                 print(f"  {problem}")
             continue
+        stack = plan.stack
         print(f"{path}: ok ({len(stack.inbound_routes)} inbound, {len(stack.outbound_routes)} outbound routes, "
               f"{len(stack.agents)} agents)")  # fmt: skip
     return 1 if failed else 0
@@ -102,7 +101,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    stack = _load_checked(_path(args.target))
+    stack = _plan(_path(args.target)).stack
     unknown = [r for r in args.route if r not in stack.inbound_routes]
     if unknown:
         print(f"siphon-infra verify: no inbound route {', '.join(unknown)}", file=sys.stderr)
@@ -176,17 +175,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "validate":
         return cmd_validate(args.targets)
     try:
-        stack = _load_checked(_path(args.target))
+        plan = _plan(_path(args.target))
     except StackFileError as e:
         print(e, file=sys.stderr)
         return 1
     if args.command == "routes":
-        print(table(routing_rows(stack)))
+        print(table(plan.routing_rows()))
         if args.mermaid:
-            print("\n```mermaid\n" + mermaid(stack) + "\n```")
+            print("\n```mermaid\n" + mermaid(plan) + "\n```")
         return 0
     preview = json.loads(args.preview.read_text()) if args.preview else None
-    print(markdown_summary(stack.environment, stack, preview))
+    print(markdown_summary(plan.stack.environment, plan, preview))
     return 0
 
 

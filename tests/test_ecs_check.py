@@ -31,9 +31,9 @@ INVALID = [
     ("autoscaling", {"autoscaling": {"min_count": 4, "max_count": 2}, "desired_count": 3}, "min_count"),
     ("desired_count", {"desired_count": -1}, "greater than or equal to 0"),
     ("log_retention_days", {"log_retention_days": 13}, "not a CloudWatch Logs retention"),
-    ("agent_name", {"agent_name": "Support_Agent"}, "pattern"),
-    ("agent_name", {"agent_name": "a" * 40}, "pattern"),
-    ("environment", {"environment": "prod env"}, "pattern"),
+    ("agent_name", {"agent_name": "Support_Agent"}, "not a valid agent name on ECS"),
+    ("agent_name", {"agent_name": "a" * 40}, "1-32 lower-case letters"),
+    ("environment", {"environment": "prod env"}, "not a valid environment name on ECS"),
     ("cluster_name", {"cluster_name": "bad/cluster"}, "pattern"),
     ("service_name", {"service_name": "-svc"}, "pattern"),
     ("image", {"image": "support:v1"}, "full reference"),
@@ -59,7 +59,7 @@ INVALID = [
         "'*'",
     ),
     ("tags", {"tags": {"aws:owner": "me"}}, "reserved"),
-    ("unexpected", {"unexpected": 1}, "Extra inputs are not permitted"),
+    ("unexpected", {"unexpected": 1}, "unknown field"),
     ("livekit_api_key", {"livekit_api_key": None}, "valid string"),
 ]
 

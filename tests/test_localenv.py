@@ -147,9 +147,7 @@ def test_sigterm_to_siphon_local_stops_every_process_it_started(tmp_path):
     tree = _process_tree(proc.pid)
     assert len(tree) >= 5
     argv = {p: Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0") for p in tree}
-    leader = next(
-        p for p, a in argv.items() if Path(a[0].decode()).name.startswith("python") and b"siphon-local" in a[1]
-    )
+    leader = next(p for p, a in argv.items() if Path(a[0].decode()).name.startswith("python") and b"localenv.cli" in a)
     os.kill(leader, signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, out.read_text()[-3000:]
     assert "Traceback" not in out.read_text()

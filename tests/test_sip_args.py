@@ -46,8 +46,8 @@ CASES = [
     ("rule", {**RULE, "rule": {"type": "individual", "pin": "12ab"}}, "rule", "1 to 16 digits"),
     ("rule", {**RULE, "rule": {"type": "direct", "room_name": "lobby"},
               "room_config": {"agents": [{"agent_name": "a"}]}}, "(root)", "individual or callee"),
-    ("rule", {**RULE, "room_config": {"agents": [{"agent_name": ""}]}}, "room_config", "at least 1 character"),
-    ("rule", {**RULE, "numbers": ["+15550100100", "0800"]}, "numbers", "E.164"),
+    ("rule", {**RULE, "room_config": {"agents": [{"agent_name": ""}]}}, "room_config", "not a LiveKit agent name"),
+    ("rule", {**RULE, "numbers": ["+15550100100", "0800"]}, "numbers", "national number"),
     ("rule", {**RULE, "room_config": {"min_playout_delay": 500, "max_playout_delay": 100}}, "room_config", "larger"),
 ]  # fmt: skip
 

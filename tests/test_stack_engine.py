@@ -12,6 +12,7 @@ import yaml
 from pulumi import automation as auto
 
 from infra.stack.load import parse
+from infra.stack.plan import compile_stack
 from infra.stack.render import markdown_summary
 from tests.sip_harness import livekit_canonical, livekit_objects, wipe_livekit
 from tests.stack_harness import StackUnderTest
@@ -130,7 +131,8 @@ def test_local_stack_deploys_and_the_routing_table_matches_livekit(clean_livekit
     # the Markdown summary for that kind of change renders
     edited["inbound_routes"]["support"]["context"] = {"line": "support", "v": 2}
     sut.write(edited)
-    summary = markdown_summary("local", parse(yaml.safe_dump(edited), "local.yaml")[0], sut.preview_json())
+    stack, lines = parse(yaml.safe_dump(edited), "local.yaml")
+    summary = markdown_summary("local", compile_stack(stack, "local.yaml", lines), sut.preview_json())
     assert "| inbound   | +15550100100 | support" in summary
     assert "```mermaid" in summary
     assert "flowchart LR" in summary
@@ -178,4 +180,31 @@ def test_invalid_stack_fails_preview_and_up_without_touching_livekit(
         assert words in str(err.value)
         assert "local.yaml:" in str(err.value), "the message names the file and line"
         assert "Traceback" not in str(err.value)
+    assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}
+
+
+ENGINE_CASES = ["fargate-memory-for-cpu", "ecs-image-not-a-full-reference", "pin-discarded-by-rule",
+                "unset-trunk-secret", "route-metadata-over-livekit-limit"]  # fmt: skip
+
+
+@pytest.mark.engine
+def test_preview_refuses_what_validate_refuses_at_the_same_line(clean_livekit, tmp_path, pulumi_env):
+    """The same stack files `validate` rejects fail `pulumi preview` with the same file:line: field (one compile step)."""
+    from tests.test_stack_validation import PREVIEW_CASES, _problems
+
+    cases = {c[0]: c for c in PREVIEW_CASES}
+    for i, name in enumerate(ENGINE_CASES):
+        _, mutations, field, words = cases[name]
+        doc = copy.deepcopy(LOCAL)
+        for mutate in mutations:
+            mutate(doc)
+        expected = [p for p in _problems(doc) if p.field == field]
+        assert expected, name
+        sut = StackUnderTest(tmp_path / str(i), pulumi_env, "local", doc)
+        with pytest.raises(auto.errors.CommandError) as err:
+            sut.stack.preview()
+        message = str(err.value)
+        assert f"local.yaml:{expected[0].line}: {field}: " in message, (name, message[-2000:])
+        assert words in message, name
+        assert "Traceback" not in message
     assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}

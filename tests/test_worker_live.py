@@ -36,14 +36,15 @@ from infra import sipp
 from infra.verify import Observation, observe
 from localenv.manager import Endpoints
 from localenv.ports import free_port_range
+from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
 from tests.sip_carrier import Carrier
-from tests.test_worker_metadata import HOSTILE_CASES, SIPHON_INBOUND, SIPHON_OUTBOUND
+from tests.test_worker_metadata import HOSTILE_CASES
 from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "worker" / "Dockerfile"
 CALLER = "+15557654321"
-OUR_NUMBER = "+15550177"
+OUR_NUMBER = "+15550100177"  # a possible NANP number: stack files refuse impossible ones
 WAIT = 30.0  # upper bound for any single expected event (failure bound, not a performance assertion)
 HOSTILE_BATCHES = 8  # 5 concurrent calls per batch: more makes job-process teardown flaky on 2 cores
 
@@ -376,8 +377,8 @@ def test_header_selected_layer_applies_when_the_sip_attribute_matches(endpoints:
 def test_verify_expectation_matches_what_the_worker_publishes(endpoints: Endpoints, worker: WorkerProc) -> None:
     """``verify`` computes, from the stack file alone, the attributes the agent answering a route must publish;
     the real worker, given that route's metadata and a stand-in SIP caller, publishes exactly those."""
-    from infra.stack.components import route_metadata
     from infra.stack.load import parse
+    from infra.stack.plan import route_metadata
     from infra.verify import compare, expectations
 
     text = f"""

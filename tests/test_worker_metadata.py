@@ -12,6 +12,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
 from worker import metadata as md
 from worker.config import (
     CallFacts,
@@ -26,33 +27,6 @@ from worker.config import (
 from worker.metadata import AgentConfig, CallMetadata, ProviderSpec, RouteMetadata, parse_agent_config, parse_metadata
 from worker.models import registry
 
-# Real SIPHON 0.1.4 payloads (key order as SIPHON emits them; provider dicts from plugin to_config()).
-SIPHON_INBOUND = {
-    "agent_config": {
-        "llm": {
-            "provider": "openai",
-            "model": "gpt-4.1-mini",
-            "base_url": "https://api.openai.com/v1",
-            "temperature": 0.3,
-            "max_completion_tokens": 150,
-            "parallel_tool_calls": True,
-            "timeout": 15,
-        },
-        "tts": {"provider": "cartesia", "model": "sonic-2", "voice": "794f9389-aac1-45b6-b726-9d9369183238"},
-        "stt": {"provider": "deepgram", "model": "nova-3", "language": "en-US"},
-        "greeting_instructions": "Greet the caller warmly",
-        "system_instructions": "You are the front desk of a dental clinic.",
-    },
-    "inbound_trunk_id": "ST_inboundAbc123",
-    "agent_number": "+15550100",
-}
-SIPHON_OUTBOUND = {
-    "number_to_call": "+15550199",
-    "standalone_call": True,
-    "agent_config": {"llm": None, "tts": None, "stt": None, "greeting_instructions": None, "system_instructions": None},
-    "outbound_trunk_id": "ST_outboundXyz789",
-    "agent_number": "+15550100",
-}
 SIPHON_INBOUND_DEFAULTS = {
     "agent_config": {"llm": None, "tts": None, "stt": None, "greeting_instructions": None, "system_instructions": None},
     "inbound_trunk_id": "ST_inboundAbc123",

@@ -9,8 +9,9 @@ SIPHON compatibility: the SIPHON keys (``agent_config``, ``inbound_trunk_id``, `
 ``agent_number``, ``number_to_call``, ``standalone_call``) are fields of this schema with SIPHON's
 meaning, and provider dicts ``{"provider": ..., **params}`` are accepted as model specs.
 
-This module imports only pydantic and the standard library: ``infra`` imports it, and it must not pull
-in livekit-agents. Regenerate the published JSON Schema with ``python -m worker.metadata``.
+This module imports only pydantic, the standard library and ``worker.rules`` (limits shared with the
+stack file and the resource arguments): ``infra`` imports it, and it must not pull in livekit-agents.
+Regenerate the published JSON Schema with ``python -m worker.metadata``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from worker.rules import MAX_METADATA_CHARS, AttributeName
 from worker.turns import TurnTaking
 
 SCHEMA_VERSION = 1
@@ -43,8 +45,6 @@ SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("metadata.schema.json")
 """Where the published JSON Schema of ``CallMetadata`` lives in the repository."""
 
-MAX_METADATA_CHARS = 64 * 1024
-"""Metadata longer than this is refused as a whole (the server itself allows 512 KiB)."""
 MAX_INSTRUCTIONS_CHARS = 8000
 MAX_CONTEXT_CHARS = 16 * 1024
 MAX_PROVIDER_PARAMS = 32
@@ -77,9 +77,7 @@ RouteName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][\w.:-]*$")
 ]
 Instructions = Annotated[str, StringConstraints(max_length=MAX_INSTRUCTIONS_CHARS)]
-AttributeKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
-]
+AttributeKey = AttributeName
 AttributeValue = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 SpecString = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][^\s]*$")

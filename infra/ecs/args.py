@@ -7,13 +7,15 @@ the provider writes them to Secrets Manager. State keeps ARNs and keyed fingerpr
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from infra.ecs import validation as v
 from worker.config import MAX_CALLS_LIMIT, max_calls_for
 from worker.metadata import AgentConfig
+from worker.rules import AgentName, EcsEnvironmentName
+from worker.rules import Model as _Model
 
 SECRET_FIELDS = ("livekit_api_key", "livekit_api_secret", "provider_keys")
 # Env names the two LiveKit credentials are injected as (from Secrets Manager, with valueFrom).
@@ -23,10 +25,6 @@ DEFAULT_HEALTH_COMMAND = [
     "CMD-SHELL",
     "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/', timeout=4)\" || exit 1",
 ]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class HealthCheck(_Model):
@@ -107,65 +105,26 @@ class PolicyStatement(_Model):
         return value
 
 
-class AgentWorkerArgs(_Model):
-    """Everything one agent worker deployment declares (one deployment per ``agent_name``)."""
+class EcsWorkerSettings(_Model):
+    """The settings of a worker deployment a stack file declares under ``agents.<name>.ecs`` (every field here)."""
 
-    agent_name: str = Field(pattern=v.AGENT_NAME_RE.pattern, description="LiveKit agent name the worker registers")
-    stack: str = Field(pattern=v.STACK_RE.pattern)
-    environment: str = Field(pattern=v.ENVIRONMENT_RE.pattern)
-
-    image: str = Field(min_length=1, max_length=1024)
+    image: str = Field(min_length=1, max_length=1024, description="repository URI plus tag or digest")
     cpu: int = 1024
     memory: int = 2048
     cpu_architecture: Literal["X86_64", "ARM64"] = "X86_64"
     stop_timeout_seconds: int = Field(120, ge=30, le=120, description="SIGTERM-to-SIGKILL grace (Fargate max 120)")
     health_check: HealthCheck | None = Field(default_factory=HealthCheck)
-
-    livekit_url: str = Field(pattern=r"^wss?://[^\s/]+(/\S*)?$")
-    livekit_api_key: SecretStr = Field(min_length=1, max_length=4096)
-    livekit_api_secret: SecretStr = Field(min_length=1, max_length=4096)
-    provider_keys: dict[str, SecretStr] = Field(default_factory=dict, max_length=20)
-    worker: AgentConfig = Field(default_factory=AgentConfig, description="the worker's default layer")
-    max_calls: int | None = Field(
-        None, ge=1, le=MAX_CALLS_LIMIT, description="calls one task serves at once (default: from cpu and memory)"
-    )
     extra_env: dict[str, str] = Field(default_factory=dict, max_length=50)
-
-    cluster_name: str = Field(pattern=v.CLUSTER_OR_SERVICE_RE.pattern)
-    create_cluster: bool = False
     service_name: str | None = Field(None, pattern=v.CLUSTER_OR_SERVICE_RE.pattern)
-    subnets: list[str] = Field(min_length=1, max_length=16)
-    security_groups: list[str] = Field(default_factory=list, max_length=5)
-    assign_public_ip: bool = False
     desired_count: int = Field(1, ge=0, le=1000)
     deployment: Deployment = Field(default_factory=Deployment)
     autoscaling: Autoscaling | None = None
-
     log_retention_days: int = 30
     ecr_repository: EcrRepository | None = None
     task_role_statements: list[PolicyStatement] = Field(default_factory=list, max_length=20)
     tags: dict[str, str] = Field(default_factory=dict, max_length=40)
-
     wait_for_steady_state: bool = False
     steady_state_timeout_seconds: int = Field(900, ge=10, le=3600)
-
-    @field_validator("subnets")
-    @classmethod
-    def _subnet_ids(cls, value: list[str]) -> list[str]:
-        bad = [s for s in value if not v.SUBNET_RE.match(s)]
-        if bad:
-            raise ValueError(f"not subnet ids: {', '.join(map(repr, bad))}")
-        if len(set(value)) != len(value):
-            raise ValueError("lists a subnet twice")
-        return value
-
-    @field_validator("security_groups")
-    @classmethod
-    def _sg_ids(cls, value: list[str]) -> list[str]:
-        bad = [s for s in value if not v.SECURITY_GROUP_RE.match(s)]
-        if bad:
-            raise ValueError(f"not security group ids: {', '.join(map(repr, bad))}")
-        return value
 
     @field_validator("cpu")
     @classmethod
@@ -193,32 +152,11 @@ class AgentWorkerArgs(_Model):
             )
         return value
 
-    @field_validator("provider_keys")
-    @classmethod
-    def _provider_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for name, secret in value.items():
-            if not v.ENV_NAME_RE.match(name):
-                raise ValueError(f"{name!r} is not an environment variable name (A-Z, 0-9, _; starting with a letter)")
-            if v.reserved_env_name(name):
-                raise ValueError(
-                    f"{name!r} is reserved (set by the deployment, or {'/'.join(v.RESERVED_ENV_PREFIXES)})"
-                )
-            if not secret.get_secret_value():
-                raise ValueError(f"{name!r} has an empty value")
-            if len(secret.get_secret_value()) > 65536:
-                raise ValueError(f"{name!r} is longer than 65536 characters (Secrets Manager limit)")
-        return value
-
     @field_validator("extra_env")
     @classmethod
     def _extra_env(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if not v.ENV_NAME_RE.match(name):
-                raise ValueError(f"{name!r} is not an environment variable name (A-Z, 0-9, _; starting with a letter)")
-            if v.reserved_env_name(name):
-                raise ValueError(
-                    f"{name!r} is reserved (set by the deployment, or {'/'.join(v.RESERVED_ENV_PREFIXES)})"
-                )
+            _check_env_name(name)
         return value
 
     @field_validator("tags")
@@ -232,7 +170,7 @@ class AgentWorkerArgs(_Model):
         return value
 
     @model_validator(mode="after")
-    def _cross_field(self) -> AgentWorkerArgs:
+    def _image_and_scaling(self) -> Self:
         if self.ecr_repository is not None and v.IMAGE_REF_RE.match(self.image):
             pass  # ":tag" or "@sha256:..." in the owned repository
         elif v.IMAGE_REF_RE.match(self.image):
@@ -247,6 +185,69 @@ class AgentWorkerArgs(_Model):
                     f"desired_count: {self.desired_count} is outside autoscaling min_count..max_count "
                     f"({a.min_count}..{a.max_count})"
                 )
+        return self
+
+
+def _check_env_name(name: str) -> None:
+    if not v.ENV_NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not an environment variable name (A-Z, 0-9, _; starting with a letter)")
+    if v.reserved_env_name(name):
+        raise ValueError(f"{name!r} is reserved (set by the deployment, or {'/'.join(v.RESERVED_ENV_PREFIXES)})")
+
+
+class AgentWorkerArgs(EcsWorkerSettings):
+    """Everything one agent worker deployment declares (one deployment per ``agent_name``)."""
+
+    agent_name: AgentName = Field(description="LiveKit agent name the worker registers")
+    stack: str = Field(pattern=v.STACK_RE.pattern)
+    environment: EcsEnvironmentName
+
+    livekit_url: str = Field(pattern=r"^wss?://[^\s/]+(/\S*)?$")
+    livekit_api_key: SecretStr = Field(min_length=1, max_length=4096)
+    livekit_api_secret: SecretStr = Field(min_length=1, max_length=4096)
+    provider_keys: dict[str, SecretStr] = Field(default_factory=dict, max_length=20)
+    worker: AgentConfig = Field(default_factory=AgentConfig, description="the worker's default layer")
+    max_calls: int | None = Field(
+        None, ge=1, le=MAX_CALLS_LIMIT, description="calls one task serves at once (default: from cpu and memory)"
+    )
+
+    cluster_name: str = Field(pattern=v.CLUSTER_OR_SERVICE_RE.pattern)
+    create_cluster: bool = False
+    subnets: list[str] = Field(min_length=1, max_length=16)
+    security_groups: list[str] = Field(default_factory=list, max_length=5)
+    assign_public_ip: bool = False
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnet_ids(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not v.SUBNET_RE.match(s)]
+        if bad:
+            raise ValueError(f"not subnet ids: {', '.join(map(repr, bad))}")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a subnet twice")
+        return value
+
+    @field_validator("security_groups")
+    @classmethod
+    def _sg_ids(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not v.SECURITY_GROUP_RE.match(s)]
+        if bad:
+            raise ValueError(f"not security group ids: {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("provider_keys")
+    @classmethod
+    def _provider_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, secret in value.items():
+            _check_env_name(name)
+            if not secret.get_secret_value():
+                raise ValueError(f"{name!r} has an empty value")
+            if len(secret.get_secret_value()) > 65536:
+                raise ValueError(f"{name!r} is longer than 65536 characters (Secrets Manager limit)")
+        return value
+
+    @model_validator(mode="after")
+    def _no_clash(self) -> AgentWorkerArgs:
         clash = sorted(set(self.extra_env) & set(self.provider_keys))
         if clash:
             raise ValueError(f"extra_env: {', '.join(clash)} also set in provider_keys")

@@ -33,7 +33,7 @@ from infra.ecs import rollout, spec
 from infra.ecs.args import SECRET_FIELDS, AgentWorkerArgs
 from infra.ecs.aws import Aws, resolve_region
 from infra.ecs.naming import TAG_SPEC_DIGEST, Names
-from infra.ecs.validation import describe_error, describe_errors
+from worker.rules import describe_error, describe_errors
 
 LABEL = "AgentWorkerDeployment"
 DECLARED = tuple(AgentWorkerArgs.model_fields)

@@ -1,15 +1,11 @@
 """Rules AWS enforces (and moto does not): Fargate sizes, log retention values, name and image formats.
 
-Also turns a pydantic ``ValidationError`` into ``(field, reason)`` pairs that never quote the input,
-so a rejected secret value cannot end up in an error message, a log or the CLI output.
+Agent and environment names are ``worker.rules`` types (shared with the stack file and LiveKit).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
-
-from pydantic import ValidationError
 
 from worker.config import AGENT_NAME_ENV, DEFAULTS_ENV, DRAIN_TIMEOUT_ENV
 
@@ -29,9 +25,6 @@ LOG_RETENTION_DAYS = (
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
 )  # fmt: skip
 
-# Lowercase DNS-label style; the bounds keep every derived IAM role name within 64 characters.
-AGENT_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-ENVIRONMENT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?$")
 STACK_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 CLUSTER_OR_SERVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
 ENV_NAME_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,127}$")
@@ -51,7 +44,6 @@ ECR_REGISTRY_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-
 # Environment names the resource sets itself; user variables and provider keys may not use them.
 RESERVED_ENV_PREFIXES = ("LIVEKIT_", "AWS_", "ECS_")
 RESERVED_ENV_NAMES = frozenset({AGENT_NAME_ENV, DRAIN_TIMEOUT_ENV, *DEFAULTS_ENV.values()})
-_FIELD_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def fargate_size_error(cpu: int, memory: int) -> str | None:
@@ -72,22 +64,3 @@ def fargate_size_error(cpu: int, memory: int) -> str | None:
 def reserved_env_name(name: str) -> bool:
     """True for names the deployment sets itself (worker defaults, ``LIVEKIT_*``, ``AWS_*``, ``ECS_*``)."""
     return name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES)
-
-
-def describe_error(err: Any) -> tuple[str, str]:
-    """``(dotted field path, reason)`` of one pydantic error dict, without the offending input value.
-
-    A cross-field rule (a model validator) starts its message with ``<field>: ``; that field is appended
-    to the path, so the error names the field it is about.
-    """
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    field, sep, rest = msg.partition(": ")
-    if err.get("type") == "value_error" and sep and _FIELD_RE.match(field):
-        loc, msg = (f"{loc}.{field}" if loc else field), rest
-    return loc or "(arguments)", msg
-
-
-def describe_errors(error: ValidationError) -> list[tuple[str, str]]:
-    """``(dotted field path, reason)`` per error, without the offending input value."""
-    return [describe_error(e) for e in error.errors(include_input=False, include_url=False)]

@@ -24,12 +24,12 @@ from infra.livekit.validation import (
     Pin,
     RoomName,
 )
+from worker.rules import MAX_METADATA_CHARS, LiveKitAgentName
 
 MAX_MEDIA_TIMEOUT = 600.0  # LiveKit: "media_timeout must not exceed 10m0s"
 MAX_CALL_SECONDS = 24 * 3600.0
-MAX_METADATA = 64 * 1024
 
-Metadata = Annotated[str, Field(max_length=MAX_METADATA, description="free-form text (often JSON)")]
+Metadata = Annotated[str, Field(max_length=MAX_METADATA_CHARS, description="free-form text (often JSON)")]
 HeaderOptions = Literal["none", "x_headers", "all"]
 Encryption = Literal["disable", "allow", "require"]
 
@@ -150,18 +150,23 @@ Rule = Annotated[DirectRule | IndividualRule | CalleeRule, Field(discriminator="
 class AgentDispatch(Model):
     """An agent LiveKit dispatches into each room the rule creates."""
 
-    agent_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+    agent_name: LiveKitAgentName
     metadata: Metadata = ""
     attributes: dict[AttributeName, str] = Field(default_factory=dict)
 
 
-class RoomConfig(Model):
-    """Room settings applied when a rule creates a room (agents fire only then)."""
+class RoomTimeouts(Model):
+    """Timeouts and size of the rooms a rule creates (a stack route's ``room``)."""
 
-    name: str = ""
     empty_timeout: int = Field(default=0, ge=0, le=86400, description="seconds an empty room stays open")
     departure_timeout: int = Field(default=0, ge=0, le=86400, description="seconds after the last participant")
     max_participants: int = Field(default=0, ge=0)
+
+
+class RoomConfig(RoomTimeouts):
+    """Room settings applied when a rule creates a room (agents fire only then)."""
+
+    name: str = ""
     metadata: Metadata = ""
     min_playout_delay: int = Field(default=0, ge=0, description="milliseconds")
     max_playout_delay: int = Field(default=0, ge=0, description="milliseconds")

@@ -130,9 +130,17 @@ def _rule_conflicts(stack: StackFile) -> Iterator[tuple[str, str]]:
 
 
 def _security_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
-    """Inbound trunks outside `local` are restricted."""
+    """Inbound trunks outside `local` are restricted (an allow-list that admits every address restricts nothing)."""
     if stack.environment != LOCAL:
         for key, inbound in stack.inbound_trunks.items():
+            for i, address in enumerate(inbound.allowed_addresses):
+                if address.endswith("/0") and not inbound.auth_username:
+                    yield (
+                        f"inbound_trunks.{key}.allowed_addresses.{i}",
+                        f"{address} admits every address, so it restricts nothing: list your carrier's signalling "
+                        "addresses or ranges (for example 198.51.100.0/24), or use auth_username + "
+                        "auth_password_secret",
+                    )
             if not (inbound.auth_username or inbound.allowed_addresses):
                 yield (
                     f"inbound_trunks.{key}",

@@ -1,4 +1,4 @@
-"""An agent's ECS worker deployment, built from the stack file (AgentWorkerDeployment in infra/ecs)."""
+"""An agent's ECS worker deployment from the plan (AgentWorkerDeployment in infra/ecs), with its secrets."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import boto3
 import pulumi
 
 from infra.ecs.resource import AgentWorkerDeployment
-from infra.stack.model import StackFile
+from infra.stack.plan import Plan
 
 
 def default_subnets(region: str) -> list[str]:
@@ -32,33 +32,22 @@ def _livekit_secret(name: str, env: str) -> pulumi.Output[str]:
     raise pulumi.RunError(f"set `pulumi config set --secret livekit:{name} ...` (or {env}) for the ECS workers")
 
 
-def agent_deployment(key: str, stack: StackFile, opts: pulumi.ResourceOptions) -> AgentWorkerDeployment:
-    """Declare the ECS deployment of agent ``key``."""
-    agent = stack.agents[key]
-    assert agent.ecs is not None
-    aws = stack.aws
-    url = stack.livekit.url or pulumi.Config("livekit").get("url") or os.environ.get("LIVEKIT_URL", "")
-    args: dict[str, Any] = {
-        "agent_name": key,
-        "stack": pulumi.get_stack(),
-        "environment": stack.environment,
-        "image": agent.ecs.image,
-        "cpu": agent.ecs.cpu,
-        "memory": agent.ecs.memory,
-        "desired_count": agent.ecs.desired_count,
-        "cluster_name": aws.cluster or f"siphon-{stack.environment}",
-        "create_cluster": aws.create_cluster,
-        "subnets": aws.subnets or default_subnets(aws.region),
-        "security_groups": aws.security_groups,
-        "assign_public_ip": aws.assign_public_ip,
-        "livekit_url": url,
-        "livekit_api_key": _livekit_secret("apiKey", "LIVEKIT_API_KEY"),
-        "livekit_api_secret": _livekit_secret("apiSecret", "LIVEKIT_API_SECRET"),
-        "provider_keys": {
-            env: pulumi.Config().require_secret(cfg) for env, cfg in agent.ecs.provider_key_secrets.items()
-        },
-        "worker": agent.defaults.model_dump(mode="json", exclude_none=True),
-        "max_calls": agent.calls_per_worker,
-        **agent.ecs.settings,
+def agent_deployment(key: str, plan: Plan, opts: pulumi.ResourceOptions) -> AgentWorkerDeployment:
+    """Declare the ECS deployment of agent ``key`` from its planned arguments."""
+    worker = plan.workers[key]
+    args: dict[str, Any] = worker.args.public_fields()
+    if worker.default_subnets:
+        args["subnets"] = default_subnets(plan.stack.aws.region)
+    if worker.livekit_url_from_config:
+        url = pulumi.Config("livekit").get("url") or os.environ.get("LIVEKIT_URL", "")
+        if not url:
+            raise pulumi.RunError("the ECS workers need a LiveKit URL: set livekit.url in the stack file, "
+                                  "`pulumi config set livekit:url ...` or LIVEKIT_URL")  # fmt: skip
+        args["livekit_url"] = url
+    args["stack"] = pulumi.get_stack()
+    args["livekit_api_key"] = _livekit_secret("apiKey", "LIVEKIT_API_KEY")
+    args["livekit_api_secret"] = _livekit_secret("apiSecret", "LIVEKIT_API_SECRET")
+    args["provider_keys"] = {
+        env: pulumi.Config().require_secret(cfg) for env, cfg in worker.provider_key_secrets.items()
     }
     return AgentWorkerDeployment(f"{key}-worker", args, opts)

@@ -8,33 +8,19 @@ that holds its password.
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Any, Self
+from typing import Annotated, Self
 
 from pydantic import AfterValidator, Field, JsonValue, field_validator, model_validator
 
-from infra.livekit.args import (
-    E164,
-    InboundTrunkArgs,
-    MediaConfig,
-    OutboundTrunkArgs,
-    Rule,
-)
+from infra.ecs.args import EcsWorkerSettings
+from infra.livekit.args import E164, InboundTrunkArgs, MediaConfig, OutboundTrunkArgs, RoomTimeouts, Rule
 from infra.livekit.validation import AttributeName, HeaderName, Model, Pin
 from worker.config import MAX_CALLS_LIMIT, MAX_JOBS_ENV, defaults_env, max_calls_for
 from worker.metadata import AgentConfig, RouteMetadata
+from worker.rules import AgentName, EnvironmentName, StackKey
 
-Key = str  # names used as keys in the file (trunk, agent, route names)
-KEY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-ENVIRONMENT_PATTERN = r"^[a-z][a-z0-9-]{0,30}$"
+Key = str  # a reference to a trunk, agent or route by its key (checked by infra.stack.checks)
 LOCAL_MAX_CALLS = 10  # a local worker process without an ECS size to derive its capacity from
-
-
-def _check_keys(names: dict[str, Any], what: str) -> dict[str, Any]:
-    for name in names:
-        if not re.match(KEY_PATTERN, name):
-            raise ValueError(f"{what} name {name!r} must be lower-case letters, digits and '-' (max 63)")
-    return names
 
 
 class _SecretPassword(Model):
@@ -47,15 +33,15 @@ class _SecretPassword(Model):
     )
     name: str = Field(default="", exclude=True)  # the entry's key is the name
 
-    @model_validator(mode="before")
+    @field_validator("auth_password", check_fields=False)
     @classmethod
-    def _no_plain_password(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("auth_password"):
+    def _no_plain_password(cls, value: str) -> str:
+        if value:
             raise ValueError(
-                "auth_password must not be written in the stack file: store it with "
+                "must not be written in the stack file: store it with "
                 "`pulumi config set --secret <key> <password>` and set auth_password_secret: <key>"
             )
-        return data
+        return value
 
     @model_validator(mode="after")
     def _auth_pair(self) -> Self:  # replaces the trunk args' check: the password comes from config
@@ -80,19 +66,12 @@ class LocalWorker(Model):
     processes: int = Field(default=1, ge=1, le=8)
 
 
-class EcsDeployment(Model):
-    """Where and how the agent's worker runs on AWS ECS Fargate (see infra.ecs for every field)."""
+class EcsDeployment(EcsWorkerSettings):
+    """Where and how the agent's worker runs on AWS ECS Fargate: every ``EcsWorkerSettings`` field (infra.ecs)."""
 
-    image: str = Field(min_length=1, description="repository URI plus tag or digest")
-    cpu: int = 1024
-    memory: int = 2048
-    desired_count: int = Field(default=1, ge=0)
     provider_key_secrets: dict[str, str] = Field(
         default_factory=dict,
         description="environment variable -> Pulumi config secret key, e.g. OPENAI_API_KEY: openaiApiKey",
-    )
-    settings: dict[str, JsonValue] = Field(
-        default_factory=dict, description="further AgentWorkerDeployment arguments (autoscaling, deployment, ...)"
     )
 
 
@@ -136,14 +115,6 @@ class HeaderOverride(Model):
     values: dict[str, AgentConfig] = Field(min_length=1, description="header value -> configuration layer")
 
 
-class RoomSettings(Model):
-    """Room timeouts and size for the rooms a route creates."""
-
-    empty_timeout: int = Field(default=0, ge=0, le=86400)
-    departure_timeout: int = Field(default=0, ge=0, le=86400)
-    max_participants: int = Field(default=0, ge=0)
-
-
 def _context(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
     """Validate context with the worker's own rules (size limit) so both sides agree."""
     RouteMetadata(context=value or None)
@@ -166,19 +137,34 @@ class InboundRoute(Model):
     agent_config: AgentConfig = Field(default_factory=AgentConfig, description="this route's layer")
     context: Context = Field(default_factory=dict, description="free-form customer context")
     attributes: dict[AttributeName, str] = Field(default_factory=dict)
-    room: RoomSettings = Field(default_factory=RoomSettings)
+    room: RoomTimeouts = Field(default_factory=RoomTimeouts)
     header_overrides: list[HeaderOverride] = Field(default_factory=list, max_length=8)
     krisp_enabled: bool = False
     media: MediaConfig | None = None
 
     @model_validator(mode="after")
-    def _agent_needs_new_rooms(self) -> InboundRoute:
+    def _consistent(self) -> InboundRoute:
         if self.rule is not None and self.rule.type == "direct":
             raise ValueError(
                 "a direct rule reuses one room, so the route's agent would be dispatched only for the first call: "
                 "use an individual (default) or callee rule"
             )
+        if self.pin and self.rule is not None:
+            raise ValueError(
+                "pin: is not used when rule: is set (the rule's own pin is): move it to rule.pin, or drop rule:"
+            )
+        own = sorted(set(self.numbers) & set(self.caller_numbers))
+        if own:
+            raise ValueError(
+                f"caller_numbers: {', '.join(own)} is a number this route answers (numbers:); caller_numbers filters "
+                "who calls, so calls to it would only be accepted from itself: list the callers' numbers instead"
+            )
         return self
+
+    @property
+    def pin_code(self) -> str:
+        """The PIN callers must enter (the rule's, or the route's for the default rule)."""
+        return self.rule.pin if self.rule else self.pin
 
 
 class OutboundRoute(Model):
@@ -212,20 +198,15 @@ class AwsSettings(Model):
 class StackFile(Model):
     """One environment's complete routing."""
 
-    environment: str = Field(pattern=ENVIRONMENT_PATTERN)
+    environment: EnvironmentName
     protect: bool = Field(default=False, description="protect resources from accidental deletion (prod)")
     livekit: LiveKitProject = Field(default_factory=LiveKitProject)
     aws: AwsSettings = Field(default_factory=AwsSettings)
-    inbound_trunks: dict[Key, StackInboundTrunk] = Field(default_factory=dict)
-    outbound_trunks: dict[Key, StackOutboundTrunk] = Field(default_factory=dict)
-    agents: dict[Key, Agent] = Field(default_factory=dict)
-    inbound_routes: dict[Key, InboundRoute] = Field(default_factory=dict)
-    outbound_routes: dict[Key, OutboundRoute] = Field(default_factory=dict)
-
-    @field_validator("inbound_trunks", "outbound_trunks", "agents", "inbound_routes", "outbound_routes")
-    @classmethod
-    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_keys(v, "entry")
+    inbound_trunks: dict[StackKey, StackInboundTrunk] = Field(default_factory=dict)
+    outbound_trunks: dict[StackKey, StackOutboundTrunk] = Field(default_factory=dict)
+    agents: dict[AgentName, Agent] = Field(default_factory=dict)
+    inbound_routes: dict[StackKey, InboundRoute] = Field(default_factory=dict)
+    outbound_routes: dict[StackKey, OutboundRoute] = Field(default_factory=dict)
 
     def object_name(self, key: str) -> str:
         """LiveKit object name for a trunk or route key: prefixed with the environment, unique per project."""

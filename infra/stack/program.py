@@ -1,7 +1,9 @@
-"""The Pulumi program: load ``stacks/<pulumi stack>.yaml``, check it, declare its resources, export routing.
+"""The Pulumi program: compile ``stacks/<pulumi stack>.yaml`` into its plan, declare the plan's resources.
 
-Nothing is declared unless the whole file passes validation and cross-checks, so a mistake fails
-``pulumi preview`` before any call to LiveKit or AWS.
+Nothing is declared unless the whole file compiles (``infra.stack.plan``: the same step as
+``siphon-infra validate``), so a mistake fails ``pulumi preview`` before any call to LiveKit or AWS.
+The program only turns the plan into resources: it adds what only the deployment knows (config
+secrets, trunk ids, the default VPC's subnets).
 """
 
 from __future__ import annotations
@@ -12,77 +14,64 @@ import pulumi
 
 from infra.livekit.provider import URL_INPUT
 from infra.livekit.resources import SipInboundTrunk, SipOutboundTrunk
-from infra.stack.checks import cross_check, route_trunks
 from infra.stack.components import AgentComponent, InboundRouteComponent, OutboundRouteComponent
-from infra.stack.headers import trunk_header_mappings
-from infra.stack.load import StackFileError, load, stack_path
-from infra.stack.model import StackFile
+from infra.stack.load import StackFileError, stack_path
+from infra.stack.plan import Plan, Trunk, plan_file
 
 
 class StackInvalid(pulumi.RunError):
     """The stack file failed validation; the message lists every problem (shown without a traceback)."""
 
 
-def validated(environment: str) -> StackFile:
-    """The stack file of ``environment``, or StackInvalid listing every problem."""
+def planned(environment: str) -> Plan:
+    """The plan of ``environment``'s stack file, or StackInvalid listing every problem."""
     path = stack_path(environment)
     try:
-        stack, lines = load(path)
+        plan = plan_file(path)
     except StackFileError as e:
         raise StackInvalid(f"stack file is invalid:\n{e}") from None
-    problems = cross_check(stack, str(path), lines)
-    if problems:
-        raise StackInvalid("stack file is invalid:\n" + "\n".join(str(p) for p in problems))
-    if stack.environment != environment:
-        raise StackInvalid(f"{path}: environment: is {stack.environment!r} but the Pulumi stack is {environment!r}")
-    return stack
+    if plan.stack.environment != environment:
+        raise StackInvalid(
+            f"{path}: environment: is {plan.stack.environment!r} but the Pulumi stack is {environment!r}"
+        )
+    return plan
 
 
-def _trunk_args(stack: StackFile, key: str, trunk: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    args = trunk.model_dump(exclude={"auth_password_secret", "name"})
-    args["name"] = stack.object_name(key)
-    if headers:  # headers that routes' header_overrides need as participant attributes
-        args["headers_to_attributes"] = {**args["headers_to_attributes"], **headers}
-    if trunk.auth_password_secret:
-        args["auth_password"] = pulumi.Config().require_secret(trunk.auth_password_secret)
-    if stack.livekit.url:
-        args[URL_INPUT] = stack.livekit.url
-    return args
+def _trunk_props(plan: Plan, trunk: Trunk) -> dict[str, Any]:
+    props: dict[str, Any] = trunk.args.model_dump(exclude_defaults=True)
+    if trunk.password_secret:
+        props["auth_password"] = pulumi.Config().require_secret(trunk.password_secret)
+    if plan.stack.livekit.url:
+        props[URL_INPUT] = plan.stack.livekit.url
+    return props
 
 
 def run(environment: str | None = None) -> None:
     """Declare everything for the selected Pulumi stack."""
-    stack = validated(environment or pulumi.get_stack())
+    plan = planned(environment or pulumi.get_stack())
+    stack = plan.stack
     opts = pulumi.ResourceOptions(protect=stack.protect)
 
-    headers = trunk_header_mappings(stack)
-    inbound = {
-        k: SipInboundTrunk(f"{k}-in", _trunk_args(stack, k, t, headers.get(k)), opts)
-        for k, t in stack.inbound_trunks.items()
-    }
-    outbound = {
-        k: SipOutboundTrunk(f"{k}-out", _trunk_args(stack, k, t), opts) for k, t in stack.outbound_trunks.items()
-    }
-    agents = {k: AgentComponent(k, stack, opts) for k in stack.agents}
+    inbound = {k: SipInboundTrunk(f"{k}-in", _trunk_props(plan, t), opts) for k, t in plan.inbound_trunks.items()}
+    outbound = {k: SipOutboundTrunk(f"{k}-out", _trunk_props(plan, t), opts) for k, t in plan.outbound_trunks.items()}
+    agents = {k: AgentComponent(k, plan, opts) for k in stack.agents}
 
     routing_table: dict[str, Any] = {}
-    for key, route in stack.inbound_routes.items():
-        trunks = route_trunks(stack, key)
-        component = InboundRouteComponent(
-            key, stack, [inbound[t].sip_trunk_id for t in trunks], stack.livekit.url, opts
-        )
-        for number in route.numbers or ["*"]:
+    for key, route in plan.inbound_routes.items():
+        trunk_ids = [inbound[t].sip_trunk_id for t in route.trunks]
+        component = InboundRouteComponent(key, route, trunk_ids, stack.livekit.url, opts)
+        for number in route.rule.numbers or ["*"]:
             routing_table[number] = {
                 "route": key,
                 "rule_id": component.rule_id,
-                "rule_name": stack.object_name(key),
-                "trunks": trunks,
-                "agent_name": route.agent,
-                "worker": agents[route.agent].worker,
+                "rule_name": route.rule.name,
+                "trunks": route.trunks,
+                "agent_name": stack.inbound_routes[key].agent,
+                "worker": agents[stack.inbound_routes[key].agent].worker,
             }
     outbound_routes = {
-        key: OutboundRouteComponent(key, stack, outbound[route.trunk].sip_trunk_id, opts).outputs
-        for key, route in stack.outbound_routes.items()
+        key: OutboundRouteComponent(key, values, outbound[values["trunk"]].sip_trunk_id, opts).outputs
+        for key, values in plan.outbound_routes.items()
     }
 
     pulumi.export("environment", stack.environment)

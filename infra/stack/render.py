@@ -6,29 +6,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from infra.stack.checks import route_trunks
-from infra.stack.model import StackFile
+from infra.stack.plan import Plan
 
 SECRET_MASK = "[secret]"
-
-
-def routing_rows(stack: StackFile) -> list[dict[str, str]]:
-    """One row per (direction, number): route, trunks, agent and where its worker runs."""
-    rows = []
-    for key, route in stack.inbound_routes.items():
-        agent = stack.agents.get(route.agent)
-        worker = agent.workers if agent else "missing"
-        for number in route.numbers or ["(any)"]:
-            rows.append({"direction": "inbound", "number": number, "route": key,
-                         "trunks": ", ".join(route_trunks(stack, key)) or "(any)", "agent": route.agent,
-                         "worker": worker})  # fmt: skip
-    for key, out in stack.outbound_routes.items():
-        trunk = stack.outbound_trunks.get(out.trunk)
-        numbers = out.caller_ids or (trunk.numbers if trunk else [])
-        out_agent = stack.agents.get(out.agent)
-        rows.append({"direction": "outbound", "number": ", ".join(numbers), "route": key, "trunks": out.trunk,
-                     "agent": out.agent, "worker": out_agent.workers if out_agent else "missing"})  # fmt: skip
-    return rows
 
 
 def table(rows: Iterable[dict[str, str]], columns: list[str] | None = None) -> str:
@@ -46,15 +26,16 @@ def _id(*parts: str) -> str:
     return "_".join("".join(ch if ch.isalnum() else "_" for ch in p) for p in parts)
 
 
-def mermaid(stack: StackFile) -> str:
+def mermaid(plan: Plan) -> str:
     """numbers -> trunks -> rules -> agents -> workers, as a Mermaid flowchart."""
+    stack = plan.stack
     lines = ["flowchart LR"]
     for key, route in stack.inbound_routes.items():
         rule = _id("rule", key)
         lines.append(f'  {rule}{{{{"rule {key}"}}}}')
         for number in route.numbers or ["any number"]:
             lines.append(f'  {_id("n", number)}(["{number}"])')
-            for trunk in route_trunks(stack, key) or ["any trunk"]:
+            for trunk in plan.inbound_routes[key].trunks or ["any trunk"]:
                 lines.append(f'  {_id("n", number)} --> {_id("in", trunk)}["trunk {trunk}"]')
                 lines.append(f"  {_id('in', trunk)} --> {rule}")
         lines.append(f'  {rule} --> {_id("agent", route.agent)}["agent {route.agent}"]')
@@ -103,10 +84,10 @@ def changes(preview: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def markdown_summary(environment: str, stack: StackFile, preview: dict[str, Any] | None) -> str:
+def markdown_summary(environment: str, plan: Plan, preview: dict[str, Any] | None) -> str:
     """The pull-request comment: routing table, diagram, and what the preview would change."""
-    parts = [f"## siphon-infra: `{environment}`", "", "### Routing", "", table(routing_rows(stack)), "",
-             "```mermaid", mermaid(stack), "```", ""]  # fmt: skip
+    parts = [f"## siphon-infra: `{environment}`", "", "### Routing", "", table(plan.routing_rows()), "",
+             "```mermaid", mermaid(plan), "```", ""]  # fmt: skip
     if preview is not None:
         summary = _mask(preview.get("changeSummary", {}))
         rows = changes(_mask(preview))

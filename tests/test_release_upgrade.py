@@ -1,0 +1,116 @@
+"""Deployed stacks survive an upgrade: state written by the newest release works with the current code.
+
+The newest release in ``RELEASES`` is checked out in a git worktree of its commit and deploys the
+``local`` stack (its own program, stack file and config, its own ``infra``/``worker`` code in the
+program and in the dynamic provider process). Then the current code, against the same state: refresh
+(nothing drifted), preview (no changes: same inputs, same type tokens, provider classes unpickled by
+their import paths), a one-field edit (exactly one in-place update) and destroy (nothing left in
+LiveKit or on ECS).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from pulumi import automation as auto
+
+from localenv import engine
+from localenv.deploy import LOCAL_PASSPHRASE, LOCAL_STACK
+from tests.sip_harness import livekit_objects, wipe_livekit
+
+REPO = Path(__file__).resolve().parents[1]
+RELEASES = REPO / "RELEASES"
+
+
+def releases() -> list[tuple[str, str]]:
+    """(version, commit) of every recorded release, oldest first."""
+    rows = [line.split() for line in RELEASES.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return [(version, commit) for version, commit in rows]
+
+
+def test_the_newest_release_is_recorded_with_its_commit_and_changelog_entry():
+    version, commit = releases()[-1]
+    assert len(commit) == 40, "a full commit id: short ones can become ambiguous"
+    found = subprocess.run(["git", "-C", str(REPO), "cat-file", "-t", commit], capture_output=True, text=True)
+    assert found.stdout.strip() == "commit", f"release {version}'s commit {commit} is not in this clone"
+    assert f"## {version} (" in (REPO / "CHANGELOG.md").read_text()
+
+
+@pytest.fixture
+def release_tree(tmp_path: Path) -> Iterator[Path]:
+    """A git worktree of the newest release's commit (removed afterwards)."""
+    _, commit = releases()[-1]
+    tree = tmp_path / "release"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        yield tree
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+def _program(work: Path, source: Path) -> None:
+    """Lay out the stack program of ``source`` (a checkout) in ``work``: entry point, local stack file, config."""
+    (work / "stacks").mkdir(parents=True, exist_ok=True)
+    engine.write_project(work, "siphon")
+    with (work / "Pulumi.yaml").open("a") as f:
+        f.write("main: stacks/\nstackConfigDir: stacks\n")
+    for name in ("__main__.py", f"{LOCAL_STACK}.yaml", f"Pulumi.{LOCAL_STACK}.yaml"):
+        shutil.copy(source / "stacks" / name, work / "stacks" / name)
+
+
+def _stack(work: Path, env: dict[str, str]) -> auto.Stack:
+    return engine.select_stack(work, LOCAL_STACK, env)
+
+
+@pytest.mark.engine
+def test_a_stack_deployed_by_the_newest_release_upgrades_to_the_current_code(
+    endpoints, aws, tmp_path, pulumi_env, release_tree
+):
+    wipe_livekit()
+    work = tmp_path / "project"
+    env = {**pulumi_env, "PULUMI_CONFIG_PASSPHRASE": LOCAL_PASSPHRASE, "SIPHON_STACKS_DIR": str(work / "stacks")}
+
+    # the release deploys, with its own code in the program and in the provider process
+    release_env = {**env, "PYTHONPATH": str(release_tree)}
+    where = subprocess.run([sys.executable, "-c", "import infra, worker; print(infra.__file__, worker.__file__)"],
+                           env={**os.environ, **release_env}, cwd=tmp_path, capture_output=True, text=True, check=True)  # fmt: skip
+    assert all(p.startswith(str(release_tree)) for p in where.stdout.split()), where.stdout
+    _program(work, release_tree)
+    outputs = {k: v.value for k, v in _stack(work, release_env).up().outputs.items()}
+    before = {r.name: r.sip_dispatch_rule_id for r in livekit_objects()["rules"]}
+    assert set(before) == {f"{LOCAL_STACK}-{row['route']}" for row in outputs["routing_table"].values()}
+
+    # the current code takes over the same state
+    _program(work, REPO)
+    stack = _stack(work, env)
+    refreshed = stack.refresh()
+    assert set(refreshed.summary.resource_changes or {}) <= {"same"}, refreshed.summary.resource_changes
+    stack.preview(expect_no_changes=True)  # raises if anything would change
+
+    doc = yaml.safe_load((REPO / "stacks" / f"{LOCAL_STACK}.yaml").read_text())
+    edited = copy.deepcopy(doc)
+    edited["inbound_routes"]["sales"]["agent_config"]["greeting_instructions"] = "Sales, upgraded. How can I help?"
+    (work / "stacks" / f"{LOCAL_STACK}.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+    preview = stack.preview()
+    assert preview.change_summary == {"same": preview.change_summary["same"], "update": 1}, preview.change_summary
+    stack.up()
+    rules = {r.name: r for r in livekit_objects()["rules"]}
+    assert {n: r.sip_dispatch_rule_id for n, r in rules.items()} == before, "updated in place, same ids"
+    sales = json.loads(rules[f"{LOCAL_STACK}-sales"].room_config.agents[0].metadata)
+    assert sales["agent_config"]["greeting_instructions"] == "Sales, upgraded. How can I help?"
+
+    stack.destroy()
+    assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}
+    clusters = boto3.client("ecs").describe_clusters(clusters=["siphon-local"])["clusters"]
+    assert [c["status"] for c in clusters] in ([], ["INACTIVE"]), "the stack's ECS cluster is gone"
