@@ -65,11 +65,27 @@ def full_args(subnet_ids: list[str], sg: str, **overrides: Any) -> dict[str, Any
 def recorded_calls() -> Iterator[list[tuple[str, str]]]:
     """Every AWS call the provider makes inside the block, as (service, operation)."""
     calls: list[tuple[str, str]] = []
-    remove = aws.add_call_hook(lambda service, op, params: calls.append((service, op)))
+    hooked: list[Any] = []
+
+    def record(model: Any, event_name: str = "", **_: Any) -> None:
+        calls.append((event_name.split(".")[1], model.name))
+
+    original = aws.Aws.client
+
+    def client(self: aws.Aws, service: str) -> Any:  # botocore's own event hook on every client the code uses
+        c = original(self, service)
+        if c not in hooked:
+            c.meta.events.register("provide-client-params.*.*", record)
+            hooked.append(c)
+        return c
+
+    aws.Aws.client = client  # type: ignore[method-assign]
     try:
         yield calls
     finally:
-        remove()
+        aws.Aws.client = original  # type: ignore[method-assign]
+        for c in hooked:
+            c.meta.events.unregister("provide-client-params.*.*", record)
 
 
 def mutating(calls: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -91,14 +91,14 @@ def test_a_stack_deployed_by_the_newest_release_upgrades_to_the_current_code(
     before = {r.name: r.sip_dispatch_rule_id for r in livekit_objects()["rules"]}
     assert set(before) == {f"{LOCAL_STACK}-{row['route']}" for row in outputs["routing_table"].values()}
 
-    # the current code takes over the same state
-    _program(work, REPO)
+    # the current code takes over the same state and the same stack file (what a user has when upgrading)
+    shutil.copy(REPO / "stacks" / "__main__.py", work / "stacks" / "__main__.py")
     stack = _stack(work, env)
     refreshed = stack.refresh()
     assert set(refreshed.summary.resource_changes or {}) <= {"same"}, refreshed.summary.resource_changes
     stack.preview(expect_no_changes=True)  # raises if anything would change
 
-    doc = yaml.safe_load((REPO / "stacks" / f"{LOCAL_STACK}.yaml").read_text())
+    doc = yaml.safe_load((work / "stacks" / f"{LOCAL_STACK}.yaml").read_text())
     edited = copy.deepcopy(doc)
     edited["inbound_routes"]["sales"]["agent_config"]["greeting_instructions"] = "Sales, upgraded. How can I help?"
     (work / "stacks" / f"{LOCAL_STACK}.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))

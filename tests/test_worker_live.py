@@ -95,6 +95,7 @@ class WorkerProc:
             msg = rec.get("message", "")
             teardown = (
                 "data channel" in msg
+                or "dc_event" in msg  # the data channel's buffer events once the room is gone
                 or msg.startswith("process exited with non-zero exit code")
                 or ("failed to negotiate the publisher" in msg and "state: closed" in msg)  # room deleted mid-offer
             )

@@ -9,22 +9,11 @@ unimplemented actions with HTTP 500, which botocore would otherwise retry.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
-
-# Test hook: called as hook(service, operation, params) before every AWS call made through ``Aws``.
-CallHook = Callable[[str, str, dict[str, Any]], None]
-_hooks: list[CallHook] = []
-
-
-def add_call_hook(hook: CallHook) -> Callable[[], None]:
-    """Register ``hook`` for every AWS call; returns a function that removes it."""
-    _hooks.append(hook)
-    return lambda: _hooks.remove(hook)
 
 
 class RegionError(RuntimeError):
@@ -60,7 +49,6 @@ class Aws:
         """The boto3 client for ``service`` (``ecs``, ``iam``, ``logs``, ...)."""
         if service not in self._clients:
             c = self._session.client(service, config=self._config)
-            c.meta.events.register("provide-client-params.*.*", _notify)
             self._clients[service] = c
         return self._clients[service]
 
@@ -93,13 +81,6 @@ class Aws:
     def scaling(self) -> Any:
         """Application Auto Scaling client."""
         return self.client("application-autoscaling")
-
-
-def _notify(params: dict[str, Any], model: Any, event_name: str = "", **_: Any) -> None:
-    if _hooks:
-        service = event_name.split(".")[1] if event_name.count(".") >= 2 else "?"
-        for hook in list(_hooks):
-            hook(service, model.name, params)
 
 
 def error_code(e: ClientError) -> str:
