@@ -9,7 +9,6 @@ route: a trunk and dispatch rule made for it, called by sipp through the real li
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -17,20 +16,17 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from livekit import api
 
-from infra import sipp
-from infra.verify import Observation, observe
 from localenv import image as worker_image
 from localenv import tools
 from localenv.manager import Endpoints, LocalEnv
 from localenv.ports import free_tcp_port
-from tests.test_worker_live import CALLER, WAIT, _inbound_route
+from tests.test_worker_live import WAIT, answered_call
 from worker.config import text_sha
 from worker.metadata import AgentConfig, RouteMetadata
 
@@ -123,32 +119,6 @@ def container(
     c = run_container(built, ep, tmp_path_factory.mktemp("image") / "container.log")
     yield c
     assert c.stop() == 0, c.text()[-3000:]
-
-
-def answered_call(
-    ep: Endpoints, agent_name: str, number: str, route: RouteMetadata, during: Callable[[str], None] | None = None
-) -> tuple[Observation, sipp.CallEnd, str]:
-    """One real inbound call through the bridge to ``agent_name`` on a route of its own; ``during(room)`` runs once
-    the agent answered, before the room is deleted (which makes the bridge send BYE)."""
-    trunk_id, rule_id = asyncio.run(_inbound_route(ep, agent_name, number, route.to_json()))
-
-    async def scenario() -> tuple[Observation, sipp.CallEnd]:
-        lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
-        try:
-            call = sipp.place(ep.sip_address, number, caller=CALLER, hold_s=WAIT + 60)
-            seen = await observe(lk, call, set(), WAIT)
-            if seen.room:
-                if during is not None:
-                    await asyncio.to_thread(during, seen.room)
-                await lk.room.delete_room(api.DeleteRoomRequest(room=seen.room))
-            return seen, await asyncio.to_thread(call.wait, 15)
-        finally:
-            await lk.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
-            await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
-            await lk.aclose()
-
-    seen, end = asyncio.run(scenario())
-    return seen, end, trunk_id
 
 
 def test_the_worker_in_the_image_answers_a_real_call_with_its_routes_configuration(

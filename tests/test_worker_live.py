@@ -23,7 +23,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -617,23 +617,22 @@ async def _inbound_route(ep: Endpoints, agent_name: str, number: str, metadata: 
         await lk.aclose()
 
 
-def test_sipp_inbound_call_is_answered_with_the_routes_configuration(endpoints: Endpoints, worker: WorkerProc) -> None:
-    number = "+15550188"
-    route = RouteMetadata(
-        route="sipp-inbound",
-        inbound_trunk_id=None,
-        called_number=number,
-        agent_config=AgentConfig(tts="local/espeak-ng:en-gb", system_instructions="Inbound route"),
-    )
-    trunk_id, rule_id = asyncio.run(_inbound_route(endpoints, worker.agent_name, number, route.to_json()))
+def answered_call(
+    ep: Endpoints, agent_name: str, number: str, route: RouteMetadata, during: Callable[[str], None] | None = None
+) -> tuple[Observation, sipp.CallEnd, str]:
+    """One real inbound call through the bridge to ``agent_name`` on a route of its own; ``during(room)`` runs once
+    the agent answered, before the room is deleted (which makes the bridge send BYE)."""
+    trunk_id, rule_id = asyncio.run(_inbound_route(ep, agent_name, number, route.to_json()))
 
     async def scenario() -> tuple[Observation, sipp.CallEnd]:
-        lk = api.LiveKitAPI(endpoints.livekit_url, endpoints.api_key, endpoints.api_secret)
+        lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
         try:
-            call = sipp.place(endpoints.sip_address, number, caller=CALLER, hold_s=WAIT + 15)
+            call = sipp.place(ep.sip_address, number, caller=CALLER, hold_s=WAIT + 60)
             seen = await observe(lk, call, set(), WAIT)
             if seen.room:
-                await lk.room.delete_room(api.DeleteRoomRequest(room=seen.room))  # the bridge sends BYE
+                if during is not None:
+                    await asyncio.to_thread(during, seen.room)
+                await lk.room.delete_room(api.DeleteRoomRequest(room=seen.room))
             return seen, await asyncio.to_thread(call.wait, 15)
         finally:
             await lk.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
@@ -641,6 +640,18 @@ def test_sipp_inbound_call_is_answered_with_the_routes_configuration(endpoints: 
             await lk.aclose()
 
     seen, end = asyncio.run(scenario())
+    return seen, end, trunk_id
+
+
+def test_sipp_inbound_call_is_answered_with_the_routes_configuration(endpoints: Endpoints, worker: WorkerProc) -> None:
+    number = "+15550100188"
+    route = RouteMetadata(
+        route="sipp-inbound",
+        inbound_trunk_id=None,
+        called_number=number,
+        agent_config=AgentConfig(tts="local/espeak-ng:en-gb", system_instructions="Inbound route"),
+    )
+    seen, end, trunk_id = answered_call(endpoints, worker.agent_name, number, route)
     assert seen.attributes, worker.text()[-3000:]
     attrs = seen.attributes
     assert attrs["siphon.route"] == "sipp-inbound"

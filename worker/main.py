@@ -24,7 +24,17 @@ os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
 
 from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
-from livekit.agents import Agent, AgentServer, AgentSession, JobContext, JobExecutorType, JobProcess, cli, room_io
+from livekit.agents import (
+    Agent,
+    AgentServer,
+    AgentSession,
+    JobContext,
+    JobExecutorType,
+    JobProcess,
+    JobRequest,
+    cli,
+    room_io,
+)
 from livekit.plugins import silero  # noqa: F401  (plugins register at import, on the main thread: not in prewarm)
 
 from worker import end_call, turns
@@ -280,12 +290,41 @@ def build_server(settings: WorkerSettings | None = None) -> AgentServer:
         drain_timeout=settings.drain_timeout,
         **kwargs,  # type: ignore[arg-type]
     )
+    on_request = None
     if settings.max_jobs:  # full at exactly max_jobs calls, for the server (target load) and for the worker
         capacity = settings.max_jobs
         server.load_fnc = lambda s: min(1.0, threshold * len(s.active_jobs) / capacity)
+        on_request = CapacityGate(server, capacity)
     server.setup_fnc = prewarm
-    server.rtc_session(entrypoint, agent_name=settings.agent_name)
+    server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=on_request)
     return server
+
+
+class CapacityGate:
+    """Accept a job only while running plus accepting jobs stay below the capacity.
+
+    livekit-agents' own check estimates the load of jobs accepted but not yet running, so a burst can
+    overshoot; this count is exact. A refused job goes back to LiveKit (another worker, or none: the
+    caller keeps ringing until the trunk's ringing timeout, then gets a SIP refusal).
+    """
+
+    def __init__(self, server: AgentServer, capacity: int) -> None:
+        self._server = server
+        self._capacity = capacity
+        self._accepting = 0
+
+    async def __call__(self, req: JobRequest) -> None:
+        """Answer one job request."""
+        busy = len(self._server.active_jobs) + self._accepting
+        if busy >= self._capacity:
+            logger.warning("at capacity; refusing the job", extra={"room": req.room.name, "capacity": self._capacity})
+            await req.reject()
+            return
+        self._accepting += 1
+        try:
+            await req.accept()
+        finally:
+            self._accepting -= 1
 
 
 server = build_server()
