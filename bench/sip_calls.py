@@ -27,6 +27,7 @@ from pathlib import Path
 
 from livekit import api
 
+from bench.worker_dispatch import pct
 from infra import sipp
 from localenv.manager import Endpoints, LocalEnv, http_ok
 from localenv.ports import free_tcp_port
@@ -35,11 +36,6 @@ from worker.metadata import AgentConfig, RouteMetadata
 ROOT = Path(__file__).resolve().parent.parent
 CAPACITY = 50  # per worker, above the largest burst: the bench measures answer time, not overflow
 HOLD = 3.0  # seconds each answered call is held before the caller hangs up
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 async def _route(lk: api.LiveKitAPI, name: str, number: str, agent: str, metadata: str) -> None:

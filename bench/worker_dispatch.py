@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``values``; NaN when there are none."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 def resolution_bench(n: int = 2000) -> dict[str, float]:

@@ -26,7 +26,7 @@ from localenv import image as worker_image
 from localenv import tools
 from localenv.manager import Endpoints, LocalEnv
 from localenv.ports import free_tcp_port
-from tests.test_worker_live import WAIT, answered_call
+from tests.test_worker_live import WAIT, LogWatch, answered_call
 from worker.config import text_sha
 from worker.metadata import AgentConfig, RouteMetadata
 
@@ -48,7 +48,7 @@ def built() -> Iterator[worker_image.BuiltImage]:
 
 
 @dataclass
-class Container:
+class Container(LogWatch):
     """A worker container running in the foreground of a ``<engine> run`` process."""
 
     engine: str
@@ -58,21 +58,9 @@ class Container:
     agent_name: str
     http_port: int
 
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
     def cmd(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([self.engine, *args], env=worker_image.engine_env(), capture_output=True, text=True,
                               timeout=60, check=False)  # fmt: skip
-
-    def wait_for_log(self, needle: str, timeout: float = WAIT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if needle in self.text():
-                return
-            assert self.proc.poll() is None, f"container exited ({self.proc.returncode}):\n{self.text()[-3000:]}"
-            time.sleep(0.1)
-        raise AssertionError(f"{needle!r} not logged within {timeout}s:\n{self.text()[-3000:]}")
 
     def stop(self) -> int | None:
         if self.proc.poll() is None:

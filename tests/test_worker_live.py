@@ -59,14 +59,11 @@ def entry_command() -> list[str]:
     return [sys.executable, *argv[1:]]
 
 
-@dataclass
-class WorkerProc:
-    """A worker subprocess and its log."""
+class LogWatch:
+    """``text()`` and ``wait_for_log()`` for a process (``self.proc``) that writes its log to ``self.log``."""
 
     proc: subprocess.Popen[bytes]
     log: Path
-    agent_name: str
-    out: BinaryIO
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -77,9 +74,19 @@ class WorkerProc:
             text = self.text()
             if needle in text:
                 return text
-            assert self.proc.poll() is None, f"worker exited ({self.proc.returncode}):\n{text[-3000:]}"
+            assert self.proc.poll() is None, f"{type(self).__name__} exited ({self.proc.returncode}):\n{text[-3000:]}"
             time.sleep(0.1)
         raise AssertionError(f"{needle!r} not logged within {timeout}s:\n{self.text()[-3000:]}")
+
+
+@dataclass
+class WorkerProc(LogWatch):
+    """A worker subprocess and its log."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    agent_name: str
+    out: BinaryIO
 
     def errors(self) -> list[str]:
         """ERROR/CRITICAL log records, except teardown noise after a test deletes a room mid-call: the rtc engine's
