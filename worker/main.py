@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -282,9 +283,11 @@ def build_server(settings: WorkerSettings | None = None) -> AgentServer:
     if settings.num_idle_processes is not None:
         kwargs["num_idle_processes"] = settings.num_idle_processes
     threshold = settings.load_threshold
+    # With a capacity, the gate below decides exactly; livekit-agents' own check (an unlimited threshold turns
+    # it off) counts each job waiting for a process as threshold / idle processes, and so turned bursts away.
     server = AgentServer(
         job_executor_type=JobExecutorType.THREAD if settings.job_executor == "thread" else JobExecutorType.PROCESS,
-        load_threshold=threshold,
+        load_threshold=math.inf if settings.max_jobs else threshold,
         port=settings.http_port,
         host=settings.http_host,
         drain_timeout=settings.drain_timeout,
@@ -303,9 +306,10 @@ def build_server(settings: WorkerSettings | None = None) -> AgentServer:
 class CapacityGate:
     """Accept a job only while running plus accepting jobs stay below the capacity.
 
-    livekit-agents' own check estimates the load of jobs accepted but not yet running, so a burst can
-    overshoot; this count is exact. A refused job goes back to LiveKit (another worker, or none: the
-    caller keeps ringing until the trunk's ringing timeout, then gets a SIP refusal).
+    livekit-agents' own check estimates the load of jobs accepted but not yet running (a burst could
+    overshoot, or be turned away while processes start); this count is exact. A refused job goes back to
+    LiveKit (another worker, or none: the caller keeps ringing until the trunk's ringing timeout, then gets
+    a SIP refusal).
     """
 
     def __init__(self, server: AgentServer, capacity: int) -> None:
