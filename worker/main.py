@@ -253,9 +253,10 @@ async def _call(ctx: JobContext) -> None:
     def _on_close(ev: object) -> None:  # the caller hung up (close_on_disconnect), or the session failed
         ctx.shutdown(reason=f"session closed: {getattr(ev, 'reason', 'unknown')}")
 
-    room_options = (
-        room_io.RoomOptions(participant_identity=sip_p.identity) if sip_p is not None else room_io.RoomOptions()
-    )
+    # A phone line carries audio only: no chat input, no transcript stream (nobody in the room reads it).
+    room_options = room_io.RoomOptions(text_input=False, text_output=False)
+    if sip_p is not None:
+        room_options.participant_identity = sip_p.identity
     await session.start(
         agent=Agent(instructions=cfg.system_instructions or "", tools=end_call.tools(cfg)),
         room=ctx.room,
@@ -266,14 +267,21 @@ async def _call(ctx: JobContext) -> None:
     logger.info(
         "agent ready",  # audio track published, attributes set: the bridge answers the caller now
         extra={"room": ctx.room.name, "ready_ms": round((time.perf_counter() - started) * 1000, 1),
-               "from_caller_ms": round((time.perf_counter() - caller_at) * 1000, 1)},
+               "from_caller_ms": round((time.perf_counter() - caller_at) * 1000, 1),
+               "cpu_ms": round(time.process_time() * 1000, 1)},
     )  # fmt: skip
     if cfg.send_greeting is not False:
         session.generate_reply(instructions=cfg.greeting_instructions or "")
 
 
 async def _log_end(ctx: JobContext, reason: str) -> None:
-    logger.info("job ended", extra={"reason": reason or "unknown", "room": ctx.room.name})
+    # cpu_ms: the job process's CPU time, from its start to the call's end (capacity planning)
+    logger.info("job ended", extra={"reason": reason or "unknown", "room": ctx.room.name,
+                                    "cpu_ms": round(time.process_time() * 1000, 1)})  # fmt: skip
+
+
+PRELOAD = ["worker.preload"]
+"""Imported once in the forkserver that job processes fork from (Linux): work no call should pay for."""
 
 
 def build_server(settings: WorkerSettings | None = None) -> AgentServer:
@@ -291,6 +299,7 @@ def build_server(settings: WorkerSettings | None = None) -> AgentServer:
         port=settings.http_port,
         host=settings.http_host,
         drain_timeout=settings.drain_timeout,
+        preload_modules=PRELOAD,
         **kwargs,  # type: ignore[arg-type]
     )
     on_request = None
@@ -331,13 +340,10 @@ class CapacityGate:
             self._accepting -= 1
 
 
-server = build_server()
-
-
 def main() -> None:
     """CLI entry: ``start`` / ``dev`` / ``console``, as livekit-agents' CLI."""
     warnings.filterwarnings("ignore", message="the built-in Python CLI is deprecated", category=DeprecationWarning)
-    cli.run_app(server)
+    cli.run_app(build_server())  # built here, not at import: every job process imports this module again
 
 
 if __name__ == "__main__":
