@@ -101,10 +101,10 @@ def test_create_update_and_delete_in_order(net):
     assert iam.list_role_policies(RoleName="siphon-test-support-task")["PolicyNames"] == []
 
     scaling = boto3.client("application-autoscaling")
-    assert (
-        scaling.describe_scaling_policies(ServiceNamespace="ecs")["ScalingPolicies"][0]["PolicyName"]
-        == f"{SERVICE}-cpu"
-    )
+    assert {p["PolicyName"] for p in scaling.describe_scaling_policies(ServiceNamespace="ecs")["ScalingPolicies"]} == {
+        f"{SERVICE}-calls",
+        f"{SERVICE}-cpu",
+    }
 
     # Update: new image + worker default + rotated key + dropped key + no autoscaling.
     new = full_args(

@@ -33,12 +33,15 @@ from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 
 from infra import sipp
+from infra.ecs import components
+from infra.ecs.naming import Names
 from infra.verify import Observation, observe
 from localenv.manager import Endpoints
 from localenv.ports import free_port_range
 from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
 from tests.sip_carrier import Carrier
 from tests.test_worker_metadata import HOSTILE_CASES
+from worker import call_metric
 from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -790,5 +793,57 @@ def test_a_caller_beyond_every_workers_capacity_hears_ringing_then_a_sip_refusal
         ((seen, end),) = refused
         assert seen.room and seen.caller_left, seen  # it reached a room, rang, and was dropped by the bridge
         assert not end.completed and "486" in end.reason, end
+    finally:
+        assert w.stop() == 0, w.text()[-3000:]
+
+
+def _emf(w: WorkerProc) -> list[dict[str, object]]:
+    return [json.loads(line) for line in w.text().splitlines() if line.startswith('{"_aws"')]
+
+
+def _wait_emf(w: WorkerProc, active: int, after: int, timeout: float = 10) -> dict[str, object]:
+    """The first metric line after the ``after``-th one with ``active`` calls."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [r for r in _emf(w)[after:] if r[call_metric.ACTIVE] == active]
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no metric line with {active} active calls:\n{w.text()[-3000:]}")
+
+
+def test_a_worker_on_ecs_publishes_its_calls_as_the_metric_its_service_scales_on(
+    endpoints: Endpoints, tmp_path: Path
+) -> None:
+    """With the names an ECS deployment sets, the worker writes CloudWatch EMF lines (what the awslogs driver
+    ships) under exactly the metric the service's calls policy tracks: one real call on a worker of capacity 2
+    is 50 %, and the count returns to 0 when the caller is gone."""
+    names = Names("test", "support", "siphon-test-support", "voice")
+    w = start_worker(endpoints, tmp_path / "metric.log", f"siphon-metric-{uuid.uuid4().hex[:6]}", SIPHON_MAX_JOBS="2",
+                     SIPHON_METRIC_CLUSTER=names.cluster_name, SIPHON_METRIC_SERVICE=names.service_name,
+                     SIPHON_METRIC_INTERVAL="1")  # fmt: skip
+    try:
+        idle = _wait_emf(w, active=0, after=0)
+        busy: list[dict[str, object]] = []
+        route = RouteMetadata(route="metric", direction="inbound", agent_config=AgentConfig(greeting_instructions="Hi"))
+        seen, end, _ = answered_call(
+            endpoints, w.agent_name, "+15550100190", route,
+            during=lambda room: busy.append(_wait_emf(w, active=1, after=len(_emf(w)))),
+        )  # fmt: skip
+        assert seen.attributes and end.completed, w.text()[-3000:]
+        assert busy[0][call_metric.UTILIZATION] == 50.0 and busy[0]["Capacity"] == 2
+        after = _wait_emf(w, active=0, after=_emf(w).index(busy[0]) + 1, timeout=WAIT)
+        assert after[call_metric.ACTIVE] == 0
+
+        policy = components.calls_metric(names)
+        for record in (idle, busy[0], after):
+            aws = record["_aws"]
+            assert isinstance(aws, dict)
+            directive = aws["CloudWatchMetrics"][0]
+            assert directive["Namespace"] == policy["Namespace"]
+            assert policy["MetricName"] in {m["Name"] for m in directive["Metrics"]}
+            assert {d["Name"]: record[d["Name"]] for d in policy["Dimensions"]} == {
+                d["Name"]: d["Value"] for d in policy["Dimensions"]
+            }
     finally:
         assert w.stop() == 0, w.text()[-3000:]

@@ -39,6 +39,7 @@ from livekit.agents import (
 from livekit.plugins import silero  # noqa: F401  (plugins register at import, on the main thread: not in prewarm)
 
 from worker import end_call, turns
+from worker.call_metric import CallGauge
 from worker.config import (
     OVERRIDES_ATTRIBUTE,
     CallFacts,
@@ -305,8 +306,17 @@ def build_server(settings: WorkerSettings | None = None) -> AgentServer:
     on_request = None
     if settings.max_jobs:  # full at exactly max_jobs calls, for the server (target load) and for the worker
         capacity = settings.max_jobs
-        server.load_fnc = lambda s: min(1.0, threshold * len(s.active_jobs) / capacity)
+        gauge = CallGauge.from_env(os.environ, capacity)  # on ECS: the call metric the service scales on
+
+        def load(s: AgentServer) -> float:
+            if gauge is not None:
+                gauge.observe(len(s.active_jobs))
+            return min(1.0, threshold * len(s.active_jobs) / capacity)
+
+        server.load_fnc = load
         on_request = CapacityGate(server, capacity)
+        if gauge is not None:
+            gauge.start()
     server.setup_fnc = prewarm
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=on_request)
     return server

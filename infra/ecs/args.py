@@ -65,11 +65,18 @@ class Deployment(_Model):
 
 
 class Autoscaling(_Model):
-    """Application Auto Scaling of the service's desired count, target tracking on average CPU."""
+    """Application Auto Scaling of the service's desired count: target tracking on calls, and on CPU.
+
+    The calls policy keeps the tasks' average ``CallUtilization`` (calls held / ``max_calls``, published by
+    each worker: ``worker.call_metric``) at ``calls_target_percent``. The CPU policy (``cpu_target_percent``,
+    ``null`` to drop it) adds tasks when calls cost more CPU than the task size allows for; with two policies
+    the service scales out when either asks and in only when both agree.
+    """
 
     min_count: int = Field(ge=0, le=1000)
     max_count: int = Field(ge=1, le=1000)
-    cpu_target_percent: float = Field(60.0, gt=0, le=100)
+    calls_target_percent: float = Field(70.0, gt=0, le=100)
+    cpu_target_percent: float | None = Field(60.0, gt=0, le=100)
     scale_in_cooldown_seconds: int = Field(300, ge=0, le=3600)
     scale_out_cooldown_seconds: int = Field(60, ge=0, le=3600)
 

@@ -17,6 +17,7 @@ from infra.ecs import spec
 from infra.ecs.args import Autoscaling, EcrRepository
 from infra.ecs.aws import Aws, error_code, is_not_found
 from infra.ecs.naming import TAG_SPEC_DIGEST, Names
+from worker import call_metric
 
 
 class DeploymentError(RuntimeError):
@@ -359,7 +360,7 @@ SCALING = {"ServiceNamespace": "ecs", "ScalableDimension": "ecs:service:DesiredC
 
 
 def ensure_autoscaling(aws: Aws, names: Names, scaling: Autoscaling, tags: dict[str, str]) -> str:
-    """Register the scalable target and the CPU target-tracking policy; returns the policy ARN."""
+    """Register the scalable target, the calls policy and the CPU policy (or drop it); the calls policy's ARN."""
     aws.scaling.register_scalable_target(
         **SCALING,
         ResourceId=names.scaling_resource_id,
@@ -367,19 +368,57 @@ def ensure_autoscaling(aws: Aws, names: Names, scaling: Autoscaling, tags: dict[
         MaxCapacity=scaling.max_count,
         Tags=tags,
     )
+    cooldowns = {
+        "ScaleInCooldown": scaling.scale_in_cooldown_seconds,
+        "ScaleOutCooldown": scaling.scale_out_cooldown_seconds,
+    }
     out = aws.scaling.put_scaling_policy(
         **SCALING,
-        PolicyName=names.scaling_policy,
+        PolicyName=names.calls_scaling_policy,
         ResourceId=names.scaling_resource_id,
         PolicyType="TargetTrackingScaling",
         TargetTrackingScalingPolicyConfiguration={
-            "TargetValue": scaling.cpu_target_percent,
-            "PredefinedMetricSpecification": {"PredefinedMetricType": "ECSServiceAverageCPUUtilization"},
-            "ScaleInCooldown": scaling.scale_in_cooldown_seconds,
-            "ScaleOutCooldown": scaling.scale_out_cooldown_seconds,
+            "TargetValue": scaling.calls_target_percent,
+            "CustomizedMetricSpecification": calls_metric(names),
+            **cooldowns,
         },
     )
+    if scaling.cpu_target_percent is None:
+        delete_scaling_policy(aws, names, names.scaling_policy)
+    else:
+        aws.scaling.put_scaling_policy(
+            **SCALING,
+            PolicyName=names.scaling_policy,
+            ResourceId=names.scaling_resource_id,
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": scaling.cpu_target_percent,
+                "PredefinedMetricSpecification": {"PredefinedMetricType": "ECSServiceAverageCPUUtilization"},
+                **cooldowns,
+            },
+        )
     return str(out["PolicyARN"])
+
+
+def calls_metric(names: Names) -> dict[str, Any]:
+    """The service's call-utilisation metric, as the workers publish it (``worker.call_metric``)."""
+    dims = call_metric.dimensions(names.cluster_name, names.service_name)
+    return {
+        "MetricName": call_metric.UTILIZATION,
+        "Namespace": call_metric.NAMESPACE,
+        "Dimensions": [{"Name": k, "Value": v} for k, v in sorted(dims.items())],
+        "Statistic": "Average",
+        "Unit": "Percent",
+    }
+
+
+def delete_scaling_policy(aws: Aws, names: Names, policy: str) -> None:
+    """Delete one scaling policy of the service; a missing one is fine."""
+    try:
+        aws.scaling.delete_scaling_policy(**SCALING, PolicyName=policy, ResourceId=names.scaling_resource_id)
+    except ClientError as e:
+        if not is_not_found(e):
+            raise
 
 
 def scalable_target_exists(aws: Aws, names: Names) -> bool:

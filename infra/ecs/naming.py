@@ -66,8 +66,13 @@ class Names:
 
     @property
     def scaling_policy(self) -> str:
-        """Application Auto Scaling target-tracking policy name."""
+        """Application Auto Scaling target-tracking policy name (CPU)."""
         return f"{self.service_name}-cpu"
+
+    @property
+    def calls_scaling_policy(self) -> str:
+        """Application Auto Scaling target-tracking policy name (call utilisation)."""
+        return f"{self.service_name}-calls"
 
     @property
     def scaling_resource_id(self) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 from infra.ecs import naming
 from infra.ecs import validation as v
 from infra.ecs.args import AgentWorkerArgs
+from worker import call_metric
 from worker.config import AGENT_NAME_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV, defaults_env
 
 TRUST_POLICY = json.dumps({
@@ -42,6 +43,9 @@ def container_environment(args: AgentWorkerArgs) -> dict[str, str]:
     # Drain running calls within the SIGTERM-to-SIGKILL grace ECS gives the container (leave time to exit).
     env[DRAIN_TIMEOUT_ENV] = str(max(args.stop_timeout_seconds - 10, 1))
     env[MAX_JOBS_ENV] = str(args.effective_max_calls)
+    # The worker publishes its call load under the service's names: the calls scaling policy reads it.
+    n = names(args)
+    env[call_metric.CLUSTER_ENV], env[call_metric.SERVICE_ENV] = n.cluster_name, n.service_name
     env.update(defaults_env(args.worker))
     return env
 

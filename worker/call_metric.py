@@ -1,0 +1,140 @@
+"""The worker's call load as a CloudWatch metric, the signal ECS scales agent workers on.
+
+An ECS deployment sets ``SIPHON_METRIC_CLUSTER`` and ``SIPHON_METRIC_SERVICE``; the worker then writes, every
+``SIPHON_METRIC_INTERVAL`` seconds (default 15), one line of CloudWatch Embedded Metric Format (EMF) to stdout.
+The container's ``awslogs`` driver sends it to the deployment's log group, where CloudWatch turns it into
+metrics in the ``Siphon`` namespace, dimensions ``ClusterName`` and ``ServiceName``:
+
+- ``CallUtilization`` (Percent): the most calls the worker held at once during the interval, as a share of
+  its capacity (``max_calls``). The service's target-tracking policy keeps its average across tasks at the
+  declared ``calls_target_percent`` (``infra.ecs.components.ensure_autoscaling``).
+- ``ActiveCalls`` (Count): calls held at the time of the line.
+
+No AWS call and no credentials: writing a log line is all it costs. The names here are the ones the scaling
+policy reads: ``infra`` imports them from this module, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TextIO
+
+NAMESPACE = "Siphon"
+UTILIZATION = "CallUtilization"
+ACTIVE = "ActiveCalls"
+CLUSTER_DIMENSION = "ClusterName"
+SERVICE_DIMENSION = "ServiceName"
+
+CLUSTER_ENV = "SIPHON_METRIC_CLUSTER"
+SERVICE_ENV = "SIPHON_METRIC_SERVICE"
+INTERVAL_ENV = "SIPHON_METRIC_INTERVAL"
+DEFAULT_INTERVAL = 15.0
+
+logger = logging.getLogger("siphon.worker")
+
+
+def dimensions(cluster: str, service: str) -> dict[str, str]:
+    """The metric's dimensions for one ECS service (the scaling policy selects the same pairs)."""
+    return {CLUSTER_DIMENSION: cluster, SERVICE_DIMENSION: service}
+
+
+def emf_record(dims: Mapping[str, str], *, active: int, peak: int, capacity: int, at_ms: int) -> dict[str, object]:
+    """One EMF log record: utilisation from the interval's peak, the current count, under ``dims``."""
+    return {
+        "_aws": {
+            "Timestamp": at_ms,
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": NAMESPACE,
+                    "Dimensions": [sorted(dims)],
+                    "Metrics": [{"Name": UTILIZATION, "Unit": "Percent"}, {"Name": ACTIVE, "Unit": "Count"}],
+                }
+            ],
+        },
+        **dims,
+        UTILIZATION: round(100.0 * peak / capacity, 2),
+        ACTIVE: active,
+        "Capacity": capacity,
+    }
+
+
+class CallGauge:
+    """Tracks the worker's running calls and writes them as an EMF line every interval (a daemon thread).
+
+    ``observe`` is called with the current count whenever the worker computes its load (livekit-agents does so
+    every few seconds, and the capacity gate on every job request); the line carries the interval's peak, so a
+    burst between two lines still counts.
+    """
+
+    def __init__(
+        self,
+        dims: Mapping[str, str],
+        capacity: int,
+        interval: float = DEFAULT_INTERVAL,
+        out: TextIO | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._dims = dict(dims)
+        self._capacity = capacity
+        self._interval = interval
+        self._out = out
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._active = 0
+        self._peak = 0
+        self._stop = threading.Event()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], capacity: int | None) -> CallGauge | None:
+        """The gauge an ECS deployment asks for (both names set and a capacity), else None."""
+        cluster, service = env.get(CLUSTER_ENV), env.get(SERVICE_ENV)
+        if not (cluster and service and capacity):
+            return None
+        raw = env.get(INTERVAL_ENV, "")
+        try:
+            interval = float(raw) if raw else DEFAULT_INTERVAL
+        except ValueError:
+            raise ValueError(f"{INTERVAL_ENV}={raw!r} is not a number of seconds (write e.g. 15)") from None
+        if not 1 <= interval <= 60:
+            raise ValueError(f"{INTERVAL_ENV}={raw!r} is outside 1..60 seconds (CloudWatch keeps one value a minute)")
+        return cls(dimensions(cluster, service), capacity, interval)
+
+    def observe(self, active: int) -> None:
+        """Record the worker's current number of running calls."""
+        with self._lock:
+            self._active = active
+            self._peak = max(self._peak, active)
+
+    def line(self) -> str:
+        """The EMF line for the interval that ends now; the next interval's peak starts at the current count."""
+        with self._lock:
+            active, peak = self._active, self._peak
+            self._peak = active
+        record = emf_record(
+            self._dims, active=active, peak=peak, capacity=self._capacity, at_ms=int(self._clock() * 1000)
+        )
+        return json.dumps(record, separators=(",", ":"))
+
+    def start(self) -> None:
+        """Write a line now and then every interval, until ``stop``."""
+        threading.Thread(target=self._run, name="siphon-call-metric", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop writing lines."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        while True:
+            out = self._out or sys.stdout
+            try:
+                out.write(self.line() + "\n")
+                out.flush()
+            except (OSError, ValueError):  # stdout closed at exit
+                return
+            if self._stop.wait(self._interval):
+                return
