@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import re
@@ -99,7 +100,11 @@ def calls(ep: Endpoints, number: str, n: int, *, together: bool) -> tuple[list[f
     else:
         ends = [call_once(ep, number).wait(HOLD + 60) for _ in range(n)]
     times = [e.answered_after for e in ends if e.answered_after is not None]
-    refused = sum(1 for e in ends if e.answered_after is None and e.reason[:3].isdigit())
+    status = re.compile(r"\b[3-6]\d\d\b")  # sipp's reason names the SIP status of a refusal ("refused: 486 ...")
+    refused = sum(1 for e in ends if e.answered_after is None and status.search(e.reason))
+    lost = collections.Counter(e.reason[:80] for e in ends if e.answered_after is None and not status.search(e.reason))
+    if lost:
+        print(f"  lost calls to {number}: {dict(lost)}", flush=True)
     return times, refused, n - len(times) - refused
 
 
