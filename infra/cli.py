@@ -1,22 +1,28 @@
-"""``siphon-infra``: validate stack files offline, show routing, render pull-request summaries.
+"""siphon-infra: validate stack files offline, show routing, render pull-request summaries, place and verify calls.
 
-siphon-infra validate [ENV|FILE ...]   check stack files (no credentials, no network); exit 1 on problems
-siphon-infra routes ENV [--mermaid]    routing table (and diagram) of a stack
-siphon-infra summary ENV [--preview preview.json]
-                                       Markdown for a pull-request comment (from `pulumi preview --json`)
+An environment name (dev) means stacks/dev.yaml; a path ending in .yaml or .yml is read as it is.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from infra.stack.load import STACKS_DIR, StackFileError, stack_path
 from infra.stack.plan import Plan, plan_file
 from infra.stack.render import markdown_summary, mermaid, table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
+
+Target = Annotated[str, typer.Argument(help="environment name or stack file path")]
+Outputs = Annotated[Path | None, typer.Option(help="`pulumi stack output --json` saved to a file")]
 
 
 def _path(target: str) -> Path:
@@ -27,165 +33,147 @@ def _path(target: str) -> Path:
     return Path(target) if Path(target).suffix in (".yaml", ".yml") else stack_path(target)
 
 
-def _plan(path: Path) -> Plan:
-    return plan_file(path)
+def _plan_or_exit(target: str) -> Plan:
+    """The plan of a stack file, or every problem (``file:line: field: message``) on stderr and exit 1."""
+    try:
+        return plan_file(_path(target))
+    except StackFileError as e:
+        print(e, file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
-def cmd_validate(targets: list[str]) -> int:
-    """Validate each stack file; print problems or a one-line OK."""
-    paths = [_path(t) for t in targets] or sorted(
+def _fail(command: str, message: str, code: int = 1) -> typer.Exit:
+    print(f"siphon-infra {command}: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+@app.command()
+def validate(
+    targets: Annotated[list[str] | None, typer.Argument(help="default: every stack file in stacks/")] = None,
+) -> None:
+    """Check stack files (no credentials, no network); exit 1 on problems."""
+    paths = [_path(t) for t in targets or []] or sorted(
         p for p in STACKS_DIR.glob("*.yaml") if not p.name.startswith("Pulumi.")
     )
     failed = False
     for path in paths:
         try:
-            plan = _plan(path)
+            stack = plan_file(path).stack
         except StackFileError as e:
             failed = True
             print(f"{path}: INVALID ({len(e.problems)} problem{'s' if len(e.problems) > 1 else ''})")
-            for problem in e.problems:
-                print(f"  {problem}")
+            print("\n".join(f"  {problem}" for problem in e.problems))
             continue
-        stack = plan.stack
         print(f"{path}: ok ({len(stack.inbound_routes)} inbound, {len(stack.outbound_routes)} outbound routes, "
               f"{len(stack.agents)} agents)")  # fmt: skip
-    return 1 if failed else 0
+    raise typer.Exit(1 if failed else 0)
 
 
-def _pairs(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"expected KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
+@app.command()
+def routes(
+    target: Target, mermaid_: Annotated[bool, typer.Option("--mermaid", help="also print the Mermaid diagram")] = False
+) -> None:
+    """Routing table (and diagram) of a stack."""
+    plan = _plan_or_exit(target)
+    print(table(plan.routing_rows()))
+    if mermaid_:
+        print("\n```mermaid\n" + mermaid(plan) + "\n```")
 
 
-def _stack_outputs(target: str, outputs: Path | None) -> dict:
-    import subprocess
+@app.command()
+def summary(
+    target: Target, preview: Annotated[Path | None, typer.Option(help="output of `pulumi preview --json`")] = None
+) -> None:
+    """Markdown summary for a pull-request comment."""
+    plan = _plan_or_exit(target)
+    print(markdown_summary(plan.stack.environment, plan, json.loads(preview.read_text()) if preview else None))
 
+
+def _pulumi(command: str, what: str, *argv: str) -> str:
+    run = subprocess.run(["pulumi", *argv], capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        raise _fail(command, f"cannot read {what}: {run.stderr.strip()}")
+    return run.stdout
+
+
+def _stack_outputs(command: str, target: str, outputs: Path | None) -> dict:
     if outputs:
         return json.loads(outputs.read_text())
-    run = subprocess.run(
-        ["pulumi", "stack", "output", "--json", "--stack", target], capture_output=True, text=True, check=False
-    )
-    if run.returncode != 0:
-        raise SystemExit(f"cannot read the outputs of stack {target!r}: {run.stderr.strip()}")
-    return json.loads(run.stdout)
+    text = _pulumi(command, f"the outputs of stack {target!r}", "stack", "output", "--json", "--stack", target)
+    return json.loads(text)
 
 
-def _config_secret(target: str, key: str) -> str:
-    """One config value of the stack (secrets decrypted), as `pulumi config get` gives it."""
-    import subprocess
-
-    run = subprocess.run(
-        ["pulumi", "config", "get", key, "--stack", target], capture_output=True, text=True, check=False
-    )
-    if run.returncode != 0:
-        raise SystemExit(f"cannot read config {key!r} of stack {target!r}: {run.stderr.strip()}")
-    return run.stdout.rstrip("\n")
+def _pairs(items: list[str] | None) -> dict[str, str]:
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}")
+    return dict(item.partition("=")[::2] for item in items or [])
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    """Verify inbound routes; print route, number, agent, result and time to answer."""
-    import os
+@app.command()
+def call(
+    target: Annotated[str, typer.Argument(help="environment (its stack outputs are read with `pulumi stack output`)")],
+    route: str,
+    number: str,
+    call_id: Annotated[str | None, typer.Option(help="idempotency key: a retry with the same id does not dial")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="per-call override")] = None,
+    context: Annotated[list[str] | None, typer.Option(metavar="KEY=VALUE", help="customer context")] = None,
+    direct: Annotated[bool, typer.Option("--direct", help="dial from here instead of letting the worker dial")] = False,
+    outputs: Outputs = None,
+) -> None:
+    """Place a call through an outbound route and print its ids."""
+    from infra.calls import CallError, place_call
+    from infra.livekit.client import LiveKitError
 
+    overrides, customer = _pairs(set_), _pairs(context)
+    try:
+        result = place_call(
+            _stack_outputs("call", target, outputs)["outbound_routes"], route, number, call_id=call_id,
+            overrides=overrides or None, context=customer, dial="direct" if direct else "worker",
+        )  # fmt: skip
+    except (CallError, LiveKitError) as e:
+        raise _fail("call", str(e)) from None
+    print(json.dumps(result.__dict__, indent=2))
+
+
+@app.command()
+def verify(
+    target: Target,
+    route: Annotated[list[str] | None, typer.Option(help="only these routes (repeatable)")] = None,
+    outputs: Outputs = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 20.0,
+) -> None:
+    """Prove inbound routes with synthetic SIP calls; print route, number, agent, result and time to answer."""
     from infra.verify import expectations, trunk_auth_keys, verify_one
 
     sip_address = os.environ.get("SIPHON_SIP_ADDRESS")
     if not sip_address:
-        print(
-            "siphon-infra verify: no SIP bridge to call through: set SIPHON_SIP_ADDRESS to livekit-sip's host:port "
-            "(`./dev local` prints it when livekit-sip is installed)",
-            file=sys.stderr,
-        )
-        return 2
-    stack = _plan(_path(args.target)).stack
-    unknown = [r for r in args.route if r not in stack.inbound_routes]
+        raise _fail("verify", "no SIP bridge to call through: set SIPHON_SIP_ADDRESS to livekit-sip's host:port "
+                              "(`./dev local` prints it when livekit-sip is installed)", 2)  # fmt: skip
+    stack = _plan_or_exit(target).stack
+    routes_ = route or []
+    unknown = [r for r in routes_ if r not in stack.inbound_routes]
     if unknown:
-        print(f"siphon-infra verify: no inbound route {', '.join(unknown)}", file=sys.stderr)
-        return 2
-    outputs = _stack_outputs(args.target, args.outputs)
-    passwords = {k: _config_secret(args.target, k) for k in set(trunk_auth_keys(stack, args.route).values())}
-    exps = expectations(stack, outputs["routing_table"], args.route, passwords)
-    results = [verify_one(e, sip_address, args.timeout) for e in exps]
+        raise _fail("verify", f"no inbound route {', '.join(unknown)}", 2)
+    routing_table = _stack_outputs("verify", target, outputs)["routing_table"]
+    passwords = {
+        key: _pulumi("verify", f"config {key!r} of stack {target!r}", "config", "get", key, "--stack", target)
+        .rstrip("\n")
+        for key in set(trunk_auth_keys(stack, routes_).values())
+    }  # fmt: skip
+    results = [verify_one(e, sip_address, timeout) for e in expectations(stack, routing_table, routes_, passwords)]
     rows = [{"route": r.route, "number": r.number, "agent": r.agent, "result": "ok" if r.ok else f"FAIL: {r.detail}",
              "time to answer": f"{r.seconds:.2f}s"} for r in results]  # fmt: skip
     print(table(rows, ["route", "number", "agent", "result", "time to answer"]))
-    return 0 if results and all(r.ok for r in results) else 1
-
-
-def cmd_call(args: argparse.Namespace) -> int:
-    """Place one call and print its ids."""
-    from infra.calls import CallError, place_call
-    from infra.livekit.client import LiveKitError
-
-    try:
-        result = place_call(
-            _stack_outputs(args.target, args.outputs)["outbound_routes"],
-            args.route,
-            args.number,
-            call_id=args.call_id,
-            overrides=_pairs(args.set) or None,
-            context=_pairs(args.context),
-            dial="direct" if args.direct else "worker",
-        )
-    except (CallError, LiveKitError) as e:
-        print(f"siphon-infra call: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps(result.__dict__, indent=2))
-    return 0
+    raise typer.Exit(0 if results and all(r.ok for r in results) else 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``siphon-infra`` command."""
-    parser = argparse.ArgumentParser(
-        prog="siphon-infra", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("validate", help="check stack files offline")
-    v.add_argument("targets", nargs="*", help="environment names or stack file paths (default: all in stacks/)")
-    r = sub.add_parser("routes", help="routing table of a stack")
-    r.add_argument("target")
-    r.add_argument("--mermaid", action="store_true", help="also print the Mermaid diagram")
-    s = sub.add_parser("summary", help="Markdown summary for a pull-request comment")
-    s.add_argument("target")
-    s.add_argument("--preview", type=Path, help="output of `pulumi preview --json`")
-    c = sub.add_parser("call", help="place a call through an outbound route")
-    c.add_argument("target", help="environment (its stack outputs are read with `pulumi stack output`)")
-    c.add_argument("route")
-    c.add_argument("number")
-    c.add_argument("--call-id", help="idempotency key: a retry with the same id does not dial again")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="per-call override")
-    c.add_argument("--context", action="append", default=[], metavar="KEY=VALUE", help="customer context")
-    c.add_argument("--direct", action="store_true", help="dial from here instead of letting the worker dial")
-    c.add_argument("--outputs", type=Path, help="`pulumi stack output --json` saved to a file")
-    vf = sub.add_parser("verify", help="prove inbound routes with synthetic SIP calls")
-    vf.add_argument("target")
-    vf.add_argument("--route", action="append", default=[], help="only these routes (repeatable)")
-    vf.add_argument("--outputs", type=Path, help="`pulumi stack output --json` saved to a file")
-    vf.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for each answer")
-    args = parser.parse_args(argv)
-
-    if args.command == "verify":
-        return cmd_verify(args)
-    if args.command == "call":
-        return cmd_call(args)
-    if args.command == "validate":
-        return cmd_validate(args.targets)
+    """Entry point of the ``siphon-infra`` command; returns its exit code."""
     try:
-        plan = _plan(_path(args.target))
-    except StackFileError as e:
-        print(e, file=sys.stderr)
-        return 1
-    if args.command == "routes":
-        print(table(plan.routing_rows()))
-        if args.mermaid:
-            print("\n```mermaid\n" + mermaid(plan) + "\n```")
-        return 0
-    preview = json.loads(args.preview.read_text()) if args.preview else None
-    print(markdown_summary(plan.stack.environment, plan, preview))
+        app(args=None if argv is None else list(argv), prog_name="siphon-infra")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 1
     return 0
 
 

@@ -31,3 +31,10 @@ def test_credentials_go_into_the_scenario_file_only_when_a_trunk_needs_them() ->
     assert '<recv response="401" optional="true" auth="true" next="auth"/>' in xml
     assert "[authentication username=partner password=s3cret]" in xml
     assert "CSeq: 2 INVITE" in xml and "CSeq: 3 BYE" in xml
+
+
+def test_call_refuses_a_malformed_override_before_reading_any_stack_output(capsys) -> None:
+    from infra import cli
+
+    assert cli.main(["call", "local", "reminders", "+15550100999", "--set", "greeting_instructions"]) == 2
+    assert "expected KEY=VALUE, got 'greeting_instructions'" in capsys.readouterr().err
