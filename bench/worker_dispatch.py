@@ -26,8 +26,8 @@ from livekit import api, rtc
 
 from localenv.manager import Endpoints, LocalEnv
 from localenv.siphon_payloads import SIPHON_INBOUND
-from worker.config import WorkerSettings, call_facts, merge_layers
-from worker.metadata import CallMetadata, parse_metadata
+from worker.config import call_facts, merge_layers, worker_defaults
+from worker.metadata import AgentConfig, CallMetadata, parse_metadata
 from worker.models import registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def pct(values: list[float], p: float) -> float:
 
 def resolution_bench(n: int = 2000) -> dict[str, float]:
     """Microseconds per parse+merge+spec-parse for a SIPHON payload and for our own shape."""
-    settings = WorkerSettings.from_env({})
+    defaults = worker_defaults(AgentConfig())
     ours = CallMetadata(route="bench", direction="inbound", inbound_trunk_id="ST_x", called_number="+15550100")
     ours_json = ours.to_json()
     out = {}
@@ -49,9 +49,7 @@ def resolution_bench(n: int = 2000) -> dict[str, float]:
         t0 = time.perf_counter()
         for _ in range(n):
             meta = parse_metadata(raw).metadata
-            merged = merge_layers(
-                ("default", settings.defaults), ("route", meta.agent_config), ("call", meta.overrides)
-            )
+            merged = merge_layers(("default", defaults), ("route", meta.agent_config), ("call", meta.overrides))
             call_facts(meta, None)
             for kind in ("llm", "stt", "tts"):
                 registry.parse_spec(kind, getattr(merged.config, kind))

@@ -150,18 +150,18 @@ def verify(
     if not sip_address:
         raise _fail("verify", "no SIP bridge to call through: set SIPHON_SIP_ADDRESS to livekit-sip's host:port "
                               "(`./dev local` prints it when livekit-sip is installed)", 2)  # fmt: skip
-    stack = _plan_or_exit(target).stack
+    plan = _plan_or_exit(target)
     routes_ = route or []
-    unknown = [r for r in routes_ if r not in stack.inbound_routes]
+    unknown = [r for r in routes_ if r not in plan.inbound_routes]
     if unknown:
         raise _fail("verify", f"no inbound route {', '.join(unknown)}", 2)
-    routing_table = _stack_outputs("verify", target, outputs)["routing_table"]
+    deployed = _stack_outputs("verify", target, outputs)
     passwords = {
         key: _pulumi("verify", f"config {key!r} of stack {target!r}", "config", "get", key, "--stack", target)
         .rstrip("\n")
-        for key in set(trunk_auth_keys(stack, routes_).values())
+        for key in set(trunk_auth_keys(plan, routes_).values())
     }  # fmt: skip
-    results = [verify_one(e, sip_address, timeout) for e in expectations(stack, routing_table, routes_, passwords)]
+    results = [verify_one(e, sip_address, timeout) for e in expectations(plan, deployed, routes_, passwords)]
     rows = [{"route": r.route, "number": r.number, "agent": r.agent, "result": "ok" if r.ok else f"FAIL: {r.detail}",
              "time to answer": f"{r.seconds:.2f}s"} for r in results]  # fmt: skip
     print(table(rows, ["route", "number", "agent", "result", "time to answer"]))

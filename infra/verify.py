@@ -22,10 +22,9 @@ from typing import Any
 from livekit import api
 
 from infra import sipp
-from infra.stack.checks import route_trunks
-from infra.stack.model import StackFile
-from worker.config import ATTR_PREFIX, WorkerSettings, defaults_env, merge_layers, text_sha
-from worker.metadata import MODEL_KINDS
+from infra.stack.plan import Plan
+from worker.config import ATTR_PREFIX, CallFacts, ResolvedCall, call_layers, worker_defaults
+from worker.metadata import MODEL_KINDS, parse_metadata
 from worker.models.registry import parse_spec
 
 TEST_CALLER = "+15005550006"  # a reserved test number, used as the caller unless the route filters callers
@@ -47,54 +46,51 @@ class Expectation:
     auth: tuple[str, str] | None = None  # digest credentials of the route's trunk, when it has them
 
 
-def trunk_auth_keys(stack: StackFile, routes: list[str] | None = None) -> dict[str, str]:
+def trunk_auth_keys(plan: Plan, routes: list[str] | None = None) -> dict[str, str]:
     """Config keys of the trunk passwords the selected routes' calls must answer a challenge with: route -> key."""
-    out = {}
-    for key in stack.inbound_routes:
-        if routes and key not in routes:
-            continue
-        for trunk in route_trunks(stack, key):
-            if secret := stack.inbound_trunks[trunk].auth_password_secret:
-                out[key] = secret
-                break
-    return out
+    return {
+        key: secret
+        for key, route in plan.inbound_routes.items()
+        if not routes or key in routes
+        if (secret := next((s for t in route.trunks if (s := plan.inbound_trunks[t].password_secret)), ""))
+    }
+
+
+def published_attributes(plan: Plan, route_key: str, number: str, caller: str, trunk_id: str | None) -> dict[str, str]:
+    """The ``siphon.*`` attributes the agent answering a call to ``number`` on this route publishes, computed as
+    the worker computes them: its defaults (``worker_defaults`` of what the deployment sets), the metadata the
+    plan gives the route's dispatch rule, the worker's merge (``call_layers``) and ``ResolvedCall.attributes``.
+    Without ``trunk_id`` (the route has several trunks), ``siphon.trunk_id`` is left out."""
+    dispatch = plan.inbound_routes[route_key].dispatch
+    meta = parse_metadata(dispatch.metadata).metadata
+    merged, _ = call_layers(worker_defaults(plan.stack.agents[dispatch.agent_name].defaults), meta, None)
+    models = {kind: parse_spec(kind, getattr(merged.config, kind)).label for kind in MODEL_KINDS}
+    facts = CallFacts("inbound", caller, number, trunk_id)
+    attrs = ResolvedCall(dispatch.agent_name, meta.route, facts, merged, models, fallbacks={}).attributes()
+    return {k: v for k, v in attrs.items() if trunk_id or k != ATTR_PREFIX + "trunk_id"}
 
 
 def expectations(
-    stack: StackFile,
-    routing_table: Mapping[str, Any],
-    routes: list[str] | None = None,
-    passwords: Mapping[str, str] | None = None,
+    plan: Plan, outputs: Mapping[str, Any], routes: list[str] | None = None, passwords: Mapping[str, str] | None = None
 ) -> list[Expectation]:
-    """One expectation per (route, number) of the deployed routing table; ``passwords`` maps config key -> value."""
+    """One expectation per (route, number) of the deployed routing table (``outputs``: the stack's outputs);
+    ``passwords`` maps config key -> value."""
     passwords = passwords or {}
+    trunk_ids: Mapping[str, str] = outputs.get("inbound_trunks") or {}
     out = []
-    for number, row in routing_table.items():
+    for number, row in outputs["routing_table"].items():
         key = row["route"]
         if routes and key not in routes:
             continue
-        route = stack.inbound_routes[key]
-        defaults = WorkerSettings.from_env(defaults_env(stack.agents[route.agent].defaults)).defaults
-        cfg = merge_layers(("default", defaults), ("route", route.agent_config)).config
-        attrs = {
-            "agent_name": route.agent,
-            "route": key,
-            "direction": "inbound",
-            "called_number": number,
-            "system_instructions_sha": text_sha(cfg.system_instructions) or "",
-            "greeting_instructions_sha": text_sha(cfg.greeting_instructions) or "",
-            "fallbacks": "",
-        }
-        for kind in MODEL_KINDS:
-            spec = getattr(cfg, kind)
-            attrs[kind] = parse_spec(kind, spec if isinstance(spec, str) else spec.model_dump()).label
-        trunks = [stack.inbound_trunks[t] for t in route_trunks(stack, key)]
-        callers = route.caller_numbers or next((t.allowed_numbers for t in trunks if t.allowed_numbers), [])
-        auth = next(((t.auth_username, passwords.get(t.auth_password_secret, "")) for t in trunks if t.auth_username),
-                    None)  # fmt: skip
-        out.append(Expectation(key, number, route.agent, row["rule_id"],
-                               {ATTR_PREFIX + k: v for k, v in attrs.items()}, callers[0] if callers else TEST_CALLER,
-                               auth))  # fmt: skip
+        route = plan.inbound_routes[key]
+        trunks = [plan.inbound_trunks[t] for t in route.trunks]
+        callers = route.rule.inbound_numbers or [n for t in trunks for n in t.args.allowed_numbers]
+        caller = callers[0] if callers else TEST_CALLER
+        auth = next(((t.args.auth_username, passwords.get(t.password_secret, "")) for t in trunks
+                     if t.args.auth_username), None)  # fmt: skip
+        trunk_id = trunk_ids.get(route.trunks[0]) if len(route.trunks) == 1 else None
+        attrs = published_attributes(plan, key, number, caller, trunk_id)
+        out.append(Expectation(key, number, route.dispatch.agent_name, row["rule_id"], attrs, caller, auth))
     return out
 
 

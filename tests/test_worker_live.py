@@ -386,10 +386,11 @@ def test_header_selected_layer_applies_when_the_sip_attribute_matches(endpoints:
 
 
 def test_verify_expectation_matches_what_the_worker_publishes(endpoints: Endpoints, worker: WorkerProc) -> None:
-    """``verify`` computes, from the stack file alone, the attributes the agent answering a route must publish;
-    the real worker, given that route's metadata and a stand-in SIP caller, publishes exactly those."""
+    """``verify`` computes, from the stack file's plan alone, every attribute the agent answering a route must
+    publish (config hash, sources, turn-taking, caller, trunk...); the real worker, given that route's metadata and
+    a stand-in SIP caller, publishes exactly those."""
     from infra.stack.load import parse
-    from infra.stack.plan import route_metadata
+    from infra.stack.plan import compile_stack, route_metadata
     from infra.verify import compare, expectations
 
     text = f"""
@@ -401,13 +402,18 @@ agents:
 inbound_routes:
   support:
     numbers: ["{OUR_NUMBER}"]
+    caller_numbers: ["{CALLER}"]
     agent: {worker.agent_name}
-    agent_config: {{greeting_instructions: "Verify greeting", tts: "local/espeak-ng:en"}}
+    agent_config: {{greeting_instructions: "Verify greeting", tts: "local/espeak-ng:en", min_silence_duration: 0.4}}
 """
-    stack, _ = parse(text, "verify.yaml")
-    (expected,) = expectations(stack, {OUR_NUMBER: {"route": "support", "rule_id": "SDR_unused"}})
-    meta = route_metadata("support", stack.inbound_routes["support"], "inbound")
-    r = call(endpoints, worker, meta.to_json(), participant=sip_attributes())
+    stack, lines = parse(text, "verify.yaml")
+    plan = compile_stack(stack, "verify.yaml", lines)
+    outputs = {"routing_table": {OUR_NUMBER: {"route": "support", "rule_id": "SDR_unused"}},
+               "inbound_trunks": {"main": "ST_standin"}}  # fmt: skip
+    (expected,) = expectations(plan, outputs)
+    assert {"siphon.config_hash", "siphon.caller_number", "siphon.trunk_id", "siphon.min_silence_duration",
+            "siphon.sources", "siphon.end_call"} <= set(expected.attributes)  # fmt: skip
+    r = call(endpoints, worker, plan.inbound_routes["support"].dispatch.metadata, participant=sip_attributes())
     assert_answered(r, worker)
     assert compare(expected, r.attributes) == []
     wrong = route_metadata(

@@ -15,14 +15,18 @@ from pydantic import ValidationError
 from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
 from worker import metadata as md
 from worker.config import (
+    BUILTIN_DEFAULTS,
     CallFacts,
     MergedConfig,
     ResolvedCall,
+    SettingsError,
     SipFacts,
     WorkerSettings,
     call_facts,
+    defaults_env,
     is_set,
     merge_layers,
+    worker_defaults,
 )
 from worker.metadata import AgentConfig, CallMetadata, ProviderSpec, RouteMetadata, parse_agent_config, parse_metadata
 from worker.models import registry
@@ -225,26 +229,86 @@ def test_metadata_module_is_import_light() -> None:
 
 
 def _defaults() -> AgentConfig:
-    return WorkerSettings.from_env({}).defaults
+    return worker_defaults(AgentConfig())
 
 
-def test_worker_defaults_from_env_and_bad_default_is_reported() -> None:
-    s = WorkerSettings.from_env(
-        {
-            "SIPHON_AGENT_NAME": "a1",
-            "SIPHON_DEFAULT_LLM": '{"provider": "openai", "model": "gpt-4o"}',
-            "SIPHON_DEFAULT_TTS": "local/espeak-ng:en-gb",
-            "SIPHON_SEND_GREETING": "false",
-        }
+@pytest.fixture
+def worker_env(monkeypatch: pytest.MonkeyPatch):
+    """Set the worker's environment to exactly these SIPHON_* variables (none of the test process's own)."""
+    import os
+
+    def set_env(**values: str) -> None:
+        for name in [n for n in os.environ if n.startswith("SIPHON_") or n == "LIVEKIT_AGENT_NAME"]:
+            monkeypatch.delenv(name)
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return set_env
+
+
+def test_worker_settings_and_defaults_come_from_the_environment(worker_env) -> None:
+    worker_env(
+        SIPHON_AGENT_NAME="a1",
+        SIPHON_DEFAULT_LLM='{"provider": "openai", "model": "gpt-4o"}',
+        SIPHON_DEFAULT_TTS="local/espeak-ng:en-gb",
+        SIPHON_SEND_GREETING="false",
+        SIPHON_MAX_JOBS="4",
+        SIPHON_JOB_EXECUTOR="thread",
+        SIPHON_MIN_SILENCE_DURATION="0.4",
+        SIPHON_SYSTEM_INSTRUCTIONS="",
     )
-    assert s.agent_name == "a1"
+    s = WorkerSettings.from_env()
+    assert (s.agent_name, s.max_jobs, s.job_executor, s.ring_timeout) == ("a1", 4, "thread", 30.0)
     assert s.defaults.llm == ProviderSpec(provider="openai", model="gpt-4o")
     assert s.defaults.tts == "local/espeak-ng:en-gb"
     assert s.defaults.stt == "local/silent"
     assert s.defaults.send_greeting is False
-    bad = WorkerSettings.from_env({"SIPHON_DEFAULT_LLM": "has spaces in it"})
-    assert bad.defaults.llm is None
-    assert [w.code for w in bad.default_warnings] == ["invalid_field"]
+    assert s.defaults.min_silence_duration == 0.4
+    assert s.defaults.system_instructions == BUILTIN_DEFAULTS.system_instructions, "an empty variable is unset"
+    worker_env(LIVEKIT_AGENT_NAME="lk-name")
+    assert WorkerSettings.from_env().agent_name == "lk-name"
+    assert WorkerSettings.from_env().defaults == BUILTIN_DEFAULTS
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("SIPHON_RING_TIMEOUT", "soon", "seconds an outbound call may ring"),
+        ("SIPHON_MAX_JOBS", "0", "greater than or equal to 1"),
+        ("SIPHON_JOB_EXECUTOR", "fork", "'process' or 'thread'"),
+        ("SIPHON_AGENT_NAME", "two words", "not a LiveKit agent name"),
+        ("SIPHON_DEFAULT_LLM", "has spaces in it", "a model string provider[/model][:variant]"),
+        ("SIPHON_MIN_SILENCE_DURATION", "99", "less than or equal to 10"),
+        ("SIPHON_SEND_GREETING", "perhaps", "valid boolean"),
+    ],
+)
+def test_a_bad_worker_setting_stops_the_worker_naming_the_variable(worker_env, variable, value, words) -> None:
+    worker_env(**{variable: value})
+    with pytest.raises(SettingsError) as err:
+        WorkerSettings.from_env()
+    assert f"{variable}: " in str(err.value) and words in str(err.value), str(err.value)
+
+
+def test_the_worker_process_refuses_to_start_on_a_bad_setting(worker_env) -> None:
+    import os
+
+    worker_env(SIPHON_PARTICIPANT_WAIT="ten seconds")
+    run = subprocess.run([sys.executable, "-m", "worker.main", "start"], env=dict(os.environ), capture_output=True,
+                         text=True, timeout=120, check=False)  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "SIPHON_PARTICIPANT_WAIT: " in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_the_deployments_environment_gives_the_worker_exactly_the_declared_defaults(worker_env) -> None:
+    """defaults_env (what ECS and local deployments set) read back by the worker = worker_defaults (what verify
+    predicts), for every agent of the committed stack files."""
+    from infra.stack.load import STACKS_DIR, load
+
+    layers = [a.defaults for f in sorted(STACKS_DIR.glob("[!P]*.yaml")) for a in load(f)[0].agents.values()]
+    layers.append(AgentConfig(llm=ProviderSpec(provider="openai", model="gpt-4o", temperature=None), end_call=False))
+    for layer in layers:
+        worker_env(**defaults_env(layer))
+        assert WorkerSettings.from_env().defaults == worker_defaults(layer)
 
 
 def test_merge_each_layer_wins_over_the_one_below() -> None:

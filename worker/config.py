@@ -2,7 +2,7 @@
 
 Layers, lowest first:
 
-1. **worker defaults**: the worker's environment (``WorkerSettings.from_env``), else the offline local set;
+1. **worker defaults**: the worker's environment (``WorkerSettings``), else ``BUILTIN_DEFAULTS`` (offline models);
 2. **route**: ``agent_config`` of the job metadata (the dispatch rule's agent metadata, or the outbound
    dispatch's metadata);
 3. **call**: ``overrides`` of the job metadata, then the SIP participant's ``siphon.overrides`` attribute
@@ -28,10 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from pydantic import AliasChoices, AliasGenerator, Field, PrivateAttr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker import end_call, turns
 from worker.metadata import (
@@ -44,27 +48,18 @@ from worker.metadata import (
     ModelKind,
     parse_agent_config,
 )
-from worker.turns import TURN_FIELDS
+from worker.models.registry import LOCAL_DEFAULTS
+from worker.rules import LiveKitAgentName, describe_errors
 
 LayerName = Literal["default", "route", "call"]
 ATTR_PREFIX = "siphon."
 OVERRIDES_ATTRIBUTE = "siphon.overrides"
 """Participant attribute carrying a per-call ``AgentConfig`` JSON (inbound per-call layer)."""
 
-DEFAULT_SYSTEM_INSTRUCTIONS = "You are a helpful voice assistant on a phone call. Keep answers short."
-DEFAULT_GREETING_INSTRUCTIONS = "Greet the caller and introduce yourself briefly."
-
-
-def _env_float(env: Mapping[str, str], key: str, default: float) -> float:
-    try:
-        return float(env.get(key, default))
-    except ValueError:
-        return default
-
-
 AGENT_NAME_ENV = "SIPHON_AGENT_NAME"
 MAX_JOBS_ENV = "SIPHON_MAX_JOBS"  # the worker's call capacity (calls at once), set by every deployment
-MAX_CALLS_LIMIT = 200  # upper bound of a declared capacity: one worker process supervises every call's job
+DRAIN_TIMEOUT_ENV = "SIPHON_DRAIN_TIMEOUT"  # seconds to finish running calls after SIGTERM
+MAX_CALLS_LIMIT = 200  # upper bound of a capacity: one worker process supervises every call's job
 
 
 def max_calls_for(cpu_units: int, memory_mib: int) -> int:
@@ -73,115 +68,116 @@ def max_calls_for(cpu_units: int, memory_mib: int) -> int:
     return max(1, min(cpu_units // 128, memory_mib // 256, MAX_CALLS_LIMIT))
 
 
-DRAIN_TIMEOUT_ENV = "SIPHON_DRAIN_TIMEOUT"  # seconds to finish running calls after SIGTERM
-# AgentConfig field -> environment variable the worker reads its default for that field from.
-DEFAULTS_ENV: dict[str, str] = {
-    "llm": "SIPHON_DEFAULT_LLM",
-    "stt": "SIPHON_DEFAULT_STT",
-    "tts": "SIPHON_DEFAULT_TTS",
-    "system_instructions": "SIPHON_SYSTEM_INSTRUCTIONS",
-    "greeting_instructions": "SIPHON_GREETING_INSTRUCTIONS",
-    "send_greeting": "SIPHON_SEND_GREETING",
-    "end_call": "SIPHON_END_CALL",
-    **{name: f"SIPHON_{name.upper()}" for name in TURN_FIELDS},  # SIPHON_ALLOW_INTERRUPTIONS, ...
-}
+def defaults_env_name(field_name: str) -> str:
+    """The variable that sets one ``AgentConfig`` field of the worker defaults: ``SIPHON_DEFAULT_LLM`` for the
+    model kinds, ``SIPHON_<FIELD>`` for the others (``SIPHON_SYSTEM_INSTRUCTIONS``, ``SIPHON_ALLOW_INTERRUPTIONS``)."""
+    return f"SIPHON_DEFAULT_{field_name.upper()}" if field_name in MODEL_KINDS else f"SIPHON_{field_name.upper()}"
+
+
+DEFAULTS_ENV: dict[str, str] = {name: defaults_env_name(name) for name in AgentConfig.model_fields}
+"""AgentConfig field -> environment variable the worker reads its default for that field from."""
+
+BUILTIN_DEFAULTS = AgentConfig.model_validate({
+    **LOCAL_DEFAULTS,
+    "system_instructions": "You are a helpful voice assistant on a phone call. Keep answers short.",
+    "greeting_instructions": "Greet the caller and introduce yourself briefly.",
+    "send_greeting": True,
+})  # fmt: skip
+"""What a worker uses for a field its environment leaves unset (offline models)."""
+
+
+def worker_defaults(layer: AgentConfig) -> AgentConfig:
+    """The default layer a worker runs with when its environment sets ``layer`` (``defaults_env(layer)``):
+    ``layer`` over ``BUILTIN_DEFAULTS``, by the merge rule. ``verify`` predicts the worker with this too."""
+    return merge_layers(("default", BUILTIN_DEFAULTS), ("default", layer)).config
 
 
 def defaults_env(layer: AgentConfig) -> dict[str, str]:
-    """The environment that makes ``WorkerSettings.from_env`` use ``layer`` as the worker defaults.
+    """The environment that makes a worker use ``layer`` as its defaults (JSON for what is not a string).
 
     Deployments (ECS task definitions, local worker processes) call this instead of naming variables.
     """
-    out: dict[str, str] = {}
-    for name, var in DEFAULTS_ENV.items():
-        value = getattr(layer, name)
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            out[var] = "true" if value else "false"
-        elif isinstance(value, str):
-            out[var] = value
-        elif isinstance(value, int | float):
-            out[var] = repr(value)
-        else:  # a provider dict
-            out[var] = json.dumps(value.model_dump(mode="json"), separators=(",", ":"))
-    return out
+    values = {name: getattr(layer, name) for name in AgentConfig.model_fields}
+    return {
+        DEFAULTS_ENV[name]: v if isinstance(v, str) else json.dumps(to_jsonable_python(v), separators=(",", ":"))
+        for name, v in values.items()
+        if v is not None
+    }
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    """The worker's own settings, read from its environment (as set by the deployment).
+class _DefaultsFromEnv(BaseSettings, AgentConfig):
+    """The default layer as the environment sets it (``DEFAULTS_ENV``; provider dicts as JSON)."""
 
-    ``SIPHON_AGENT_NAME`` (or livekit-agents' ``LIVEKIT_AGENT_NAME``): the agent name to register.
-    ``SIPHON_DEFAULT_LLM`` / ``_STT`` / ``_TTS``: default model specs (strings, or provider-dict JSON).
-    ``SIPHON_SYSTEM_INSTRUCTIONS``, ``SIPHON_GREETING_INSTRUCTIONS``, ``SIPHON_SEND_GREETING``, ``SIPHON_END_CALL``,
-    and one ``SIPHON_<FIELD>`` per turn-taking field of ``worker.turns.TurnTaking`` (``SIPHON_ALLOW_INTERRUPTIONS``...).
-    ``SIPHON_RING_TIMEOUT`` (outbound answer wait, s), ``SIPHON_PARTICIPANT_WAIT`` (inbound wait for the
-    SIP participant, s; a job whose caller has not joined by then ends), ``SIPHON_HTTP_PORT`` /
-    ``SIPHON_HTTP_HOST`` (health server), ``SIPHON_JOB_EXECUTOR`` (process|thread),
-    ``SIPHON_NUM_IDLE_PROCESSES``, ``SIPHON_DRAIN_TIMEOUT``.
+    model_config = SettingsConfigDict(
+        alias_generator=AliasGenerator(validation_alias=defaults_env_name), env_ignore_empty=True
+    )
+
+
+class SettingsError(SystemExit):
+    """A worker setting in the environment is invalid: the worker stops at start with this message (exit 1)."""
+
+
+class WorkerSettings(BaseSettings):
+    """The worker's own settings, read from its environment (as the deployment sets it) when it starts.
+
+    Each field is the variable ``SIPHON_<FIELD>`` (the agent name also ``LIVEKIT_AGENT_NAME``); the default
+    layer is one variable per ``AgentConfig`` field (``DEFAULTS_ENV``: ``SIPHON_DEFAULT_LLM``,
+    ``SIPHON_SYSTEM_INSTRUCTIONS``, ``SIPHON_ALLOW_INTERRUPTIONS``, ...). An invalid value stops the worker at
+    start (``SettingsError``) naming the variable and what to write.
     ``SIPHON_MAX_JOBS``: the worker's call capacity. LiveKit only hands jobs to workers whose reported load
     is below its target load (``SIPHON_LOAD_THRESHOLD``, 0.7 as on livekit-server), so the worker reports
     load = target x active calls / capacity: it is full, for the server and for itself, at exactly that
     many calls. Without it, load is host CPU, which starves a busy small host.
     """
 
-    agent_name: str
-    defaults: AgentConfig
-    default_warnings: tuple[MetadataWarning, ...] = ()
-    ring_timeout: float = 30.0
-    participant_wait: float = 10.0
-    load_threshold: float = 0.7  # livekit-server's default agents.target_load
-    http_port: int = 8081
-    http_host: str = ""
-    max_jobs: int | None = None
-    job_executor: Literal["process", "thread"] = "process"
-    num_idle_processes: int | None = None
-    drain_timeout: int = 1800
+    model_config = SettingsConfigDict(env_prefix="SIPHON_", env_ignore_empty=True, frozen=True)
+
+    agent_name: LiveKitAgentName = Field(
+        "siphon-agent", validation_alias=AliasChoices(AGENT_NAME_ENV, "LIVEKIT_AGENT_NAME"),
+        description="the agent name the worker registers (letters, digits, '_', '-', '.')",
+    )  # fmt: skip
+    ring_timeout: float = Field(30.0, gt=0, description="seconds an outbound call may ring, e.g. 30")
+    participant_wait: float = Field(
+        10.0, gt=0, description="seconds an inbound job waits for its caller to join before it ends, e.g. 10"
+    )
+    load_threshold: float = Field(0.7, gt=0, le=1, description="LiveKit's target load, a fraction such as 0.7")
+    http_port: int = Field(8081, ge=0, le=65535, description="port of the health server (0: any free port)")
+    http_host: str = Field("", description="address the health server listens on (empty: every address)")
+    max_jobs: int | None = Field(
+        None, ge=1, le=MAX_CALLS_LIMIT, description=f"calls the worker serves at once, 1 to {MAX_CALLS_LIMIT}"
+    )
+    job_executor: Literal["process", "thread"] = Field("process", description="process or thread")
+    num_idle_processes: int | None = Field(None, ge=0, description="job processes kept warm, e.g. 2")
+    drain_timeout: int = Field(1800, ge=0, description="seconds to finish running calls after SIGTERM")
+    _defaults: AgentConfig = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Read the default layer too, so that a bad default also stops the worker at start."""
+        self._defaults = worker_defaults(_DefaultsFromEnv())
+
+    @property
+    def defaults(self) -> AgentConfig:
+        """The worker's default layer (its environment's, over ``BUILTIN_DEFAULTS``)."""
+        return self._defaults
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
-        """Read settings; invalid values are warned about and replaced by the built-in defaults."""
-        env = os.environ if env is None else env
-        raw: dict[str, object] = {
-            "llm": _spec_env(env.get(DEFAULTS_ENV["llm"])) or "local/scripted",
-            "stt": _spec_env(env.get(DEFAULTS_ENV["stt"])) or "local/silent",
-            "tts": _spec_env(env.get(DEFAULTS_ENV["tts"])) or "local/espeak-ng",
-            "system_instructions": env.get(DEFAULTS_ENV["system_instructions"]) or DEFAULT_SYSTEM_INSTRUCTIONS,
-            "greeting_instructions": env.get(DEFAULTS_ENV["greeting_instructions"]) or DEFAULT_GREETING_INSTRUCTIONS,
-            "send_greeting": env.get(DEFAULTS_ENV["send_greeting"], "true").strip().lower() not in ("0", "false", "no"),
-            # end_call and turn-taking: validated (pydantic reads "0.5", "false") by parse_agent_config below
-            **{name: env[DEFAULTS_ENV[name]] for name in ("end_call", *TURN_FIELDS) if env.get(DEFAULTS_ENV[name])},
-        }
-        defaults, warnings = parse_agent_config(raw, path="defaults")
-        idle = env.get("SIPHON_NUM_IDLE_PROCESSES")
-        max_jobs = env.get(MAX_JOBS_ENV)
-        executor = env.get("SIPHON_JOB_EXECUTOR", "process")
-        return cls(
-            agent_name=env.get(AGENT_NAME_ENV) or env.get("LIVEKIT_AGENT_NAME") or "siphon-agent",
-            defaults=defaults,
-            default_warnings=warnings,
-            ring_timeout=_env_float(env, "SIPHON_RING_TIMEOUT", 30.0),
-            participant_wait=_env_float(env, "SIPHON_PARTICIPANT_WAIT", 10.0),
-            load_threshold=_env_float(env, "SIPHON_LOAD_THRESHOLD", 0.7),
-            http_port=int(_env_float(env, "SIPHON_HTTP_PORT", 8081)),
-            http_host=env.get("SIPHON_HTTP_HOST", ""),
-            max_jobs=int(max_jobs) if max_jobs and max_jobs.isdigit() and int(max_jobs) > 0 else None,
-            job_executor="thread" if executor == "thread" else "process",
-            num_idle_processes=int(idle) if idle and idle.isdigit() else None,
-            drain_timeout=int(_env_float(env, DRAIN_TIMEOUT_ENV, 1800)),
-        )
-
-
-def _spec_env(value: str | None) -> object:
-    if not value:
-        return None
-    if value.lstrip().startswith("{"):
+    def from_env(cls) -> WorkerSettings:
+        """Read the environment; raise ``SettingsError`` naming each invalid variable and what to write."""
         try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+            return cls()
+        except ValidationError as e:
+            problems = "".join(f"\n  {_problem(loc, message)}" for loc, message in describe_errors(e))
+            raise SettingsError(f"invalid worker settings:{problems}") from None
+
+
+def _problem(loc: str, message: str) -> str:
+    """``VARIABLE: message; expected: <what the field takes>``."""
+    name = loc.split(".")[0]
+    info: FieldInfo | None = WorkerSettings.model_fields.get(name)
+    variable = f"SIPHON_{name.upper()}" if info else name
+    if info is None:  # a default-layer variable, or an alias
+        info = AgentConfig.model_fields.get({v: k for k, v in DEFAULTS_ENV.items()}.get(name, ""))
+    return f"{variable}: {message}" + (f"; expected: {info.description}" if info and info.description else "")
 
 
 def is_set(value: object) -> bool:
@@ -226,6 +222,26 @@ def attribute_layer(
         ("call", table[attributes[name]]) for name, table in (overrides or {}).items() if attributes.get(name) in table
     ]
     return merge_layers(*chosen).config if chosen else None
+
+
+def call_layers(
+    defaults: AgentConfig, meta: CallMetadata, attributes: Mapping[str, str] | None
+) -> tuple[MergedConfig, tuple[MetadataWarning, ...]]:
+    """The configuration of one call, lowest layer first: the worker's defaults, the route's ``agent_config``, the
+    call's ``overrides``, the layer the SIP participant's ``attributes`` select from the route's
+    ``attribute_overrides``, and its ``siphon.overrides`` attribute; plus what was dropped from that attribute."""
+    attributes = attributes or {}
+    attr_layer, warnings = (
+        parse_agent_config(attributes[OVERRIDES_ATTRIBUTE], path=OVERRIDES_ATTRIBUTE)
+        if OVERRIDES_ATTRIBUTE in attributes
+        else (None, ())
+    )
+    selected = attribute_layer(meta.attribute_overrides, attributes)
+    merged = merge_layers(
+        ("default", defaults), ("route", meta.agent_config), ("call", meta.overrides), ("call", selected),
+        ("call", attr_layer),
+    )  # fmt: skip
+    return merged, warnings
 
 
 @dataclass(frozen=True)

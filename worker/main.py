@@ -41,17 +41,15 @@ from livekit.plugins import silero  # noqa: F401  (plugins register at import, o
 from worker import end_call, turns
 from worker.call_metric import CallGauge
 from worker.config import (
-    OVERRIDES_ATTRIBUTE,
     CallFacts,
     MergedConfig,
     ResolvedCall,
     SipFacts,
     WorkerSettings,
-    attribute_layer,
     call_facts,
-    merge_layers,
+    call_layers,
 )
-from worker.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_agent_config, parse_metadata
+from worker.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
 from worker.models import registry
 
 logger = logging.getLogger("siphon.worker")
@@ -170,7 +168,7 @@ async def _call(ctx: JobContext) -> None:
     parsed = parse_metadata(ctx.job.metadata)
     meta = parsed.metadata
     parse_ms = (time.perf_counter() - started) * 1000
-    warns = [*settings.default_warnings, *parsed.warnings]
+    warns = list(parsed.warnings)
 
     await asyncio.wait_for(ctx.connect(), CONNECT_TIMEOUT)
     connect_ms = (time.perf_counter() - started) * 1000
@@ -197,18 +195,8 @@ async def _call(ctx: JobContext) -> None:
     caller_at = time.perf_counter()
     sip = SipFacts.from_attributes(sip_p.identity, sip_p.attributes) if sip_p is not None else None
     facts: CallFacts = call_facts(meta, sip, dialled=dialled)
-    attr_layer: AgentConfig | None = None
-    if sip_p is not None and OVERRIDES_ATTRIBUTE in sip_p.attributes:
-        attr_layer, attr_warns = parse_agent_config(sip_p.attributes[OVERRIDES_ATTRIBUTE], path=OVERRIDES_ATTRIBUTE)
-        warns.extend(attr_warns)
-    selected = attribute_layer(meta.attribute_overrides, sip_p.attributes) if sip_p is not None else None
-    merged = merge_layers(
-        ("default", settings.defaults),
-        ("route", meta.agent_config),
-        ("call", meta.overrides),
-        ("call", selected),
-        ("call", attr_layer),
-    )
+    merged, attr_warns = call_layers(settings.defaults, meta, sip_p.attributes if sip_p is not None else None)
+    warns.extend(attr_warns)
     models, fallback_problems = _resolve_models(merged, settings.defaults, warm)
     resolved = ResolvedCall(
         agent_name=settings.agent_name,

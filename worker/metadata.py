@@ -137,6 +137,7 @@ def _check_param_value(key: str, value: object) -> None:
 
 ModelSpec = SpecString | ProviderSpec
 """A model spec: a LiveKit model string or a SIPHON provider dict."""
+_SPEC_HELP = 'a model string provider[/model][:variant] or a provider object {"provider": ..., "model": ...}'
 
 
 class AgentConfig(TurnTaking):
@@ -149,11 +150,15 @@ class AgentConfig(TurnTaking):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    llm: ModelSpec | None = None
-    stt: ModelSpec | None = None
-    tts: ModelSpec | None = None
-    system_instructions: Instructions | None = None
-    greeting_instructions: Instructions | None = None
+    llm: ModelSpec | None = Field(default=None, description=f"LLM: {_SPEC_HELP}, e.g. openai/gpt-4.1-mini")
+    stt: ModelSpec | None = Field(default=None, description=f"STT: {_SPEC_HELP}, e.g. deepgram/nova-3:en")
+    tts: ModelSpec | None = Field(default=None, description=f"TTS: {_SPEC_HELP}, e.g. cartesia/sonic-2:<voice>")
+    system_instructions: Instructions | None = Field(
+        default=None, description=f"The agent's instructions, at most {MAX_INSTRUCTIONS_CHARS} characters."
+    )
+    greeting_instructions: Instructions | None = Field(
+        default=None, description=f"How the agent greets, at most {MAX_INSTRUCTIONS_CHARS} characters."
+    )
     send_greeting: bool | None = Field(
         default=None, description="Whether the agent speaks first. Extension to SIPHON; null inherits."
     )

@@ -18,13 +18,13 @@ import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from infra.ecs.args import AgentWorkerArgs
-from infra.livekit.args import DispatchRuleArgs, InboundTrunkArgs, OutboundTrunkArgs
+from infra.livekit.args import AgentDispatch, DispatchRuleArgs, InboundTrunkArgs, OutboundTrunkArgs
 from infra.stack.checks import cross_check, route_trunks
 from infra.stack.headers import route_attribute_overrides, trunk_header_mappings
 from infra.stack.load import Problem, StackFileError, _line_of, load
@@ -79,11 +79,14 @@ def _project_name(stack_file: Path) -> str:
     return "siphon"
 
 
+TrunkArgs = TypeVar("TrunkArgs", InboundTrunkArgs, OutboundTrunkArgs)
+
+
 @dataclass(frozen=True)
-class Trunk:
+class Trunk(Generic[TrunkArgs]):
     """A trunk's arguments and the config key of its password (the plan holds a placeholder)."""
 
-    args: InboundTrunkArgs | OutboundTrunkArgs
+    args: TrunkArgs
     password_secret: str = ""
 
 
@@ -93,6 +96,12 @@ class Route:
 
     rule: DispatchRuleArgs
     trunks: list[str]
+
+    @property
+    def dispatch(self) -> AgentDispatch:
+        """The agent the rule dispatches, with the metadata the worker receives (the route layer)."""
+        assert self.rule.room_config is not None  # the plan always builds one
+        return self.rule.room_config.agents[0]
 
 
 @dataclass(frozen=True)
@@ -110,8 +119,8 @@ class Plan:
     """Everything a stack declares, as the resources will receive it."""
 
     stack: StackFile
-    inbound_trunks: dict[str, Trunk] = field(default_factory=dict)
-    outbound_trunks: dict[str, Trunk] = field(default_factory=dict)
+    inbound_trunks: dict[str, Trunk[InboundTrunkArgs]] = field(default_factory=dict)
+    outbound_trunks: dict[str, Trunk[OutboundTrunkArgs]] = field(default_factory=dict)
     inbound_routes: dict[str, Route] = field(default_factory=dict)
     outbound_routes: dict[str, dict[str, Any]] = field(default_factory=dict)
     workers: dict[str, Worker] = field(default_factory=dict)
