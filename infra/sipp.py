@@ -65,6 +65,12 @@ Content-Length: 0
 """
 
 
+def from_user(caller: str) -> str:
+    """The user part of the caller's From URI: the number without '+' (livekit-sip publishes it as
+    ``sip.phoneNumber``, so the agent reports this as the caller's number)."""
+    return caller.lstrip("+")
+
+
 def _cdata(text: str) -> str:
     return f"<![CDATA[\n{text}\n]]>"
 
@@ -89,8 +95,7 @@ def scenario(
     ``auth`` (username, password) when given, then (with ``audio``) speak, hold until the far end sends BYE or
     ``hold_ms`` passes, and hang up with BYE. Credentials live only in the scenario file, never on a command line."""
     extra = "".join(f"{k}: {v}\n" for k, v in (headers or {}).items())
-    user = caller.lstrip("+")
-    common = {"caller": user}
+    common = {"caller": from_user(caller)}
     dialog = _HEADERS.format(to_tag="", **common)
     answered = _HEADERS.format(to_tag="[peer_tag_param]", **common)
     steps = [f'<send retrans="500">{_cdata(_INVITE.format(headers=dialog, cseq=1, extra=extra, auth=""))}</send>',

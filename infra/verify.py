@@ -56,7 +56,9 @@ def trunk_auth_keys(plan: Plan, routes: list[str] | None = None) -> dict[str, st
     }
 
 
-def published_attributes(plan: Plan, route_key: str, number: str, caller: str, trunk_id: str | None) -> dict[str, str]:
+def published_attributes(
+    plan: Plan, route_key: str, number: str, caller_number: str, trunk_id: str | None
+) -> dict[str, str]:
     """The ``siphon.*`` attributes the agent answering a call to ``number`` on this route publishes, computed as
     the worker computes them: its defaults (``worker_defaults`` of what the deployment sets), the metadata the
     plan gives the route's dispatch rule, the worker's merge (``call_layers``) and ``ResolvedCall.attributes``.
@@ -65,7 +67,7 @@ def published_attributes(plan: Plan, route_key: str, number: str, caller: str, t
     meta = parse_metadata(dispatch.metadata).metadata
     merged, _ = call_layers(worker_defaults(plan.stack.agents[dispatch.agent_name].defaults), meta, None)
     models = {kind: parse_spec(kind, getattr(merged.config, kind)).label for kind in MODEL_KINDS}
-    facts = CallFacts("inbound", caller, number, trunk_id)
+    facts = CallFacts("inbound", caller_number, number, trunk_id)
     attrs = ResolvedCall(dispatch.agent_name, meta.route, facts, merged, models, fallbacks={}).attributes()
     return {k: v for k, v in attrs.items() if trunk_id or k != ATTR_PREFIX + "trunk_id"}
 
@@ -89,7 +91,7 @@ def expectations(
         auth = next(((t.args.auth_username, passwords.get(t.password_secret, "")) for t in trunks
                      if t.args.auth_username), None)  # fmt: skip
         trunk_id = trunk_ids.get(route.trunks[0]) if len(route.trunks) == 1 else None
-        attrs = published_attributes(plan, key, number, caller, trunk_id)
+        attrs = published_attributes(plan, key, number, sipp.from_user(caller), trunk_id)  # as the bridge reports it
         out.append(Expectation(key, number, route.dispatch.agent_name, row["rule_id"], attrs, caller, auth))
     return out
 

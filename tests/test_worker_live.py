@@ -389,6 +389,7 @@ def test_verify_expectation_matches_what_the_worker_publishes(endpoints: Endpoin
     """``verify`` computes, from the stack file's plan alone, every attribute the agent answering a route must
     publish (config hash, sources, turn-taking, caller, trunk...); the real worker, given that route's metadata and
     a stand-in SIP caller, publishes exactly those."""
+    from infra.sipp import from_user
     from infra.stack.load import parse
     from infra.stack.plan import compile_stack, route_metadata
     from infra.verify import compare, expectations
@@ -413,7 +414,8 @@ inbound_routes:
     (expected,) = expectations(plan, outputs)
     assert {"siphon.config_hash", "siphon.caller_number", "siphon.trunk_id", "siphon.min_silence_duration",
             "siphon.sources", "siphon.end_call"} <= set(expected.attributes)  # fmt: skip
-    r = call(endpoints, worker, plan.inbound_routes["support"].dispatch.metadata, participant=sip_attributes())
+    bridge = sip_attributes(**{"sip.phoneNumber": from_user(CALLER)})  # what livekit-sip reports for a sipp call
+    r = call(endpoints, worker, plan.inbound_routes["support"].dispatch.metadata, participant=bridge)
     assert_answered(r, worker)
     assert compare(expected, r.attributes) == []
     wrong = route_metadata(
@@ -423,7 +425,7 @@ inbound_routes:
         ),
         "inbound",
     )
-    r2 = call(endpoints, worker, wrong.to_json(), participant=sip_attributes())
+    r2 = call(endpoints, worker, wrong.to_json(), participant=bridge)
     problems = compare(expected, r2.attributes)
     assert any(p.startswith("greeting_instructions_sha") for p in problems), problems
 
