@@ -33,10 +33,10 @@ def _path(target: str) -> Path:
     return Path(target) if Path(target).suffix in (".yaml", ".yml") else stack_path(target)
 
 
-def _plan_or_exit(target: str) -> Plan:
+def _plan_or_exit(target: str, *, secrets: bool = True) -> Plan:
     """The plan of a stack file, or every problem (``file:line: field: message``) on stderr and exit 1."""
     try:
-        return plan_file(_path(target))
+        return plan_file(_path(target), secrets=secrets)
     except StackFileError as e:
         print(e, file=sys.stderr)
         raise typer.Exit(1) from None
@@ -73,8 +73,8 @@ def validate(
 def routes(
     target: Target, mermaid_: Annotated[bool, typer.Option("--mermaid", help="also print the Mermaid diagram")] = False
 ) -> None:
-    """Routing table (and diagram) of a stack."""
-    plan = _plan_or_exit(target)
+    """Routing table (and diagram) of a stack (its secrets need not be set yet)."""
+    plan = _plan_or_exit(target, secrets=False)
     print(table(plan.routing_rows()))
     if mermaid_:
         print("\n```mermaid\n" + mermaid(plan) + "\n```")
@@ -84,8 +84,8 @@ def routes(
 def summary(
     target: Target, preview: Annotated[Path | None, typer.Option(help="output of `pulumi preview --json`")] = None
 ) -> None:
-    """Markdown summary for a pull-request comment."""
-    plan = _plan_or_exit(target)
+    """Markdown summary for a pull-request comment (its secrets need not be set yet)."""
+    plan = _plan_or_exit(target, secrets=False)
     print(markdown_summary(plan.stack.environment, plan, json.loads(preview.read_text()) if preview else None))
 
 

@@ -242,7 +242,49 @@ def test_cli_validate_reports_problems_and_exit_code(tmp_path, capsys):
     assert "INVALID" in out
     assert "inbound_routes.support.agent" in out
     assert "ghost" in out
-    assert cli.main(["validate"]) == 0, "every committed stack file is valid"
+    assert cli.main(["validate", "local"]) == 0, "the local stack file and its config are complete"
+
+
+@pytest.mark.parametrize("environment", ["dev", "prod"])
+def test_the_committed_dev_and_prod_stacks_only_lack_their_secrets(environment, capsys):
+    """dev and prod are templates whose config files hold no secret yet: validate lists exactly the commands to
+    run before `pulumi preview` can work (it would fail on the same keys); routes and summary need no secret."""
+    assert cli.main(["validate", environment]) == 1
+    out = capsys.readouterr().out
+    problems = [line.strip() for line in out.splitlines()[1:]]
+    assert len(problems) == 2, out
+    for problem, key in zip(problems, ["carrierInboundPassword", "carrierOutboundPassword"], strict=True):
+        assert f"stacks/{environment}.yaml:" in problem and f"Pulumi.{environment}.yaml does not set" in problem
+        assert f"`pulumi config set --secret {key} <password> --stack {environment}`" in problem
+    assert cli.main(["summary", environment]) == 0
+
+
+CONFIG_FILES = [
+    # (id, content of Pulumi.local.yaml or None for no file, words in the problem; None: accepted)
+    ("config-file-missing", None, "Pulumi.local.yaml does not exist: create the stack (`pulumi stack init local`), "
+     "then `pulumi config set --secret localPartnersPassword <password> --stack local`"),
+    ("secret-in-plain-text", "config:\n  siphon:localPartnersPassword: hunter2\n  siphon:localCarrierPassword:\n"
+     "    secure: v1:abc\n", "holds in plain text: `pulumi config set --secret localPartnersPassword"),
+    ("secret-under-another-project", "config:\n  other:localPartnersPassword:\n    secure: v1:abc\n"
+     "  siphon:localCarrierPassword:\n    secure: v1:abc\n", "does not set: `pulumi config set --secret localPartners"),
+    ("config-file-not-yaml", "config: [unclosed\n", "Pulumi.local.yaml:2: not valid YAML"),
+    ("secrets-from-an-esc-environment", "environment:\n  - siphon/local\n", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("config", "words"), [c[1:] for c in CONFIG_FILES], ids=[c[0] for c in CONFIG_FILES])
+def test_secret_references_are_checked_against_the_stack_config_file(tmp_path, capsys, config, words):
+    (tmp_path / "local.yaml").write_text((STACKS / "local.yaml").read_text())
+    (tmp_path / "Pulumi.yaml").write_text("name: siphon\n")
+    if config is not None:
+        (tmp_path / "Pulumi.local.yaml").write_text(config)
+    code = cli.main(["validate", str(tmp_path / "local.yaml")])
+    out = capsys.readouterr().out
+    assert code == (0 if words is None else 1), out
+    if words is not None:
+        assert words in out
+        assert "hunter2" not in out
+        assert all(line.startswith(f"  {tmp_path}/") for line in out.splitlines()[1:]), "file:line: field: message"
 
 
 def test_cli_routes_prints_table_and_diagram(capsys):

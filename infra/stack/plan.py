@@ -44,28 +44,38 @@ SUBNET_PLACEHOLDER = "subnet-00000000000000000"
 class StackConfig:
     """What validation may read from the stack's Pulumi config file (no decryption, no credentials)."""
 
-    keys: frozenset[str] | None = None
-    """Config keys (without the project prefix) the file sets; None: no config to check against."""
+    file: str = ""
+    """The config file (``Pulumi.<environment>.yaml`` beside the stack file); empty: secret references unchecked."""
+    exists: bool = False
+    keys: frozenset[str] = frozenset()
+    """Config keys the file sets (without the project prefix)."""
+    secure: frozenset[str] = frozenset()
+    """The keys it sets as secrets (encrypted)."""
+    imports: bool = False
+    """The file imports Pulumi ESC environments (``environment:``), whose keys cannot be read offline."""
     livekit_url: str = ""
 
     @classmethod
     def read(cls, stack_file: Path, environment: str) -> StackConfig:
-        """``Pulumi.<environment>.yaml`` beside the stack file (and the project name from ``Pulumi.yaml``).
-
-        A config file that holds no secret at all (not yet initialised with ``pulumi stack init`` and
-        ``pulumi config set --secret``) is not checked: its secrets are set at deployment.
-        """
+        """``Pulumi.<environment>.yaml`` beside the stack file (and the project name from ``Pulumi.yaml``)."""
         path = stack_file.with_name(f"Pulumi.{environment}.yaml")
+        if not path.is_file():
+            return cls(str(path))
         try:
             doc = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            return cls()
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = mark.line + 1 if mark else None
+            raise StackFileError(
+                [Problem(str(path), line, "", f"not valid YAML: {getattr(e, 'problem', e)}")]
+            ) from None
         config = doc.get("config") or {}
         project = _project_name(stack_file)
-        keys = frozenset(k.removeprefix(f"{project}:") for k in config)
-        has_secrets = any(isinstance(v, dict) and "secure" in v for v in config.values())
+        keys = {k: k.removeprefix(f"{project}:") for k in config}
+        secure = frozenset(short for k, short in keys.items() if isinstance(config[k], dict) and "secure" in config[k])
         url = config.get("livekit:url")
-        return cls(keys if has_secrets else None, url if isinstance(url, str) else "")
+        return cls(str(path), True, frozenset(keys.values()), secure, bool(doc.get("environment")),
+                   url if isinstance(url, str) else "")  # fmt: skip
 
 
 def _project_name(stack_file: Path) -> str:
@@ -200,25 +210,28 @@ def _build(model: type[BaseModel], data: dict[str, Any], where: Callable[[str], 
 
 
 def _secret_problems(stack: StackFile, config: StackConfig) -> Iterator[tuple[str, str]]:
-    if config.keys is None:
+    """Every secret reference names a key the stack's config file sets as a secret (as preview will require)."""
+    if not config.file or config.imports:
         return
-    for section, trunks in (("inbound_trunks", stack.inbound_trunks), ("outbound_trunks", stack.outbound_trunks)):
-        for key, trunk in trunks.items():
-            if trunk.auth_password_secret and trunk.auth_password_secret not in config.keys:
-                yield (
-                    f"{section}.{key}.auth_password_secret",
-                    f"names config key {trunk.auth_password_secret!r}, which stacks/Pulumi.{stack.environment}.yaml "
-                    f"does not set: `pulumi config set --secret {trunk.auth_password_secret} <password> "
-                    f"--stack {stack.environment}`",
-                )
-    for key, agent in stack.agents.items():
-        for env, secret in agent.ecs.provider_key_secrets.items() if agent.ecs else []:
-            if secret not in config.keys:
-                yield (
-                    f"agents.{key}.ecs.provider_key_secrets.{env}",
-                    f"names config key {secret!r}, which stacks/Pulumi.{stack.environment}.yaml does not set: "
-                    f"`pulumi config set --secret {secret} <value> --stack {stack.environment}`",
-                )
+    references = [
+        (f"{section}.{key}.auth_password_secret", trunk.auth_password_secret, "<password>")
+        for section, trunks in (("inbound_trunks", stack.inbound_trunks), ("outbound_trunks", stack.outbound_trunks))
+        for key, trunk in trunks.items()
+        if trunk.auth_password_secret
+    ] + [
+        (f"agents.{key}.ecs.provider_key_secrets.{env}", secret, "<value>")
+        for key, agent in stack.agents.items()
+        for env, secret in (agent.ecs.provider_key_secrets.items() if agent.ecs else [])
+    ]
+    for field_path, key, value in references:
+        command = f"`pulumi config set --secret {key} {value} --stack {stack.environment}`"
+        if not config.exists:
+            yield field_path, (f"names config key {key!r}, but {config.file} does not exist: create the stack "
+                               f"(`pulumi stack init {stack.environment}`), then {command}")  # fmt: skip
+        elif key in config.keys and key not in config.secure:
+            yield field_path, f"names config key {key!r}, which {config.file} holds in plain text: {command}"
+        elif key not in config.keys:
+            yield field_path, f"names config key {key!r}, which {config.file} does not set: {command}"
 
 
 def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]) -> Plan:
@@ -323,7 +336,9 @@ def compile_stack(
     return plan
 
 
-def plan_file(path: Path, config: StackConfig | None = None) -> Plan:
-    """Load, check and compile one stack file (its Pulumi config file beside it is read for secret keys)."""
+def plan_file(path: Path, *, secrets: bool = True) -> Plan:
+    """Load, check and compile one stack file; with ``secrets``, its secret references are checked against the
+    Pulumi config file beside it (keys only, nothing is decrypted)."""
     stack, lines = load(path)
-    return compile_stack(stack, str(path), lines, config or StackConfig.read(path, stack.environment))
+    config = StackConfig.read(path, stack.environment) if secrets else StackConfig()
+    return compile_stack(stack, str(path), lines, config)
