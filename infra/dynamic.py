@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pulumi.output import contains_unknowns as is_unknown
 
-from pulumi.output import Unknown
-from pulumi.runtime import rpc
-
-
-def is_unknown(value: Any) -> bool:
-    """True for a value (or a value containing one) that is not known yet during preview."""
-    if isinstance(value, Unknown) or value == rpc.UNKNOWN:
-        return True
-    if isinstance(value, dict):
-        return any(is_unknown(v) for v in value.values())
-    if isinstance(value, list):
-        return any(is_unknown(v) for v in value)
-    return False
+__all__ = ["InvalidArguments", "is_unknown"]
+"""``is_unknown(value)``: True for a value (or a value containing one) that is not known yet during preview."""
 
 
 class InvalidArguments(ValueError):
