@@ -15,20 +15,19 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from livekit import api
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import Field, JsonValue, ValidationError
 
 from infra.livekit import client
 from infra.livekit.validation import E164, describe_errors
 from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
-from worker.models.registry import check_spec
+from worker.models.registry import layer_spec_problems
+from worker.rules import DEFAULT_RING_TIMEOUT, Model
 
 CALL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 
 
-class CallRequest(BaseModel):
+class CallRequest(Model):
     """What the caller of ``place_call`` asks for; validated before anything is sent."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     route: str = Field(min_length=1)
     to: E164
@@ -60,12 +59,8 @@ def _request(**kwargs: Any) -> CallRequest:
         req = CallRequest.model_validate(kwargs)
     except ValidationError as e:
         raise CallError("; ".join(f"{f}: {m}" for f, m in describe_errors(e))) from None
-    for kind in ("llm", "stt", "tts"):
-        spec = getattr(req.overrides, kind) if req.overrides else None
-        if spec is not None:
-            reason = check_spec(kind, spec if isinstance(spec, str) else spec.model_dump())
-            if reason:
-                raise CallError(f"overrides.{kind}: the worker cannot resolve this spec: {reason}")
+    for kind, reason in layer_spec_problems(req.overrides or AgentConfig()):
+        raise CallError(f"overrides.{kind}: the worker cannot resolve this spec: {reason}")
     return req
 
 
@@ -121,7 +116,7 @@ def place_call(
         await lk.room.create_room(
             api.CreateRoomRequest(
                 name=room,
-                empty_timeout=int(spec.get("ring_timeout") or 30) + 30,
+                empty_timeout=int(spec.get("ring_timeout") or DEFAULT_RING_TIMEOUT) + 30,
                 agents=[api.RoomAgentDispatch(agent_name=spec["agent_name"], metadata=metadata.to_json())],
             )
         )

@@ -49,7 +49,7 @@ from worker.metadata import (
     parse_agent_config,
 )
 from worker.models.registry import LOCAL_DEFAULTS
-from worker.rules import LiveKitAgentName, describe_errors
+from worker.rules import DEFAULT_RING_TIMEOUT, LiveKitAgentName, RingTimeout, describe_errors
 
 LayerName = Literal["default", "route", "call"]
 ATTR_PREFIX = "siphon."
@@ -136,7 +136,7 @@ class WorkerSettings(BaseSettings):
         "siphon-agent", validation_alias=AliasChoices(AGENT_NAME_ENV, "LIVEKIT_AGENT_NAME"),
         description="the agent name the worker registers (letters, digits, '_', '-', '.')",
     )  # fmt: skip
-    ring_timeout: float = Field(30.0, gt=0, description="seconds an outbound call may ring, e.g. 30")
+    ring_timeout: RingTimeout = Field(DEFAULT_RING_TIMEOUT, description="seconds an outbound call may ring, 1 to 120")
     participant_wait: float = Field(
         10.0, gt=0, description="seconds an inbound job waits for its caller to join before it ends, e.g. 10"
     )

@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from worker.rules import MAX_METADATA_CHARS, AttributeName
+from worker.rules import DEFAULT_RING_TIMEOUT, MAX_HEADER_OVERRIDES, MAX_METADATA_CHARS, AttributeName, RingTimeout
 from worker.turns import TurnTaking
 
 SCHEMA_VERSION = 1
@@ -191,7 +191,7 @@ class RouteMetadata(BaseModel):
     )
     attribute_overrides: dict[AttributeKey, dict[AttributeValue, AgentConfig]] | None = Field(
         default=None,
-        max_length=8,
+        max_length=MAX_HEADER_OVERRIDES,
         description=(
             "Per-call layers chosen by the SIP participant's attributes (a trunk maps SIP headers to attributes "
             "with headers_to_attributes): attribute name -> attribute value -> configuration layer."
@@ -257,8 +257,8 @@ class CallMetadata(RouteMetadata):
     """Route metadata plus what only one call carries: per-call overrides and outbound dial options."""
 
     overrides: AgentConfig | None = Field(default=None, description="Per-call layer, applied over agent_config.")
-    ring_timeout: float | None = Field(
-        default=None, ge=1, le=120, description="Outbound: seconds to wait for an answer (worker default 30)."
+    ring_timeout: RingTimeout | None = Field(
+        default=None, description=f"Outbound: seconds to wait for an answer (worker default {DEFAULT_RING_TIMEOUT})."
     )
     participant_identity: Annotated[str, StringConstraints(max_length=128, pattern=r"^[\w.:+-]+$")] | None = Field(
         default=None, description="Outbound: identity of the dialled SIP participant (default sip-<room>)."

@@ -13,7 +13,7 @@ import re
 from typing import Annotated, Any
 
 import phonenumbers
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 # -- limits --------------------------------------------------------------------------------------------
 
@@ -23,6 +23,12 @@ MAX_HEADER_NAME = 255
 MAX_HEADER_VALUE = 1024
 MAX_TOKEN = 128
 """Participant attribute names (and the worker's attribute keys)."""
+MAX_HEADER_OVERRIDES = 8
+"""Header-selected layers per route (each header arrives as one participant attribute)."""
+DEFAULT_RING_TIMEOUT = 30
+"""Seconds an outbound call rings when the route (or the worker's ``SIPHON_RING_TIMEOUT``) sets no other."""
+RingTimeout = Annotated[float, Field(ge=1, le=120)]
+"""Seconds an outbound call may ring before it counts as not answered."""
 
 
 class Model(BaseModel):

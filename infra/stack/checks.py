@@ -15,7 +15,7 @@ from infra.ecs.validation import IMAGE_RE
 from infra.stack.load import Problem, _line_of
 from infra.stack.model import StackFile
 from worker.metadata import AgentConfig
-from worker.models.registry import check_spec
+from worker.models.registry import layer_spec_problems
 
 LOCAL = "local"
 
@@ -31,12 +31,8 @@ def route_trunks(stack: StackFile, route_key: str) -> list[str]:
 
 
 def _specs(layer: AgentConfig, where: str) -> Iterator[tuple[str, str]]:
-    for kind in ("llm", "stt", "tts"):
-        spec = getattr(layer, kind)
-        if spec is not None:
-            reason = check_spec(kind, spec if isinstance(spec, str) else spec.model_dump())
-            if reason:
-                yield f"{where}.{kind}", f"the worker cannot resolve this {kind} spec: {reason}"
+    for kind, reason in layer_spec_problems(layer):
+        yield f"{where}.{kind}", f"the worker cannot resolve this {kind} spec: {reason}"
 
 
 def _agent_problems(stack: StackFile) -> Iterator[tuple[str, str]]:

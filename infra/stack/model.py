@@ -17,7 +17,7 @@ from infra.livekit.args import E164, InboundTrunkArgs, MediaConfig, OutboundTrun
 from infra.livekit.validation import AttributeName, HeaderName, Model, Pin
 from worker.config import MAX_CALLS_LIMIT, MAX_JOBS_ENV, defaults_env, max_calls_for
 from worker.metadata import AgentConfig, RouteMetadata
-from worker.rules import AgentName, EnvironmentName, StackKey
+from worker.rules import DEFAULT_RING_TIMEOUT, MAX_HEADER_OVERRIDES, AgentName, EnvironmentName, RingTimeout, StackKey
 
 Key = str  # a reference to a trunk, agent or route by its key (checked by infra.stack.checks)
 LOCAL_MAX_CALLS = 10  # a local worker process without an ECS size to derive its capacity from
@@ -138,7 +138,7 @@ class InboundRoute(Model):
     context: Context = Field(default_factory=dict, description="free-form customer context")
     attributes: dict[AttributeName, str] = Field(default_factory=dict)
     room: RoomTimeouts = Field(default_factory=RoomTimeouts)
-    header_overrides: list[HeaderOverride] = Field(default_factory=list, max_length=8)
+    header_overrides: list[HeaderOverride] = Field(default_factory=list, max_length=MAX_HEADER_OVERRIDES)
     krisp_enabled: bool = False
     media: MediaConfig | None = None
 
@@ -175,7 +175,7 @@ class OutboundRoute(Model):
     agent: Key
     agent_config: AgentConfig = Field(default_factory=AgentConfig)
     context: Context = Field(default_factory=dict)
-    ring_timeout: float = Field(default=30, ge=1, le=120, description="seconds to wait for an answer")
+    ring_timeout: RingTimeout = Field(default=DEFAULT_RING_TIMEOUT, description="seconds to wait for an answer")
 
 
 class LiveKitProject(Model):

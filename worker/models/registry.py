@@ -17,13 +17,13 @@ import importlib
 import importlib.util
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from worker.metadata import MODEL_KINDS, ModelKind, ModelSpec, ProviderSpec
+from worker.metadata import MODEL_KINDS, AgentConfig, ModelKind, ModelSpec, ProviderSpec
 
 _SPEC: TypeAdapter[ModelSpec] = TypeAdapter(ModelSpec)
 
@@ -178,6 +178,14 @@ def check_spec(kind: ModelKind, spec: object) -> str | None:
     except SpecError as err:
         return str(err)
     return None
+
+
+def layer_spec_problems(layer: AgentConfig) -> Iterator[tuple[ModelKind, str]]:
+    """``(kind, reason)`` for each model spec a configuration layer sets that the worker cannot resolve."""
+    for kind in MODEL_KINDS:
+        spec = getattr(layer, kind)
+        if spec is not None and (reason := check_spec(kind, spec)):
+            yield kind, reason
 
 
 def availability(norm: NormalizedSpec, env: Mapping[str, str] | None = None) -> str | None:
