@@ -6,8 +6,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import tenacity
-
 
 class RolloutFailed(RuntimeError):
     """The deployment circuit breaker stopped (and possibly rolled back) the rollout."""
@@ -49,19 +47,20 @@ def wait_for_steady_state(
 ) -> None:
     """Poll ``describe()`` (returns the service) until the rollout is done; raise on failure or timeout."""
     deadline = clock() + timeout_seconds
-    service = tenacity.Retrying(
-        retry=tenacity.retry_if_result(lambda s: rollout_state(s, task_definition_arn) == "pending"),
-        stop=lambda _: clock() >= deadline,
-        wait=tenacity.wait_fixed(poll_seconds),
-        sleep=sleep,
-        retry_error_callback=lambda attempt: attempt.outcome.result() if attempt.outcome else {},
-    )(describe)
-    state, name = rollout_state(service, task_definition_arn), service.get("serviceName")
-    if state == "failed":
-        reasons = "; ".join(r for d in service.get("deployments", []) if (r := d.get("rolloutStateReason", "")))
-        raise RolloutFailed(f"service {name!r}: rollout of {task_definition_arn} failed: {reasons}")
-    if state == "pending":
-        raise RolloutTimeout(
-            f"service {name!r} did not reach a steady state on {task_definition_arn} within {timeout_seconds:.0f}s "
-            "(wait_for_steady_state / steady_state_timeout_seconds)"
-        )
+    while True:
+        service = describe()
+        state = rollout_state(service, task_definition_arn)
+        if state == "done":
+            return
+        if state == "failed":
+            reasons = [d.get("rolloutStateReason", "") for d in service.get("deployments", [])]
+            raise RolloutFailed(
+                f"service {service.get('serviceName')!r}: rollout of {task_definition_arn} failed: "
+                + "; ".join(r for r in reasons if r)
+            )
+        if clock() >= deadline:
+            raise RolloutTimeout(
+                f"service {service.get('serviceName')!r} did not reach a steady state on {task_definition_arn} "
+                f"within {timeout_seconds:.0f}s (wait_for_steady_state / steady_state_timeout_seconds)"
+            )
+        sleep(poll_seconds)
