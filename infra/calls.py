@@ -19,9 +19,10 @@ from pydantic import Field, JsonValue, ValidationError
 
 from infra.livekit import client
 from infra.livekit.validation import E164, describe_errors
+from infra.stack.plan import OutboundCall
 from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
 from worker.models.registry import layer_spec_problems
-from worker.rules import DEFAULT_RING_TIMEOUT, Model
+from worker.rules import Model
 
 CALL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 
@@ -64,19 +65,19 @@ def _request(**kwargs: Any) -> CallRequest:
     return req
 
 
-def call_metadata(route: Mapping[str, Any], req: CallRequest) -> CallMetadata:
+def call_metadata(route: OutboundCall, req: CallRequest) -> CallMetadata:
     """The dispatch metadata: the route's layer plus this call's numbers, trunk, overrides and context."""
-    base = RouteMetadata.model_validate_json(route["metadata"])
+    base = RouteMetadata.model_validate_json(route.metadata)
     context = {**(base.context or {}), **req.context} or None
     return CallMetadata(
         **base.model_dump(exclude={"context", "direction"}, exclude_none=True),
         direction="outbound",
-        caller_number=route["caller_ids"][0],
+        caller_number=route.caller_ids[0],
         called_number=req.to,
-        outbound_trunk_id=route["trunk_id"],
+        outbound_trunk_id=route.trunk_id,
         overrides=req.overrides,
         context=context,
-        ring_timeout=route.get("ring_timeout"),
+        ring_timeout=route.ring_timeout,
         participant_identity=f"sip-{req.call_id}",
     )
 
@@ -100,7 +101,11 @@ def place_call(
     req = _request(**kwargs)
     if req.route not in outbound_routes:
         raise CallError(f"no outbound route {req.route!r} (declared: {', '.join(sorted(outbound_routes)) or 'none'})")
-    spec = outbound_routes[req.route]
+    try:
+        spec = OutboundCall.model_validate(outbound_routes[req.route])
+    except ValidationError as e:
+        problems = "; ".join(f"{f}: {m}" for f, m in describe_errors(e))
+        raise CallError(f"the stack output outbound_routes.{req.route} is not a deployed route: {problems}") from None
     metadata = call_metadata(spec, req)
     room = f"call-{req.call_id}"
     identity = metadata.participant_identity or f"sip-{req.call_id}"
@@ -108,25 +113,25 @@ def place_call(
 
     async def run(lk: api.LiveKitAPI) -> CallResult:
         if (await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))).rooms:  # a retry of this call id
-            existing = [d for d in await lk.agent_dispatch.list_dispatch(room) if d.agent_name == spec["agent_name"]]
+            existing = [d for d in await lk.agent_dispatch.list_dispatch(room) if d.agent_name == spec.agent_name]
             if existing:
-                return CallResult(req.call_id, room, existing[0].id, spec["agent_name"], identity, None, True)
+                return CallResult(req.call_id, room, existing[0].id, spec.agent_name, identity, None, True)
         # The room is created with the agent in its configuration: exactly one dispatch, and no default
         # (agent_name "") dispatch that an implicitly created room would get.
         await lk.room.create_room(
             api.CreateRoomRequest(
                 name=room,
-                empty_timeout=int(spec.get("ring_timeout") or DEFAULT_RING_TIMEOUT) + 30,
-                agents=[api.RoomAgentDispatch(agent_name=spec["agent_name"], metadata=metadata.to_json())],
+                empty_timeout=int(spec.ring_timeout) + 30,
+                agents=[api.RoomAgentDispatch(agent_name=spec.agent_name, metadata=metadata.to_json())],
             )
         )
-        dispatch = next(d for d in await lk.agent_dispatch.list_dispatch(room) if d.agent_name == spec["agent_name"])
+        dispatch = next(d for d in await lk.agent_dispatch.list_dispatch(room) if d.agent_name == spec.agent_name)
         sip_call_id = None
         if req.dial == "direct":
             try:
                 participant = await lk.sip.create_sip_participant(
                     api.CreateSIPParticipantRequest(
-                        sip_trunk_id=spec["trunk_id"], sip_call_to=req.to, sip_number=metadata.caller_number or "",
+                        sip_trunk_id=spec.trunk_id, sip_call_to=req.to, sip_number=metadata.caller_number or "",
                         room_name=room, participant_identity=identity,
                     ),
                     timeout=timeout,
@@ -138,6 +143,6 @@ def place_call(
                 raise CallError(
                     f"dialling {req.to} through route {req.route!r} failed ({e}); the dispatch was removed"
                 ) from None
-        return CallResult(req.call_id, room, dispatch.id, spec["agent_name"], identity, sip_call_id, False)
+        return CallResult(req.call_id, room, dispatch.id, spec.agent_name, identity, sip_call_id, False)
 
     return client.call(creds, f"place call {req.call_id} on route {req.route!r}", run, timeout=timeout + 5)

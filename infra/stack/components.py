@@ -14,7 +14,7 @@ import pulumi
 
 from infra.livekit.provider import URL_INPUT
 from infra.livekit.resources import SipDispatchRule
-from infra.stack.plan import Plan, Route
+from infra.stack.plan import OutboundCall, Plan, Route
 
 
 class InboundRouteComponent(pulumi.ComponentResource):
@@ -50,12 +50,12 @@ class OutboundRouteComponent(pulumi.ComponentResource):
     def __init__(
         self,
         key: str,
-        values: dict[str, Any],
+        values: OutboundCall,
         trunk_id: pulumi.Output[str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("siphon:routing:OutboundRoute", key, None, opts)
-        self.outputs = {**values, "trunk_id": trunk_id}
+        self.outputs: dict[str, Any] = {**values.model_dump(), "trunk_id": trunk_id}
         self.register_outputs(self.outputs)
 
 

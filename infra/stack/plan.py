@@ -30,7 +30,7 @@ from infra.stack.headers import route_attribute_overrides, trunk_header_mappings
 from infra.stack.load import Problem, StackFileError, _line_of, load
 from infra.stack.model import InboundRoute, OutboundRoute, StackFile
 from worker.metadata import AgentConfig, Direction, RouteMetadata
-from worker.rules import describe_errors
+from worker.rules import Model, describe_errors
 
 SECRET_PLACEHOLDER = "[secret from config]"
 """Stands for a config secret in the plan; the program passes the config value (a Pulumi secret)."""
@@ -114,6 +114,18 @@ class Route:
         return self.rule.room_config.agents[0]
 
 
+class OutboundCall(Model):
+    """What a call placed through an outbound route needs: the stack output ``outbound_routes.<route>``
+    (``trunk_id`` is filled in by the deployment) that ``place_call`` reads."""
+
+    trunk: str
+    caller_ids: list[str]
+    agent_name: str
+    ring_timeout: float
+    metadata: str
+    trunk_id: str = ""
+
+
 @dataclass(frozen=True)
 class Worker:
     """An agent's ECS deployment arguments and where its secrets come from."""
@@ -132,7 +144,7 @@ class Plan:
     inbound_trunks: dict[str, Trunk[InboundTrunkArgs]] = field(default_factory=dict)
     outbound_trunks: dict[str, Trunk[OutboundTrunkArgs]] = field(default_factory=dict)
     inbound_routes: dict[str, Route] = field(default_factory=dict)
-    outbound_routes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outbound_routes: dict[str, OutboundCall] = field(default_factory=dict)
     workers: dict[str, Worker] = field(default_factory=dict)
 
     def routing_rows(self) -> list[dict[str, str]]:
@@ -144,9 +156,9 @@ class Plan:
                              "trunks": ", ".join(self.inbound_routes[key].trunks) or "(any)", "agent": route.agent,
                              "worker": stack.agents[route.agent].workers})  # fmt: skip
         for key, out in self.outbound_routes.items():
-            rows.append({"direction": "outbound", "number": ", ".join(out["caller_ids"]), "route": key,
-                         "trunks": out["trunk"], "agent": out["agent_name"],
-                         "worker": stack.agents[out["agent_name"]].workers})  # fmt: skip
+            rows.append({"direction": "outbound", "number": ", ".join(out.caller_ids), "route": key,
+                         "trunks": out.trunk, "agent": out.agent_name,
+                         "worker": stack.agents[out.agent_name].workers})  # fmt: skip
         return rows
 
 
@@ -286,13 +298,13 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
 
     for key, out_route in stack.outbound_routes.items():
         out_trunk = stack.outbound_trunks[out_route.trunk]
-        plan.outbound_routes[key] = {
-            "trunk": out_route.trunk,
-            "caller_ids": list(out_route.caller_ids or out_trunk.numbers),
-            "agent_name": out_route.agent,
-            "ring_timeout": out_route.ring_timeout,
-            "metadata": route_metadata(key, out_route, "outbound").to_json(),
-        }
+        plan.outbound_routes[key] = OutboundCall(
+            trunk=out_route.trunk,
+            caller_ids=list(out_route.caller_ids or out_trunk.numbers),
+            agent_name=out_route.agent,
+            ring_timeout=out_route.ring_timeout,
+            metadata=route_metadata(key, out_route, "outbound").to_json(),
+        )
 
     url = stack.livekit.url or config.livekit_url
     for key, agent in stack.agents.items():

@@ -70,7 +70,7 @@ def run(environment: str | None = None) -> None:
                 "worker": agents[stack.inbound_routes[key].agent].worker,
             }
     outbound_routes = {
-        key: OutboundRouteComponent(key, values, outbound[values["trunk"]].sip_trunk_id, opts).outputs
+        key: OutboundRouteComponent(key, values, outbound[values.trunk].sip_trunk_id, opts).outputs
         for key, values in plan.outbound_routes.items()
     }
 
