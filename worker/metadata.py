@@ -36,7 +36,14 @@ from pydantic import (
     model_validator,
 )
 
-from worker.rules import DEFAULT_RING_TIMEOUT, MAX_HEADER_OVERRIDES, MAX_METADATA_CHARS, AttributeName, RingTimeout
+from worker.rules import (
+    DEFAULT_RING_TIMEOUT,
+    MAX_HEADER_OVERRIDES,
+    MAX_METADATA_CHARS,
+    AttributeName,
+    RingTimeout,
+    StrictModel,
+)
 from worker.turns import TurnTaking
 
 SCHEMA_VERSION = 1
@@ -148,8 +155,6 @@ class AgentConfig(TurnTaking):
     applies to the empty string and to blank instructions: they inherit too (see ``worker.config``).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     llm: ModelSpec | None = Field(default=None, description=f"LLM: {_SPEC_HELP}, e.g. openai/gpt-4.1-mini")
     stt: ModelSpec | None = Field(default=None, description=f"STT: {_SPEC_HELP}, e.g. deepgram/nova-3:en")
     tts: ModelSpec | None = Field(default=None, description=f"TTS: {_SPEC_HELP}, e.g. cartesia/sonic-2:<voice>")
@@ -167,14 +172,12 @@ class AgentConfig(TurnTaking):
     )
 
 
-class RouteMetadata(BaseModel):
+class RouteMetadata(StrictModel):
     """What a route (an inbound dispatch rule or an outbound dispatch) tells the worker.
 
     Infra serialises this into ``RoomAgentDispatch.metadata`` (inbound) or the agent dispatch's
     metadata (outbound) with ``to_json()``.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1, description="Version of this schema.")
     route: RouteName | None = Field(default=None, description="Name of the route (as declared in the stack).")

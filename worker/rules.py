@@ -31,10 +31,16 @@ RingTimeout = Annotated[float, Field(ge=1, le=120)]
 """Seconds an outbound call may ring before it counts as not answered."""
 
 
-class Model(BaseModel):
-    """Base of every argument and stack-file model: unknown keys are errors, values are immutable."""
+class StrictModel(BaseModel):
+    """Unknown keys are errors, values are immutable: the worker's metadata schema (strings kept as sent)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Model(StrictModel):
+    """Base of every argument and stack-file model: a ``StrictModel`` that also trims strings."""
+
+    model_config = ConfigDict(str_strip_whitespace=True)
 
 
 # -- SIP tokens and headers ----------------------------------------------------------------------------

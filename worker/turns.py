@@ -9,8 +9,8 @@ layer sets takes SIPHON 0.1.4's values (``SIPHON_DEFAULTS``), so a migrated agen
 VAD is Silero (``livekit-plugins-silero``): its ONNX model ships inside the wheel, so it runs offline. Turn
 detection and interruptions are VAD-driven (no turn-detector model, no network).
 
-``TurnTaking`` (the fields) imports only pydantic: ``worker.metadata`` and ``infra`` import it. The session
-options (``session_options``) import livekit-agents lazily.
+``TurnTaking`` (the fields) imports only pydantic and ``worker.rules``: ``worker.metadata`` and ``infra`` import
+it. The session options (``session_options``) import livekit-agents lazily.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from worker.rules import StrictModel
 
 if TYPE_CHECKING:
     from livekit import rtc
@@ -32,10 +34,8 @@ logger = logging.getLogger("siphon.worker")
 Seconds = float
 
 
-class TurnTaking(BaseModel):
+class TurnTaking(StrictModel):
     """Turn-taking fields of a configuration layer (SIPHON's keyword names; ``None`` inherits)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     allow_interruptions: bool | None = Field(
         default=None, description="Whether the caller's speech (detected by VAD) interrupts the agent. SIPHON: true."
