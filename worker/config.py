@@ -30,7 +30,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, AliasGenerator, Field, PrivateAttr, ValidationError
 from pydantic.fields import FieldInfo
@@ -60,6 +60,9 @@ AGENT_NAME_ENV = "SIPHON_AGENT_NAME"
 MAX_JOBS_ENV = "SIPHON_MAX_JOBS"  # the worker's call capacity (calls at once), set by every deployment
 DRAIN_TIMEOUT_ENV = "SIPHON_DRAIN_TIMEOUT"  # seconds to finish running calls after SIGTERM
 MAX_CALLS_LIMIT = 200  # upper bound of a capacity: one worker process supervises every call's job
+CallCapacity = Annotated[int, Field(ge=1, le=MAX_CALLS_LIMIT)]
+"""Calls one worker serves at once (``SIPHON_MAX_JOBS``; ``max_calls`` in a stack file and the ECS arguments)."""
+DEFAULT_HTTP_PORT = 8081  # the worker's health server (the ECS health check probes it)
 
 
 def max_calls_for(cpu_units: int, memory_mib: int) -> int:
@@ -141,11 +144,11 @@ class WorkerSettings(BaseSettings):
         10.0, gt=0, description="seconds an inbound job waits for its caller to join before it ends, e.g. 10"
     )
     load_threshold: float = Field(0.7, gt=0, le=1, description="LiveKit's target load, a fraction such as 0.7")
-    http_port: int = Field(8081, ge=0, le=65535, description="port of the health server (0: any free port)")
-    http_host: str = Field("", description="address the health server listens on (empty: every address)")
-    max_jobs: int | None = Field(
-        None, ge=1, le=MAX_CALLS_LIMIT, description=f"calls the worker serves at once, 1 to {MAX_CALLS_LIMIT}"
+    http_port: int = Field(
+        DEFAULT_HTTP_PORT, ge=0, le=65535, description="port of the health server (0: any free port)"
     )
+    http_host: str = Field("", description="address the health server listens on (empty: every address)")
+    max_jobs: CallCapacity | None = Field(None, description=f"calls the worker serves at once, 1 to {MAX_CALLS_LIMIT}")
     job_executor: Literal["process", "thread"] = Field("process", description="process or thread")
     num_idle_processes: int | None = Field(None, ge=0, description="job processes kept warm, e.g. 2")
     drain_timeout: int = Field(1800, ge=0, description="seconds to finish running calls after SIGTERM")

@@ -12,7 +12,7 @@ from typing import Any, Literal, Self
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from infra.ecs import validation as v
-from worker.config import MAX_CALLS_LIMIT, max_calls_for
+from worker.config import DEFAULT_HTTP_PORT, CallCapacity, max_calls_for
 from worker.metadata import AgentConfig
 from worker.rules import AgentName, EcsEnvironmentName
 from worker.rules import Model as _Model
@@ -23,7 +23,8 @@ LIVEKIT_SECRET_ENV = {"livekit_api_key": "LIVEKIT_API_KEY", "livekit_api_secret"
 
 DEFAULT_HEALTH_COMMAND = [
     "CMD-SHELL",
-    "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/', timeout=4)\" || exit 1",
+    f"python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{DEFAULT_HTTP_PORT}/', timeout=4)\""
+    " || exit 1",
 ]
 
 
@@ -214,8 +215,8 @@ class AgentWorkerArgs(EcsWorkerSettings):
     livekit_api_secret: SecretStr = Field(min_length=1, max_length=4096)
     provider_keys: dict[str, SecretStr] = Field(default_factory=dict, max_length=20)
     worker: AgentConfig = Field(default_factory=AgentConfig, description="the worker's default layer")
-    max_calls: int | None = Field(
-        None, ge=1, le=MAX_CALLS_LIMIT, description="calls one task serves at once (default: from cpu and memory)"
+    max_calls: CallCapacity | None = Field(
+        None, description="calls one task serves at once (default: from cpu and memory)"
     )
 
     cluster_name: str = Field(pattern=v.CLUSTER_OR_SERVICE_RE.pattern)

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, Field, JsonValue, field_validator, model_va
 from infra.ecs.args import EcsWorkerSettings
 from infra.livekit.args import E164, InboundTrunkArgs, MediaConfig, OutboundTrunkArgs, RoomTimeouts, Rule
 from infra.livekit.validation import AttributeName, HeaderName, Model, Pin
-from worker.config import MAX_CALLS_LIMIT, MAX_JOBS_ENV, defaults_env, max_calls_for
+from worker.config import MAX_JOBS_ENV, CallCapacity, defaults_env, max_calls_for
 from worker.metadata import AgentConfig, RouteMetadata
 from worker.rules import DEFAULT_RING_TIMEOUT, MAX_HEADER_OVERRIDES, AgentName, EnvironmentName, RingTimeout, StackKey
 
@@ -79,10 +79,9 @@ class Agent(Model):
     """An agent: the worker registered under ``agent_name`` (the key), its defaults, and where it runs."""
 
     defaults: AgentConfig = Field(default_factory=AgentConfig, description="the worker's default layer")
-    max_calls: int | None = Field(
-        None, ge=1, le=MAX_CALLS_LIMIT,
-        description=f"calls one worker serves at once (default: from ecs cpu and memory, else {LOCAL_MAX_CALLS})",
-    )  # fmt: skip
+    max_calls: CallCapacity | None = Field(
+        None, description=f"calls one worker serves at once (default: from ecs cpu and memory, else {LOCAL_MAX_CALLS})"
+    )
     ecs: EcsDeployment | None = None
     local: LocalWorker | None = None
 
