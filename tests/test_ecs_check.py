@@ -50,6 +50,11 @@ INVALID = [
     ("livekit_url", {"livekit_url": "https://voice.example.com"}, "pattern"),
     ("extra_env", {"extra_env": {"SIPHON_DEFAULT_LLM": "x"}}, "is reserved"),
     ("extra_env", {"extra_env": {"SIPHON_MAX_JOBS": "9"}}, "is reserved"),  # max_calls sets it
+    (
+        "extra_env",
+        {"extra_env": {"SIPHON_METRIC_SERVICE": "other"}},
+        "is reserved",
+    ),  # the calls scaling policy reads it
     ("extra_env", {"extra_env": {"OPENAI_API_KEY": "x"}}, "also set in provider_keys"),
     ("stop_timeout_seconds", {"stop_timeout_seconds": 300}, "less than or equal to 120"),
     ("health_check", {"health_check": {"command": ["echo", "ok"]}}, "CMD"),

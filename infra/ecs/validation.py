@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+from worker import call_metric
 from worker.config import AGENT_NAME_ENV, DEFAULTS_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV
 
 # Fargate task sizes: cpu units -> allowed memory (MiB).
@@ -43,7 +44,8 @@ IMAGE_REF_RE = re.compile(r"^(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0
 ECR_REGISTRY_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 # Environment names the resource sets itself; user variables and provider keys may not use them.
 RESERVED_ENV_PREFIXES = ("LIVEKIT_", "AWS_", "ECS_")
-RESERVED_ENV_NAMES = frozenset({AGENT_NAME_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV, *DEFAULTS_ENV.values()})
+RESERVED_ENV_NAMES = frozenset({AGENT_NAME_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV, *DEFAULTS_ENV.values(),
+                                call_metric.CLUSTER_ENV, call_metric.SERVICE_ENV})  # fmt: skip
 
 
 def fargate_size_error(cpu: int, memory: int) -> str | None:
