@@ -9,6 +9,7 @@ import time
 import pytest
 
 from worker.call_metric import CallGauge, dimensions
+from worker.config import SettingsError, WorkerSettings
 
 
 def test_a_line_is_cloudwatch_embedded_metric_format_under_the_services_dimensions() -> None:
@@ -49,14 +50,17 @@ def test_the_thread_writes_one_line_per_interval_until_stopped() -> None:
 
 
 def test_only_an_ecs_deployment_with_a_capacity_gets_a_gauge() -> None:
-    env = {"SIPHON_METRIC_CLUSTER": "voice", "SIPHON_METRIC_SERVICE": "svc"}
-    assert CallGauge.from_env(env, 4) is not None
-    assert CallGauge.from_env({}, 4) is None
-    assert CallGauge.from_env(env, None) is None
+    assert CallGauge.for_deployment("voice", "svc", 4, 15) is not None
+    assert CallGauge.for_deployment(None, None, 4, 15) is None
+    assert CallGauge.for_deployment("voice", "svc", None, 15) is None
 
 
-@pytest.mark.parametrize(("raw", "says"), [("soon", "not a number"), ("0.2", "outside 1..60"), ("600", "outside")])
-def test_a_bad_interval_is_refused_at_start_naming_the_variable(raw: str, says: str) -> None:
-    env = {"SIPHON_METRIC_CLUSTER": "voice", "SIPHON_METRIC_SERVICE": "svc", "SIPHON_METRIC_INTERVAL": raw}
-    with pytest.raises(ValueError, match=f"SIPHON_METRIC_INTERVAL.*{says}"):
-        CallGauge.from_env(env, 4)
+@pytest.mark.parametrize(
+    ("raw", "says"), [("soon", "valid number"), ("0.2", "greater than or equal to 1"), ("600", "less")]
+)
+def test_a_bad_interval_stops_the_worker_at_start_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, raw: str, says: str
+) -> None:
+    monkeypatch.setenv("SIPHON_METRIC_INTERVAL", raw)
+    with pytest.raises(SettingsError, match=f"SIPHON_METRIC_INTERVAL: .*{says}.*expected: seconds between call-metric"):
+        WorkerSettings.from_env()

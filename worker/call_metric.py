@@ -30,10 +30,9 @@ ACTIVE = "ActiveCalls"
 CLUSTER_DIMENSION = "ClusterName"
 SERVICE_DIMENSION = "ServiceName"
 
-CLUSTER_ENV = "SIPHON_METRIC_CLUSTER"
-SERVICE_ENV = "SIPHON_METRIC_SERVICE"
-INTERVAL_ENV = "SIPHON_METRIC_INTERVAL"
-DEFAULT_INTERVAL = 15.0
+CLUSTER_ENV = "SIPHON_METRIC_CLUSTER"  # WorkerSettings.metric_cluster
+SERVICE_ENV = "SIPHON_METRIC_SERVICE"  # WorkerSettings.metric_service
+DEFAULT_INTERVAL = 15.0  # WorkerSettings.metric_interval (SIPHON_METRIC_INTERVAL)
 
 logger = logging.getLogger("siphon.worker")
 
@@ -90,18 +89,13 @@ class CallGauge:
         self._stop = threading.Event()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], capacity: int | None) -> CallGauge | None:
-        """The gauge an ECS deployment asks for (both names set and a capacity), else None."""
-        cluster, service = env.get(CLUSTER_ENV), env.get(SERVICE_ENV)
+    def for_deployment(
+        cls, cluster: str | None, service: str | None, capacity: int | None, interval: float
+    ) -> CallGauge | None:
+        """The gauge an ECS deployment asks for (``SIPHON_METRIC_CLUSTER`` and ``_SERVICE`` set, and a capacity),
+        else None. The worker's settings (``worker.config.WorkerSettings``) read and check the variables."""
         if not (cluster and service and capacity):
             return None
-        raw = env.get(INTERVAL_ENV, "")
-        try:
-            interval = float(raw) if raw else DEFAULT_INTERVAL
-        except ValueError:
-            raise ValueError(f"{INTERVAL_ENV}={raw!r} is not a number of seconds (write e.g. 15)") from None
-        if not 1 <= interval <= 60:
-            raise ValueError(f"{INTERVAL_ENV}={raw!r} is outside 1..60 seconds (CloudWatch keeps one value a minute)")
         return cls(dimensions(cluster, service), capacity, interval)
 
     def observe(self, active: int) -> None:

@@ -38,6 +38,7 @@ from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker import end_call, turns
+from worker.call_metric import DEFAULT_INTERVAL as DEFAULT_METRIC_INTERVAL
 from worker.metadata import (
     MODEL_KINDS,
     SCHEMA_VERSION,
@@ -152,6 +153,11 @@ class WorkerSettings(BaseSettings):
     job_executor: Literal["process", "thread"] = Field("process", description="process or thread")
     num_idle_processes: int | None = Field(None, ge=0, description="job processes kept warm, e.g. 2")
     drain_timeout: int = Field(1800, ge=0, description="seconds to finish running calls after SIGTERM")
+    metric_cluster: str | None = Field(None, description="ECS cluster the call metric is published under")
+    metric_service: str | None = Field(None, description="ECS service the call metric is published under")
+    metric_interval: float = Field(
+        DEFAULT_METRIC_INTERVAL, ge=1, le=60, description="seconds between call-metric lines, 1 to 60, e.g. 15"
+    )
     _defaults: AgentConfig = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:

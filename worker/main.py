@@ -294,7 +294,9 @@ def build_server(settings: WorkerSettings | None = None) -> AgentServer:
     on_request = None
     if settings.max_jobs:  # full at exactly max_jobs calls, for the server (target load) and for the worker
         capacity = settings.max_jobs
-        gauge = CallGauge.from_env(os.environ, capacity)  # on ECS: the call metric the service scales on
+        gauge = CallGauge.for_deployment(  # on ECS: the call metric the service scales on
+            settings.metric_cluster, settings.metric_service, capacity, settings.metric_interval
+        )
 
         def load(s: AgentServer) -> float:
             if gauge is not None:
