@@ -5,7 +5,8 @@ process the Pulumi CLI starts: the CLI/engine (Go), the Python program, and the 
 process. Prints wall time and each process's CPU seconds; with ``--py-spy DIR`` (py-spy installed
 from PyPI, e.g. ``uv tool install py-spy``) it also writes a flat py-spy profile per Python process.
 
-    uv run python -m bench.profile_sip --n 200 --op up|preview|destroy [--py-spy /tmp/out]
+    uv run python -m bench.profile_sip --n 200 --op up|preview|destroy [--program routes|floor|table]
+        [--py-spy /tmp/out]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.sip_deploy import PROGRAM, Calls, declare, spec, stack_for
+from bench.sip_deploy import PROGRAM, Calls, declare, restore_sigint, spec, stack_for
 from localenv.manager import LocalEnv
 from localenv.reset import wipe_sip
 
@@ -96,12 +97,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--op", choices=["up", "preview", "destroy"], default="up")
+    parser.add_argument(
+        "--program",
+        choices=["routes", "floor", "table"],
+        default="routes",
+        help="bench/programs/<name>: ours (routes), the do-nothing floor, or the one-resource table prototype",
+    )
     parser.add_argument("--py-spy", dest="out", type=Path)
     parser.add_argument("--go-profile", type=Path, help="prefix for the CLI's own CPU profile (pulumi --profiling)")
     parser.add_argument(
         "--env", action="append", default=[], help="KEY=VALUE for the engine, e.g. PULUMI_SKIP_CHECKPOINTS=true"
     )
     a = parser.parse_args()
+    restore_sigint()
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # as bench/sip_deploy.py: compile each module once
     root = Path(tempfile.mkdtemp(prefix="siphon-profile-"))
     calls = Calls(root / "calls.log")
     spy = shutil.which("py-spy") if a.out else None
@@ -111,7 +120,7 @@ def main() -> None:
         assert env.endpoints is not None
         os.environ.update(env.endpoints.env())
         os.environ.update(dict(kv.split("=", 1) for kv in a.env))
-        stack = stack_for(root, "p", PROGRAM, calls)
+        stack = stack_for(root, "p", PROGRAM.parent / a.program, calls)
         declare(stack, spec(a.n, "p"))
         if a.op != "up":
             stack.up()
