@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from itertools import product
 from typing import Any
 
-from livekit import api
+from livekit.protocol import sip as api  # messages only, without the HTTP client
 
 _NUMBERISH = re.compile(r"^\+?[\d\- ()]+$")
 

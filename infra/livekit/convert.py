@@ -11,7 +11,7 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from livekit import api
+from livekit.protocol import sip as api  # messages only, without the HTTP client
 from pydantic import BaseModel, ValidationError
 
 from infra.livekit.args import DispatchRuleArgs, InboundTrunkArgs, MediaConfig, OutboundTrunkArgs, RoomConfig

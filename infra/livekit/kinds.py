@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
-from livekit import api
+from livekit.protocol import sip as api  # the messages only: livekit.api (aiohttp) loads when a call is made
 from pydantic import BaseModel
 
 from infra.livekit.args import DispatchRuleArgs, InboundTrunkArgs, OutboundTrunkArgs
 
-Client = api.LiveKitAPI
+if TYPE_CHECKING:
+    from livekit.api import LiveKitAPI as Client
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,11 @@ async def _delete_trunk(c: Client, object_id: str) -> None:
 
 
 async def _delete_rule(c: Client, object_id: str) -> None:
+    from livekit.api import TwirpError  # loaded by now: ``c`` is a client
+
     try:
         await c.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=object_id))
-    except api.TwirpError as e:
+    except TwirpError as e:
         if e.code != "not_found":  # already gone is what we wanted
             raise
 

@@ -4,11 +4,15 @@ State refers to these classes by import path (``infra.livekit.provider.InboundTr
 keep the path stable. Instances carry no attributes into state; credentials come from
 ``configure()`` (stack config) or the environment at call time. The event loop, LiveKit client,
 name index and conflict claims are per provider process (``client.state``), never pickled.
+
+``infra.livekit.client`` (aiohttp and the LiveKit API client) is imported by the methods that call
+LiveKit, not by this module: a program declaring resources, and check and diff (all that a no-op
+preview runs), never need it, and importing it costs each of those processes about 0.3 s.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pulumi.dynamic import (
     CheckFailure,
@@ -23,12 +27,16 @@ from pulumi.dynamic import (
 from pydantic import BaseModel, ValidationError
 
 from infra.dynamic import InvalidArguments, is_unknown
-from infra.livekit import client
 from infra.livekit.conflicts import Claims, conflict_keys
 from infra.livekit.convert import canonical, declared, to_proto
 from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK, Kind
 from infra.livekit.names import NameIndex
 from infra.livekit.validation import describe_errors
+
+if TYPE_CHECKING:
+    from livekit import api
+
+    from infra.livekit import client
 
 CONFIG_KEYS = ("livekit:url", "livekit:apiKey", "livekit:apiSecret")
 URL_INPUT = "__livekit_url"  # optional non-secret input: which LiveKit project the object lives in
@@ -47,6 +55,8 @@ class LiveKitProvider(ResourceProvider):
     # -- helpers ------------------------------------------------------------------------------------
 
     def _creds(self, props: dict[str, Any]) -> client.Credentials:
+        from infra.livekit import client
+
         config = dict(getattr(self, "_config", {}))
         if props.get(URL_INPUT):  # the stack file's livekit.url wins over config and environment
             config["livekit:url"] = props[URL_INPUT]
@@ -54,11 +64,15 @@ class LiveKitProvider(ResourceProvider):
 
     def _names(self, creds: client.Credentials) -> NameIndex:
         """This process's name index of this kind on this LiveKit project."""
+        from infra.livekit import client
+
         indexes = client.state("names", dict[tuple[str, str, str], NameIndex])
         return indexes.setdefault((creds.url, creds.api_key, self.KIND.label), NameIndex(self.KIND.object_id))
 
     def _claims(self, creds: client.Credentials) -> Claims:
         """This process's in-flight write keys for this LiveKit project (every kind shares one)."""
+        from infra.livekit import client
+
         claims = client.state("claims", dict[tuple[str, str], Claims])
         return claims.setdefault((creds.url, creds.api_key), Claims())
 
@@ -118,13 +132,15 @@ class LiveKitProvider(ResourceProvider):
         One LiveKit call per object: the names come from one listing per kind per provider process
         (``infra.livekit.names``), and only writes LiveKit could find conflicting wait for each other.
         """
+        from infra.livekit import client
+
         args = self._validate(props)
         name = props["name"]
         message = to_proto(args, self.KIND.message)
         creds = self._creds(props)
         index = self._names(creds)
 
-        async def create_or_adopt(lk: client.api.LiveKitAPI) -> str:
+        async def create_or_adopt(lk: api.LiveKitAPI) -> str:
             async def listing() -> list[Any]:
                 return await self.KIND.list(lk, [])
 
@@ -162,11 +178,13 @@ class LiveKitProvider(ResourceProvider):
 
     def update(self, id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         """Replace the whole object in place (same id), resending every field including secrets."""
+        from infra.livekit import client
+
         args = self._validate(news)
         message = to_proto(args, self.KIND.message)
         creds = self._creds(news)
 
-        async def replace(lk: client.api.LiveKitAPI) -> None:
+        async def replace(lk: api.LiveKitAPI) -> None:
             async with self._claims(creds).hold(conflict_keys(self.KIND.label, message)):
                 await self.KIND.replace(lk, id, message)
 
@@ -183,6 +201,8 @@ class LiveKitProvider(ResourceProvider):
 
     def read(self, id: str, props: dict[str, Any]) -> ReadResult:
         """Refresh: report the object as LiveKit holds it, or that it is gone."""
+        from infra.livekit import client
+
         found = client.call(self._creds(props), self._what("read", props), lambda lk: self.KIND.list(lk, [id]))
         found = [m for m in found if self.KIND.object_id(m) == id]
         if not found:
@@ -193,6 +213,8 @@ class LiveKitProvider(ResourceProvider):
 
     def delete(self, id: str, props: dict[str, Any]) -> None:
         """Delete; an object that is already gone counts as deleted."""
+        from infra.livekit import client
+
         creds = self._creds(props)
         client.call(creds, self._what("delete", props), lambda lk: self.KIND.delete(lk, id))
         self._names(creds).removed(id)
