@@ -6,7 +6,12 @@ For each N, against one livekit-server started for the run, from an empty server
   wall time and the LiveKit calls the providers made, by method;
 - SIPHON 0.1.4's own ``Dispatch(...).agent_dispatch()`` loop for the same numbers (``bench/siphon_loop.py``);
 - the asyncio floor: the same creates from one client, concurrently;
-- once: ``pulumi preview`` of an empty program and of our program with no routes (the engine's fixed cost).
+- once: ``pulumi preview`` of an empty program and of our program with no routes (the engine's fixed cost),
+  and of a program with ONE do-nothing dynamic resource (``bench/programs/floor_one``: the least any
+  program using a Python dynamic provider pays: the provider process);
+- the floor: the same resources as do-nothing dynamic resources (``bench/programs/floor``): no-op preview;
+- PROTOTYPE (not in the product): the same routes as ONE resource (``bench/prototype_table.py``): up,
+  no-op preview, the same prompt change, destroy.
 
 Ratios, not absolute times, are the result (this machine is shared and small).
 
@@ -45,6 +50,9 @@ from localenv.reset import wipe_sip
 
 SKIP_CHECKPOINTS = "PULUMI_SKIP_CHECKPOINTS"
 PROGRAM = Path(__file__).resolve().parent / "programs" / "routes"
+FLOOR = PROGRAM.parent / "floor"
+FLOOR_ONE = PROGRAM.parent / "floor_one"
+TABLE = PROGRAM.parent / "table"
 
 
 def number(i: int) -> str:
@@ -117,14 +125,39 @@ class Phase:
 
 
 @dataclass
-class Row:
-    n: int
+class Deploy:
+    """One program's `up`, no-op preview (best of 2), one-prompt change and destroy."""
+
     up: Phase
     preview: Phase
     change: Phase
     destroy: Phase
+
+
+@dataclass
+class Row:
+    n: int
+    ours: Deploy
     siphon: Phase
     floor: Phase
+    null_preview: Phase  # the same resources doing nothing: the engine's and SDK's cost per resource
+    table: Deploy  # PROTOTYPE: the same routes as one resource
+
+    @property
+    def up(self) -> Phase:
+        return self.ours.up
+
+    @property
+    def preview(self) -> Phase:
+        return self.ours.preview
+
+    @property
+    def change(self) -> Phase:
+        return self.ours.change
+
+    @property
+    def destroy(self) -> Phase:
+        return self.ours.destroy
 
 
 class Calls:
@@ -164,40 +197,75 @@ def declare(stack: auto.Stack, routes: dict[str, Any]) -> None:
     (Path(stack.workspace.work_dir) / "spec.json").write_text(json.dumps(routes))
 
 
-def fixed_cost(root: Path, calls: Calls) -> tuple[float, float]:
-    """Preview seconds of an empty program, and of our program declaring no routes (best of 3 each)."""
+@dataclass
+class Fixed:
+    """Preview seconds (best of 3) of programs whose cost does not grow with N."""
+
+    empty: float  # declares nothing: the engine's fixed cost, the baseline of every ratio
+    zero: float  # our program declaring no routes
+    one: float  # one do-nothing dynamic resource: what starting a Python dynamic provider adds
+
+
+def fixed_cost(root: Path, calls: Calls) -> Fixed:
     empty = root / "empty-src"
     empty.mkdir()
     (empty / "__main__.py").write_text("import pulumi  # declares nothing\n")
     times = []
-    for name, program, configure in (("empty", empty, False), ("zero", PROGRAM, True)):
+    for name, program, configure in (("empty", empty, False), ("zero", PROGRAM, True), ("one", FLOOR_ONE, False)):
         stack = stack_for(root, name, program, calls)
         if configure:
             declare(stack, spec(0, "z"))
+        if program == FLOOR_ONE:
+            stack.up()
         stack.preview()  # warm-up (first plugin and package listing)
         times.append(min(timed(stack.preview, calls)[1].seconds for _ in range(3)))
-    return times[0], times[1]
+    return Fixed(*times)
 
 
-def run(n: int, root: Path, calls: Calls) -> Row:
-    stack = stack_for(root, f"n{n}", PROGRAM, calls)
-    declared = spec(n, f"e{n}")
+def noop_preview(stack: auto.Stack, calls: Calls, resources: int) -> Phase:
+    """The faster of two previews with nothing to change (the machine is shared: one sample can be unlucky)."""
+    phases = []
+    for _ in range(2):
+        result, phase = timed(stack.preview, calls)
+        assert result.change_summary == {"same": resources}, result.change_summary
+        phases.append(phase)
+    return min(phases, key=lambda p: p.seconds)
+
+
+def deploy(n: int, stack: auto.Stack, prefix: str, calls: Calls, resources: int) -> Deploy:
+    """`up` N routes, a no-op preview, change route 0's prompt, destroy; ``resources`` Pulumi resources in all."""
+    declared = spec(n, prefix)
     declare(stack, declared)
-
     result, up = timed(stack.up, calls)
     assert result.summary.result == "succeeded"
-    result, preview = timed(stack.preview, calls)
-    assert result.change_summary == {"same": 2 * n + 1}, result.change_summary
+    preview = noop_preview(stack, calls, resources)
 
     changed = copy.deepcopy(declared)
     changed["rules"]["r0"]["room_config"]["agents"][0]["metadata"] = prompt(0, version=2)
     declare(stack, changed)
     result, change = timed(stack.up, calls)
-    assert result.summary.resource_changes == {"same": 2 * n, "update": 1}, result.summary.resource_changes
+    assert result.summary.resource_changes == {"same": resources - 1, "update": 1}, result.summary.resource_changes
 
     result, destroy = timed(stack.destroy, calls)
-    assert result.summary.resource_changes == {"delete": 2 * n + 1}, result.summary.resource_changes
+    assert result.summary.resource_changes == {"delete": resources}, result.summary.resource_changes
     wipe_sip()
+    return Deploy(up, preview, change, destroy)
+
+
+def null_preview(n: int, root: Path, calls: Calls) -> Phase:
+    """No-op preview of the same resources as do-nothing dynamic resources (the floor of one resource per object)."""
+    stack = stack_for(root, f"floor{n}", FLOOR, calls)
+    declare(stack, spec(n, f"f{n}"))
+    stack.up()
+    preview = noop_preview(stack, calls, 2 * n + 1)
+    stack.destroy()
+    return preview
+
+
+def run(n: int, root: Path, calls: Calls) -> Row:
+    ours = deploy(n, stack_for(root, f"n{n}", PROGRAM, calls), f"e{n}", calls, 2 * n + 1)
+    table = deploy(n, stack_for(root, f"table{n}", TABLE, calls), f"t{n}", calls, 2)
+    floor_preview = null_preview(n, root, calls)
 
     seconds, siphon_calls = siphon_loop.run(n, f"s{n}", 3_000_000)
     siphon = Phase(seconds, Counter({"(all)": siphon_calls}))
@@ -207,11 +275,15 @@ def run(n: int, root: Path, calls: Calls) -> Row:
     floor_calls = asyncio.run(floor(n, f"f{n}"))
     floor_phase = Phase(time.perf_counter() - t0, Counter({"(all)": floor_calls}))
     wipe_sip()
-    return Row(n, up, preview, change, destroy, siphon, floor_phase)
+    return Row(n, ours, siphon, floor_phase, floor_preview, table)
 
 
-def report(rows: list[Row], empty: float, zero: float) -> None:
-    print(f"engine fixed cost: empty-program preview {empty:.2f} s; our program with 0 routes {zero:.2f} s")
+def report(rows: list[Row], fixed: Fixed) -> None:
+    empty = fixed.empty
+    print(
+        f"engine fixed cost: empty-program preview {empty:.2f} s; our program with 0 routes {fixed.zero:.2f} s "
+        f"({fixed.zero / empty:.2f}x); one do-nothing dynamic resource {fixed.one:.2f} s ({fixed.one / empty:.2f}x)"
+    )
     print()
     head = (
         f"{'N':>4} {'objs':>5} | {'up s':>6} {'ms/obj':>6} {'marg':>6} {'calls/obj':>9} | "
@@ -250,6 +322,29 @@ def report(rows: list[Row], empty: float, zero: float) -> None:
             f"N={r.n}: up {dict(r.up.calls)}; no-op preview {r.preview.total} calls; change {dict(r.change.calls)}; "
             f"destroy {r.destroy.total} calls; SIPHON {r.siphon.total} calls; floor {r.floor.total} calls"
         )
+    print()
+    print("No-op preview over the empty-program preview, by design (target <= 1.5x at N=500):")
+    print(
+        f"  one do-nothing dynamic resource, any N: {fixed.one / empty:.2f}x (the provider process alone); "
+        "null = one do-nothing dynamic resource per object; TABLE = PROTOTYPE, all routes in one resource"
+    )
+    head = (
+        f"{'N':>4} {'objs':>5} | {'ours pv/empty':>13} {'null pv/empty':>13} | {'TABLE pv s':>10} {'pv/empty':>8} | "
+        f"{'TABLE up s':>10} {'calls/obj':>9} | {'change s':>8} {'upd':>3} {'del':>3} | {'destroy s':>9} {'dst/up':>6}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        t = r.table
+        creates = t.up.calls["CreateSIPInboundTrunk"] + t.up.calls["CreateSIPDispatchRule"]
+        print(
+            f"{r.n:>4} {2 * r.n:>5} | {r.preview.seconds / empty:>13.2f} {r.null_preview.seconds / empty:>13.2f} | "
+            f"{t.preview.seconds:>10.2f} {t.preview.seconds / empty:>8.2f} | "
+            f"{t.up.seconds:>10.2f} {t.up.total / max(creates, 1):>9.3f} | {t.change.seconds:>8.2f} "
+            f"{t.change.calls['UpdateSIPDispatchRule']:>3} "
+            f"{t.change.calls['DeleteSIPDispatchRule'] + t.change.calls['DeleteSIPTrunk']:>3} | "
+            f"{t.destroy.seconds:>9.2f} {t.destroy.seconds / t.up.seconds:>6.2f}"
+        )
 
 
 def restore_sigint() -> None:
@@ -278,9 +373,9 @@ def main() -> None:
     with LocalEnv.start(root / "env") as env:
         assert env.endpoints is not None
         os.environ.update(env.endpoints.env())
-        empty, zero = fixed_cost(root, calls)
+        fixed = fixed_cost(root, calls)
         rows = [run(n, root, calls) for n in sizes]
-    report(rows, empty, zero)
+    report(rows, fixed)
     shutil.rmtree(root, ignore_errors=True)
 
 
