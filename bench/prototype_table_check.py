@@ -11,7 +11,9 @@ password, it checks and prints each of:
 - a password change is shown as ``[secret]`` on that one field, the rest of the trunk stays readable;
 - ``pulumi refresh`` reports one rule edited and one trunk deleted outside Pulumi, on their entries,
   and the next ``up`` repairs exactly those (1 update, 1 create + the rule that points at the trunk);
-- ``destroy`` deletes every object once.
+- ``destroy`` deletes every object once;
+- a stack deployed with one resource per object (as release 0.1.0 deploys) and switched to the table
+  keeps every LiveKit object (it does not: the check shows why the table is not shipped).
 
     uv run python -m bench.prototype_table_check [N]
 """
@@ -155,6 +157,34 @@ def run(n: int, root: Path, calls: Calls) -> None:
     check(got == {"DeleteSIPDispatchRule": n, "DeleteSIPTrunk": n + 1}, f"destroy deletes every object ({dict(got)})")
 
 
+def upgrade(n: int, root: Path, calls: Calls) -> None:
+    """A stack deployed with one resource per object, switched to the table: what the upgrade would do."""
+    stack = stack_for(root, "upgrade", PROGRAM, calls)
+    declare(stack, spec(n, "u"))
+    stack.up()
+    calls.take()
+    shutil.copy(TABLE / "__main__.py", Path(stack.workspace.work_dir) / "__main__.py")  # the new program
+    summary = stack.preview().change_summary
+    check(
+        summary == {"same": 1, "create": 1},
+        f"upgrade from per-object resources: preview changes nothing in LiveKit's terms ({summary}: every "
+        "per-object resource leaves the program, and no alias can map many resources onto one)",
+    )
+    stack.up()
+    got = calls.take()
+    left = len(asyncio.run(_names()))
+    check(left == 2 * n, f"upgrade: every LiveKit object survives ({left} of {2 * n} left; calls {dict(got)})")
+    stack.destroy()
+    wipe_sip()
+
+
+async def _names() -> list[str]:
+    async with api.LiveKitAPI() as lk:
+        rules = (await lk.sip.list_dispatch_rule(api.ListSIPDispatchRuleRequest())).items
+        trunks = (await lk.sip.list_inbound_trunk(api.ListSIPInboundTrunkRequest())).items
+    return [r.name for r in rules] + [t.name for t in trunks]
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     restore_sigint()
@@ -166,6 +196,7 @@ def main() -> None:
         os.environ.update(env.endpoints.env())
         wipe_sip()
         run(n, root, calls)
+        upgrade(min(n, 5), root, calls)
     shutil.rmtree(root, ignore_errors=True)
     failed = [w for ok, w in results if not ok]
     print(f"{len(results) - len(failed)}/{len(results)} checks passed")
