@@ -17,7 +17,6 @@ policy reads: ``infra`` imports them from this module, so the two cannot disagre
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import threading
 import time
@@ -30,11 +29,7 @@ ACTIVE = "ActiveCalls"
 CLUSTER_DIMENSION = "ClusterName"
 SERVICE_DIMENSION = "ServiceName"
 
-CLUSTER_ENV = "SIPHON_METRIC_CLUSTER"  # WorkerSettings.metric_cluster
-SERVICE_ENV = "SIPHON_METRIC_SERVICE"  # WorkerSettings.metric_service
 DEFAULT_INTERVAL = 15.0  # WorkerSettings.metric_interval (SIPHON_METRIC_INTERVAL)
-
-logger = logging.getLogger("siphon.worker")
 
 
 def dimensions(cluster: str, service: str) -> dict[str, str]:

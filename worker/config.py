@@ -60,6 +60,8 @@ OVERRIDES_ATTRIBUTE = "siphon.overrides"
 AGENT_NAME_ENV = "SIPHON_AGENT_NAME"
 MAX_JOBS_ENV = "SIPHON_MAX_JOBS"  # the worker's call capacity (calls at once), set by every deployment
 DRAIN_TIMEOUT_ENV = "SIPHON_DRAIN_TIMEOUT"  # seconds to finish running calls after SIGTERM
+METRIC_CLUSTER_ENV = "SIPHON_METRIC_CLUSTER"  # ECS names the call metric is published under (worker.call_metric)
+METRIC_SERVICE_ENV = "SIPHON_METRIC_SERVICE"
 MAX_CALLS_LIMIT = 200  # upper bound of a capacity: one worker process supervises every call's job
 CallCapacity = Annotated[int, Field(ge=1, le=MAX_CALLS_LIMIT)]
 """Calls one worker serves at once (``SIPHON_MAX_JOBS``; ``max_calls`` in a stack file and the ECS arguments)."""

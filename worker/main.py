@@ -128,7 +128,10 @@ async def _set_attributes(ctx: JobContext, attrs: dict[str, str]) -> None:
 
 
 def prewarm(proc: JobProcess) -> None:
-    """Once per job process, before it is handed a call: read settings, build the default models, load VAD."""
+    """Once per job process, before it is handed a call: the preload (already done where the process was forked
+    from a forkserver that imported it), settings, the default models."""
+    import worker.preload  # noqa: F401
+
     settings = WorkerSettings.from_env()
     proc.userdata["settings"] = settings
     proc.userdata["models"] = {
@@ -136,7 +139,6 @@ def prewarm(proc: JobProcess) -> None:
         for kind in MODEL_KINDS
         if not (r := registry.resolve(kind, getattr(settings.defaults, kind), None)).fallback_reason
     }
-    turns.session_options(settings.defaults)  # loads Silero VAD for the default turn-taking (cached per process)
 
 
 async def _end_job(ctx: JobContext, meta: CallMetadata, status: str, reason: str) -> None:
@@ -299,9 +301,10 @@ def build_server(settings: WorkerSettings | None = None) -> AgentServer:
         )
 
         def load(s: AgentServer) -> float:
+            active = len(s.active_jobs)
             if gauge is not None:
-                gauge.observe(len(s.active_jobs))
-            return min(1.0, threshold * len(s.active_jobs) / capacity)
+                gauge.observe(active)
+            return min(1.0, threshold * active / capacity)
 
         server.load_fnc = load
         on_request = CapacityGate(server, capacity)

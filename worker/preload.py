@@ -4,8 +4,8 @@
 write, what it loads: the worker's modules and the end-call tool's (a job process would otherwise import
 them again), the Silero VAD of the worker's default turn-taking (an ONNX session with one intra-op thread,
 as livekit-agents' own preload builds its VAD) and the TLS context every job's HTTP session uses (it parses
-the CA bundle: ~70 ms of CPU per job otherwise). Under the ``spawn`` start method (macOS) each job process
-imports this module while it warms up: the same work, per process.
+the CA bundle: ~70 ms of CPU per job otherwise). Under the ``spawn`` start method (macOS) livekit-agents
+preloads nothing; ``worker.main.prewarm`` imports this module in each job process instead.
 """
 
 from __future__ import annotations

@@ -368,36 +368,31 @@ def ensure_autoscaling(aws: Aws, names: Names, scaling: Autoscaling, tags: dict[
         MaxCapacity=scaling.max_count,
         Tags=tags,
     )
-    cooldowns = {
-        "ScaleInCooldown": scaling.scale_in_cooldown_seconds,
-        "ScaleOutCooldown": scaling.scale_out_cooldown_seconds,
-    }
-    out = aws.scaling.put_scaling_policy(
-        **SCALING,
-        PolicyName=names.calls_scaling_policy,
-        ResourceId=names.scaling_resource_id,
-        PolicyType="TargetTrackingScaling",
-        TargetTrackingScalingPolicyConfiguration={
-            "TargetValue": scaling.calls_target_percent,
-            "CustomizedMetricSpecification": calls_metric(names),
-            **cooldowns,
-        },
+
+    def track(policy: str, target: float, metric: dict[str, Any]) -> str:
+        out = aws.scaling.put_scaling_policy(
+            **SCALING,
+            PolicyName=policy,
+            ResourceId=names.scaling_resource_id,
+            PolicyType="TargetTrackingScaling",
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": target,
+                **metric,
+                "ScaleInCooldown": scaling.scale_in_cooldown_seconds,
+                "ScaleOutCooldown": scaling.scale_out_cooldown_seconds,
+            },
+        )
+        return str(out["PolicyARN"])
+
+    arn = track(
+        names.calls_scaling_policy, scaling.calls_target_percent, {"CustomizedMetricSpecification": calls_metric(names)}
     )
     if scaling.cpu_target_percent is None:
         delete_scaling_policy(aws, names, names.scaling_policy)
     else:
-        aws.scaling.put_scaling_policy(
-            **SCALING,
-            PolicyName=names.scaling_policy,
-            ResourceId=names.scaling_resource_id,
-            PolicyType="TargetTrackingScaling",
-            TargetTrackingScalingPolicyConfiguration={
-                "TargetValue": scaling.cpu_target_percent,
-                "PredefinedMetricSpecification": {"PredefinedMetricType": "ECSServiceAverageCPUUtilization"},
-                **cooldowns,
-            },
-        )
-    return str(out["PolicyARN"])
+        cpu = {"PredefinedMetricSpecification": {"PredefinedMetricType": "ECSServiceAverageCPUUtilization"}}
+        track(names.scaling_policy, scaling.cpu_target_percent, cpu)
+    return arn
 
 
 def calls_metric(names: Names) -> dict[str, Any]:
@@ -431,9 +426,7 @@ def delete_autoscaling(aws: Aws, names: Names) -> None:
     """Delete every scaling policy of the service, then deregister its scalable target."""
     policies = aws.scaling.describe_scaling_policies(ServiceNamespace="ecs", ResourceId=names.scaling_resource_id)
     for policy in policies.get("ScalingPolicies", []):
-        aws.scaling.delete_scaling_policy(
-            **SCALING, PolicyName=policy["PolicyName"], ResourceId=names.scaling_resource_id
-        )
+        delete_scaling_policy(aws, names, policy["PolicyName"])
     if scalable_target_exists(aws, names):
         try:
             aws.scaling.deregister_scalable_target(**SCALING, ResourceId=names.scaling_resource_id)

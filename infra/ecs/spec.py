@@ -9,8 +9,14 @@ from typing import Any
 from infra.ecs import naming
 from infra.ecs import validation as v
 from infra.ecs.args import AgentWorkerArgs
-from worker import call_metric
-from worker.config import AGENT_NAME_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV, defaults_env
+from worker.config import (
+    AGENT_NAME_ENV,
+    DRAIN_TIMEOUT_ENV,
+    MAX_JOBS_ENV,
+    METRIC_CLUSTER_ENV,
+    METRIC_SERVICE_ENV,
+    defaults_env,
+)
 
 TRUST_POLICY = json.dumps({
     "Version": "2012-10-17",
@@ -45,7 +51,7 @@ def container_environment(args: AgentWorkerArgs) -> dict[str, str]:
     env[MAX_JOBS_ENV] = str(args.effective_max_calls)
     # The worker publishes its call load under the service's names: the calls scaling policy reads it.
     n = names(args)
-    env[call_metric.CLUSTER_ENV], env[call_metric.SERVICE_ENV] = n.cluster_name, n.service_name
+    env[METRIC_CLUSTER_ENV], env[METRIC_SERVICE_ENV] = n.cluster_name, n.service_name
     env.update(defaults_env(args.worker))
     return env
 

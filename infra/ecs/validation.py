@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import re
 
-from worker import call_metric
-from worker.config import AGENT_NAME_ENV, DEFAULTS_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV
+from worker.config import (
+    AGENT_NAME_ENV,
+    DEFAULTS_ENV,
+    DRAIN_TIMEOUT_ENV,
+    MAX_JOBS_ENV,
+    METRIC_CLUSTER_ENV,
+    METRIC_SERVICE_ENV,
+)
 
 # Fargate task sizes: cpu units -> allowed memory (MiB).
 FARGATE_SIZES: dict[int, tuple[int, ...]] = {
@@ -45,7 +51,7 @@ ECR_REGISTRY_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-
 # Environment names the resource sets itself; user variables and provider keys may not use them.
 RESERVED_ENV_PREFIXES = ("LIVEKIT_", "AWS_", "ECS_")
 RESERVED_ENV_NAMES = frozenset({AGENT_NAME_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV, *DEFAULTS_ENV.values(),
-                                call_metric.CLUSTER_ENV, call_metric.SERVICE_ENV})  # fmt: skip
+                                METRIC_CLUSTER_ENV, METRIC_SERVICE_ENV})  # fmt: skip
 
 
 def fargate_size_error(cpu: int, memory: int) -> str | None:
