@@ -636,16 +636,24 @@ async def _inbound_route(ep: Endpoints, agent_name: str, number: str, metadata: 
 
 
 def answered_call(
-    ep: Endpoints, agent_name: str, number: str, route: RouteMetadata, during: Callable[[str], None] | None = None
+    ep: Endpoints,
+    agent_name: str,
+    number: str,
+    route: RouteMetadata,
+    during: Callable[[str], None] | None = None,
+    *,
+    audio: sipp.CallerAudio | None = None,
+    hold_s: float = WAIT + 60,
 ) -> tuple[Observation, sipp.CallEnd, str]:
-    """One real inbound call through the bridge to ``agent_name`` on a route of its own; ``during(room)`` runs once
-    the agent answered, before the room is deleted (which makes the bridge send BYE)."""
+    """One real inbound call through the bridge to ``agent_name`` on a route of its own (the caller speaks
+    ``audio`` if given); ``during(room)`` runs once the agent answered, before the room is deleted (which makes
+    the bridge send BYE)."""
     trunk_id, rule_id = asyncio.run(_inbound_route(ep, agent_name, number, route.to_json()))
 
     async def scenario() -> tuple[Observation, sipp.CallEnd]:
         lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
         try:
-            call = sipp.place(ep.sip_address, number, caller=CALLER, hold_s=WAIT + 60)
+            call = sipp.place(ep.sip_address, number, caller=CALLER, hold_s=hold_s, audio=audio)
             seen = await observe(lk, call, set(), WAIT)
             if seen.room:
                 if during is not None:

@@ -22,9 +22,8 @@ import pytest
 from livekit import api
 
 from infra import sipp
-from infra.verify import observe
 from localenv.manager import Endpoints, LocalEnv
-from tests.test_worker_live import CALLER, WAIT, WorkerProc, _inbound_route, start_worker
+from tests.test_worker_live import WAIT, WorkerProc, answered_call, start_worker
 from worker.metadata import AgentConfig, RouteMetadata
 from worker.turns import ATTR_CALLER_SPEECH, ATTR_INTERRUPTED, ATTR_UTTERANCES
 
@@ -97,31 +96,30 @@ def call_with_caller_speech(
             end_call=False,
         ),
     )
-    trunk_id, rule_id = asyncio.run(_inbound_route(ep, w.agent_name, number, route.to_json()))
+    timeline = Timeline()
 
-    async def scenario() -> tuple[Timeline, sipp.CallEnd]:
-        lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
-        timeline = Timeline()
-        try:
-            call = sipp.place(ep.sip_address, number, caller=CALLER, hold_s=3 * WAIT,
-                              audio=sipp.CallerAudio(audio, after_s=SPEAKS_AFTER_S))  # fmt: skip
-            seen = await observe(lk, call, set(), WAIT)
-            assert seen.room and seen.attributes, w.text()[-3000:]
-            deadline = asyncio.get_running_loop().time() + 3 * WAIT  # a failure bound only
-            while asyncio.get_running_loop().time() < deadline and timeline.last(ATTR_UTTERANCES) in (None, "0"):
-                parts = (await lk.room.list_participants(api.ListParticipantsRequest(room=seen.room))).participants
-                for p in parts:
-                    if p.kind == api.ParticipantInfo.Kind.AGENT:
-                        timeline.add(dict(p.attributes))
-                await asyncio.sleep(0.05)
-            await lk.room.delete_room(api.DeleteRoomRequest(room=seen.room))
-            return timeline, await asyncio.to_thread(call.wait, 15)
-        finally:
-            await lk.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
-            await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
-            await lk.aclose()
+    def watch(room: str) -> None:  # the agent's attributes, until its first utterance is over
+        async def poll() -> None:
+            lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
+            try:
+                deadline = asyncio.get_running_loop().time() + 3 * WAIT  # a failure bound only
+                while asyncio.get_running_loop().time() < deadline and timeline.last(ATTR_UTTERANCES) in (None, "0"):
+                    parts = (await lk.room.list_participants(api.ListParticipantsRequest(room=room))).participants
+                    for p in parts:
+                        if p.kind == api.ParticipantInfo.Kind.AGENT:
+                            timeline.add(dict(p.attributes))
+                    await asyncio.sleep(0.05)
+            finally:
+                await lk.aclose()
 
-    return asyncio.run(scenario())
+        asyncio.run(poll())
+
+    seen, end, _ = answered_call(
+        ep, w.agent_name, number, route, watch,
+        audio=sipp.CallerAudio(audio, after_s=SPEAKS_AFTER_S), hold_s=3 * WAIT,
+    )  # fmt: skip
+    assert seen.room and seen.attributes, w.text()[-3000:]
+    return timeline, end
 
 
 def greeting_states(t: Timeline) -> list[str]:

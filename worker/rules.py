@@ -145,36 +145,34 @@ ECS_ENVIRONMENT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,14}[a-z0-9])?$")
 STACK_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
-def _livekit_agent_name(value: str) -> str:
-    if not LIVEKIT_AGENT_NAME_RE.match(value):
-        raise ValueError(
-            f"{value!r} is not a LiveKit agent name (1-128 letters, digits, '_', '-', '.'; starting alphanumeric)"
-        )
-    return value
+def _matching(pattern: re.Pattern[str], problem: str) -> AfterValidator:
+    """A validator refusing a value that ``pattern`` does not match: ``<value> <problem>``."""
+
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(f"{value!r} {problem}")
+        return value
+
+    return AfterValidator(check)
 
 
-def _ecs_agent_name(value: str) -> str:
-    if not ECS_AGENT_NAME_RE.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid agent name on ECS: 1-32 lower-case letters, digits and '-', not starting or "
-            "ending with '-' (ECS and IAM names are derived from it and must fit 64 characters)"
-        )
-    return value
-
-
-def _ecs_environment(value: str) -> str:
-    if not ECS_ENVIRONMENT_RE.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid environment name on ECS: 1-16 lower-case letters, digits and '-', not "
-            "starting or ending with '-' (the ECS and IAM names of the workers are derived from it)"
-        )
-    return value
-
-
-def _starts_with_letter(value: str) -> str:
-    if not value[:1].isalpha():
-        raise ValueError(f"{value!r} must start with a letter (it prefixes every LiveKit object name)")
-    return value
+_livekit_agent_name = _matching(
+    LIVEKIT_AGENT_NAME_RE,
+    "is not a LiveKit agent name (1-128 letters, digits, '_', '-', '.'; starting alphanumeric)",
+)
+_ecs_agent_name = _matching(
+    ECS_AGENT_NAME_RE,
+    "is not a valid agent name on ECS: 1-32 lower-case letters, digits and '-', not starting or ending with '-' "
+    "(ECS and IAM names are derived from it and must fit 64 characters)",
+)
+_ecs_environment = _matching(
+    ECS_ENVIRONMENT_RE,
+    "is not a valid environment name on ECS: 1-16 lower-case letters, digits and '-', not starting or ending "
+    "with '-' (the ECS and IAM names of the workers are derived from it)",
+)
+_starts_with_letter = _matching(
+    re.compile(r"^[A-Za-z]"), "must start with a letter (it prefixes every LiveKit object name)"
+)
 
 
 def _stack_key(value: str) -> str:
@@ -183,12 +181,12 @@ def _stack_key(value: str) -> str:
     return value
 
 
-LiveKitAgentName = Annotated[str, AfterValidator(_livekit_agent_name)]
-EcsAgentName = Annotated[str, AfterValidator(_ecs_agent_name)]
-AgentName = Annotated[str, AfterValidator(_livekit_agent_name), AfterValidator(_ecs_agent_name)]
+LiveKitAgentName = Annotated[str, _livekit_agent_name]
+EcsAgentName = Annotated[str, _ecs_agent_name]
+AgentName = Annotated[str, _livekit_agent_name, _ecs_agent_name]
 """An agent in a stack file: valid for LiveKit dispatch and for ECS naming (the intersection)."""
-EcsEnvironmentName = Annotated[str, AfterValidator(_ecs_environment)]
-EnvironmentName = Annotated[str, AfterValidator(_ecs_environment), AfterValidator(_starts_with_letter)]
+EcsEnvironmentName = Annotated[str, _ecs_environment]
+EnvironmentName = Annotated[str, _ecs_environment, _starts_with_letter]
 """An environment in a stack file: valid in LiveKit object names and in the ECS/IAM names of its workers."""
 StackKey = Annotated[str, AfterValidator(_stack_key)]
 """A trunk or route name in a stack file (prefixed with the environment in LiveKit)."""
