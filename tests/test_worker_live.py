@@ -107,7 +107,10 @@ class WorkerProc(LogWatch):
                 "data channel" in msg
                 or "dc_event" in msg  # the data channel's buffer events once the room is gone
                 or msg.startswith("process exited with non-zero exit code")
-                or ("failed to negotiate the publisher" in msg and "state: closed" in msg)  # room deleted mid-offer
+                or (  # room deleted mid-offer (livekit reports it in either wording)
+                    "failed to negotiate the publisher" in msg
+                    and ("state: closed" in msg or "PeerConnection is closed" in msg)
+                )
             )
             if rec.get("level") in ("ERROR", "CRITICAL") and not teardown:
                 out.append(rec["message"][:500])
