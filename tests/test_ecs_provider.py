@@ -98,7 +98,10 @@ def test_create_update_and_delete_in_order(net):
             for st in doc["Statement"]:
                 assert all("*" not in a for a in st["Action"])
         assert iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []
-    assert iam.list_role_policies(RoleName="siphon-test-support-task")["PolicyNames"] == []
+    task_policies = iam.list_role_policies(RoleName="siphon-test-support-task")["PolicyNames"]
+    task_doc = iam.get_role_policy(RoleName="siphon-test-support-task", PolicyName=task_policies[0])["PolicyDocument"]
+    task_doc = json.loads(task_doc) if isinstance(task_doc, str) else task_doc
+    assert [st["Sid"] for st in task_doc["Statement"]] == ["CallProtection"], "the worker's only AWS access"
 
     scaling = boto3.client("application-autoscaling")
     assert {p["PolicyName"] for p in scaling.describe_scaling_policies(ServiceNamespace="ecs")["ScalingPolicies"]} == {

@@ -3,8 +3,9 @@
 The newest release in ``RELEASES`` is checked out in a git worktree of its commit and deploys the
 ``local`` stack (its own program, stack file and config, its own ``infra``/``worker`` code in the
 program and in the dynamic provider process). Then the current code, against the same state: refresh
-(nothing drifted), preview (no changes: same inputs, same type tokens, provider classes unpickled by
-their import paths), a one-field edit (exactly one in-place update) and destroy (nothing left in
+(nothing drifted), preview (type tokens and provider classes unpickled by their import paths; the one
+change since 0.1.0 is an in-place update of each ECS worker, which gains call protection, and no route
+changes), then no changes, a one-field edit (exactly one in-place update) and destroy (nothing left in
 LiveKit or on ECS).
 """
 
@@ -27,6 +28,7 @@ from pulumi import automation as auto
 from localenv import engine
 from localenv.deploy import LOCAL_PASSPHRASE, LOCAL_STACK
 from tests.sip_harness import livekit_objects, wipe_livekit
+from worker.config import CALL_PROTECTION_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASES = REPO / "RELEASES"
@@ -96,9 +98,21 @@ def test_a_stack_deployed_by_the_newest_release_upgrades_to_the_current_code(
     stack = _stack(work, env)
     refreshed = stack.refresh()
     assert set(refreshed.summary.resource_changes or {}) <= {"same"}, refreshed.summary.resource_changes
+    doc = yaml.safe_load((work / "stacks" / f"{LOCAL_STACK}.yaml").read_text())
+    ecs_agents = [name for name, agent in doc["agents"].items() if agent.get("ecs")]
+    assert ecs_agents, "the local stack deploys ECS workers"
+    # the one change the current code brings to state from 0.1.0: call protection on the ECS workers
+    upgrade = stack.preview()
+    assert upgrade.change_summary == {"same": upgrade.change_summary["same"], "update": len(ecs_agents)}
+    stack.up()
+    for agent in ecs_agents:
+        service = boto3.client("ecs").describe_services(cluster="siphon-local", services=[f"siphon-local-{agent}"])
+        td = boto3.client("ecs").describe_task_definition(taskDefinition=service["services"][0]["taskDefinition"])
+        env = {e["name"]: e["value"] for e in td["taskDefinition"]["containerDefinitions"][0]["environment"]}
+        assert env[CALL_PROTECTION_ENV] == "60", agent
+    assert {r.name: r.sip_dispatch_rule_id for r in livekit_objects()["rules"]} == before, "routes untouched"
     stack.preview(expect_no_changes=True)  # raises if anything would change
 
-    doc = yaml.safe_load((work / "stacks" / f"{LOCAL_STACK}.yaml").read_text())
     edited = copy.deepcopy(doc)
     edited["inbound_routes"]["sales"]["agent_config"]["greeting_instructions"] = "Sales, upgraded. How can I help?"
     (work / "stacks" / f"{LOCAL_STACK}.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))

@@ -39,6 +39,7 @@ from infra.verify import Observation, observe
 from localenv.manager import Endpoints
 from localenv.ports import free_port_range
 from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
+from tests.ecs_agent_endpoint import agent_endpoint
 from tests.sip_carrier import Carrier
 from tests.test_worker_metadata import HOSTILE_CASES
 from worker import call_metric
@@ -866,3 +867,32 @@ def test_a_worker_on_ecs_publishes_its_calls_as_the_metric_its_service_scales_on
             }
     finally:
         assert w.stop() == 0, w.text()[-3000:]
+
+
+def test_a_worker_on_ecs_protects_its_task_while_it_holds_a_call(endpoints: Endpoints, tmp_path: Path) -> None:
+    """Given ``ECS_AGENT_URI`` (ECS sets it) and the deployment's protection period, a real call turns the task's
+    scale-in protection on for that period, and the caller hanging up turns it off again."""
+    with agent_endpoint() as agent:
+        w = start_worker(endpoints, tmp_path / "protect.log", f"siphon-protect-{uuid.uuid4().hex[:6]}",
+                         SIPHON_MAX_JOBS="2", ECS_AGENT_URI=agent.uri, SIPHON_CALL_PROTECTION_MINUTES="5")  # fmt: skip
+        try:
+            during: list[list[bool]] = []
+            route = RouteMetadata(route="protect", direction="inbound", agent_config=AgentConfig())
+            seen, end, _ = answered_call(
+                endpoints, w.agent_name, "+15550100191", route,
+                during=lambda room: during.append(_until(lambda: agent.protected, agent.enabled)),
+            )  # fmt: skip
+            assert seen.attributes and end.completed, w.text()[-3000:]
+            assert during == [[True]], "protected while the call ran"
+            assert agent.puts[0] == {"ProtectionEnabled": True, "ExpiresInMinutes": 5}
+            assert _until(lambda: not agent.protected, agent.enabled) == [True, False], "released when it ended"
+            assert "task scale-in protection on while calls run" in w.text()
+        finally:
+            assert w.stop() == 0, w.text()[-3000:]
+
+
+def _until(done: Callable[[], bool], value: Callable[[], list[bool]], timeout: float = WAIT) -> list[bool]:
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value()

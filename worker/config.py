@@ -51,6 +51,8 @@ from worker.metadata import (
 )
 from worker.models.registry import LOCAL_DEFAULTS
 from worker.rules import DEFAULT_RING_TIMEOUT, LiveKitAgentName, RingTimeout, describe_errors
+from worker.task_protection import AGENT_URI_ENV
+from worker.task_protection import MAX_MINUTES as MAX_PROTECTION_MINUTES
 
 LayerName = Literal["default", "route", "call"]
 ATTR_PREFIX = "siphon."
@@ -62,6 +64,9 @@ MAX_JOBS_ENV = "SIPHON_MAX_JOBS"  # the worker's call capacity (calls at once), 
 DRAIN_TIMEOUT_ENV = "SIPHON_DRAIN_TIMEOUT"  # seconds to finish running calls after SIGTERM
 METRIC_CLUSTER_ENV = "SIPHON_METRIC_CLUSTER"  # ECS names the call metric is published under (worker.call_metric)
 METRIC_SERVICE_ENV = "SIPHON_METRIC_SERVICE"
+CALL_PROTECTION_ENV = "SIPHON_CALL_PROTECTION_MINUTES"  # ECS task scale-in protection while calls run
+CallProtectionMinutes = Annotated[int, Field(ge=1, le=MAX_PROTECTION_MINUTES)]
+"""Minutes one ECS task scale-in protection period lasts (``worker.task_protection``), renewed while calls run."""
 MAX_CALLS_LIMIT = 200  # upper bound of a capacity: one worker process supervises every call's job
 CallCapacity = Annotated[int, Field(ge=1, le=MAX_CALLS_LIMIT)]
 """Calls one worker serves at once (``SIPHON_MAX_JOBS``; ``max_calls`` in a stack file and the ECS arguments)."""
@@ -159,6 +164,12 @@ class WorkerSettings(BaseSettings):
     metric_service: str | None = Field(None, description="ECS service the call metric is published under")
     metric_interval: float = Field(
         DEFAULT_METRIC_INTERVAL, ge=1, le=60, description="seconds between call-metric lines, 1 to 60, e.g. 15"
+    )
+    call_protection_minutes: CallProtectionMinutes | None = Field(
+        None, description=f"minutes of ECS task protection per renewal while calls run, 1 to {MAX_PROTECTION_MINUTES}"
+    )
+    ecs_agent_uri: str | None = Field(
+        None, validation_alias=AGENT_URI_ENV, description="the ECS agent's endpoint (set by ECS in every task)"
     )
     _defaults: AgentConfig = PrivateAttr()
 

@@ -51,6 +51,7 @@ from worker.config import (
 )
 from worker.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
 from worker.models import registry
+from worker.task_protection import TaskProtection
 
 logger = logging.getLogger("siphon.worker")
 
@@ -300,16 +301,23 @@ def build_server(settings: WorkerSettings | None = None) -> AgentServer:
             settings.metric_cluster, settings.metric_service, capacity, settings.metric_interval
         )
 
+        # on ECS: no scale-in or deployment stops the task while it holds calls
+        protection = TaskProtection.for_task(settings.ecs_agent_uri, settings.call_protection_minutes)
+
         def load(s: AgentServer) -> float:
             active = len(s.active_jobs)
             if gauge is not None:
                 gauge.observe(active)
+            if protection is not None:
+                protection.observe(active)
             return min(1.0, threshold * active / capacity)
 
         server.load_fnc = load
         on_request = CapacityGate(server, capacity)
         if gauge is not None:
             gauge.start()
+        if protection is not None:
+            protection.start()
     server.setup_fnc = prewarm
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=on_request)
     return server

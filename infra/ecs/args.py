@@ -12,7 +12,7 @@ from typing import Any, Literal, Self
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from infra.ecs import validation as v
-from worker.config import DEFAULT_HTTP_PORT, CallCapacity, max_calls_for
+from worker.config import DEFAULT_HTTP_PORT, CallCapacity, CallProtectionMinutes, max_calls_for
 from worker.metadata import AgentConfig
 from worker.rules import AgentName, EcsEnvironmentName
 from worker.rules import Model as _Model
@@ -20,6 +20,8 @@ from worker.rules import Model as _Model
 SECRET_FIELDS = ("livekit_api_key", "livekit_api_secret", "provider_keys")
 # Env names the two LiveKit credentials are injected as (from Secrets Manager, with valueFrom).
 LIVEKIT_SECRET_ENV = {"livekit_api_key": "LIVEKIT_API_KEY", "livekit_api_secret": "LIVEKIT_API_SECRET"}
+
+DEFAULT_CALL_PROTECTION_MINUTES = 60
 
 DEFAULT_HEALTH_COMMAND = [
     "CMD-SHELL",
@@ -127,6 +129,11 @@ class EcsWorkerSettings(_Model):
     desired_count: int = Field(1, ge=0, le=1000)
     deployment: Deployment = Field(default_factory=Deployment)
     autoscaling: Autoscaling | None = None
+    call_protection_minutes: CallProtectionMinutes | None = Field(
+        DEFAULT_CALL_PROTECTION_MINUTES,
+        description="while a task holds calls, scale-in and deployments leave it running (ECS task scale-in "
+        "protection) for this long, renewed every half period; null: off",
+    )
     log_retention_days: int = 30
     ecr_repository: EcrRepository | None = None
     task_role_statements: list[PolicyStatement] = Field(default_factory=list, max_length=20)

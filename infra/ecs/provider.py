@@ -296,15 +296,15 @@ def reconcile(aws: Aws, args: AgentWorkerArgs, prior: dict[str, Any] | None) -> 
         tags,
         f"ECS execution role of agent worker {args.agent_name} ({args.environment})",
     )
+    cluster_arn = c.ensure_cluster(aws, names.cluster_name, args.create_cluster, tags)
     task_role_arn = c.ensure_role(
         aws,
         names.task_role,
         names.role_policy,
-        spec.task_policy(args),
+        spec.task_policy(args, cluster_arn),
         tags,
         f"Task role of agent worker {args.agent_name} ({args.environment})",
     )
-    cluster_arn = c.ensure_cluster(aws, names.cluster_name, args.create_cluster, tags)
 
     params = spec.task_definition(
         args,

@@ -11,6 +11,7 @@ from infra.ecs import validation as v
 from infra.ecs.args import AgentWorkerArgs
 from worker.config import (
     AGENT_NAME_ENV,
+    CALL_PROTECTION_ENV,
     DRAIN_TIMEOUT_ENV,
     MAX_JOBS_ENV,
     METRIC_CLUSTER_ENV,
@@ -52,6 +53,8 @@ def container_environment(args: AgentWorkerArgs) -> dict[str, str]:
     # The worker publishes its call load under the service's names: the calls scaling policy reads it.
     n = names(args)
     env[METRIC_CLUSTER_ENV], env[METRIC_SERVICE_ENV] = n.cluster_name, n.service_name
+    if args.call_protection_minutes:  # the worker protects its task while it holds calls (task_policy allows it)
+        env[CALL_PROTECTION_ENV] = str(args.call_protection_minutes)
     env.update(defaults_env(args.worker))
     return env
 
@@ -109,14 +112,28 @@ def execution_policy(log_group_arn: str, secret_arns: list[str], repository_arn:
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
 
-def task_policy(args: AgentWorkerArgs) -> str | None:
-    """Policy for the task role: only the statements the user declared (the worker needs no AWS access)."""
-    if not args.task_role_statements:
-        return None
-    statements = [
+def task_tasks_arn(cluster_arn: str) -> str:
+    """ARN pattern of every task in a cluster (``arn:...:cluster/NAME`` -> ``arn:...:task/NAME/*``)."""
+    prefix, _, name = cluster_arn.partition(":cluster/")
+    return f"{prefix}:task/{name}/*"
+
+
+def task_policy(args: AgentWorkerArgs, cluster_arn: str) -> str | None:
+    """Policy for the task role: the statements the user declared, and, with ``call_protection_minutes``, the
+    worker's own task scale-in protection (``worker.task_protection``) on the cluster's tasks only."""
+    statements: list[dict[str, Any]] = [
         {"Sid": f"Worker{i}", "Effect": "Allow", "Action": s.actions, "Resource": s.resources}
         for i, s in enumerate(args.task_role_statements)
     ]
+    if args.call_protection_minutes:
+        statements.append({
+            "Sid": "CallProtection",
+            "Effect": "Allow",
+            "Action": ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"],
+            "Resource": [task_tasks_arn(cluster_arn)],
+        })  # fmt: skip
+    if not statements:
+        return None
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
 

@@ -9,6 +9,7 @@ import re
 
 from worker.config import (
     AGENT_NAME_ENV,
+    CALL_PROTECTION_ENV,
     DEFAULTS_ENV,
     DRAIN_TIMEOUT_ENV,
     MAX_JOBS_ENV,
@@ -51,7 +52,7 @@ ECR_REGISTRY_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-
 # Environment names the resource sets itself; user variables and provider keys may not use them.
 RESERVED_ENV_PREFIXES = ("LIVEKIT_", "AWS_", "ECS_")
 RESERVED_ENV_NAMES = frozenset({AGENT_NAME_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV, *DEFAULTS_ENV.values(),
-                                METRIC_CLUSTER_ENV, METRIC_SERVICE_ENV})  # fmt: skip
+                                METRIC_CLUSTER_ENV, METRIC_SERVICE_ENV, CALL_PROTECTION_ENV})  # fmt: skip
 
 
 def fargate_size_error(cpu: int, memory: int) -> str | None:
