@@ -313,3 +313,15 @@ def test_routes_takes_an_environment_name_even_beside_a_file_of_that_name(monkey
     assert cli.main(["routes", "dev"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "| inbound " in out and "not valid YAML" not in out
+
+
+def test_a_route_uses_every_trunk_serving_its_numbers_in_the_stack_files_order():
+    """Without `trunks:`, a route's rule covers each inbound trunk that serves one of its numbers (looked up in
+    an index of numbers, not a scan of every trunk per route), listed as the stack file declares them."""
+    doc = copy.deepcopy(BASE)
+    backup = {"numbers": ["+15550100101"], "allowed_addresses": ["127.0.0.1/32"], "allowed_numbers": ["+15005550006"]}
+    doc["inbound_trunks"] = {"backup": backup, **doc["inbound_trunks"]}
+    stack, lines = parse(yaml.safe_dump(doc, sort_keys=False), "stacks/case.yaml")
+    plan = compile_stack(stack, "stacks/case.yaml", lines, CONFIG)
+    assert plan.inbound_routes["sales"].trunks == ["backup", "main"]
+    assert plan.inbound_routes["support"].trunks == ["main"]

@@ -27,7 +27,8 @@ def route_trunks(stack: StackFile, route_key: str) -> list[str]:
         return list(route.trunks)
     if not route.numbers:
         return []
-    return [k for k, t in stack.inbound_trunks.items() if set(t.numbers) & set(route.numbers)]
+    serving = {k for n in route.numbers for k in stack.trunks_by_number.get(n, ())}
+    return [k for k in stack.inbound_trunks if k in serving] if len(serving) > 1 else list(serving)
 
 
 def _specs(layer: AgentConfig, where: str) -> Iterator[tuple[str, str]]:

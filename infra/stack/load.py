@@ -14,6 +14,7 @@ from infra.livekit.validation import describe_errors
 from infra.stack.model import StackFile
 
 STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when PyYAML has it: ~10x faster
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,16 @@ def stack_path(environment: str, stacks_dir: Path | None = None) -> Path:
 
 def parse(text: str, file: str) -> tuple[StackFile, dict[tuple[str, ...], int]]:
     """Parse and validate a stack file's text; raise StackFileError naming file, line and field."""
+    loader = _Loader(text)  # one parse: the node tree gives line numbers, the same tree the data
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data: Any = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data: Any = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else None
         raise StackFileError([Problem(file, line, "", f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise StackFileError([Problem(file, 1, "", "a stack file is a YAML mapping (environment:, agents:, ...)")])
     lines = _lines(node) if node is not None else {}

@@ -8,6 +8,7 @@ that holds its password.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Annotated, Self
 
 from pydantic import AfterValidator, Field, JsonValue, field_validator, model_validator
@@ -206,6 +207,15 @@ class StackFile(Model):
     agents: dict[AgentName, Agent] = Field(default_factory=dict)
     inbound_routes: dict[StackKey, InboundRoute] = Field(default_factory=dict)
     outbound_routes: dict[StackKey, OutboundRoute] = Field(default_factory=dict)
+
+    @cached_property
+    def trunks_by_number(self) -> dict[str, list[str]]:
+        """The inbound trunks serving each number, in declaration order (built once: routes look it up)."""
+        index: dict[str, list[str]] = {}
+        for key, trunk in self.inbound_trunks.items():
+            for number in dict.fromkeys(trunk.numbers):
+                index.setdefault(number, []).append(key)
+        return index
 
     def object_name(self, key: str) -> str:
         """LiveKit object name for a trunk or route key: prefixed with the environment, unique per project."""
