@@ -8,41 +8,23 @@ side is proven by a real call in ``tests/test_worker_live.py``
 
 from __future__ import annotations
 
-import json
 from typing import Any
-from urllib.parse import unquote
 
 import boto3
 import pytest
 
 from infra.ecs.provider import AgentWorkerProvider
 from localenv.manager import Endpoints
-from tests.test_ecs_call_scaling import container_env
-from tests.test_ecs_helpers import default_network, full_args
+from tests.test_ecs_helpers import container_env, create_deployment, default_network, full_args, role_statements
 from worker.config import CALL_PROTECTION_ENV
 
 
-def deploy(**overrides: Any) -> tuple[AgentWorkerProvider, Any]:
-    subnets, sg = default_network()
-    p = AgentWorkerProvider()
-    created = p.create(p.check({}, {**full_args(subnets, sg, **overrides), "__provider": "x"}).inputs)
-    return p, created
-
-
 def task_role_statements(outs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    iam = boto3.client("iam")
-    role = outs["task_role_arn"].rsplit("/", 1)[1]
-    names = iam.list_role_policies(RoleName=role)["PolicyNames"]
-    statements: dict[str, dict[str, Any]] = {}
-    for name in names:
-        doc = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
-        doc = json.loads(unquote(doc)) if isinstance(doc, str) else doc
-        statements.update({s["Sid"]: s for s in doc["Statement"]})
-    return statements
+    return {s["Sid"]: s for s in role_statements(outs["task_role_arn"].rsplit("/", 1)[1])}
 
 
 def test_the_task_role_may_protect_only_this_clusters_tasks_for_as_long_as_the_worker_is_told(aws: Endpoints) -> None:
-    p, created = deploy()
+    p, created = create_deployment()
     try:
         env = container_env(created.outs["task_definition_arn"])
         assert env[CALL_PROTECTION_ENV] == "60", "the default period"
@@ -55,7 +37,7 @@ def test_the_task_role_may_protect_only_this_clusters_tasks_for_as_long_as_the_w
 
 
 def test_call_protection_set_to_null_leaves_the_task_role_without_ecs_access(aws: Endpoints) -> None:
-    p, created = deploy(call_protection_minutes=None)
+    p, created = create_deployment(call_protection_minutes=None)
     try:
         assert CALL_PROTECTION_ENV not in container_env(created.outs["task_definition_arn"])
         assert task_role_statements(created.outs) == {}

@@ -11,9 +11,8 @@ from typing import Any
 import boto3
 import pytest
 
-from infra.ecs.provider import AgentWorkerProvider
 from localenv.manager import Endpoints
-from tests.test_ecs_helpers import default_network, full_args
+from tests.test_ecs_helpers import container_env, create_deployment, default_network, full_args
 from worker import call_metric
 
 SERVICE = "siphon-test-support"
@@ -22,10 +21,7 @@ SERVICE = "siphon-test-support"
 @pytest.fixture
 def deployed(aws: Endpoints) -> Any:
     subnets, sg = default_network()
-    p = AgentWorkerProvider()
-    args = full_args(subnets, sg, autoscaling={"min_count": 1, "max_count": 6, "calls_target_percent": 60})
-    checked = p.check({}, {**args, "__provider": "x"}).inputs
-    created = p.create(checked)
+    p, created = create_deployment(autoscaling={"min_count": 1, "max_count": 6, "calls_target_percent": 60})
     yield p, created, subnets, sg
     p.delete(created.id, created.outs)
 
@@ -33,11 +29,6 @@ def deployed(aws: Endpoints) -> Any:
 def policies() -> dict[str, dict[str, Any]]:
     out = boto3.client("application-autoscaling").describe_scaling_policies(ServiceNamespace="ecs")
     return {p["PolicyName"]: p["TargetTrackingScalingPolicyConfiguration"] for p in out["ScalingPolicies"]}
-
-
-def container_env(task_definition_arn: str) -> dict[str, str]:
-    td = boto3.client("ecs").describe_task_definition(taskDefinition=task_definition_arn)["taskDefinition"]
-    return {e["name"]: e["value"] for e in td["containerDefinitions"][0]["environment"]}
 
 
 def test_the_service_tracks_the_call_utilisation_its_workers_publish(deployed) -> None:

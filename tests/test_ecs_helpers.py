@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from typing import Any
 import boto3
 
 from infra.ecs import aws
+from infra.ecs.provider import AgentWorkerProvider
 
 SECRET_KEY = "LKkey" + secrets.token_hex(8)
 SECRET_SECRET = "LKsecret" + secrets.token_hex(12)
@@ -136,3 +138,26 @@ def assert_nothing_left() -> None:
     """Fail naming every object that is still there."""
     left = {k: v for k, v in leftovers().items() if v}
     assert left == {}, f"objects left behind: {left}"
+
+
+def create_deployment(**overrides: Any) -> tuple[AgentWorkerProvider, Any]:
+    """A deployment created through the provider's own check and create (moto's default network)."""
+    subnets, sg = default_network()
+    p = AgentWorkerProvider()
+    return p, p.create(p.check({}, {**full_args(subnets, sg, **overrides), "__provider": "x"}).inputs)
+
+
+def role_statements(role: str) -> list[dict[str, Any]]:
+    """Every statement of a role's inline policies."""
+    iam = boto3.client("iam")
+    statements: list[dict[str, Any]] = []
+    for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+        doc = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        statements += (json.loads(doc) if isinstance(doc, str) else doc)["Statement"]
+    return statements
+
+
+def container_env(task_definition_arn: str) -> dict[str, str]:
+    """The worker container's plain environment in a task definition."""
+    td = boto3.client("ecs").describe_task_definition(taskDefinition=task_definition_arn)["taskDefinition"]
+    return {e["name"]: e["value"] for e in td["containerDefinitions"][0]["environment"]}

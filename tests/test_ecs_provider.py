@@ -21,6 +21,7 @@ from tests.test_ecs_helpers import (
     leftovers,
     mutating,
     recorded_calls,
+    role_statements,
 )
 
 SERVICE = "siphon-test-support"
@@ -92,16 +93,11 @@ def test_create_update_and_delete_in_order(net):
     # Least privilege: no '*' action anywhere.
     iam = boto3.client("iam")
     for role in ("siphon-test-support-exec", "siphon-test-support-task"):
-        for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
-            doc = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
-            doc = json.loads(doc) if isinstance(doc, str) else doc
-            for st in doc["Statement"]:
-                assert all("*" not in a for a in st["Action"])
+        for st in role_statements(role):
+            assert all("*" not in a for a in st["Action"])
         assert iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []
-    task_policies = iam.list_role_policies(RoleName="siphon-test-support-task")["PolicyNames"]
-    task_doc = iam.get_role_policy(RoleName="siphon-test-support-task", PolicyName=task_policies[0])["PolicyDocument"]
-    task_doc = json.loads(task_doc) if isinstance(task_doc, str) else task_doc
-    assert [st["Sid"] for st in task_doc["Statement"]] == ["CallProtection"], "the worker's only AWS access"
+    task_statements = role_statements("siphon-test-support-task")
+    assert [st["Sid"] for st in task_statements] == ["CallProtection"], "the worker's only AWS access"
 
     scaling = boto3.client("application-autoscaling")
     assert {p["PolicyName"] for p in scaling.describe_scaling_policies(ServiceNamespace="ecs")["ScalingPolicies"]} == {

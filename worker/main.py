@@ -19,6 +19,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping
+from typing import Protocol
 
 # No model weights at run time: never preload livekit-agents' bundled local inference models.
 os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
@@ -272,6 +273,16 @@ async def _log_end(ctx: JobContext, reason: str) -> None:
                                     "cpu_ms": round(time.process_time() * 1000, 1)})  # fmt: skip
 
 
+class CallWatcher(Protocol):
+    """Told the number of running calls at every load computation; started with the server."""
+
+    def observe(self, active: int) -> None:
+        """Record the worker's current number of running calls."""
+
+    def start(self) -> None:
+        """Begin (a daemon thread)."""
+
+
 PRELOAD = ["worker.preload"]
 """Imported once in the forkserver that job processes fork from (Linux): work no call should pay for."""
 
@@ -297,27 +308,24 @@ def build_server(settings: WorkerSettings | None = None) -> AgentServer:
     on_request = None
     if settings.max_jobs:  # full at exactly max_jobs calls, for the server (target load) and for the worker
         capacity = settings.max_jobs
-        gauge = CallGauge.for_deployment(  # on ECS: the call metric the service scales on
-            settings.metric_cluster, settings.metric_service, capacity, settings.metric_interval
-        )
-
-        # on ECS: no scale-in or deployment stops the task while it holds calls
-        protection = TaskProtection.for_task(settings.ecs_agent_uri, settings.call_protection_minutes)
+        # on ECS: the call metric the service scales on, and no scale-in stopping the task while it holds calls
+        watchers: list[CallWatcher] = [w for w in (
+            CallGauge.for_deployment(
+                settings.metric_cluster, settings.metric_service, capacity, settings.metric_interval
+            ),
+            TaskProtection.for_task(settings.ecs_agent_uri, settings.call_protection_minutes),
+        ) if w is not None]  # fmt: skip
 
         def load(s: AgentServer) -> float:
             active = len(s.active_jobs)
-            if gauge is not None:
-                gauge.observe(active)
-            if protection is not None:
-                protection.observe(active)
+            for watcher in watchers:
+                watcher.observe(active)
             return min(1.0, threshold * active / capacity)
 
         server.load_fnc = load
         on_request = CapacityGate(server, capacity)
-        if gauge is not None:
-            gauge.start()
-        if protection is not None:
-            protection.start()
+        for watcher in watchers:
+            watcher.start()
     server.setup_fnc = prewarm
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=on_request)
     return server

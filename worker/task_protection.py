@@ -80,8 +80,6 @@ class TaskProtection:
     def __init__(
         self, put: Put, minutes: int, *, retry_s: float = 15.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
-        if not 1 <= minutes <= MAX_MINUTES:
-            raise ValueError(f"minutes: {minutes} is outside 1..{MAX_MINUTES}")
         self._put = put
         self._minutes = minutes
         self._retry_s = retry_s

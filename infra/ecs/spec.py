@@ -112,7 +112,7 @@ def execution_policy(log_group_arn: str, secret_arns: list[str], repository_arn:
     return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
 
 
-def task_tasks_arn(cluster_arn: str) -> str:
+def cluster_tasks_arn(cluster_arn: str) -> str:
     """ARN pattern of every task in a cluster (``arn:...:cluster/NAME`` -> ``arn:...:task/NAME/*``)."""
     prefix, _, name = cluster_arn.partition(":cluster/")
     return f"{prefix}:task/{name}/*"
@@ -130,7 +130,7 @@ def task_policy(args: AgentWorkerArgs, cluster_arn: str) -> str | None:
             "Sid": "CallProtection",
             "Effect": "Allow",
             "Action": ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"],
-            "Resource": [task_tasks_arn(cluster_arn)],
+            "Resource": [cluster_tasks_arn(cluster_arn)],
         })  # fmt: skip
     if not statements:
         return None
