@@ -31,6 +31,12 @@ class Problem:
         return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
 
 
+def yaml_problem(file: str, error: yaml.YAMLError) -> Problem:
+    """A YAML syntax error of ``file``, at its line when the parser gives one."""
+    mark = getattr(error, "problem_mark", None)
+    return Problem(file, mark.line + 1 if mark else None, "", f"not valid YAML: {getattr(error, 'problem', error)}")
+
+
 class StackFileError(Exception):
     """A stack file is invalid; ``problems`` lists each problem with file, line and field."""
 
@@ -76,9 +82,7 @@ def parse(text: str, file: str) -> tuple[StackFile, dict[tuple[str, ...], int]]:
         node = loader.get_single_node()
         data: Any = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        raise StackFileError([Problem(file, line, "", f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
+        raise StackFileError([yaml_problem(file, e)]) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):

@@ -27,7 +27,7 @@ from infra.ecs.args import AgentWorkerArgs
 from infra.livekit.args import AgentDispatch, DispatchRuleArgs, InboundTrunkArgs, OutboundTrunkArgs
 from infra.stack.checks import cross_check, route_trunks
 from infra.stack.headers import route_attribute_overrides, trunk_header_mappings
-from infra.stack.load import Problem, StackFileError, _line_of, load
+from infra.stack.load import Problem, StackFileError, _line_of, load, yaml_problem
 from infra.stack.model import InboundRoute, OutboundRoute, StackFile
 from worker.metadata import AgentConfig, Direction, RouteMetadata
 from worker.rules import Model, describe_errors
@@ -64,11 +64,7 @@ class StackConfig:
         try:
             doc = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = mark.line + 1 if mark else None
-            raise StackFileError(
-                [Problem(str(path), line, "", f"not valid YAML: {getattr(e, 'problem', e)}")]
-            ) from None
+            raise StackFileError([yaml_problem(str(path), e)]) from None
         config = doc.get("config") or {}
         project = _project_name(stack_file)
         keys = {k: k.removeprefix(f"{project}:") for k in config}
