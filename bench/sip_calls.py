@@ -68,7 +68,7 @@ def workers(env: LocalEnv) -> Iterator[dict[str, int]]:
     started, ports = [], {}
     for name, argv, extra in (
         ("ours", [sys.executable, "-m", "worker.main", "start"],
-         {"SIPHON_AGENT_NAME": "bench-ours", "SIPHON_MAX_JOBS": str(CAPACITY)}),
+         {"SIPHON_AGENT_NAME": "bench-ours", "SIPHON_ENVIRONMENT": "local", "SIPHON_MAX_JOBS": str(CAPACITY)}),
         ("baseline", [sys.executable, "-m", "bench.baseline_worker", "start"],
          {"BASELINE_AGENT_NAME": "bench-baseline", "BASELINE_MAX_JOBS": str(CAPACITY)}),
     ):  # fmt: skip

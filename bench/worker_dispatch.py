@@ -120,8 +120,9 @@ def main() -> None:
         ep = env.endpoints
         assert ep is not None
         agent_name = f"bench-{uuid.uuid4().hex[:6]}"
-        wenv = {**os.environ, **ep.env(), "SIPHON_AGENT_NAME": agent_name, "SIPHON_HTTP_PORT": "0",
-                "SIPHON_HTTP_HOST": "127.0.0.1", "SIPHON_MAX_JOBS": "200", "SIPHON_PARTICIPANT_WAIT": "1"}  # fmt: skip
+        wenv = {**os.environ, **ep.env(), "SIPHON_AGENT_NAME": agent_name, "SIPHON_ENVIRONMENT": "local",
+                "SIPHON_HTTP_PORT": "0", "SIPHON_HTTP_HOST": "127.0.0.1", "SIPHON_MAX_JOBS": "200",
+                "SIPHON_PARTICIPANT_WAIT": "1"}  # fmt: skip
         log = Path(tmp) / "worker.log"
         with log.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "worker.main", "start"], cwd=ROOT, env=wenv, stdout=out,

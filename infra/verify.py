@@ -65,7 +65,8 @@ def published_attributes(
     Without ``trunk_id`` (the route has several trunks), ``siphon.trunk_id`` is left out."""
     dispatch = plan.inbound_routes[route_key].dispatch
     meta = parse_metadata(dispatch.metadata).metadata
-    merged, _ = call_layers(worker_defaults(plan.stack.agents[dispatch.agent_name].defaults), meta, None)
+    defaults = worker_defaults(plan.stack.agents[dispatch.agent_name].defaults, offline=plan.stack.is_local)
+    merged, _ = call_layers(defaults, meta, None)
     models = {kind: parse_spec(kind, getattr(merged.config, kind)).label for kind in MODEL_KINDS}
     facts = CallFacts("inbound", caller_number, number, trunk_id)
     attrs = ResolvedCall(dispatch.agent_name, meta.route, facts, merged, models, fallbacks={}).attributes()

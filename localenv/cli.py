@@ -42,7 +42,7 @@ def deploy_and_run(env: LocalEnv) -> str:
     with log.open("w") as f:
         outputs = deploy(env, on_output=lambda line: f.write(line + "\n"))
     stack, _ = load(stack_path("local"))
-    workers = start_workers(env, {k: a.worker_env() for k, a in stack.agents.items() if a.local})
+    workers = start_workers(env, {k: a.worker_env(stack.environment) for k, a in stack.agents.items() if a.local})
     rows = [
         {"number": number, "route": row["route"], "rule id": row["rule_id"], "agent": row["agent_name"],
          "worker": row["worker"]}

@@ -73,6 +73,7 @@ def test_create_update_and_delete_in_order(net):
     assert (td["taskDefinition"]["cpu"], td["taskDefinition"]["memory"]) == ("512", "1024")
     env = {e["name"]: e["value"] for e in container["environment"]}
     assert env["SIPHON_AGENT_NAME"] == "support"
+    assert env["SIPHON_ENVIRONMENT"] == "test", "outside `local` the worker never runs the offline test models"
     assert env["SIPHON_DRAIN_TIMEOUT"] == "110", "drain finishes inside the 120 s stop timeout"
     assert env["SIPHON_MAX_JOBS"] == "4", "a 512/1024 task serves 4 calls at once unless max_calls says otherwise"
     assert env["SIPHON_DEFAULT_LLM"] == "openai/gpt-4o-mini"

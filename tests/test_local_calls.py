@@ -67,7 +67,7 @@ def deployed(local_env: LocalEnv, tmp_path_factory: pytest.TempPathFactory) -> I
     sut = StackUnderTest(tmp, penv, "local", doc)
     outputs = {k: v.value for k, v in sut.stack.up().outputs.items()}
     stack = sut.stack_file()
-    workers = start_workers(local_env, {k: a.worker_env() for k, a in stack.agents.items()})
+    workers = start_workers(local_env, {k: a.worker_env(stack.environment) for k, a in stack.agents.items()})
     env = {**os.environ, **penv, "SIPHON_STACKS_DIR": str(sut.work / "stacks"), "PYTHONPATH": str(REPO)}
     try:
         yield Deployed(sut, outputs, {w.name.removeprefix("worker-"): w for w in workers}, carrier_port, env)

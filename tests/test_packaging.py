@@ -33,3 +33,18 @@ def test_product_code_never_imports_development_code():
                 names = [node.module]
             offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in DEVELOPMENT]
     assert offenders == []
+
+
+def test_the_image_extra_installs_exactly_the_plugins_of_the_registered_model_providers():
+    """What `validate` accepts is what the image can build: every provider in the registry has its LiveKit plugin in
+    the `worker` extra (which the image installs), and the extra carries no model plugin the registry does not use."""
+    import tomllib
+
+    from worker.models.registry import PROVIDERS
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["worker"]
+    pinned = {req.split("==")[0] for req in extra}
+    registered = {p.package for kinds in PROVIDERS.values() for p in kinds.values() if not p.offline}
+    plugins = {name for name in pinned if name.startswith("livekit-plugins-")} - {"livekit-plugins-silero"}  # VAD
+    assert plugins == registered
+    assert all("==" in req for req in extra), "the image installs exact versions"

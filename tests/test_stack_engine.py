@@ -208,3 +208,29 @@ def test_preview_refuses_what_validate_refuses_at_the_same_line(clean_livekit, t
         assert words in message, name
         assert "Traceback" not in message
     assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}
+
+
+MODEL_ENGINE_CASES = ["defaults-test-model", "route-provider-without-key", "header-layer-test-model",
+                      "outbound-provider-without-key"]  # fmt: skip
+
+
+@pytest.mark.engine
+def test_preview_refuses_model_and_credential_mistakes_at_the_same_line(clean_livekit, tmp_path, pulumi_env):
+    """The prod stack file with a test model or a provider whose key its workers lack (one case per kind of layer)
+    fails `pulumi preview` at the line `validate` names, before anything is declared."""
+    from tests.test_stack_validation import MODEL_CASES, PROD, _prod_problems
+
+    cases = {c[0]: c for c in MODEL_CASES}
+    for i, name in enumerate(MODEL_ENGINE_CASES):
+        _, mutations, field, words = cases[name]
+        doc = copy.deepcopy(PROD)
+        for mutate in mutations:
+            mutate(doc)
+        (expected,) = _prod_problems(doc)
+        sut = StackUnderTest(tmp_path / str(i), pulumi_env, "prod", doc)
+        with pytest.raises(auto.errors.CommandError) as err:
+            sut.stack.preview()
+        message = str(err.value)
+        assert f"prod.yaml:{expected.line}: {field}: " in message, (name, message[-2000:])
+        assert words in message and "Traceback" not in message, name
+    assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import pytest
 import yaml
 
 from infra import cli
-from infra.stack.load import StackFileError, parse
+from infra.stack.load import STACKS_DIR, StackFileError, parse
 from infra.stack.plan import StackConfig, compile_stack
 
 STACKS = Path(__file__).parents[1] / "stacks"
@@ -194,6 +196,69 @@ def _problems(doc: dict) -> list:
     return []
 
 
+PROD: dict[str, Any] = yaml.safe_load((STACKS / "prod.yaml").read_text())
+_OPENAI = "openai/gpt-4.1-mini"
+
+# Model and credential mistakes in every kind of layer of the repository's own prod stack file (with its secrets
+# set): each would run production calls on the test models, stop the worker at start, or refuse the calls.
+MODEL_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
+    ("defaults-kind-unset", [_set("agents.sales-agent.defaults.stt", _DELETE)], "agents.sales-agent.defaults",
+     "sets no stt: outside `local` a worker runs only the models it is given"),
+    ("defaults-test-model", [_set("agents.support-agent.defaults.llm", "local/scripted")],
+     "agents.support-agent.defaults.llm", "local/scripted is an offline test model"),
+    ("defaults-key-not-given", [_set("agents.reminders-agent.ecs.provider_key_secrets.DEEPGRAM_API_KEY", _DELETE)],
+     "agents.reminders-agent.defaults.stt", "add `DEEPGRAM_API_KEY: deepgramApiKey` under agents.reminders-agent.ecs"),
+    ("route-provider-without-key", [_set("inbound_routes.sales-us.agent_config.llm", "anthropic/claude-sonnet-4")],
+     "inbound_routes.sales-us.agent_config.llm", "needs ANTHROPIC_API_KEY"),
+    ("route-provider-dict-without-key", [_set("inbound_routes.sales-eu.agent_config.stt", {"provider": "assemblyai"})],
+     "inbound_routes.sales-eu.agent_config.stt", "needs ASSEMBLYAI_API_KEY"),
+    ("header-layer-test-model", [_set("inbound_routes.support.header_overrides.0.values.gold.tts", "local/espeak-ng")],
+     "inbound_routes.support.header_overrides.0.values.gold.tts", "offline test model"),
+    ("header-layer-provider-without-key", [_set("inbound_routes.support.header_overrides.0.values.gold.tts",
+                                                "elevenlabs/eleven_turbo_v2_5")],
+     "inbound_routes.support.header_overrides.0.values.gold.tts", "needs ELEVEN_API_KEY"),
+    ("outbound-provider-without-key", [_set("outbound_routes.appointment-reminders.agent_config.llm", "groq/llama-3.3")],
+     "outbound_routes.appointment-reminders.agent_config.llm", "needs GROQ_API_KEY"),
+    ("outbound-test-model", [_set("outbound_routes.appointment-reminders.agent_config.stt", "local/silent")],
+     "outbound_routes.appointment-reminders.agent_config.stt", "offline test model"),
+]  # fmt: skip
+
+
+def _prod_problems(doc: dict) -> list:
+    text = yaml.safe_dump(doc, sort_keys=False)
+    try:
+        stack, lines = parse(text, "stacks/prod.yaml")
+        compile_stack(stack, "stacks/prod.yaml", lines, StackConfig())  # secret references unchecked: all "set"
+    except StackFileError as e:
+        return e.problems
+    return []
+
+
+def test_the_prod_stack_file_is_valid_once_its_secrets_are_set():
+    assert _prod_problems(copy.deepcopy(PROD)) == []
+
+
+@pytest.mark.parametrize(("mutations", "field", "words"), [c[1:] for c in MODEL_CASES], ids=[c[0] for c in MODEL_CASES])
+def test_a_model_or_credential_mistake_in_any_layer_is_refused_at_its_line(mutations, field, words):
+    doc = copy.deepcopy(PROD)
+    for mutate in mutations:
+        mutate(doc)
+    problems = _prod_problems(doc)
+    text = "\n".join(str(p) for p in problems)
+    assert [p.field for p in problems] == [field], text
+    assert words in problems[0].message and problems[0].line > 1, text
+
+
+def test_the_local_stack_runs_test_models_but_its_ecs_agents_still_need_their_providers_keys():
+    doc = copy.deepcopy(BASE)
+    _set("agents.sales-agent.defaults.llm", _OPENAI)(doc)
+    assert [(p.field, "needs OPENAI_API_KEY" in p.message) for p in _problems(doc)] == [
+        ("agents.sales-agent.defaults.llm", True)
+    ]
+    _set("agents.sales-agent.ecs", _DELETE)(doc)  # a local worker process takes its keys from the shell
+    assert _problems(doc) == []
+
+
 def test_the_base_stack_file_is_valid():
     assert _problems(copy.deepcopy(BASE)) == []
 
@@ -246,17 +311,28 @@ def test_cli_validate_reports_problems_and_exit_code(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("environment", ["dev", "prod"])
-def test_the_committed_dev_and_prod_stacks_only_lack_their_secrets(environment, capsys):
+def test_the_committed_dev_and_prod_stacks_only_lack_their_secrets(environment, capsys, tmp_path):
     """dev and prod are templates whose config files hold no secret yet: validate lists exactly the commands to
-    run before `pulumi preview` can work (it would fail on the same keys); routes and summary need no secret."""
+    run before `pulumi preview` can work (it would fail on the same keys): the trunk passwords and every model
+    provider's key; with all of them set (in a copy), the file passes. routes and summary need no secret."""
     assert cli.main(["validate", environment]) == 1
     out = capsys.readouterr().out
     problems = [line.strip() for line in out.splitlines()[1:]]
-    assert len(problems) == 2, out
-    for problem, key in zip(problems, ["carrierInboundPassword", "carrierOutboundPassword"], strict=True):
+    commands = {m.group(1) for p in problems if (m := re.search(r"`pulumi config set --secret (\S+) <", p))}
+    assert commands == {"carrierInboundPassword", "carrierOutboundPassword", "openaiApiKey", "deepgramApiKey",
+                        "cartesiaApiKey"}, out  # fmt: skip
+    for problem in problems:
         assert f"stacks/{environment}.yaml:" in problem and f"Pulumi.{environment}.yaml does not set" in problem
-        assert f"`pulumi config set --secret {key} <password> --stack {environment}`" in problem
+        assert f"--stack {environment}`" in problem, problem
     assert cli.main(["summary", environment]) == 0
+
+    copy = tmp_path / f"{environment}.yaml"
+    shutil.copy(STACKS_DIR / f"{environment}.yaml", copy)
+    config = (STACKS_DIR / f"Pulumi.{environment}.yaml").read_text()
+    config += "".join(f"  siphon:{key}:\n    secure: v1:AAAA\n" for key in sorted(commands))
+    (tmp_path / f"Pulumi.{environment}.yaml").write_text(config)
+    capsys.readouterr()
+    assert cli.main(["validate", str(copy)]) == 0, capsys.readouterr().out
 
 
 CONFIG_FILES = [
@@ -302,7 +378,7 @@ def test_an_agents_call_capacity_is_declared_or_derived_from_its_ecs_size_and_re
     declared, derived = stack.agents["support-agent"], stack.agents["sales-agent"]
     assert (declared.max_calls, declared.calls_per_worker) == (10, 10)
     assert (derived.ecs.cpu, derived.ecs.memory, derived.calls_per_worker) == (256, 512, 2)
-    assert declared.worker_env()[MAX_JOBS_ENV] == "10" and derived.worker_env()[MAX_JOBS_ENV] == "2"
+    assert declared.worker_env("local")[MAX_JOBS_ENV] == "10" and derived.worker_env("local")[MAX_JOBS_ENV] == "2"
     local_only = derived.model_copy(update={"ecs": None})
     assert local_only.calls_per_worker == 10
 

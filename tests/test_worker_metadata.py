@@ -229,7 +229,7 @@ def test_metadata_module_is_import_light() -> None:
 
 
 def _defaults() -> AgentConfig:
-    return worker_defaults(AgentConfig())
+    return worker_defaults(AgentConfig(), offline=True)
 
 
 @pytest.fixture
@@ -248,6 +248,7 @@ def worker_env(monkeypatch: pytest.MonkeyPatch):
 
 def test_worker_settings_and_defaults_come_from_the_environment(worker_env) -> None:
     worker_env(
+        SIPHON_ENVIRONMENT="local",
         SIPHON_AGENT_NAME="a1",
         SIPHON_DEFAULT_LLM='{"provider": "openai", "model": "gpt-4o"}',
         SIPHON_DEFAULT_TTS="local/espeak-ng:en-gb",
@@ -265,7 +266,7 @@ def test_worker_settings_and_defaults_come_from_the_environment(worker_env) -> N
     assert s.defaults.send_greeting is False
     assert s.defaults.min_silence_duration == 0.4
     assert s.defaults.system_instructions == BUILTIN_DEFAULTS.system_instructions, "an empty variable is unset"
-    worker_env(LIVEKIT_AGENT_NAME="lk-name")
+    worker_env(LIVEKIT_AGENT_NAME="lk-name", SIPHON_ENVIRONMENT="local")
     assert WorkerSettings.from_env().agent_name == "lk-name"
     assert WorkerSettings.from_env().defaults == BUILTIN_DEFAULTS
 
@@ -289,6 +290,54 @@ def test_a_bad_worker_setting_stops_the_worker_naming_the_variable(worker_env, v
     assert f"{variable}: " in str(err.value) and words in str(err.value), str(err.value)
 
 
+def test_outside_local_unset_default_models_are_unset_not_test_models(worker_env) -> None:
+    worker_env(SIPHON_ENVIRONMENT="prod", SIPHON_DEFAULT_LLM="openai/gpt-4.1-mini")
+    s = WorkerSettings.from_env()
+    assert (s.offline_models, s.defaults.llm, s.defaults.stt, s.defaults.tts) == (
+        False,
+        "openai/gpt-4.1-mini",
+        None,
+        None,
+    )
+    assert s.defaults.system_instructions == BUILTIN_DEFAULTS.system_instructions
+    worker_env()
+    assert WorkerSettings.from_env().offline_models is False, "no environment is not `local`"
+
+
+def _start_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    import os
+
+    keep = {k: v for k, v in os.environ.items() if not k.startswith("SIPHON_") and not k.endswith("_API_KEY")}
+    return subprocess.run([sys.executable, "-m", "worker.main", "start"], env={**keep, **env}, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+
+
+def test_outside_local_a_worker_whose_default_models_cannot_be_built_stops_at_start_naming_each() -> None:
+    run = _start_worker({"SIPHON_ENVIRONMENT": "prod", "SIPHON_DEFAULT_LLM": "openai/gpt-4.1-mini",
+                         "SIPHON_DEFAULT_TTS": "local/espeak-ng", "LIVEKIT_URL": "ws://127.0.0.1:9"})  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    err = run.stderr
+    assert "Traceback" not in err and "registered worker" not in run.stdout + err, err
+    assert "SIPHON_ENVIRONMENT=prod" in err, err
+    assert "SIPHON_DEFAULT_LLM: " in err and "OPENAI_API_KEY" in err, err
+    assert "SIPHON_DEFAULT_STT: not set" in err and "deepgram/nova-3:en" in err, err
+    assert "SIPHON_DEFAULT_TTS: local/espeak-ng is an offline test model" in err, err
+
+
+def test_outside_local_the_worker_builds_its_default_models_at_start() -> None:
+    """With the plugins installed and a (dummy) key per provider, the check passes and names the plugins to preload."""
+    from worker.main import check_default_models
+
+    env = {"SIPHON_ENVIRONMENT": "prod", "SIPHON_DEFAULT_LLM": "openai/gpt-4.1-mini",
+           "SIPHON_DEFAULT_STT": "deepgram/nova-3:en", "SIPHON_DEFAULT_TTS": "cartesia/sonic-2"}  # fmt: skip
+    keys = {"OPENAI_API_KEY": "sk-dummy", "DEEPGRAM_API_KEY": "dg-dummy", "CARTESIA_API_KEY": "ca-dummy"}
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {**env, **keys}.items():
+            mp.setenv(name, value)
+        modules = check_default_models(WorkerSettings.from_env())
+    assert modules == ["livekit.plugins.cartesia", "livekit.plugins.deepgram", "livekit.plugins.openai"]
+
+
 def test_the_worker_process_refuses_to_start_on_a_bad_setting(worker_env) -> None:
     import os
 
@@ -307,8 +356,9 @@ def test_the_deployments_environment_gives_the_worker_exactly_the_declared_defau
     layers = [a.defaults for f in sorted(STACKS_DIR.glob("[!P]*.yaml")) for a in load(f)[0].agents.values()]
     layers.append(AgentConfig(llm=ProviderSpec(provider="openai", model="gpt-4o", temperature=None), end_call=False))
     for layer in layers:
-        worker_env(**defaults_env(layer))
-        assert WorkerSettings.from_env().defaults == worker_defaults(layer)
+        for environment, offline in (("local", True), ("prod", False)):
+            worker_env(**defaults_env(layer), SIPHON_ENVIRONMENT=environment)
+            assert WorkerSettings.from_env().defaults == worker_defaults(layer, offline=offline)
 
 
 def test_merge_each_layer_wins_over_the_one_below() -> None:
@@ -461,17 +511,37 @@ def test_registry_rejects_unknown_specs(kind: md.ModelKind, spec: object) -> Non
     assert registry.check_spec(kind, spec)
 
 
-def test_registry_falls_back_when_a_plugin_is_not_installed() -> None:
-    r = registry.resolve("llm", "openai/gpt-4.1-mini", "local/scripted")
+def test_registry_in_local_falls_back_to_the_default_then_to_the_test_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    r = registry.resolve("llm", "openai/gpt-4.1-mini", "local/scripted", offline=True)
     assert (r.label, r.requested) == ("local/scripted", "openai/gpt-4.1-mini")
-    assert "not installed" in (r.fallback_reason or "")
-    r = registry.resolve("tts", "skynet/x", "also-bad/x")  # default broken too: offline last resort
+    assert "OPENAI_API_KEY" in (r.fallback_reason or "")
+    r = registry.resolve("tts", "skynet/x", "also-bad/x", offline=True)  # default broken too: offline last resort
     assert r.label == "local/espeak-ng"
-    r = registry.resolve("tts", "local/espeak-ng:en-gb", None)
+    r = registry.resolve("tts", "local/espeak-ng:en-gb", None, offline=True)
     assert (r.label, r.fallback_reason) == ("local/espeak-ng:en-gb", None)
-    r = registry.resolve("llm", {"provider": "local", "model": "scripted", "bogus_param": 1}, "local/scripted")
+    r = registry.resolve("llm", {"provider": "local", "model": "scripted", "bogus_param": 1}, "local/scripted",
+                         offline=True)  # fmt: skip
     assert r.fallback_reason
     assert "TypeError" in r.fallback_reason
+
+
+def test_registry_outside_local_falls_back_to_the_default_and_never_to_a_test_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    r = registry.resolve("llm", "anthropic/claude-x", "openai/gpt-4.1-mini", offline=False)
+    assert (r.label, r.requested) == ("openai/gpt-4.1-mini", "anthropic/claude-x")
+    assert "ANTHROPIC_API_KEY" in (r.fallback_reason or "")
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(registry.SpecUnavailable) as err:
+        registry.resolve("llm", "anthropic/claude-x", "openai/gpt-4.1-mini", offline=False)
+    assert "ANTHROPIC_API_KEY" in str(err.value) and "OPENAI_API_KEY" in str(err.value)
+    with pytest.raises(registry.SpecUnavailable, match="offline test model"):
+        registry.resolve("tts", "local/espeak-ng", None, offline=False)
+    with pytest.raises(registry.SpecUnavailable, match="none is configured"):
+        registry.resolve("stt", None, None, offline=False)
 
 
 def test_registry_availability_reports_missing_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,9 @@ metrics in the ``Siphon`` namespace, dimensions ``ClusterName`` and ``ServiceNam
   its capacity (``max_calls``). The service's target-tracking policy keeps its average across tasks at the
   declared ``calls_target_percent`` (``infra.ecs.components.ensure_autoscaling``).
 - ``ActiveCalls`` (Count): calls held at the time of the line.
+- ``ModelFallbacks`` and ``CallsRefused`` (Count): one line per event, written by the call's job when a model a
+  layer asks for cannot be built and the agent's default answers instead, or when not even the default can be
+  built and the call is refused (``event_line``). Sum them to see how often it happens.
 
 No AWS call and no credentials: writing a log line is all it costs. The names here are the ones the scaling
 policy reads: ``infra`` imports them from this module, so the two cannot disagree.
@@ -26,6 +29,8 @@ from typing import TextIO
 NAMESPACE = "Siphon"
 UTILIZATION = "CallUtilization"
 ACTIVE = "ActiveCalls"
+FALLBACKS = "ModelFallbacks"
+REFUSALS = "CallsRefused"
 CLUSTER_DIMENSION = "ClusterName"
 SERVICE_DIMENSION = "ServiceName"
 
@@ -37,19 +42,17 @@ def dimensions(cluster: str, service: str) -> dict[str, str]:
     return {CLUSTER_DIMENSION: cluster, SERVICE_DIMENSION: service}
 
 
+def _directive(dims: Mapping[str, str], at_ms: int, metrics: list[dict[str, str]]) -> dict[str, object]:
+    return {
+        "Timestamp": at_ms,
+        "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [sorted(dims)], "Metrics": metrics}],
+    }
+
+
 def emf_record(dims: Mapping[str, str], *, active: int, peak: int, capacity: int, at_ms: int) -> dict[str, object]:
     """One EMF log record: utilisation from the interval's peak, the current count, under ``dims``."""
     return {
-        "_aws": {
-            "Timestamp": at_ms,
-            "CloudWatchMetrics": [
-                {
-                    "Namespace": NAMESPACE,
-                    "Dimensions": [sorted(dims)],
-                    "Metrics": [{"Name": UTILIZATION, "Unit": "Percent"}, {"Name": ACTIVE, "Unit": "Count"}],
-                }
-            ],
-        },
+        "_aws": _directive(dims, at_ms, [{"Name": UTILIZATION, "Unit": "Percent"}, {"Name": ACTIVE, "Unit": "Count"}]),
         **dims,
         UTILIZATION: round(100.0 * peak / capacity, 2),
         ACTIVE: active,
@@ -127,3 +130,14 @@ class CallGauge:
                 return
             if self._stop.wait(self._interval):
                 return
+
+
+def event_line(cluster: str | None, service: str | None, metric: str, at_ms: int | None = None) -> str | None:
+    """One EMF line counting one event (``FALLBACKS`` or ``REFUSALS``) for an ECS deployment's worker, or None
+    outside a deployment (no ``SIPHON_METRIC_CLUSTER`` / ``_SERVICE``): the reason is in the log either way."""
+    if not (cluster and service):
+        return None
+    dims = dimensions(cluster, service)
+    at_ms = int(time.time() * 1000) if at_ms is None else at_ms
+    record = {"_aws": _directive(dims, at_ms, [{"Name": metric, "Unit": "Count"}]), **dims, metric: 1}
+    return json.dumps(record, separators=(",", ":"))

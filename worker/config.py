@@ -2,7 +2,8 @@
 
 Layers, lowest first:
 
-1. **worker defaults**: the worker's environment (``WorkerSettings``), else ``BUILTIN_DEFAULTS`` (offline models);
+1. **worker defaults**: the worker's environment (``WorkerSettings``), else ``BUILTIN_DEFAULTS`` (its instructions;
+   its offline models only in the ``local`` environment: elsewhere a worker must be given its models);
 2. **route**: ``agent_config`` of the job metadata (the dispatch rule's agent metadata, or the outbound
    dispatch's metadata);
 3. **call**: ``overrides`` of the job metadata, then the SIP participant's ``siphon.overrides`` attribute
@@ -50,7 +51,14 @@ from worker.metadata import (
     parse_agent_config,
 )
 from worker.models.registry import LOCAL_DEFAULTS
-from worker.rules import DEFAULT_RING_TIMEOUT, LiveKitAgentName, RingTimeout, describe_errors
+from worker.rules import (
+    DEFAULT_RING_TIMEOUT,
+    LOCAL_ENVIRONMENT,
+    EnvironmentName,
+    LiveKitAgentName,
+    RingTimeout,
+    describe_errors,
+)
 from worker.task_protection import AGENT_URI_ENV
 from worker.task_protection import MAX_MINUTES as MAX_PROTECTION_MINUTES
 
@@ -60,6 +68,7 @@ OVERRIDES_ATTRIBUTE = "siphon.overrides"
 """Participant attribute carrying a per-call ``AgentConfig`` JSON (inbound per-call layer)."""
 
 AGENT_NAME_ENV = "SIPHON_AGENT_NAME"
+ENVIRONMENT_ENV = "SIPHON_ENVIRONMENT"  # the stack environment the worker serves; only `local` runs test models
 MAX_JOBS_ENV = "SIPHON_MAX_JOBS"  # the worker's call capacity (calls at once), set by every deployment
 DRAIN_TIMEOUT_ENV = "SIPHON_DRAIN_TIMEOUT"  # seconds to finish running calls after SIGTERM
 METRIC_CLUSTER_ENV = "SIPHON_METRIC_CLUSTER"  # ECS names the call metric is published under (worker.call_metric)
@@ -94,13 +103,15 @@ BUILTIN_DEFAULTS = AgentConfig.model_validate({
     "greeting_instructions": "Greet the caller and introduce yourself briefly.",
     "send_greeting": True,
 })  # fmt: skip
-"""What a worker uses for a field its environment leaves unset (offline models)."""
+"""What a worker uses for a field its environment leaves unset (the offline models only in ``local``)."""
 
 
-def worker_defaults(layer: AgentConfig) -> AgentConfig:
+def worker_defaults(layer: AgentConfig, *, offline: bool) -> AgentConfig:
     """The default layer a worker runs with when its environment sets ``layer`` (``defaults_env(layer)``):
-    ``layer`` over ``BUILTIN_DEFAULTS``, by the merge rule. ``verify`` predicts the worker with this too."""
-    return merge_layers(("default", BUILTIN_DEFAULTS), ("default", layer)).config
+    ``layer`` over ``BUILTIN_DEFAULTS``, by the merge rule; without ``offline`` (outside ``local``), a model kind
+    ``layer`` leaves unset stays unset (the worker then refuses to start). ``verify`` predicts the worker with this."""
+    builtin = BUILTIN_DEFAULTS if offline else BUILTIN_DEFAULTS.model_copy(update=dict.fromkeys(MODEL_KINDS))
+    return merge_layers(("default", builtin), ("default", layer)).config
 
 
 def defaults_env(layer: AgentConfig) -> dict[str, str]:
@@ -147,6 +158,9 @@ class WorkerSettings(BaseSettings):
         "siphon-agent", validation_alias=AliasChoices(AGENT_NAME_ENV, "LIVEKIT_AGENT_NAME"),
         description="the agent name the worker registers (letters, digits, '_', '-', '.')",
     )  # fmt: skip
+    environment: EnvironmentName | None = Field(
+        None, description=f"the stack environment the worker serves, e.g. prod; `{LOCAL_ENVIRONMENT}` runs test models"
+    )
     ring_timeout: RingTimeout = Field(DEFAULT_RING_TIMEOUT, description="seconds an outbound call may ring, 1 to 120")
     participant_wait: float = Field(
         10.0, gt=0, description="seconds an inbound job waits for its caller to join before it ends, e.g. 10"
@@ -175,7 +189,12 @@ class WorkerSettings(BaseSettings):
 
     def model_post_init(self, context: Any, /) -> None:
         """Read the default layer too, so that a bad default also stops the worker at start."""
-        self._defaults = worker_defaults(_DefaultsFromEnv())
+        self._defaults = worker_defaults(_DefaultsFromEnv(), offline=self.offline_models)
+
+    @property
+    def offline_models(self) -> bool:
+        """Whether this worker may run the offline test models (only in the ``local`` environment)."""
+        return self.environment == LOCAL_ENVIRONMENT
 
     @property
     def defaults(self) -> AgentConfig:

@@ -12,14 +12,16 @@ Environment: ``LIVEKIT_URL``, ``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET``, ``SIP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Mapping
 from typing import Protocol
+
+from pydantic_core import to_jsonable_python
 
 # No model weights at run time: never preload livekit-agents' bundled local inference models.
 os.environ.setdefault("LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE", "0")
@@ -39,12 +41,14 @@ from livekit.agents import (
 )
 from livekit.plugins import silero  # noqa: F401  (plugins register at import, on the main thread: not in prewarm)
 
-from worker import end_call, turns
+from worker import call_metric, end_call, turns
 from worker.call_metric import CallGauge
 from worker.config import (
+    DEFAULTS_ENV,
+    ENVIRONMENT_ENV,
     CallFacts,
-    MergedConfig,
     ResolvedCall,
+    SettingsError,
     SipFacts,
     WorkerSettings,
     call_facts,
@@ -106,20 +110,78 @@ async def _dial(ctx: JobContext, meta: CallMetadata, settings: WorkerSettings) -
     return p if p is not None else "answered, but the SIP participant never joined"
 
 
-def _resolve_models(
-    merged: MergedConfig, defaults: AgentConfig, warm: Mapping[ModelKind, registry.Resolved]
-) -> tuple[dict[ModelKind, registry.Resolved], list[str]]:
+Built = dict[tuple[ModelKind, str], registry.Resolved]
+"""Components built for this job process, by kind and spec (the defaults are built in prewarm)."""
+
+
+def _spec_key(spec: object) -> str:
+    return json.dumps(to_jsonable_python(spec), sort_keys=True)
+
+
+def _resolve_models(config: AgentConfig, settings: WorkerSettings, built: Built) -> dict[ModelKind, registry.Resolved]:
+    """The components for a call's configuration: the requested spec, else the agent's default (and, in ``local``
+    only, the offline test model); raises ``SpecUnavailable`` when a kind has nothing that can be built."""
     out: dict[ModelKind, registry.Resolved] = {}
-    problems: list[str] = []
     for kind in MODEL_KINDS:
-        spec = getattr(merged.config, kind)
-        if kind in warm and spec == getattr(defaults, kind):  # built in prewarm, before the call came in
-            out[kind] = warm[kind]
+        spec = getattr(config, kind)
+        key = (kind, _spec_key(spec))
+        if key not in built:
+            default = getattr(settings.defaults, kind)
+            built[key] = registry.resolve(kind, spec, default, offline=settings.offline_models)
+        out[kind] = built[key]
+    return out
+
+
+def _count(settings: WorkerSettings, metric: str) -> None:
+    """One event in the call metric (an ECS deployment's log group turns the line into a CloudWatch count)."""
+    line = call_metric.event_line(settings.metric_cluster, settings.metric_service, metric)
+    if line:
+        print(line, flush=True)
+
+
+async def _refuse(ctx: JobContext, settings: WorkerSettings, reason: str, *, hang_up: bool) -> None:
+    """End a call no model can serve as declared: it is never answered by other models. With ``hang_up`` (a caller
+    is in the room, not yet answered: livekit-sip answers once the agent's audio is up), the room is closed, and
+    the bridge refuses the INVITE with 486, on which a carrier fails over."""
+    logger.error("refusing the call: its models cannot be built", extra={"room": ctx.room.name, "reason": reason})
+    _count(settings, call_metric.REFUSALS)
+    if hang_up:
+        try:
+            await ctx.api.room.delete_room(api.DeleteRoomRequest(room=ctx.room.name))
+        except Exception as err:  # the room may already be gone (the caller hung up)
+            logger.warning("could not close the room", extra={"room": ctx.room.name, "error": type(err).__name__})
+    ctx.shutdown(reason=f"refused: {reason}")
+
+
+def check_default_models(settings: WorkerSettings) -> list[str]:
+    """Outside ``local``: build every default model once, at start (before the worker registers), so that a worker
+    that could only answer with the wrong models never takes a call; raises ``SettingsError`` naming each variable
+    and what is missing. Returns the plugin modules of the defaults (preloaded for the job processes)."""
+    if settings.offline_models:
+        return []
+    problems: list[str] = []
+    modules: list[str] = []
+    for kind in MODEL_KINDS:
+        variable, spec = DEFAULTS_ENV[kind], getattr(settings.defaults, kind)
+        if spec is None:
+            problems.append(f"{variable}: not set; set the agent's default {kind}, e.g. {registry.EXAMPLE_SPECS[kind]}")
             continue
-        out[kind] = r = registry.resolve(kind, spec, getattr(defaults, kind))
-        if r.fallback_reason:
-            problems.append(f"{kind}: {r.requested} -> {r.label}: {r.fallback_reason}")
-    return out, problems
+        try:
+            norm = registry.parse_spec(kind, spec)
+            if registry.is_offline(norm):
+                raise registry.SpecUnavailable(registry.offline_refusal(norm))
+            registry.build(norm)
+        except (registry.SpecError, registry.SpecUnavailable) as err:
+            problems.append(f"{variable}: {err}")
+            continue
+        modules.append(registry.PROVIDERS[kind][norm.provider].module)
+    if problems:
+        where = f"{ENVIRONMENT_ENV}={settings.environment}" if settings.environment else f"{ENVIRONMENT_ENV} unset"
+        raise SettingsError(
+            f"the worker cannot build its default models ({where}; only `local` runs the offline test models):"
+            + "".join(f"\n  {p}" for p in problems)
+        )
+    return sorted(set(modules))
 
 
 async def _set_attributes(ctx: JobContext, attrs: dict[str, str]) -> None:
@@ -136,11 +198,13 @@ def prewarm(proc: JobProcess) -> None:
 
     settings = WorkerSettings.from_env()
     proc.userdata["settings"] = settings
-    proc.userdata["models"] = {
-        kind: r
-        for kind in MODEL_KINDS
-        if not (r := registry.resolve(kind, getattr(settings.defaults, kind), None)).fallback_reason
-    }
+    built: Built = {}
+    for kind in MODEL_KINDS:
+        default = getattr(settings.defaults, kind)
+        with contextlib.suppress(registry.SpecUnavailable):  # a call resolves it again, and says why it cannot
+            if not (r := registry.resolve(kind, default, None, offline=settings.offline_models)).fallback_reason:
+                built[(kind, _spec_key(default))] = r
+    proc.userdata["models"] = built
 
 
 async def _end_job(ctx: JobContext, meta: CallMetadata, status: str, reason: str) -> None:
@@ -166,7 +230,7 @@ async def entrypoint(ctx: JobContext) -> None:
 async def _call(ctx: JobContext) -> None:
     """Read metadata, find or dial the SIP participant, merge layers, start the agent session."""
     settings: WorkerSettings = ctx.proc.userdata.get("settings") or WorkerSettings.from_env()
-    warm: dict[ModelKind, registry.Resolved] = ctx.proc.userdata.get("models", {})
+    built: Built = dict(ctx.proc.userdata.get("models", {}))
     ctx.add_shutdown_callback(lambda reason: _log_end(ctx, reason))
     started = time.perf_counter()
     parsed = parse_metadata(ctx.job.metadata)
@@ -180,6 +244,11 @@ async def _call(ctx: JobContext) -> None:
     sip_p = _sip_participant(ctx.room)
     dialled = False
     if meta.direction == "outbound" and sip_p is None:
+        try:  # the models first: nobody is rung for a call that no model could serve
+            _resolve_models(call_layers(settings.defaults, meta, None)[0].config, settings, built)
+        except registry.SpecUnavailable as err:
+            await _refuse(ctx, settings, str(err), hang_up=bool(meta.standalone_call))
+            return
         if meta.standalone_call:  # SIPHON's Call dials itself right after dispatching: wait, never dial twice
             sip_p = await _wait_sip(ctx.room, meta.ring_timeout or settings.ring_timeout)
             outcome: rtc.RemoteParticipant | str = sip_p or "the dispatcher's call never joined"
@@ -201,7 +270,11 @@ async def _call(ctx: JobContext) -> None:
     facts: CallFacts = call_facts(meta, sip, dialled=dialled)
     merged, attr_warns = call_layers(settings.defaults, meta, sip_p.attributes if sip_p is not None else None)
     warns.extend(attr_warns)
-    models, fallback_problems = _resolve_models(merged, settings.defaults, warm)
+    try:
+        models = _resolve_models(merged.config, settings, built)
+    except registry.SpecUnavailable as err:
+        await _refuse(ctx, settings, str(err), hang_up=sip_p is not None)
+        return
     resolved = ResolvedCall(
         agent_name=settings.agent_name,
         route=meta.route,
@@ -214,8 +287,12 @@ async def _call(ctx: JobContext) -> None:
     resolve_ms = (time.perf_counter() - caller_at) * 1000  # caller known -> configuration resolved
     for w in warns:
         logger.warning("metadata problem (ignored, falling back)", extra={"room": ctx.room.name, **w.as_dict()})
-    for problem in fallback_problems:
-        logger.warning("model spec unavailable, using fallback", extra={"room": ctx.room.name, "detail": problem})
+    for kind, r in models.items():
+        if r.fallback_reason:
+            detail = f"{kind}: {r.requested} -> {r.label}: {r.fallback_reason}"
+            logger.warning("model spec unavailable, using the agent's default", extra={"room": ctx.room.name,
+                                                                                       "detail": detail})  # fmt: skip
+            _count(settings, call_metric.FALLBACKS)
     logger.info(
         "resolved call configuration",
         extra={
@@ -287,8 +364,9 @@ PRELOAD = ["worker.preload"]
 """Imported once in the forkserver that job processes fork from (Linux): work no call should pay for."""
 
 
-def build_server(settings: WorkerSettings | None = None) -> AgentServer:
-    """The worker's ``AgentServer``, registered under the configured agent name."""
+def build_server(settings: WorkerSettings | None = None, preload: list[str] | None = None) -> AgentServer:
+    """The worker's ``AgentServer``, registered under the configured agent name; ``preload``: more modules for the
+    job processes to fork with (the default models' plugins)."""
     settings = settings or WorkerSettings.from_env()
     kwargs: dict[str, object] = {}
     if settings.num_idle_processes is not None:
@@ -302,7 +380,7 @@ def build_server(settings: WorkerSettings | None = None) -> AgentServer:
         port=settings.http_port,
         host=settings.http_host,
         drain_timeout=settings.drain_timeout,
-        preload_modules=PRELOAD,
+        preload_modules=[*PRELOAD, *(preload or [])],
         **kwargs,  # type: ignore[arg-type]
     )
     on_request = None
@@ -362,7 +440,9 @@ class CapacityGate:
 def main() -> None:
     """CLI entry: ``start`` / ``dev`` / ``console``, as livekit-agents' CLI."""
     warnings.filterwarnings("ignore", message="the built-in Python CLI is deprecated", category=DeprecationWarning)
-    cli.run_app(build_server())  # built here, not at import: every job process imports this module again
+    settings = WorkerSettings.from_env()
+    plugins = check_default_models(settings)  # outside `local`: stops here, before registering, if they cannot run
+    cli.run_app(build_server(settings, preload=plugins))  # built here, not at import: job processes import us again
 
 
 if __name__ == "__main__":

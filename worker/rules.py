@@ -29,6 +29,9 @@ DEFAULT_RING_TIMEOUT = 30
 """Seconds an outbound call rings when the route (or the worker's ``SIPHON_RING_TIMEOUT``) sets no other."""
 RingTimeout = Annotated[float, Field(ge=1, le=120)]
 """Seconds an outbound call may ring before it counts as not answered."""
+LOCAL_ENVIRONMENT = "local"
+"""The one environment that may run the offline test models (``local/*``): a stack file outside it may not name
+them, and a worker outside it (``SIPHON_ENVIRONMENT``) never runs on them, not even as a fallback."""
 
 
 class StrictModel(BaseModel):

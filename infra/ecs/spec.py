@@ -13,6 +13,7 @@ from worker.config import (
     AGENT_NAME_ENV,
     CALL_PROTECTION_ENV,
     DRAIN_TIMEOUT_ENV,
+    ENVIRONMENT_ENV,
     MAX_JOBS_ENV,
     METRIC_CLUSTER_ENV,
     METRIC_SERVICE_ENV,
@@ -47,6 +48,7 @@ def container_environment(args: AgentWorkerArgs) -> dict[str, str]:
     env = dict(args.extra_env)
     env["LIVEKIT_URL"] = args.livekit_url
     env[AGENT_NAME_ENV] = args.agent_name
+    env[ENVIRONMENT_ENV] = args.environment  # outside `local`, the worker never runs the offline test models
     # Drain running calls within the SIGTERM-to-SIGKILL grace ECS gives the container (leave time to exit).
     env[DRAIN_TIMEOUT_ENV] = str(max(args.stop_timeout_seconds - 10, 1))
     env[MAX_JOBS_ENV] = str(args.effective_max_calls)

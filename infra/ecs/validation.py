@@ -12,6 +12,7 @@ from worker.config import (
     CALL_PROTECTION_ENV,
     DEFAULTS_ENV,
     DRAIN_TIMEOUT_ENV,
+    ENVIRONMENT_ENV,
     MAX_JOBS_ENV,
     METRIC_CLUSTER_ENV,
     METRIC_SERVICE_ENV,
@@ -51,8 +52,8 @@ IMAGE_REF_RE = re.compile(r"^(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0
 ECR_REGISTRY_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 # Environment names the resource sets itself; user variables and provider keys may not use them.
 RESERVED_ENV_PREFIXES = ("LIVEKIT_", "AWS_", "ECS_")
-RESERVED_ENV_NAMES = frozenset({AGENT_NAME_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV, *DEFAULTS_ENV.values(),
-                                METRIC_CLUSTER_ENV, METRIC_SERVICE_ENV, CALL_PROTECTION_ENV})  # fmt: skip
+RESERVED_ENV_NAMES = frozenset({AGENT_NAME_ENV, ENVIRONMENT_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV, METRIC_CLUSTER_ENV,
+                                METRIC_SERVICE_ENV, CALL_PROTECTION_ENV, *DEFAULTS_ENV.values()})  # fmt: skip
 
 
 def fargate_size_error(cpu: int, memory: int) -> str | None:

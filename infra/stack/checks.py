@@ -3,7 +3,7 @@
 Each check mirrors a way a real deployment goes wrong: a route whose agent has no worker (a call
 nobody answers), numbers LiveKit would match ambiguously, rules LiveKit would reject as conflicting
 (both culprits named), unsecured inbound trunks outside `local`, and model specs the worker cannot
-resolve.
+resolve, test models outside `local`, and providers whose credential an agent's ECS workers are not given.
 """
 
 from __future__ import annotations
@@ -14,10 +14,17 @@ from itertools import product
 from infra.ecs.validation import IMAGE_RE
 from infra.stack.load import Problem, _line_of
 from infra.stack.model import StackFile
-from worker.metadata import AgentConfig
-from worker.models.registry import layer_spec_problems
-
-LOCAL = "local"
+from worker.metadata import MODEL_KINDS, AgentConfig
+from worker.models.registry import (
+    EXAMPLE_SPECS,
+    SpecError,
+    is_offline,
+    layer_spec_problems,
+    missing_credential,
+    offline_refusal,
+    parse_spec,
+)
+from worker.rules import LOCAL_ENVIRONMENT as LOCAL
 
 
 def route_trunks(stack: StackFile, route_key: str) -> list[str]:
@@ -161,29 +168,88 @@ def _image_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
             )
 
 
+def _layers(stack: StackFile) -> Iterator[tuple[str, str, AgentConfig]]:
+    """Every configuration layer of the file: ``(where, agent, layer)``: each agent's defaults, each route's
+    ``agent_config``, each header-selected layer and each outbound route's ``agent_config``."""
+    for key, agent in stack.agents.items():
+        yield f"agents.{key}.defaults", key, agent.defaults
+    for key, route in stack.inbound_routes.items():
+        yield f"inbound_routes.{key}.agent_config", route.agent, route.agent_config
+        for i, override in enumerate(route.header_overrides):
+            for value, layer in override.values.items():
+                yield f"inbound_routes.{key}.header_overrides.{i}.values.{value}", route.agent, layer
+    for key, out in stack.outbound_routes.items():
+        yield f"outbound_routes.{key}.agent_config", out.agent, out.agent_config
+
+
 def _spec_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
     """Model specs the worker can resolve."""
-    for key, agent in stack.agents.items():
-        yield from _specs(agent.defaults, f"agents.{key}.defaults")
     for key, route in stack.inbound_routes.items():
-        yield from _specs(route.agent_config, f"inbound_routes.{key}.agent_config")
-        for i, override in enumerate(route.header_overrides):
-            if not route_trunks(stack, key):
+        if route.header_overrides and not route_trunks(stack, key):
+            yield (
+                f"inbound_routes.{key}.header_overrides.0",
+                (
+                    "header overrides need the route's trunks (headers reach the agent through a trunk's "
+                    "headers_to_attributes): set numbers served by a trunk, or trunks:"
+                ),
+            )
+    for where, _, layer in _layers(stack):
+        yield from _specs(layer, where)
+
+
+def _credential_key(stack: StackFile, variable: str, provider: str) -> str:
+    """The config key to hold ``variable``: the one another agent already maps it to, else ``<provider>ApiKey``."""
+    for agent in stack.agents.values():
+        if agent.ecs and variable in agent.ecs.provider_key_secrets:
+            return agent.ecs.provider_key_secrets[variable]
+    return f"{provider}ApiKey"
+
+
+def _model_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """The models each worker runs are the ones the file names: outside `local`, every agent's defaults name all
+    three kinds and no layer names an offline test model; an ECS agent's workers are given the credential of
+    every provider its layers name (the worker would otherwise refuse to start, or refuse those calls)."""
+    if not stack.is_local:
+        for key, agent in stack.agents.items():
+            unset = [kind for kind in MODEL_KINDS if getattr(agent.defaults, kind) is None]
+            if unset and agent.has_worker:
                 yield (
-                    f"inbound_routes.{key}.header_overrides.{i}",
+                    f"agents.{key}.defaults",
                     (
-                        "header overrides need the route's trunks (headers reach the agent through a trunk's "
-                        "headers_to_attributes): set numbers served by a trunk, or trunks:"
+                        f"sets no {' / '.join(unset)}: outside `{LOCAL}` a worker runs only the models it is given, "
+                        "and would refuse to start; set "
+                        + ", ".join(f"{k}: {EXAMPLE_SPECS[k]}" for k in unset)
+                        + " (for example)"
                     ),
                 )
-            for value, layer in override.values.items():
-                yield from _specs(layer, f"inbound_routes.{key}.header_overrides.{i}.values.{value}")
-    for key, out in stack.outbound_routes.items():
-        yield from _specs(out.agent_config, f"outbound_routes.{key}.agent_config")
+    for where, agent_key, layer in _layers(stack):
+        routed = stack.agents.get(agent_key)
+        for kind in MODEL_KINDS:
+            try:
+                norm = parse_spec(kind, spec) if (spec := getattr(layer, kind)) is not None else None
+            except SpecError:
+                continue  # reported by _spec_problems
+            if norm is None:
+                continue
+            if is_offline(norm) and not stack.is_local:
+                yield (
+                    f"{where}.{kind}",
+                    (f"{offline_refusal(norm)}; name the provider this agent runs on, e.g. {EXAMPLE_SPECS[kind]}"),
+                )
+            elif routed and routed.ecs and (variable := missing_credential(norm, routed.ecs.provider_key_secrets)):
+                config_key = _credential_key(stack, variable, norm.provider)
+                yield (
+                    f"{where}.{kind}",
+                    (
+                        f"{norm.label} needs {variable}, which the ECS workers of agent {agent_key} are not given: add "
+                        f"`{variable}: {config_key}` under agents.{agent_key}.ecs.provider_key_secrets, and "
+                        f"`pulumi config set --secret {config_key} <key> --stack {stack.environment}`"
+                    ),
+                )
 
 
 CHECKS = (_agent_problems, _trunk_reference_problems, _trunk_conflicts, _rule_conflicts, _security_problems,
-          _image_problems, _spec_problems)  # fmt: skip
+          _image_problems, _spec_problems, _model_problems)  # fmt: skip
 
 
 def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:

@@ -16,9 +16,17 @@ from pydantic import AfterValidator, Field, JsonValue, field_validator, model_va
 from infra.ecs.args import EcsWorkerSettings
 from infra.livekit.args import E164, InboundTrunkArgs, MediaConfig, OutboundTrunkArgs, RoomTimeouts, Rule
 from infra.livekit.validation import AttributeName, HeaderName, Model, Pin
-from worker.config import MAX_JOBS_ENV, CallCapacity, defaults_env, max_calls_for
+from worker.config import ENVIRONMENT_ENV, MAX_JOBS_ENV, CallCapacity, defaults_env, max_calls_for
 from worker.metadata import AgentConfig, RouteMetadata
-from worker.rules import DEFAULT_RING_TIMEOUT, MAX_HEADER_OVERRIDES, AgentName, EnvironmentName, RingTimeout, StackKey
+from worker.rules import (
+    DEFAULT_RING_TIMEOUT,
+    LOCAL_ENVIRONMENT,
+    MAX_HEADER_OVERRIDES,
+    AgentName,
+    EnvironmentName,
+    RingTimeout,
+    StackKey,
+)
 
 Key = str  # a reference to a trunk, agent or route by its key (checked by infra.stack.checks)
 LOCAL_MAX_CALLS = 10  # a local worker process without an ECS size to derive its capacity from
@@ -93,9 +101,9 @@ class Agent(Model):
             return self.max_calls
         return max_calls_for(self.ecs.cpu, self.ecs.memory) if self.ecs else LOCAL_MAX_CALLS
 
-    def worker_env(self) -> dict[str, str]:
-        """Settings of this agent's worker process (its defaults and its capacity), as environment variables."""
-        return {**defaults_env(self.defaults), MAX_JOBS_ENV: str(self.calls_per_worker)}
+    def worker_env(self, environment: str) -> dict[str, str]:
+        """Settings of this agent's worker process in ``environment`` (its defaults and its capacity)."""
+        return {**defaults_env(self.defaults), MAX_JOBS_ENV: str(self.calls_per_worker), ENVIRONMENT_ENV: environment}
 
     @property
     def workers(self) -> str:
@@ -207,6 +215,11 @@ class StackFile(Model):
     agents: dict[AgentName, Agent] = Field(default_factory=dict)
     inbound_routes: dict[StackKey, InboundRoute] = Field(default_factory=dict)
     outbound_routes: dict[StackKey, OutboundRoute] = Field(default_factory=dict)
+
+    @property
+    def is_local(self) -> bool:
+        """The `local` environment: the one that may run the offline test models (and skips production checks)."""
+        return self.environment == LOCAL_ENVIRONMENT
 
     @cached_property
     def trunks_by_number(self) -> dict[str, list[str]]:

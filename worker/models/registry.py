@@ -4,8 +4,10 @@ A spec is a LiveKit model string (``provider[/model][:variant]``: ``openai/gpt-4
 ``deepgram/nova-3:en``, ``cartesia/sonic-2:<voice>``) or a SIPHON provider dict
 (``{"provider": "openai", "model": "gpt-4.1-mini", ...params}``). Both normalise to ``NormalizedSpec``.
 
-Plugin providers are optional extras (``livekit-plugins-<name>``); the ``local`` provider is pure code and
-always available offline (``local/scripted`` LLM, ``local/espeak-ng[:voice]`` TTS, ``local/silent`` STT).
+Plugin providers are the LiveKit plugin packages (``livekit-plugins-<name>``) of the ``worker`` extra, which the
+image installs: every provider here can be built in the image, given its credential. The ``local`` provider is
+pure code and always available offline (``local/scripted`` LLM, ``local/espeak-ng[:voice]`` TTS, ``local/silent``
+STT): the test models, run only in the ``local`` environment (``worker.rules.LOCAL_ENVIRONMENT``).
 
 Everything except ``build`` is import-light (no livekit-agents), so stack validation can call
 ``can_resolve`` / ``check_spec`` without the worker's dependencies.
@@ -17,13 +19,14 @@ import importlib
 import importlib.util
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from worker.metadata import MODEL_KINDS, AgentConfig, ModelKind, ModelSpec, ProviderSpec
+from worker.rules import LOCAL_ENVIRONMENT
 
 _SPEC: TypeAdapter[ModelSpec] = TypeAdapter(ModelSpec)
 
@@ -63,7 +66,7 @@ class Provider:
     module: str
     factory: str  # attribute path inside module, e.g. "LLM" or "LLM.with_cerebras"
     env: tuple[str, ...] = ()  # credentials that must be set (any one of them)
-    extra: str = ""  # the pip extra / package that provides it
+    package: str = ""  # the distribution that provides ``module`` (in the ``worker`` extra)
     models: tuple[str, ...] = ()  # non-empty: only these models (local providers)
     default_model: str | None = None
     offline: bool = False
@@ -118,6 +121,13 @@ PROVIDERS: dict[ModelKind, dict[str, Provider]] = {
 }
 """Every provider the worker knows, per kind. Adding a provider = one line here."""
 
+EXAMPLE_SPECS: dict[ModelKind, str] = {
+    "llm": "openai/gpt-4.1-mini",
+    "stt": "deepgram/nova-3:en",
+    "tts": "cartesia/sonic-2",
+}
+"""What to write for a default model kind that is missing (in error messages)."""
+
 LOCAL_DEFAULTS: dict[ModelKind, str] = {"llm": "local/scripted", "stt": "local/silent", "tts": "local/espeak-ng"}
 """The offline last resort when even the worker's configured default cannot be built."""
 
@@ -157,6 +167,27 @@ def parse_spec(kind: ModelKind, spec: object) -> NormalizedSpec:
     if norm.variant and VARIANT_PARAM[kind] is None:
         raise SpecError(f"{kind} model strings take no ':variant' suffix")
     return norm
+
+
+def credential_variables(norm: NormalizedSpec) -> tuple[str, ...]:
+    """The environment variables that carry this provider's credential (any one of them does); empty: none."""
+    return PROVIDERS[norm.kind][norm.provider].env
+
+
+def missing_credential(norm: NormalizedSpec, given: Collection[str]) -> str | None:
+    """The variable a worker given only the variables ``given`` lacks to build ``norm``, or None."""
+    needed = credential_variables(norm)
+    return needed[0] if needed and not set(needed) & set(given) else None
+
+
+def is_offline(norm: NormalizedSpec) -> bool:
+    """True for the offline test models (the ``local`` provider)."""
+    return PROVIDERS[norm.kind][norm.provider].offline
+
+
+def offline_refusal(norm: NormalizedSpec) -> str:
+    """Why an offline test model is not run outside the ``local`` environment."""
+    return f"{norm.label} is an offline test model: only the `{LOCAL_ENVIRONMENT}` environment runs it"
 
 
 def can_resolve(kind: ModelKind, spec: object) -> bool:
@@ -201,7 +232,7 @@ def availability(norm: NormalizedSpec, env: Mapping[str, str] | None = None) -> 
     except (ImportError, ValueError):
         found = False
     if not found:
-        return f"plugin {entry.module} not installed (install {entry.extra})"
+        return f"plugin {entry.module} not installed (install {entry.package})"
     if entry.env and not any(env.get(k) for k in entry.env):
         return f"credential missing: set {' or '.join(entry.env)} in the worker's environment"
     return None
@@ -240,12 +271,13 @@ class Resolved:
     fallback_reason: str | None = None
 
 
-def resolve(kind: ModelKind, spec: object, default: object) -> Resolved:
-    """Build ``spec``; if it is unknown or unavailable, build ``default``; if that fails too, the local
-    offline provider. ``fallback_reason`` says why a fallback happened (log it as a warning)."""
+def resolve(kind: ModelKind, spec: object, default: object, *, offline: bool) -> Resolved:
+    """Build ``spec``; if it is unknown or unavailable, build ``default``. With ``offline`` (the ``local``
+    environment), the offline test model is the last resort; without it, offline models are never built and
+    ``SpecUnavailable`` says why nothing could be. ``fallback_reason`` says why a fallback happened (log it)."""
     reasons: list[str] = []
     requested: str | None = None
-    candidates = [spec, default, LOCAL_DEFAULTS[kind]]
+    candidates = [spec, default, LOCAL_DEFAULTS[kind] if offline else None]
     for i, candidate in enumerate(candidates):
         if candidate is None:
             continue
@@ -256,10 +288,13 @@ def resolve(kind: ModelKind, spec: object, default: object) -> Resolved:
             reasons.append(str(err))
             continue
         requested = requested or norm.label
+        if is_offline(norm) and not offline:
+            reasons.append(offline_refusal(norm))
+            continue
         try:
             component = build(norm)
         except SpecUnavailable as err:
             reasons.append(str(err))
             continue
         return Resolved(kind, component, norm.label, requested, "; ".join(reasons) if i and reasons else None)
-    raise SpecUnavailable(f"no {kind} can be built: {'; '.join(reasons)}")
+    raise SpecUnavailable(f"no {kind} can be built: {'; '.join(reasons) or 'none is configured'}")
