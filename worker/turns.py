@@ -132,14 +132,16 @@ ATTR_UTTERANCES = "siphon.agent_utterances"
 
 def report(session: AgentSession, participant: rtc.LocalParticipant, *, room: str) -> None:
     """Log and publish (``siphon.caller_speech``, ``siphon.interrupted``, ``siphon.agent_utterances`` attributes)
-    what turn-taking did: caller speech detected by VAD, agent utterances, those the caller cut short."""
+    what turn-taking did: caller speech detected by VAD, agent utterances, those the caller cut short. An utterance's
+    log record carries ``text_sha`` (``worker.config.text_sha`` of the text the session recorded), never the text."""
     counts = {ATTR_CALLER_SPEECH: 0, ATTR_INTERRUPTED: 0, ATTR_UTTERANCES: 0}
     pending: set[asyncio.Task[None]] = set()
 
-    def bump(*attrs: str, message: str) -> None:
+    def bump(*attrs: str, message: str, **facts: str | None) -> None:
         for attr in attrs:
             counts[attr] += 1
-        logger.info(message, extra={"room": room, **{a.removeprefix("siphon."): counts[a] for a in attrs}})
+        extra = {"room": room, **{a.removeprefix("siphon."): counts[a] for a in attrs}, **facts}
+        logger.info(message, extra=extra)
         task = asyncio.create_task(_publish(participant, {k: str(v) for k, v in counts.items()}))
         pending.add(task)
         task.add_done_callback(pending.discard)
@@ -153,11 +155,14 @@ def report(session: AgentSession, participant: rtc.LocalParticipant, *, room: st
     def _item(ev: ConversationItemAddedEvent) -> None:
         from livekit.agents.llm import ChatMessage
 
+        from worker.config import text_sha
+
         if isinstance(ev.item, ChatMessage) and ev.item.role == "assistant":
+            sha = text_sha(ev.item.text_content)  # what the session recorded, as a hash: logs hold no call content
             if ev.item.interrupted:
-                bump(ATTR_UTTERANCES, ATTR_INTERRUPTED, message="agent speech interrupted by the caller")
+                bump(ATTR_UTTERANCES, ATTR_INTERRUPTED, message="agent speech interrupted by the caller", text_sha=sha)
             else:
-                bump(ATTR_UTTERANCES, message="agent utterance finished")
+                bump(ATTR_UTTERANCES, message="agent utterance finished", text_sha=sha)
 
 
 async def _publish(participant: rtc.LocalParticipant, attrs: dict[str, str]) -> None:
