@@ -103,7 +103,7 @@ def test_check_fills_defaults_and_keeps_secret_inputs():
     assert result.failures == []
     inputs = result.inputs
     assert inputs["worker"]["llm"] == "openai/gpt-4o-mini"
-    assert inputs["worker"]["stt"] is None, "unset worker defaults stay unset: the worker's own defaults apply"
+    assert inputs["worker"]["end_call"] is None, "unset worker defaults stay unset: the worker's own defaults apply"
     assert inputs["health_check"]["interval_seconds"] == 30
     assert inputs["provider_keys"] == {"OPENAI_API_KEY": SECRET_OPENAI}
     assert inputs["deployment"] == {"min_healthy_percent": 100, "max_percent": 200, "rollback": True}

@@ -24,6 +24,7 @@ from tests.test_ecs_helpers import (
     SECRET_KEY,
     SECRET_OPENAI,
     SECRET_SECRET,
+    WORKER_MODELS,
     assert_nothing_left,
     default_network,
     leftovers,
@@ -111,7 +112,7 @@ def test_life_cycle_through_the_engine(ecs_stack: auto.Stack, pulumi_env: dict[s
     assert_no_secret_in(preview.stdout, up.stdout, persisted_state(ecs_stack, pulumi_env))
 
     # Image tag and a worker default change: the preview names both; a new revision replaces the old one.
-    args = public_args(subnets, sg, image=f"{IMAGE}:v2", worker={"llm": "openai/gpt-4.1"})
+    args = public_args(subnets, sg, image=f"{IMAGE}:v2", worker={**WORKER_MODELS, "llm": "openai/gpt-4.1"})
     set_deployment(ecs_stack, args)
     preview = ecs_stack.preview(diff=True)
     assert preview.change_summary == {"same": 1, "update": 1}

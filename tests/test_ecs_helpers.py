@@ -31,6 +31,10 @@ def default_network() -> tuple[list[str], str]:
     return subnets, groups[0]["GroupId"]
 
 
+WORKER_MODELS = {"llm": "openai/gpt-4o-mini", "stt": "openai/gpt-4o-mini-transcribe", "tts": "openai/gpt-4o-mini-tts"}
+"""A production worker's default models (outside `local` all three are required; one provider key: OpenAI's)."""
+
+
 def public_args(subnet_ids: list[str], sg: str, **overrides: Any) -> dict[str, Any]:
     """Non-secret arguments of a valid deployment."""
     args: dict[str, Any] = {
@@ -47,7 +51,7 @@ def public_args(subnet_ids: list[str], sg: str, **overrides: Any) -> dict[str, A
         "livekit_url": "wss://voice.example.com",
         "desired_count": 1,
         "tags": {"team": "voice"},
-        "worker": {"llm": "openai/gpt-4o-mini"},
+        "worker": WORKER_MODELS,
     }
     args.update(overrides)
     return args

@@ -15,6 +15,7 @@ from tests.test_ecs_helpers import (
     ALL_SECRETS,
     IMAGE,
     SECRET_OPENAI,
+    WORKER_MODELS,
     assert_nothing_left,
     default_network,
     full_args,
@@ -108,7 +109,7 @@ def test_create_update_and_delete_in_order(net):
 
     # Update: new image + worker default + rotated key + dropped key + no autoscaling.
     new = full_args(
-        subnets, sg, image=":v2", ecr_repository={"keep_last_images": 5}, worker={"greeting_instructions": "Hello!"},
+        subnets, sg, image=":v2", ecr_repository={"keep_last_images": 5}, worker={**WORKER_MODELS, "greeting_instructions": "Hello!"},
         provider_keys={"OPENAI_API_KEY": "sk-rotated"},
     )  # fmt: skip
     with recorded_calls() as calls:

@@ -202,8 +202,8 @@ _OPENAI = "openai/gpt-4.1-mini"
 # Model and credential mistakes in every kind of layer of the repository's own prod stack file (with its secrets
 # set): each would run production calls on the test models, stop the worker at start, or refuse the calls.
 MODEL_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
-    ("defaults-kind-unset", [_set("agents.sales-agent.defaults.stt", _DELETE)], "agents.sales-agent.defaults",
-     "sets no stt: outside `local` a worker runs only the models it is given"),
+    ("defaults-kind-unset", [_set("agents.sales-agent.defaults.stt", _DELETE)], "agents.sales-agent.defaults.stt",
+     "not set: outside `local` a worker runs only the models it is given"),
     ("defaults-test-model", [_set("agents.support-agent.defaults.llm", "local/scripted")],
      "agents.support-agent.defaults.llm", "local/scripted is an offline test model"),
     ("defaults-key-not-given", [_set("agents.reminders-agent.ecs.provider_key_secrets.DEEPGRAM_API_KEY", _DELETE)],

@@ -1,5 +1,6 @@
 """The worker image, built here and run: it answers a real SIP call, runs as non-root, answers its health check,
-drains a running call on SIGTERM, and holds no secrets and no test code.
+drains a running call on SIGTERM, holds no secrets and no test code, and builds every registered model provider
+without the network.
 
 The image is built with ``localenv.image.build`` (what ``./dev image`` runs: docker if its engine runs, else
 podman on the base ``./dev setup`` made from Debian packages; layer-cached, so a warm build only checks its
@@ -32,6 +33,70 @@ from worker.metadata import AgentConfig, RouteMetadata
 
 SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|API_KEY|CREDENTIAL)", re.IGNORECASE)
 FIGURES: dict[str, str] = {}
+
+# Run inside the image (``python -c``, no network): build every non-offline provider of the image's own registry, once
+# per credential variable the registry accepts for it (that one variable alone, a dummy value; Google's service-account
+# file is written here with a fresh key), and record, through an audit hook installed before anything is imported,
+# every connection and name lookup the process makes. A last lookup is the canary: the hook sees it and it fails.
+PROVIDER_BUILDS = r"""
+import sys
+
+NET = {"socket.connect", "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex",
+       "socket.gethostbyaddr", "socket.sendto", "socket.sendmsg"}
+net = []
+sys.addaudithook(lambda event, args: net.append(f"{event} {args!r}"[:200]) if event in NET else None)
+
+import json, os, signal, socket, tempfile, time
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from worker.models.registry import PROVIDERS, build, parse_spec
+
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+service_account = os.path.join(tempfile.mkdtemp(), "service-account.json")
+with open(service_account, "w") as f:
+    json.dump({"type": "service_account", "project_id": "siphon-dummy", "private_key_id": "0" * 40,
+               "private_key": key, "client_email": "dummy@siphon-dummy.iam.gserviceaccount.com", "client_id": "1",
+               "token_uri": "https://oauth2.googleapis.com/token"}, f)
+CREDENTIALS = {var for kinds in PROVIDERS.values() for entry in kinds.values() for var in entry.env}
+
+
+def too_slow(*_):
+    raise TimeoutError("no component after 60 s")
+
+
+signal.signal(signal.SIGALRM, too_slow)
+rows = []
+for kind, providers in PROVIDERS.items():
+    for name, entry in providers.items():
+        if entry.offline:
+            continue
+        for var in entry.env or (None,):
+            for other in CREDENTIALS:
+                os.environ.pop(other, None)
+            if var:
+                os.environ[var] = service_account if var == "GOOGLE_APPLICATION_CREDENTIALS" else f"dummy-{var.lower()}"
+            first, started, component, error = len(net), time.monotonic(), None, None
+            signal.alarm(60)
+            try:
+                built = build(parse_spec(kind, name))
+                component = f"{type(built).__module__}.{type(built).__qualname__}"
+            except Exception as err:
+                error = f"{type(err).__name__}: {err}"[:300]
+            finally:
+                signal.alarm(0)
+            rows.append({"kind": kind, "provider": name, "credential": var, "component": component, "error": error,
+                         "network": net[first:], "seconds": time.monotonic() - started})
+network = list(net)
+try:
+    socket.getaddrinfo("siphon-canary.invalid", 443)
+    canary = "resolved"
+except OSError as err:
+    canary = type(err).__name__
+print(json.dumps({"rows": rows, "network": network, "canary": canary, "canary_seen": net[len(network):]}))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +144,9 @@ def run_container(img: worker_image.BuiltImage, ep: Endpoints, log: Path, **env:
     name = f"siphon-worker-{uuid.uuid4().hex[:8]}"
     agent_name = f"siphon-image-{uuid.uuid4().hex[:6]}"
     port = free_tcp_port()
+    # SIPHON_ENVIRONMENT=local: the worker runs the offline test models (its defaults here) in `local` only.
     settings = {"SIPHON_AGENT_NAME": agent_name, "SIPHON_HTTP_PORT": str(port), "SIPHON_HTTP_HOST": "127.0.0.1",
-                "SIPHON_MAX_JOBS": "20", "SIPHON_DRAIN_TIMEOUT": "60", **env}  # fmt: skip
+                "SIPHON_MAX_JOBS": "20", "SIPHON_DRAIN_TIMEOUT": "60", "SIPHON_ENVIRONMENT": "local", **env}  # fmt: skip
     argv = [img.engine, "run", "--rm", "--name", name, "--network", "host", "--stop-timeout", "60",
             *(a for k in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") for a in ("-e", k)),
             *(a for k, v in settings.items() for a in ("-e", f"{k}={v}")), img.ref]  # fmt: skip
@@ -196,3 +262,41 @@ def test_the_image_holds_no_secrets_and_no_test_code(built: worker_image.BuiltIm
                                env=worker_image.engine_env(), capture_output=True, text=True,
                                check=True).stdout.splitlines():  # fmt: skip
         assert "LIVEKIT_API_SECRET=" not in line and os.environ.get("LIVEKIT_API_SECRET", "\0") not in line, line
+
+
+def test_the_image_builds_every_registered_model_provider_from_each_credential_without_the_network(
+    built: worker_image.BuiltImage,
+) -> None:
+    """What `validate` accepts, the image can build: every provider of the registry (but the offline test models),
+    built in a container of the image with no network, from each credential variable the registry accepts for it
+    alone (a dummy value), yields its component; no build connects or looks a name up."""
+    from worker.models.registry import PROVIDERS
+
+    expected = {(kind, name, var) for kind, providers in PROVIDERS.items() for name, entry in providers.items()
+                if not entry.offline for var in entry.env or (None,)}  # fmt: skip
+    name = f"siphon-providers-{uuid.uuid4().hex[:8]}"
+    argv = [built.engine, "run", "--rm", "--name", name, "--network", "none", "--entrypoint", "python", built.ref,
+            "-c", PROVIDER_BUILDS]  # fmt: skip
+    started = time.monotonic()
+    try:
+        run = subprocess.run(argv, env=worker_image.engine_env(), capture_output=True, text=True, timeout=300,
+                             check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        subprocess.run([built.engine, "rm", "-f", name], env=worker_image.engine_env(), capture_output=True,
+                       timeout=60, check=False)  # fmt: skip
+        pytest.fail("building the model providers in the image took over 300 s (a network call hanging?)")
+    took = time.monotonic() - started
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    rows = report["rows"]
+    label = {id(r): f"{r['kind']}/{r['provider']} with {r['credential'] or 'no credential'}" for r in rows}
+    assert {(r["kind"], r["provider"], r["credential"]) for r in rows} == expected  # the image holds this registry
+    assert [f"{label[id(r)]}: {r['error']}" for r in rows if r["error"]] == []
+    assert {label[id(r)]: r["network"] for r in rows if r["network"]} == {}
+    assert report["network"] == []  # nor while importing, nor from a thread a build left behind
+    assert report["canary"] != "resolved" and report["canary_seen"], report  # the hook sees lookups; none can succeed
+    providers = {(r["kind"], r["provider"]) for r in rows}
+    FIGURES["model providers built in the image"] = (
+        f"{len(providers)} providers from {len(rows)} credentials, {sum(r['seconds'] for r in rows):.1f}s building, "
+        f"{took:.1f}s container run"
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -549,6 +550,33 @@ def test_registry_availability_reports_missing_credentials(monkeypatch: pytest.M
     monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: object())
     assert "OPENAI_API_KEY" in (registry.availability(norm, env={}) or "")
     assert registry.availability(norm, env={"OPENAI_API_KEY": "x"}) is None
+
+
+def test_every_provider_builds_from_a_model_string_with_its_model_and_variant(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``provider/model[:variant]`` reaches each plugin's own constructor parameters (``voice_id``, ``speaker``,
+    ``languages``, ``model_name``, ...), given a dummy credential; providers that take no variant refuse one."""
+    credentials = tmp_path / "google.json"
+    credentials.write_text(json.dumps({"type": "authorized_user", "client_id": "c", "client_secret": "s",
+                                       "refresh_token": "r"}))  # fmt: skip
+    failures = []
+    for kind, providers in registry.PROVIDERS.items():
+        for name, provider in providers.items():
+            if provider.offline:
+                continue
+            for variable in provider.env:
+                monkeypatch.setenv(variable, str(credentials) if variable.startswith("GOOGLE_APP") else "dummy")
+            variant = provider.variant_for(kind)
+            model = "universal-3-6-pro" if name == "assemblyai" else "m-1"  # its language needs a multilingual model
+            spec = f"{name}/{model}" + (":en" if variant else "")
+            try:
+                registry.build(registry.parse_spec(kind, spec))
+            except registry.SpecUnavailable as err:
+                failures.append(f"{kind} {spec}: {err}")
+            if not variant:
+                assert registry.check_spec(kind, f"{name}/m-1:x"), f"{kind} {name} takes no variant"
+    assert failures == []
 
 
 def test_known_providers_cover_siphon_lists() -> None:

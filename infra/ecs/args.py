@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from infra.ecs import validation as v
 from worker.config import DEFAULT_HTTP_PORT, CallCapacity, CallProtectionMinutes, max_calls_for
 from worker.metadata import AgentConfig
+from worker.models.registry import run_problems
 from worker.rules import AgentName, EcsEnvironmentName
 from worker.rules import Model as _Model
 
@@ -259,6 +260,20 @@ class AgentWorkerArgs(EcsWorkerSettings):
                 raise ValueError(f"{name!r} has an empty value")
             if len(secret.get_secret_value()) > 65536:
                 raise ValueError(f"{name!r} is longer than 65536 characters (Secrets Manager limit)")
+        return value
+
+    @field_validator("worker")
+    @classmethod
+    def _worker_runs_its_models(cls, value: AgentConfig, info: ValidationInfo) -> AgentConfig:
+        """The worker can run these defaults: outside `local` all three kinds set and none a test model, and each
+        provider's credential among ``provider_keys`` (the same rule the stack file is checked with)."""
+        if "environment" not in info.data or "provider_keys" not in info.data:
+            return value  # reported on those fields
+        problems = run_problems(value, environment=info.data["environment"], credentials=info.data["provider_keys"],
+                                defaults=True)  # fmt: skip
+        text = "; ".join(f"{p.kind}: {p.message('add it to provider_keys')}" for p in problems)
+        if text:
+            raise ValueError(text)
         return value
 
     @model_validator(mode="after")

@@ -14,16 +14,8 @@ from itertools import product
 from infra.ecs.validation import IMAGE_RE
 from infra.stack.load import Problem, _line_of
 from infra.stack.model import StackFile
-from worker.metadata import MODEL_KINDS, AgentConfig
-from worker.models.registry import (
-    EXAMPLE_SPECS,
-    SpecError,
-    is_offline,
-    layer_spec_problems,
-    missing_credential,
-    offline_refusal,
-    parse_spec,
-)
+from worker.metadata import AgentConfig
+from worker.models.registry import layer_spec_problems, run_problems
 from worker.rules import LOCAL_ENVIRONMENT as LOCAL
 
 
@@ -209,43 +201,18 @@ def _model_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
     """The models each worker runs are the ones the file names: outside `local`, every agent's defaults name all
     three kinds and no layer names an offline test model; an ECS agent's workers are given the credential of
     every provider its layers name (the worker would otherwise refuse to start, or refuse those calls)."""
-    if not stack.is_local:
-        for key, agent in stack.agents.items():
-            unset = [kind for kind in MODEL_KINDS if getattr(agent.defaults, kind) is None]
-            if unset and agent.has_worker:
-                yield (
-                    f"agents.{key}.defaults",
-                    (
-                        f"sets no {' / '.join(unset)}: outside `{LOCAL}` a worker runs only the models it is given, "
-                        "and would refuse to start; set "
-                        + ", ".join(f"{k}: {EXAMPLE_SPECS[k]}" for k in unset)
-                        + " (for example)"
-                    ),
-                )
     for where, agent_key, layer in _layers(stack):
-        routed = stack.agents.get(agent_key)
-        for kind in MODEL_KINDS:
-            try:
-                norm = parse_spec(kind, spec) if (spec := getattr(layer, kind)) is not None else None
-            except SpecError:
-                continue  # reported by _spec_problems
-            if norm is None:
-                continue
-            if is_offline(norm) and not stack.is_local:
-                yield (
-                    f"{where}.{kind}",
-                    (f"{offline_refusal(norm)}; name the provider this agent runs on, e.g. {EXAMPLE_SPECS[kind]}"),
-                )
-            elif routed and routed.ecs and (variable := missing_credential(norm, routed.ecs.provider_key_secrets)):
-                config_key = _credential_key(stack, variable, norm.provider)
-                yield (
-                    f"{where}.{kind}",
-                    (
-                        f"{norm.label} needs {variable}, which the ECS workers of agent {agent_key} are not given: add "
-                        f"`{variable}: {config_key}` under agents.{agent_key}.ecs.provider_key_secrets, and "
-                        f"`pulumi config set --secret {config_key} <key> --stack {stack.environment}`"
-                    ),
-                )
+        agent = stack.agents.get(agent_key)
+        if agent is None or not agent.has_worker:
+            continue  # reported by _agent_problems
+        keys = agent.ecs.provider_key_secrets if agent.ecs else None
+        defaults = where == f"agents.{agent_key}.defaults"
+        for problem in run_problems(layer, environment=stack.environment, credentials=keys, defaults=defaults):
+            variable = problem.missing_credential or ""
+            config_key = _credential_key(stack, variable, problem.spec.provider if problem.spec else "")
+            to_add = (f"add `{variable}: {config_key}` under agents.{agent_key}.ecs.provider_key_secrets, and "
+                      f"`pulumi config set --secret {config_key} <key> --stack {stack.environment}`")  # fmt: skip
+            yield f"{where}.{problem.kind}", problem.message(to_add)
 
 
 CHECKS = (_agent_problems, _trunk_reference_problems, _trunk_conflicts, _rule_conflicts, _security_problems,

@@ -70,11 +70,20 @@ class Provider:
     models: tuple[str, ...] = ()  # non-empty: only these models (local providers)
     default_model: str | None = None
     offline: bool = False
+    model_param: str = "model"  # the constructor parameter the ``/model`` part sets
+    variant_param: str | None = None  # the one the ``:variant`` part sets (None: the kind's; "": none)
+
+    def variant_for(self, kind: ModelKind) -> str | None:
+        """The constructor parameter a ``:variant`` suffix sets for this provider, or None if it takes none."""
+        return (VARIANT_PARAM[kind] if self.variant_param is None else self.variant_param) or None
 
 
-def _plugin(name: str, factory: str, *env: str, module: str | None = None) -> Provider:
+def _plugin(
+    name: str, factory: str, *env: str, module: str | None = None, variant: str | None = None, model: str = "model"
+) -> Provider:
     mod = module or name
-    return Provider(f"livekit.plugins.{mod}", factory, env, f"livekit-plugins-{mod}")
+    return Provider(f"livekit.plugins.{mod}", factory, env, f"livekit-plugins-{mod}", model_param=model,
+                    variant_param=variant)  # fmt: skip
 
 
 _LOCAL = "worker.models.offline"
@@ -83,8 +92,8 @@ PROVIDERS: dict[ModelKind, dict[str, Provider]] = {
         "local": Provider(_LOCAL, "ScriptedLLM", models=("scripted",), default_model="scripted", offline=True),
         "openai": _plugin("openai", "LLM", "OPENAI_API_KEY"),
         "anthropic": _plugin("anthropic", "LLM", "ANTHROPIC_API_KEY"),
-        "gemini": _plugin("google", "LLM", "GOOGLE_API_KEY", "GEMINI_API_KEY", module="google"),
-        "google": _plugin("google", "LLM", "GOOGLE_API_KEY", "GEMINI_API_KEY", "GOOGLE_APPLICATION_CREDENTIALS"),
+        "gemini": _plugin("google", "LLM", "GOOGLE_API_KEY", module="google"),
+        "google": _plugin("google", "LLM", "GOOGLE_API_KEY"),
         "groq": _plugin("groq", "LLM", "GROQ_API_KEY"),
         "mistralai": _plugin("mistralai", "LLM", "MISTRAL_API_KEY"),
         "openrouter": _plugin("openai", "LLM.with_openrouter", "OPENROUTER_API_KEY", module="openai"),
@@ -98,25 +107,25 @@ PROVIDERS: dict[ModelKind, dict[str, Provider]] = {
     "stt": {
         "local": Provider(_LOCAL, "SilentSTT", models=("silent",), default_model="silent", offline=True),
         "deepgram": _plugin("deepgram", "STT", "DEEPGRAM_API_KEY"),
-        "assemblyai": _plugin("assemblyai", "STT", "ASSEMBLYAI_API_KEY"),
+        "assemblyai": _plugin("assemblyai", "STT", "ASSEMBLYAI_API_KEY", variant="language_codes"),
         "openai": _plugin("openai", "STT", "OPENAI_API_KEY"),
         "groq": _plugin("groq", "STT", "GROQ_API_KEY"),
         "cartesia": _plugin("cartesia", "STT", "CARTESIA_API_KEY"),
         "sarvam": _plugin("sarvam", "STT", "SARVAM_API_KEY"),
         "mistralai": _plugin("mistralai", "STT", "MISTRAL_API_KEY"),
-        "google": _plugin("google", "STT", "GOOGLE_APPLICATION_CREDENTIALS"),
+        "google": _plugin("google", "STT", "GOOGLE_APPLICATION_CREDENTIALS", variant="languages"),
     },
     "tts": {
         "local": Provider(_LOCAL, "EspeakTTS", models=("espeak-ng",), default_model="espeak-ng", offline=True),
         "cartesia": _plugin("cartesia", "TTS", "CARTESIA_API_KEY"),
-        "elevenlabs": _plugin("elevenlabs", "TTS", "ELEVEN_API_KEY", "ELEVENLABS_API_KEY"),
-        "deepgram": _plugin("deepgram", "TTS", "DEEPGRAM_API_KEY"),
+        "elevenlabs": _plugin("elevenlabs", "TTS", "ELEVEN_API_KEY", variant="voice_id"),
+        "deepgram": _plugin("deepgram", "TTS", "DEEPGRAM_API_KEY", variant=""),  # the voice is the model
         "openai": _plugin("openai", "TTS", "OPENAI_API_KEY"),
         "groq": _plugin("groq", "TTS", "GROQ_API_KEY"),
-        "rime": _plugin("rime", "TTS", "RIME_API_KEY"),
-        "sarvam": _plugin("sarvam", "TTS", "SARVAM_API_KEY"),
-        "google": _plugin("google", "TTS", "GOOGLE_APPLICATION_CREDENTIALS"),
-        "gemini": _plugin("google", "beta.GeminiTTS", "GOOGLE_API_KEY", "GEMINI_API_KEY", module="google"),
+        "rime": _plugin("rime", "TTS", "RIME_API_KEY", variant="speaker"),
+        "sarvam": _plugin("sarvam", "TTS", "SARVAM_API_KEY", variant="speaker"),
+        "google": _plugin("google", "TTS", "GOOGLE_APPLICATION_CREDENTIALS", variant="voice_name", model="model_name"),
+        "gemini": _plugin("google", "beta.GeminiTTS", "GOOGLE_API_KEY", module="google", variant="voice_name"),
     },
 }
 """Every provider the worker knows, per kind. Adding a provider = one line here."""
@@ -164,8 +173,8 @@ def parse_spec(kind: ModelKind, spec: object) -> NormalizedSpec:
         raise SpecError(f"unknown {kind} provider {norm.provider!r} (known: {', '.join(known_providers(kind))})")
     if entry.models and (norm.model or entry.default_model) not in entry.models:
         raise SpecError(f"unknown {norm.provider} {kind} model {norm.model!r} (known: {', '.join(entry.models)})")
-    if norm.variant and VARIANT_PARAM[kind] is None:
-        raise SpecError(f"{kind} model strings take no ':variant' suffix")
+    if norm.variant and entry.variant_for(kind) is None:
+        raise SpecError(f"{norm.provider} {kind} model strings take no ':variant' suffix")
     return norm
 
 
@@ -188,6 +197,47 @@ def is_offline(norm: NormalizedSpec) -> bool:
 def offline_refusal(norm: NormalizedSpec) -> str:
     """Why an offline test model is not run outside the ``local`` environment."""
     return f"{norm.label} is an offline test model: only the `{LOCAL_ENVIRONMENT}` environment runs it"
+
+
+@dataclass(frozen=True)
+class RunProblem:
+    """Why a worker could not run one model kind of a layer as declared (``run_problems``)."""
+
+    kind: ModelKind
+    spec: NormalizedSpec | None  # None: the kind is unset in a default layer
+    missing_credential: str | None = None  # the variable to give the worker; None with a spec: a test model
+
+    def message(self, where_keys: str) -> str:
+        """The problem in words; ``where_keys`` says where credentials are declared (stack file or arguments)."""
+        if self.spec is None:
+            return (f"not set: outside `{LOCAL_ENVIRONMENT}` a worker runs only the models it is given, and would "
+                    f"refuse to start; set it, e.g. {EXAMPLE_SPECS[self.kind]}")  # fmt: skip
+        if self.missing_credential is None:
+            return f"{offline_refusal(self.spec)}; name the provider the agent runs on, e.g. {EXAMPLE_SPECS[self.kind]}"
+        return f"{self.spec.label} needs {self.missing_credential}, which the workers are not given: {where_keys}"
+
+
+def run_problems(
+    layer: AgentConfig, *, environment: str, credentials: Collection[str] | None, defaults: bool = False
+) -> Iterator[RunProblem]:
+    """What keeps a worker in ``environment`` from running ``layer``'s models as declared: outside ``local``, a test
+    model, or (for a ``defaults`` layer) a kind left unset; with ``credentials`` (the variables the deployment gives
+    the worker), a provider whose credential is not among them. Specs that do not parse are left to ``check_spec``."""
+    local = environment == LOCAL_ENVIRONMENT
+    for kind in MODEL_KINDS:
+        spec = getattr(layer, kind)
+        if spec is None:
+            if defaults and not local:
+                yield RunProblem(kind, None)
+            continue
+        try:
+            norm = parse_spec(kind, spec)
+        except SpecError:
+            continue
+        if is_offline(norm) and not local:
+            yield RunProblem(kind, norm)
+        elif credentials is not None and (variable := missing_credential(norm, credentials)):
+            yield RunProblem(kind, norm, variable)
 
 
 def can_resolve(kind: ModelKind, spec: object) -> bool:
@@ -247,8 +297,8 @@ def build(norm: NormalizedSpec) -> Any:
     kwargs: dict[str, Any] = dict(norm.params)
     model = norm.model or entry.default_model
     if model and not entry.offline:
-        kwargs["model"] = model
-    variant_param = VARIANT_PARAM[norm.kind]
+        kwargs[entry.model_param] = model
+    variant_param = entry.variant_for(norm.kind)
     if norm.variant and variant_param:
         kwargs[variant_param] = norm.variant
     try:
