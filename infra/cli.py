@@ -86,19 +86,50 @@ def summary(
 ) -> None:
     """Markdown summary for a pull-request comment (its secrets need not be set yet)."""
     plan = _plan_or_exit(target, secrets=False)
-    print(markdown_summary(plan.stack.environment, plan, json.loads(preview.read_text()) if preview else None))
+    print(markdown_summary(plan.stack.environment, plan, _json_file("summary", preview) if preview else None))
+
+
+def _json_file(command: str, path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise _fail(command, f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise _fail(command, f"{path} is not JSON ({e}); save it with `pulumi preview --json > {path.name}`") from None
+    if not isinstance(data, dict):
+        raise _fail(command, f"{path} is not a JSON object")
+    return data
+
+
+LOCAL_ENV_HINT = "for the local stack: `source .run/local/env.sh` after `./dev local`"
+
+
+def _pulumi_problem(stderr: str) -> str:
+    """The Pulumi CLI's failure in one line, with the command that fixes it when it is a known one."""
+    if "PULUMI_ACCESS_TOKEN must be set for login" in stderr or "not logged in" in stderr:
+        return f"no Pulumi backend is set: `pulumi login <backend url>` ({LOCAL_ENV_HINT})"
+    if "no stack named" in stderr:
+        return f"{stderr.strip().splitlines()[-1].removeprefix('error: ')} ({LOCAL_ENV_HINT}, or `pulumi stack ls`)"
+    if "passphrase" in stderr.lower():
+        return f"the stack's secrets need its passphrase: set PULUMI_CONFIG_PASSPHRASE ({LOCAL_ENV_HINT})"
+    lines = [line.removeprefix("error: ") for line in stderr.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "the Pulumi CLI failed without a message"
 
 
 def _pulumi(command: str, what: str, *argv: str) -> str:
-    run = subprocess.run(["pulumi", *argv], capture_output=True, text=True, check=False)
+    try:
+        run = subprocess.run(["pulumi", *argv], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise _fail(command, f"cannot read {what}: the Pulumi CLI is not on PATH (`./dev setup` builds it; "
+                             f"{LOCAL_ENV_HINT})") from None  # fmt: skip
     if run.returncode != 0:
-        raise _fail(command, f"cannot read {what}: {run.stderr.strip()}")
+        raise _fail(command, f"cannot read {what}: {_pulumi_problem(run.stderr)}")
     return run.stdout
 
 
 def _stack_outputs(command: str, target: str, outputs: Path | None) -> dict:
     if outputs:
-        return json.loads(outputs.read_text())
+        return _json_file(command, outputs)
     text = _pulumi(command, f"the outputs of stack {target!r}", "stack", "output", "--json", "--stack", target)
     return json.loads(text)
 
@@ -150,6 +181,12 @@ def verify(
     if not sip_address:
         raise _fail("verify", "no SIP bridge to call through: set SIPHON_SIP_ADDRESS to livekit-sip's host:port "
                               "(`./dev local` prints it when livekit-sip is installed)", 2)  # fmt: skip
+    from infra.sipp import SippMissing, sipp_binary
+
+    try:
+        sipp_binary()
+    except SippMissing as e:
+        raise _fail("verify", str(e), 2) from None
     plan = _plan_or_exit(target)
     routes_ = route or []
     unknown = [r for r in routes_ if r not in plan.inbound_routes]

@@ -21,15 +21,33 @@ def default_run_dir() -> Path:
 
 
 def render(endpoints: Endpoints, env: LocalEnv) -> str:
-    """Human-readable endpoints plus shell exports a user can paste."""
+    """Human-readable endpoints, and how a second terminal gets everything it needs (the env file)."""
+    from localenv.deploy import LATEST_LINK, write_env_file
+
+    env_file = write_env_file(env)
+    link = LATEST_LINK  # only for run folders under .run/ (a --run-dir elsewhere may be gone soon)
+    if env.run_dir.resolve().parent == link.parent.resolve() and (link.is_symlink() or not link.exists()):
+        link.unlink(missing_ok=True)
+        link.symlink_to(env.run_dir.resolve(), target_is_directory=True)
     lines = ["Local environment is up:"]
     for name, secs in env.startup_seconds.items():
         lines.append(f"  {name:<15} healthy in {secs:.2f}s")
     lines.append(f"  logs            {endpoints.run_dir}")
     lines.append("")
-    lines.append("export these to use it:")
-    lines += [f"  export {k}={v}" for k, v in endpoints.env().items()]
+    lines.append("In a second terminal, to run the README's commands (tools on PATH, endpoints, the local stack's")
+    lines.append("state and passphrase):")
+    shown = link / env_file.name if link.resolve() == env.run_dir.resolve() else env_file
+    lines.append(f"  source {_relative(shown)}")
+    lines.append("It exports:")
+    lines += [f"  {line}" for line in env_file.read_text().splitlines() if line.startswith("export ")]
     return "\n".join(lines)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def deploy_and_run(env: LocalEnv) -> str:

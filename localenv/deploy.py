@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pulumi import automation as auto
@@ -20,11 +22,36 @@ LOCAL_PASSPHRASE = "siphon-local"
 LOCAL_STACK = "local"
 
 
-def local_stack(env: LocalEnv, extra_env: dict[str, str] | None = None) -> auto.Stack:
-    """The ``local`` Pulumi stack of this repository, with its state in the run folder."""
+ENV_FILE = "env.sh"
+"""The file in the run folder that gives a second terminal what it needs (``source <run>/env.sh``)."""
+LATEST_LINK = tools.REPO / ".run" / LOCAL_STACK
+"""``.run/local``: the newest run folder of ``./dev local`` (so ``source .run/local/env.sh`` always works)."""
+
+
+def stack_env(env: LocalEnv, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """What the Pulumi CLI and ``siphon-infra`` need for the ``local`` stack of this run: the services' endpoints,
+    and the stack's backend (the run folder's ``state``), Pulumi home and passphrase."""
     assert env.endpoints is not None
     penv = engine.engine_env(env.run_dir / "state", LOCAL_PASSPHRASE, env.run_dir / "pulumi-home", extra_env)
-    return engine.select_stack(tools.REPO, LOCAL_STACK, {**env.endpoints.env(), **penv})
+    return {**env.endpoints.env(), **penv}
+
+
+def local_stack(env: LocalEnv, extra_env: dict[str, str] | None = None) -> auto.Stack:
+    """The ``local`` Pulumi stack of this repository, with its state in the run folder."""
+    return engine.select_stack(tools.REPO, LOCAL_STACK, stack_env(env, extra_env))
+
+
+def write_env_file(env: LocalEnv) -> Path:
+    """Write ``<run>/env.sh``: the pinned tools and the project's virtualenv on ``PATH``, and ``stack_env``. Every
+    command the README shows then works in a shell that sourced it (``tests/test_readme_commands.py``)."""
+    tools_path = os.pathsep.join([*(str(p) for p in tools.bin_dirs()), str(engine.VENV / "bin")])
+    lines = ["# Written by `./dev local` for a second terminal: source it, then run the README's commands.",
+             f'export PATH="{tools_path}:$PATH"', "export UV_PYTHON_DOWNLOADS=never"]  # fmt: skip
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(stack_env(env).items())]
+    path = env.run_dir / ENV_FILE
+    path.touch(mode=0o600)  # it holds this run's (throwaway) LiveKit API secret: the user's eyes only
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def deploy(env: LocalEnv, on_output: Callable[[str], Any] | None = None) -> dict[str, Any]:
