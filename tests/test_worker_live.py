@@ -436,7 +436,8 @@ inbound_routes:
 
 
 def test_siphon_inbound_payload_answers_with_fallback_models(endpoints: Endpoints, worker: WorkerProc) -> None:
-    """Stand-in SIP participant; SIPHON's inbound Dispatch payload, its cloud providers not installed here."""
+    """Stand-in SIP participant; SIPHON's inbound Dispatch payload, its cloud providers' keys not set here: in `local`
+    every kind falls back to the worker's default (the test models)."""
     r = call(endpoints, worker, json.dumps(SIPHON_INBOUND), participant=sip_attributes())
     assert_answered(r, worker)
     a = r.attributes
@@ -444,7 +445,7 @@ def test_siphon_inbound_payload_answers_with_fallback_models(endpoints: Endpoint
     assert a["siphon.system_instructions_sha"] == _sha(SIPHON_INBOUND["agent_config"]["system_instructions"])
     assert a["siphon.fallbacks"] == "llm,stt,tts"
     assert (a["siphon.llm"], a["siphon.tts"]) == ("local/scripted", "local/espeak-ng")
-    assert "model spec unavailable, using fallback" in worker.text()
+    assert "model spec unavailable, using the agent's default" in worker.text()
     assert "api_key" not in worker.text()
 
 

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 import warnings
 from typing import Protocol
@@ -135,8 +136,9 @@ def _resolve_models(config: AgentConfig, settings: WorkerSettings, built: Built)
 def _count(settings: WorkerSettings, metric: str) -> None:
     """One event in the call metric (an ECS deployment's log group turns the line into a CloudWatch count)."""
     line = call_metric.event_line(settings.metric_cluster, settings.metric_service, metric)
-    if line:
-        print(line, flush=True)
+    if line:  # one write: the worker's other processes write to the same stdout
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 async def _refuse(ctx: JobContext, settings: WorkerSettings, reason: str, *, hang_up: bool) -> None:
