@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ import pytest
 from infra import sipp
 from infra.verify import Observation
 from localenv.manager import Endpoints, LocalEnv
+from tests.caller_audio import spoken_ulaw
 from tests.openai_standin import OpenAIStandIn, Recorded
 from tests.test_ecs_helpers import container_env, create_deployment
 from tests.test_worker_live import ROOT, WAIT, WorkerProc, answered_call, entry_command
@@ -65,15 +65,8 @@ def standin() -> Iterator[OpenAIStandIn]:
 
 @pytest.fixture(scope="module")
 def caller_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The caller's sentence as raw 8 kHz mu-law, then 60 s of silence (RTP keeps flowing, as from a phone)."""
-    missing = [b for b in ("espeak-ng", "sox") if shutil.which(b) is None]
-    assert not missing, f"not installed: {missing}; run `./dev setup` (Debian packages espeak-ng and sox)"
-    work = tmp_path_factory.mktemp("openai-caller")
-    subprocess.run(["espeak-ng", "-s", "150", "-w", str(work / "says.wav"), CALLER_SAYS], check=True)
-    out = work / "caller.ulaw"
-    subprocess.run(["sox", str(work / "says.wav"), "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw", str(out),
-                    "pad", "0", "60"], check=True)  # fmt: skip
-    return out
+    """The caller's sentence (then 60 s of silence) as the RTP payload sipp plays."""
+    return spoken_ulaw(tmp_path_factory.mktemp("openai-caller"), CALLER_SAYS)
 
 
 @dataclass

@@ -187,27 +187,31 @@ ENGINE_CASES = ["fargate-memory-for-cpu", "ecs-image-not-a-full-reference", "pin
                 "unset-trunk-secret", "route-metadata-over-livekit-limit"]  # fmt: skip
 
 
+def _preview_refuses_at_the_same_line(tmp_path, pulumi_env, environment, base, cases, names, problems) -> None:
+    """Each named case's stack file fails `pulumi preview` with the file:line: field that `validate` reports."""
+    by_name = {c[0]: c for c in cases}
+    for i, name in enumerate(names):
+        _, mutations, field, words = by_name[name]
+        doc = copy.deepcopy(base)
+        for mutate in mutations:
+            mutate(doc)
+        expected = [p for p in problems(doc) if p.field == field]
+        assert expected, name
+        sut = StackUnderTest(tmp_path / str(i), pulumi_env, environment, doc)
+        with pytest.raises(auto.errors.CommandError) as err:
+            sut.stack.preview()
+        message = str(err.value)
+        assert f"{environment}.yaml:{expected[0].line}: {field}: " in message, (name, message[-2000:])
+        assert words in message and "Traceback" not in message, name
+    assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}
+
+
 @pytest.mark.engine
 def test_preview_refuses_what_validate_refuses_at_the_same_line(clean_livekit, tmp_path, pulumi_env):
     """The same stack files `validate` rejects fail `pulumi preview` with the same file:line: field (one compile step)."""
     from tests.test_stack_validation import PREVIEW_CASES, _problems
 
-    cases = {c[0]: c for c in PREVIEW_CASES}
-    for i, name in enumerate(ENGINE_CASES):
-        _, mutations, field, words = cases[name]
-        doc = copy.deepcopy(LOCAL)
-        for mutate in mutations:
-            mutate(doc)
-        expected = [p for p in _problems(doc) if p.field == field]
-        assert expected, name
-        sut = StackUnderTest(tmp_path / str(i), pulumi_env, "local", doc)
-        with pytest.raises(auto.errors.CommandError) as err:
-            sut.stack.preview()
-        message = str(err.value)
-        assert f"local.yaml:{expected[0].line}: {field}: " in message, (name, message[-2000:])
-        assert words in message, name
-        assert "Traceback" not in message
-    assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}
+    _preview_refuses_at_the_same_line(tmp_path, pulumi_env, "local", LOCAL, PREVIEW_CASES, ENGINE_CASES, _problems)
 
 
 MODEL_ENGINE_CASES = ["defaults-test-model", "route-provider-without-key", "header-layer-test-model",
@@ -220,17 +224,5 @@ def test_preview_refuses_model_and_credential_mistakes_at_the_same_line(clean_li
     fails `pulumi preview` at the line `validate` names, before anything is declared."""
     from tests.test_stack_validation import MODEL_CASES, PROD, _prod_problems
 
-    cases = {c[0]: c for c in MODEL_CASES}
-    for i, name in enumerate(MODEL_ENGINE_CASES):
-        _, mutations, field, words = cases[name]
-        doc = copy.deepcopy(PROD)
-        for mutate in mutations:
-            mutate(doc)
-        (expected,) = _prod_problems(doc)
-        sut = StackUnderTest(tmp_path / str(i), pulumi_env, "prod", doc)
-        with pytest.raises(auto.errors.CommandError) as err:
-            sut.stack.preview()
-        message = str(err.value)
-        assert f"prod.yaml:{expected.line}: {field}: " in message, (name, message[-2000:])
-        assert words in message and "Traceback" not in message, name
-    assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}
+    _preview_refuses_at_the_same_line(tmp_path, pulumi_env, "prod", PROD, MODEL_CASES, MODEL_ENGINE_CASES,
+                                      _prod_problems)  # fmt: skip

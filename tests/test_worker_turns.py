@@ -11,8 +11,6 @@ those cut short. The test watches those attributes and ``lk.agent.state`` throug
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from livekit import api
 
 from infra import sipp
 from localenv.manager import Endpoints, LocalEnv
+from tests.caller_audio import spoken_ulaw
 from tests.test_worker_live import WAIT, WorkerProc, answered_call, start_worker
 from worker.metadata import AgentConfig, RouteMetadata
 from worker.turns import ATTR_CALLER_SPEECH, ATTR_INTERRUPTED, ATTR_UTTERANCES
@@ -42,16 +41,8 @@ CALLER_SAYS = "Hello? Sorry to interrupt, I need to talk to somebody about my bi
 
 @pytest.fixture(scope="module")
 def caller_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The caller's sentence as raw 8 kHz mu-law, made with espeak-ng and sox (Debian packages set-up installs)."""
-    missing = [b for b in ("espeak-ng", "sox") if shutil.which(b) is None]
-    assert not missing, f"not installed: {missing}; run `./dev setup` (Debian packages espeak-ng and sox)"
-    work = tmp_path_factory.mktemp("caller-audio")
-    subprocess.run(["espeak-ng", "-s", "150", "-w", str(work / "says.wav"), CALLER_SAYS], check=True)
-    out = work / "caller.ulaw"
-    # Followed by 60 s of silence: RTP keeps flowing, as from a real phone (the bridge ends calls whose media stops).
-    subprocess.run(["sox", str(work / "says.wav"), "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw", str(out),
-                    "pad", "0", "60"], check=True)  # fmt: skip
-    return out
+    """The caller's sentence (then 60 s of silence) as the RTP payload sipp plays."""
+    return spoken_ulaw(tmp_path_factory.mktemp("caller-audio"), CALLER_SAYS)
 
 
 @pytest.fixture(scope="module")
