@@ -162,8 +162,12 @@ class LiveKitProvider(ResourceProvider):
                         f"several LiveKit {self.KIND.label}s are named {name!r} ({', '.join(ids)}): "
                         "delete all but one, then retry"
                     )
+                found = index.listed(ids[0])
+                if found is not None and canonical(found) == declared(args):
+                    return ids[0]  # adopted as it already is: nothing to write (`siphon-infra import`)
                 try:
                     await self.KIND.replace(lk, ids[0], message)
+                    index.removed_listing(ids[0])
                 except client.api.TwirpError as e:
                     if e.code != "not_found":
                         raise

@@ -15,6 +15,7 @@ default VPC's subnets.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from infra.livekit.args import AgentDispatch, DispatchRuleArgs, InboundTrunkArgs
 from infra.stack.checks import cross_check, route_trunks
 from infra.stack.headers import route_attribute_overrides, trunk_header_mappings
 from infra.stack.load import Problem, StackFileError, _line_of, load, yaml_problem
-from infra.stack.model import InboundRoute, OutboundRoute, StackFile
+from infra.stack.model import SIPHON_CONFIG_KEYS, InboundRoute, OutboundRoute, StackFile
 from worker.metadata import AgentConfig, Direction, RouteMetadata
 from worker.rules import Model, describe_errors
 
@@ -147,10 +148,11 @@ class Plan:
         """One row per (direction, number): route, trunks, agent and where its worker runs."""
         stack, rows = self.stack, []
         for key, route in stack.inbound_routes.items():
+            agent, worker = (route.agent, stack.agents[route.agent].workers) if route.agent else ("(none: direct)", "-")
             for number in route.numbers or ["(any)"]:
                 rows.append({"direction": "inbound", "number": number, "route": key,
-                             "trunks": ", ".join(self.inbound_routes[key].trunks) or "(any)", "agent": route.agent,
-                             "worker": stack.agents[route.agent].workers})  # fmt: skip
+                             "trunks": ", ".join(self.inbound_routes[key].trunks) or "(any)", "agent": agent,
+                             "worker": worker})  # fmt: skip
         for key, out in self.outbound_routes.items():
             rows.append({"direction": "outbound", "number": ", ".join(out.caller_ids), "route": key,
                          "trunks": out.trunk, "agent": out.agent_name,
@@ -173,6 +175,31 @@ def route_metadata(
         context=route.context or None,
         attribute_overrides=attribute_overrides,
     )
+
+
+def _plain(value: object) -> object:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def siphon_payload(route: InboundRoute) -> str:
+    """SIPHON 0.1.4's inbound payload, as its ``Dispatch`` writes it: ``agent_config`` with its five keys in its
+    order (then any other key the layer sets), then the route's ``context`` keys (``inbound_trunk_id``,
+    ``agent_number``), serialised with ``json.dumps``' defaults."""
+    layer = route.agent_config
+    agent_config = {k: _plain(getattr(layer, k)) for k in SIPHON_CONFIG_KEYS}
+    agent_config.update(layer.model_dump(mode="json", exclude_none=True, exclude=set(SIPHON_CONFIG_KEYS)))
+    return json.dumps({"agent_config": agent_config, **route.context})
+
+
+def dispatch_metadata(
+    route_key: str, route: InboundRoute, attribute_overrides: dict[str, dict[str, AgentConfig]] | None = None
+) -> str:
+    """The metadata an inbound route's agent dispatch carries, in the route's ``metadata_format``."""
+    if route.metadata_format == "siphon":
+        return siphon_payload(route)
+    if route.metadata_format == "none" or not route.agent:
+        return ""
+    return route_metadata(route_key, route, "inbound", attribute_overrides).to_json()
 
 
 # Where an argument field of a resource comes from in the stack file (prefix + this), when not the same name.
@@ -251,7 +278,7 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
     ):
         for key, trunk in trunks.items():
             data = trunk.model_dump(exclude={"auth_password_secret", "name"})
-            data["name"] = stack.object_name(key)
+            data["name"] = stack.object_name(key, trunk.name)
             if key in headers and model is InboundTrunkArgs:
                 data["headers_to_attributes"] = {**data["headers_to_attributes"], **headers[key]}
             if trunk.auth_password_secret:
@@ -262,22 +289,24 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
 
     for key, route in stack.inbound_routes.items():
         route_trunk_keys = route_trunks(stack, key)
-        metadata = route_metadata(key, route, "inbound", route_attribute_overrides(stack, key)).to_json()
+        metadata = dispatch_metadata(key, route, route_attribute_overrides(stack, key))
+        ours = route.metadata_format == "siphon-infra"
         rule = (
             route.rule.model_dump()
             if route.rule
             else {"type": "individual", "room_prefix": stack.object_name(key), "pin": route.pin}
         )
+        agents = [{"agent_name": route.agent, "metadata": metadata}] if route.agent else []
         data = {
-            "name": stack.object_name(key),
-            "metadata": metadata,
-            "attributes": {"siphon.route": key, **route.attributes},
+            "name": stack.object_name(key, route.name),
+            "metadata": metadata if ours else "",
+            "attributes": {"siphon.route": key, **route.attributes} if ours else dict(route.attributes),
             "rule": rule,
             "trunk_ids": route_trunk_keys,
             "hide_phone_number": route.hide_phone_number,
             "inbound_numbers": route.caller_numbers,
             "numbers": route.numbers,
-            "room_config": {**route.room.model_dump(), "agents": [{"agent_name": route.agent, "metadata": metadata}]},
+            "room_config": {**route.room.model_dump(), "agents": agents},
             "krisp_enabled": route.krisp_enabled,
             "media": route.media.model_dump() if route.media else None,
         }

@@ -67,7 +67,7 @@ def run(environment: str | None = None) -> None:
                 "rule_name": route.rule.name,
                 "trunks": route.trunks,
                 "agent_name": stack.inbound_routes[key].agent,
-                "worker": agents[stack.inbound_routes[key].agent].worker,
+                "worker": agents[stack.inbound_routes[key].agent].worker if stack.inbound_routes[key].agent else "",
             }
     outbound_routes = {
         key: OutboundRouteComponent(key, values, outbound[values.trunk].sip_trunk_id, opts).outputs

@@ -1,0 +1,34 @@
+"""LiveKit names -> stack keys (lower-case letters, digits and '-'), unique within a section."""
+
+from __future__ import annotations
+
+import re
+
+from worker.rules import STACK_KEY_RE
+
+MAX_KEY = 63
+
+
+def slug(name: str) -> str:
+    """``Sales Line (US)`` -> ``sales-line-us``; empty when nothing is left."""
+    text = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return text[:MAX_KEY].rstrip("-")
+
+
+class Keys:
+    """Hands out stack keys for one section, suffixing ``-2``, ``-3``... when two names meet on one key."""
+
+    def __init__(self, environment: str) -> None:
+        self.prefix = f"{environment}-"
+        self.used: set[str] = set()
+
+    def key(self, name: str, fallback: str) -> str:
+        """A free key for the LiveKit ``name`` (the environment prefix dropped), else one from ``fallback``."""
+        base = slug(name.removeprefix(self.prefix)) or slug(fallback) or "object"
+        key, n = base, 1
+        while key in self.used or not STACK_KEY_RE.match(key):
+            n += 1
+            suffix = f"-{n}"
+            key = base[: MAX_KEY - len(suffix)].rstrip("-") + suffix
+        self.used.add(key)
+        return key
