@@ -61,19 +61,16 @@ def _camel(*parts: str) -> str:
     return words[0].lower() + "".join(w.capitalize() for w in words[1:])
 
 
-def _named(messages: list[Any], kind: Kind, out: Imported) -> list[Any]:
-    """The objects adoption by name can find: named, and the only one of their kind with that name."""
+def _named(messages: list[Any], kind: Kind, out: Imported) -> list[tuple[Any, bool]]:
+    """The objects the file can name, each with whether its name is shared (then it is adopted by id)."""
     counts = Counter(m.name for m in messages)
     kept = []
     for m in messages:
         if not m.name:
-            out.findings.append(Finding(kind.label, "", kind.object_id(m), "left out",
-                                        "it has no name, and adoption finds objects by name"))  # fmt: skip
-        elif counts[m.name] > 1:
-            reason = f"{counts[m.name]} {kind.label}s are named so; adoption needs one"
-            out.findings.append(Finding(kind.label, m.name, kind.object_id(m), "left out", reason))
+            reason = "it has no name: the stack file needs one, and naming it is a write"
+            out.findings.append(Finding(kind.label, "", kind.object_id(m), "left out", reason))
         else:
-            kept.append(m)
+            kept.append((m, counts[m.name] > 1))
     return kept
 
 
@@ -89,12 +86,14 @@ def _valid(message: Any, kind: Kind, out: Imported) -> BaseModel | None:
 def _trunks(environment: str, section: str, kind: Kind, messages: list[Any], out: Imported) -> dict[str, Any]:
     entries: dict[str, Any] = {}
     keys = Keys(environment)
-    for message in _named(messages, kind, out):
+    for message, shared in _named(messages, kind, out):
         args = _valid(message, kind, out)
         if args is None:
             continue
         key = keys.key(message.name, "trunk")
         entry: dict[str, Any] = {"name": message.name} if message.name != f"{environment}-{key}" else {}
+        if shared:
+            entry["adopt_id"] = kind.object_id(message)
         body = args.model_dump(mode="json", exclude_defaults=True, exclude={"name", "auth_password"})
         entry.update(body)
         if message.auth_password:
@@ -182,7 +181,7 @@ def _route(environment: str, key: str, args: DispatchRuleArgs, trunk_keys: dict[
 def _routes(environment: str, messages: list[Any], out: Imported, trunk_keys: dict[str, str]) -> dict[str, Any]:
     routes: dict[str, Any] = {}
     keys = Keys(environment)
-    for message in _named(messages, DISPATCH_RULE, out):
+    for message, shared in _named(messages, DISPATCH_RULE, out):
         args = _valid(message, DISPATCH_RULE, out)
         if not isinstance(args, DispatchRuleArgs):
             continue
@@ -203,6 +202,8 @@ def _routes(environment: str, messages: list[Any], out: Imported, trunk_keys: di
         wanted = ours.route if ours.format == "siphon-infra" and STACK_KEY_RE.match(ours.route or "-") else ""
         key = keys.key(wanted, "") if wanted and wanted not in keys.used else keys.key(args.name, "route")
         routes[key] = _route(environment, key, args, trunk_keys, message, out)
+        if shared:
+            routes[key] = {"name": args.name, "adopt_id": rule_id, **routes[key]}
         out.ids.setdefault("inbound_routes", {})[key] = rule_id
         out.live[rule_id] = message
     return routes

@@ -226,7 +226,7 @@ def _name_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
         for key, entry in entries.items():
             name = stack.object_name(key, entry.name)
             other = seen.setdefault(name, key)
-            if other != key:
+            if other != key and not (entry.adopt_id and entries[other].adopt_id):  # adopted by id: names may repeat
                 yield f"{section}.{key}.name", f"LiveKit name {name!r} is also {section}.{other}'s: names are unique"
 
 

@@ -43,6 +43,10 @@ class _SecretPassword(Model):
     name: str = Field(
         default="", max_length=256, exclude=True, description="LiveKit object name (default: <environment>-<key>)"
     )
+    adopt_id: str = Field(
+        default="", pattern=r"^$|^ST_\w+$", exclude=True,
+        description="LiveKit id to adopt on the first up, for a name other objects share (written by import)",
+    )  # fmt: skip
 
     @field_validator("auth_password", check_fields=False)
     @classmethod
@@ -147,6 +151,10 @@ class InboundRoute(Model):
     """Calls to ``numbers`` (through ``trunks``) reach ``agent`` with this route's configuration."""
 
     name: str = Field(default="", max_length=256, description="LiveKit rule name (default: <environment>-<key>)")
+    adopt_id: str = Field(
+        default="", pattern=r"^$|^SDR_\w+$",
+        description="LiveKit id to adopt on the first up, for a name other rules share (written by import)",
+    )  # fmt: skip
     numbers: list[E164] = Field(default_factory=list, description="called numbers (empty: every number)")
     trunks: list[Key] = Field(default_factory=list, description="inbound trunks (default: those with the numbers)")
     caller_numbers: list[E164] = Field(default_factory=list, description="only these callers (empty: any)")

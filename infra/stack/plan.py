@@ -95,6 +95,7 @@ class Trunk(Generic[TrunkArgs]):
 
     args: TrunkArgs
     password_secret: str = ""
+    adopt_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Route:
 
     rule: DispatchRuleArgs
     trunks: list[str]
+    adopt_id: str = ""
 
     @property
     def dispatch(self) -> AgentDispatch:
@@ -203,9 +205,9 @@ def dispatch_metadata(
 
 
 # Where an argument field of a resource comes from in the stack file (prefix + this), when not the same name.
-_TRUNK_FIELDS = {"auth_password": "auth_password_secret", "name": ""}
+_TRUNK_FIELDS = {"auth_password": "auth_password_secret", "name": "name"}
 _RULE_FIELDS = {
-    "name": "", "metadata": "", "inbound_numbers": "caller_numbers", "trunk_ids": "trunks", "rule.pin": "pin",
+    "name": "name", "metadata": "", "inbound_numbers": "caller_numbers", "trunk_ids": "trunks", "rule.pin": "pin",
     "room_config.agents.0.agent_name": "agent", "room_config.agents.0.metadata": "", "room_config": "room",
 }  # fmt: skip
 
@@ -277,7 +279,7 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
         ("outbound_trunks", stack.outbound_trunks, OutboundTrunkArgs, plan.outbound_trunks),
     ):
         for key, trunk in trunks.items():
-            data = trunk.model_dump(exclude={"auth_password_secret", "name"})
+            data = trunk.model_dump(exclude={"auth_password_secret", "name", "adopt_id"})
             data["name"] = stack.object_name(key, trunk.name)
             if key in headers and model is InboundTrunkArgs:
                 data["headers_to_attributes"] = {**data["headers_to_attributes"], **headers[key]}
@@ -285,7 +287,7 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
                 data["auth_password"] = SECRET_PLACEHOLDER
             args = _build(model, data, _mapped(f"{section}.{key}", _TRUNK_FIELDS), problems)
             if args is not None:
-                out[key] = Trunk(args, trunk.auth_password_secret)
+                out[key] = Trunk(args, trunk.auth_password_secret, trunk.adopt_id)
 
     for key, route in stack.inbound_routes.items():
         route_trunk_keys = route_trunks(stack, key)
@@ -319,7 +321,7 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
                 problems[i] = (field_path, f"the route's metadata (agent_config, context, header_overrides) is "
                                            f"{len(metadata)} characters; LiveKit's limit: {message}")  # fmt: skip
         if args is not None:
-            plan.inbound_routes[key] = Route(args, route_trunk_keys)
+            plan.inbound_routes[key] = Route(args, route_trunk_keys, route.adopt_id)
 
     for key, out_route in stack.outbound_routes.items():
         out_trunk = stack.outbound_trunks[out_route.trunk]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pulumi
 
-from infra.livekit.provider import URL_INPUT
+from infra.livekit.provider import ADOPT_INPUT, URL_INPUT
 from infra.livekit.resources import SipInboundTrunk, SipOutboundTrunk
 from infra.stack.components import AgentComponent, InboundRouteComponent, OutboundRouteComponent
 from infra.stack.load import StackFileError, stack_path
@@ -43,6 +43,8 @@ def _trunk_props(plan: Plan, trunk: Trunk) -> dict[str, Any]:
         props["auth_password"] = pulumi.Config().require_secret(trunk.password_secret)
     if plan.stack.livekit.url:
         props[URL_INPUT] = plan.stack.livekit.url
+    if trunk.adopt_id:
+        props[ADOPT_INPUT] = trunk.adopt_id
     return props
 
 
