@@ -53,7 +53,10 @@ def run_import(environment: str, url: str, path: Path, *, allow_changes: bool, f
         creds = Credentials.resolve({"livekit:url": url})
         live = list_project(creds)
     except LiveKitError as e:
-        raise ImportFailed(str(e)) from None
+        hint = ""
+        if e.code in ("unknown", "unauthenticated", "permission_denied") and str(e).endswith(": "):
+            hint = "(no reason given: check that LIVEKIT_API_KEY and LIVEKIT_API_SECRET are this project's)"
+        raise ImportFailed(f"{e}{hint}") from None
     imported = build(live, environment, url)
     try:
         imported.findings += rewrites(imported, str(path))
