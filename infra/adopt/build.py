@@ -50,6 +50,13 @@ class Imported:
     secrets: dict[str, str] = field(default_factory=dict)  # config key -> where it is used
     ids: dict[str, dict[str, str]] = field(default_factory=dict)  # section -> key -> LiveKit id
     live: dict[str, Any] = field(default_factory=dict)  # LiveKit id -> message
+    shapes: dict[str, dict[str, Any]] = field(default_factory=dict)  # LiveKit id -> its canonical() shape
+
+    def shape(self, message: Any, object_id: str) -> dict[str, Any]:
+        """``canonical(message)``, computed once per object."""
+        if object_id not in self.shapes:
+            self.shapes[object_id] = canonical(message)
+        return self.shapes[object_id]
 
 
 def _why(e: ValidationError) -> str:
@@ -76,7 +83,7 @@ def _named(messages: list[Any], kind: Kind, out: Imported) -> list[tuple[Any, bo
 
 def _valid(message: Any, kind: Kind, out: Imported) -> BaseModel | None:
     try:
-        return kind.args.model_validate(canonical(message))
+        return kind.args.model_validate(out.shape(message, kind.object_id(message)))
     except ValidationError as e:
         out.findings.append(Finding(kind.label, message.name, kind.object_id(message), "left out",
                                     f"LiveKit holds what the stack file refuses: {_why(e)}"))  # fmt: skip

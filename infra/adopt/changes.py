@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from infra.adopt.build import Finding, Imported, default_rule
-from infra.livekit.convert import canonical, declared
+from infra.livekit.convert import declared
 from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
 from infra.stack.load import Problem, StackFileError
 from infra.stack.model import StackFile
@@ -66,7 +66,7 @@ def rewrites(imported: Imported, file: str) -> list[Finding]:
             want = declared(trunk.args)
             if want.get("auth_password") == SECRET_PLACEHOLDER:
                 want["auth_password"] = live.auth_password  # what `pulumi config set --secret` will hold
-            fields = _diff(want, canonical(live))
+            fields = _diff(want, imported.shape(live, ids[section][key]))
             if fields:
                 found.append(Finding(kind.label, live.name, ids[section][key], "rewritten",
                                      f"the file declares other {', '.join(fields)}"))  # fmt: skip
@@ -74,7 +74,7 @@ def rewrites(imported: Imported, file: str) -> list[Finding]:
     for key, route in plan.inbound_routes.items():
         live = imported.live[ids["inbound_routes"][key]]
         args = route.rule.model_copy(update={"trunk_ids": [inbound_ids[t] for t in route.trunks]})
-        fields = _diff(declared(args), canonical(live))
+        fields = _diff(declared(args), imported.shape(live, ids["inbound_routes"][key]))
         if fields:
             found.append(Finding(DISPATCH_RULE.label, live.name, ids["inbound_routes"][key], "rewritten",
                                  f"the file declares other {', '.join(fields)}"))  # fmt: skip

@@ -21,14 +21,22 @@ class Keys:
     def __init__(self, environment: str) -> None:
         self.prefix = f"{environment}-"
         self.used: set[str] = set()
+        self._next: dict[str, int] = {}  # base -> the next suffix to try (many objects may share one name)
 
     def key(self, name: str, fallback: str) -> str:
         """A free key for the LiveKit ``name`` (the environment prefix dropped), else one from ``fallback``."""
         base = slug(name.removeprefix(self.prefix)) or slug(fallback) or "object"
-        key, n = base, 1
+        key, n = base, self._next.get(base, 1)
+        if n > 1:
+            key = self._suffixed(base, n)
         while key in self.used or not STACK_KEY_RE.match(key):
             n += 1
-            suffix = f"-{n}"
-            key = base[: MAX_KEY - len(suffix)].rstrip("-") + suffix
+            key = self._suffixed(base, n)
+        self._next[base] = n + 1
         self.used.add(key)
         return key
+
+    @staticmethod
+    def _suffixed(base: str, n: int) -> str:
+        suffix = f"-{n}"
+        return base[: MAX_KEY - len(suffix)].rstrip("-") + suffix
