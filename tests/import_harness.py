@@ -56,14 +56,43 @@ def deployed(tmp_path: Path, pulumi_env: dict[str, str], text: str, passwords: d
     return sut, calls
 
 
+def bridge_call(number: str, wait: float = 20.0) -> dict[str, str]:
+    """One inbound call through livekit-sip to ``number``; the answering agent's published attributes."""
+    import asyncio
+    import os
+
+    from livekit import api
+
+    from infra import sipp
+    from infra.verify import TEST_CALLER, observe
+
+    async def run() -> dict[str, str]:
+        lk = api.LiveKitAPI()
+        try:
+            known = {r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms}
+            call = sipp.place(os.environ["SIPHON_SIP_ADDRESS"], number, caller=TEST_CALLER, hold_s=wait + 15,
+                              answer_timeout_s=8)  # fmt: skip
+            seen = await observe(lk, call, known, wait)
+            if seen.room:
+                await lk.room.delete_room(api.DeleteRoomRequest(room=seen.room))
+            await asyncio.to_thread(call.wait, 15)
+            assert seen.attributes, f"no agent answered {number} (room {seen.room!r}, dispatched {seen.dispatched})"
+            return seen.attributes
+        finally:
+            await lk.aclose()
+
+    return asyncio.run(run())
+
+
 def snapshot() -> dict[str, dict[str, bytes]]:
     """Every SIP object LiveKit holds, serialised (byte-for-byte comparison)."""
     return {kind: {m.name + "/" + (getattr(m, "sip_trunk_id", "") or m.sip_dispatch_rule_id): m.SerializeToString(
         deterministic=True) for m in items} for kind, items in livekit_objects().items()}  # fmt: skip
 
 
-def adoption_cycle(sut: StackUnderTest, calls: Calls, edit: Any) -> dict[str, Any]:
-    """Preview (only creates), up (count writes), preview (no changes), one edit (one update). Returns the figures."""
+def adoption_cycle(sut: StackUnderTest, calls: Calls, edit: Any, after_up: Any = None) -> dict[str, Any]:
+    """Preview (only creates), up (count writes), preview (no changes), one edit (one update). Returns the figures;
+    ``after_up`` runs after the first up."""
     before = snapshot()
     preview = sut.stack.preview()
     assert set(preview.change_summary) == {"create"}, preview.change_summary
@@ -75,6 +104,8 @@ def adoption_cycle(sut: StackUnderTest, calls: Calls, edit: Any) -> dict[str, An
     writes = {k: first_up[k] for k in WRITES if first_up[k]}
     assert writes == {}, f"the first up wrote to LiveKit: {writes}"
     assert snapshot() == before, "an adopted object changed"
+    if after_up is not None:
+        after_up()
     again = sut.stack.preview()
     assert set(again.change_summary) == {"same"}, again.change_summary
     calls.take()

@@ -12,9 +12,12 @@ import pytest
 import yaml
 
 from bench import siphon_loop
+from infra.stack.model import Agent, LocalWorker
 from infra.stack.plan import plan_file
-from tests.import_harness import adoption_cycle, deployed, run_import, secret_commands
+from localenv.deploy import start_workers
+from tests.import_harness import adoption_cycle, bridge_call, deployed, run_import, secret_commands
 from tests.sip_harness import livekit_objects, wipe_livekit
+from worker.metadata import AgentConfig
 
 N = 10
 
@@ -26,9 +29,30 @@ def clean_livekit(endpoints):
     wipe_livekit()
 
 
+@pytest.fixture
+def siphon_worker(local_env):
+    """Our worker registered under SIPHON's agent name, on the offline models."""
+    defaults = AgentConfig(llm="local/scripted", stt="local/silent", tts="local/espeak-ng")
+    settings = Agent(defaults=defaults, local=LocalWorker()).worker_env("local")
+    (worker,) = start_workers(local_env, {"siphon-agent": settings})
+    yield worker
+    assert local_env.release(worker, grace=30), "the worker did not stop on SIGTERM"
+
+
+def _resolved(attributes: dict[str, str]) -> dict[str, str]:
+    """The agent's resolved configuration: its siphon.* attributes, without the per-call counters."""
+    per_call = ("siphon.caller_speech", "siphon.agent_utterances", "siphon.interrupted")
+    return {k: v for k, v in attributes.items() if k.startswith("siphon.") and k not in per_call}
+
+
 @pytest.mark.engine
-def test_siphons_own_loop_is_adopted_with_no_write(clean_livekit, tmp_path, pulumi_env, capsys):
+def test_siphons_own_loop_is_adopted_with_no_write(clean_livekit, siphon_worker, tmp_path, pulumi_env, capsys):
     siphon_loop.run(N, "siphon", 7_000_000)
+    number = "+15557000003"
+    before = _resolved(bridge_call(number))
+    assert before["siphon.agent_name"] == "siphon-agent", before
+    assert before["siphon.direction"] == "inbound", before
+    after: dict[str, str] = {}
     rules = {r.name: r for r in livekit_objects()["rules"]}
     assert len(rules) == N and len(livekit_objects()["inbound"]) == N
     out = tmp_path / "imported.yaml"
@@ -58,9 +82,11 @@ def test_siphons_own_loop_is_adopted_with_no_write(clean_livekit, tmp_path, pulu
         doc["inbound_routes"][key]["agent_config"]["system_instructions"] = "You answer, version two."
         sut.write(doc)
 
-    figures = adoption_cycle(sut, calls, edit)
+    figures = adoption_cycle(sut, calls, edit, after_up=lambda: after.update(_resolved(bridge_call(number))))
+    assert after == before, "the same number reaches the same agent with the same resolved configuration"
     changed = next(r for r in livekit_objects()["rules"] if r.name == doc["inbound_routes"][key].get("name"))
     payload = json.loads(changed.room_config.agents[0].metadata)
     assert payload["agent_config"]["system_instructions"] == "You answer, version two."
     assert set(payload) == {"agent_config", "inbound_trunk_id", "agent_number"}, "still SIPHON's shape"
     print(f"import of {N} SIPHON numbers: {seconds:.2f}s; first up LiveKit calls: {figures['first_up_calls']}")
+    print(f"published before and after import (equal): {before}")
