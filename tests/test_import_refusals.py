@@ -95,3 +95,26 @@ def test_bad_input_gets_one_line(clean_livekit, tmp_path, capsys, monkeypatch):
     code, output = run_import(capsys, out, "--force")
     assert code == 1 and output.count("\n") == 1 and "LIVEKIT_API_SECRET are this project's" in output, output
     assert "x" * 40 not in output
+
+
+def test_outside_local_the_import_says_what_to_fill_in(clean_livekit, tmp_path, capsys):
+    async def make() -> None:
+        async with api.LiveKitAPI() as lk:
+            trunk = await lk.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(
+                trunk=api.SIPInboundTrunkInfo(name="staging-main", numbers=["+15550105000"])))  # fmt: skip
+            await lk.sip.create_dispatch_rule(api.CreateSIPDispatchRuleRequest(dispatch_rule=api.SIPDispatchRuleInfo(
+                name="staging-sales", trunk_ids=[trunk.sip_trunk_id],
+                rule=api.SIPDispatchRule(dispatch_rule_individual=api.SIPDispatchRuleIndividual(
+                    room_prefix="staging-sales")),
+                room_config=api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name="sales-agent")]))))  # fmt: skip
+
+    asyncio.run(make())
+    out = tmp_path / "staging.yaml"
+    code, output = run_import(capsys, out, environment="staging")
+    assert code == 0, output
+    text = out.read_text()
+    assert "  main:\n" in text and "name:" not in text, "the environment prefix is the default name: dropped"
+    assert "  sales:\n" in text and "rule:" not in text, "the default rule is not written"
+    fill_in = output.split("fill in")[-1]
+    assert "agents.sales-agent.defaults" in fill_in, output
+    assert "inbound_trunks.main" in fill_in and "allowed_addresses" in fill_in, output
