@@ -9,6 +9,7 @@ hold is reported as a rewrite (``infra.adopt.changes`` then finds every differen
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -155,7 +156,7 @@ def _route(environment: str, key: str, args: DispatchRuleArgs, trunk_keys: dict[
         route["caller_numbers"] = list(args.inbound_numbers)
     if agent:
         route["agent"] = agent.agent_name
-    if layer.format != "siphon-infra":
+    if layer.format != "siphon-infra":  # a direct rule without agent: none (no siphon.route attribute either)
         route["metadata_format"] = layer.format
     rule = args.rule.model_dump(mode="json", exclude_defaults=True)
     rule["type"] = args.rule.type
@@ -234,7 +235,7 @@ def build(live: LiveProject, environment: str, url: str = "") -> Imported:
         stanza: dict[str, Any] = {"local": {}}
         if environment != LOCAL_ENVIRONMENT:
             stanza = {"defaults": {}, "local": {}}
-        out.doc["agents"] = {a: dict(stanza) for a in agents}
+        out.doc["agents"] = {a: copy.deepcopy(stanza) for a in agents}
     if routes:
         out.doc["inbound_routes"] = routes
     return out

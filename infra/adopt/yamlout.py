@@ -10,7 +10,8 @@ INLINE_WIDTH = 100
 
 
 class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]  # libyaml's emitter: ~4x faster
-    pass
+    def ignore_aliases(self, data: object) -> bool:
+        return True  # a stack file spells every value out (no &anchors / *aliases)
 
 
 def _scalar(value: object) -> bool:
