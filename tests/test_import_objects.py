@@ -13,6 +13,7 @@ from livekit import api
 from infra.stack.plan import plan_file
 from tests.import_harness import adoption_cycle, deployed, run_import, secret_commands
 from tests.sip_harness import wipe_livekit
+from worker.metadata import AgentConfig, RouteMetadata
 
 IN_PASSWORD = "Digest-Inbound-Pa55word-7781"
 OUT_PASSWORD = "Carrier-Outbound-Pa55word-4410"
@@ -59,6 +60,13 @@ async def _make() -> dict[str, str]:
                 room_config=api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name="support-agent",
                                                                                 metadata=payload)])),
         ]  # fmt: skip
+        ours = RouteMetadata(route="billing", direction="inbound", agent_config=AgentConfig(
+            system_instructions="You handle billing."), context={"tier": "gold"}).to_json()  # fmt: skip
+        rules.append(api.SIPDispatchRuleInfo(name="billing", trunk_ids=[main.sip_trunk_id],
+            inbound_numbers=["+15550108888"], metadata=ours, attributes={"siphon.route": "billing"},
+            rule=api.SIPDispatchRule(dispatch_rule_individual=api.SIPDispatchRuleIndividual(room_prefix="b")),
+            room_config=api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name="sales-agent",
+                                                                            metadata=ours)])))  # fmt: skip
         for rule in rules:
             await lk.sip.create_dispatch_rule(api.CreateSIPDispatchRuleRequest(dispatch_rule=rule))
         return {"main": main.sip_trunk_id}
@@ -88,6 +96,9 @@ def test_objects_made_with_livekit_api_are_adopted_with_no_write(clean_livekit, 
     assert routes["sales"]["agent_config"]["system_instructions"] == SALES_PROMPT
     assert routes["sales"]["agent_config"]["llm"] == SIPHON_PAYLOAD["agent_config"]["llm"]
     assert routes["support"]["metadata_format"] == "none"
+    assert "metadata_format" not in routes["billing"], "siphon-infra's own metadata is the default format"
+    assert routes["billing"]["agent_config"] == {"system_instructions": "You handle billing."}
+    assert routes["billing"]["context"] == {"tier": "gold"} and "attributes" not in routes["billing"]
     assert routes["support"]["rule"] == {"type": "callee", "room_prefix": "support", "randomize": True}
     assert doc["inbound_trunks"]["carrier-in"]["numbers"] == ["+15550101000", "+15550101001"]
     assert set(doc["agents"]) == {"sales-agent", "support-agent"}

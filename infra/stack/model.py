@@ -186,6 +186,8 @@ class InboundRoute(Model):
         ):
             why = "a direct rule dispatches no agent" if direct else "metadata_format: none sends no metadata"
             raise ValueError(f"agent_config, context and header_overrides reach no agent here: {why}")
+        if self.metadata_format == "siphon" and "agent_config" in self.context:
+            raise ValueError("context: with metadata_format: siphon its keys sit beside agent_config: rename that key")
         if self.metadata_format != "siphon-infra" and self.header_overrides:
             raise ValueError("header_overrides need metadata_format: siphon-infra (SIPHON's payload cannot carry them)")
         if self.pin and self.rule is not None:
