@@ -88,6 +88,8 @@ def test_bad_input_gets_one_line(clean_livekit, tmp_path, capsys, monkeypatch):
         assert code != 0 and words in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert main(["import", "Bad_Env", "--url", os.environ["LIVEKIT_URL"]]) == 2
     assert "environment 'Bad_Env'" in capsys.readouterr().err
+    code, output = run_import(capsys, tmp_path, "--force")
+    assert code == 1 and output.count("\n") == 1 and f"{tmp_path} is a directory" in output, output
     out.write_text("environment: local\n")
     code, output = run_import(capsys, out)
     assert code == 1 and "exists: pass --force" in output

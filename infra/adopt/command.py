@@ -47,6 +47,8 @@ def run_import(environment: str, url: str, path: Path, *, allow_changes: bool, f
     """Import the project at ``url`` into ``path``; print what was done. Raises ImportFailed with the reason."""
     from infra.livekit.client import Credentials, LiveKitError
 
+    if path.is_dir():
+        raise ImportFailed(f"{path} is a directory: name the stack file to write")
     if path.exists() and not force:
         raise ImportFailed(f"{path} exists: pass --force to overwrite it")
     try:
@@ -78,8 +80,11 @@ def run_import(environment: str, url: str, path: Path, *, allow_changes: bool, f
     if imported.findings:
         header += ["", "Not reproduced as LiveKit holds it (see `siphon-infra import` output):"]
         header += [f"  {f}" for f in imported.findings]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(imported.doc, header))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(imported.doc, header))
+    except OSError as e:
+        raise ImportFailed(f"cannot write {path}: {e.strerror}") from None
     print(f"Wrote {path}", file=out)
     if imported.secrets:
         print("\nTrunk passwords stay out of the file. Store each one as a config secret (the command prompts for "
