@@ -48,6 +48,9 @@ def test_colliding_names_get_their_own_keys_and_are_adopted_with_no_write(clean_
     trunks, routes = doc["inbound_trunks"], doc["inbound_routes"]
     assert len(trunks) == len(routes) == len(NAMES)
     assert sorted(trunks) == ["dup", "dup-2", "main-line", "main-line-2", "main-line-3", "main-line-4"]
+    named = {k: t.get("name", f"local-{k}") for k, t in trunks.items()}
+    assert [named[k] for k in ("main-line", "main-line-2", "main-line-3", "main-line-4")] == [
+        "local-main-line", "main-line", "MAIN_LINE", "Main Line"], "keys go the same way on every import"  # fmt: skip
     live = {t.sip_trunk_id: t.name for t in livekit_objects()["inbound"]}
     names = sorted(t.get("name", f"local-{k}") for k, t in trunks.items())
     assert names == sorted(NAMES), "every trunk keeps its LiveKit name"

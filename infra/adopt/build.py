@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from infra.adopt.dispatch import read_dispatch
+from infra.adopt.dispatch import Layer, read_dispatch
 from infra.adopt.keys import Keys
 from infra.adopt.live import LiveProject
 from infra.livekit.args import DispatchRuleArgs, RoomConfig
@@ -94,7 +94,8 @@ def _valid(message: Any, kind: Kind, out: Imported) -> BaseModel | None:
 def _trunks(environment: str, section: str, kind: Kind, messages: list[Any], out: Imported) -> dict[str, Any]:
     entries: dict[str, Any] = {}
     keys = Keys(environment)
-    for message, shared in _named(messages, kind, out):
+    named = sorted(_named(messages, kind, out), key=lambda m: (keys.priority(m[0].name), kind.object_id(m[0])))
+    for message, shared in named:
         args = _valid(message, kind, out)
         if args is None:
             continue
@@ -123,11 +124,10 @@ def default_rule(environment: str, key: str) -> dict[str, Any]:
 
 
 def _route(environment: str, key: str, args: DispatchRuleArgs, trunk_keys: dict[str, str],
-           message: Any, out: Imported) -> dict[str, Any]:  # fmt: skip
+           message: Any, out: Imported, layer: Layer) -> dict[str, Any]:  # fmt: skip
     """The route entry of one dispatch rule (its unexpressed fields reported)."""
     rc = args.room_config or RoomConfig()
     agent = rc.agents[0] if rc.agents else None
-    layer = read_dispatch(agent.metadata if agent else "", args.metadata)
 
     def rewrite(reason: str) -> None:
         out.findings.append(Finding(DISPATCH_RULE.label, args.name, DISPATCH_RULE.object_id(message), "rewritten",
@@ -189,12 +189,12 @@ def _route(environment: str, key: str, args: DispatchRuleArgs, trunk_keys: dict[
 def _routes(environment: str, messages: list[Any], out: Imported, trunk_keys: dict[str, str]) -> dict[str, Any]:
     routes: dict[str, Any] = {}
     keys = Keys(environment)
+    found: list[tuple[str, Any, bool, DispatchRuleArgs, Layer]] = []  # (key wanted, message, shared, args, layer)
     for message, shared in _named(messages, DISPATCH_RULE, out):
         args = _valid(message, DISPATCH_RULE, out)
         if not isinstance(args, DispatchRuleArgs):
             continue
         agents = args.room_config.agents if args.room_config else []
-        rule_id = DISPATCH_RULE.object_id(message)
         reason = ""
         if len(agents) > 1:
             reason = f"it dispatches {len(agents)} agents ({', '.join(a.agent_name for a in agents)}); a route one"
@@ -204,12 +204,18 @@ def _routes(environment: str, messages: list[Any], out: Imported, trunk_keys: di
             reason = (f"agent name {agents[0].agent_name!r} is not a stack agent name (1-32 lower-case letters, "
                       "digits and '-'), and renaming it changes which workers answer")  # fmt: skip
         if reason:
-            out.findings.append(Finding(DISPATCH_RULE.label, args.name, rule_id, "left out", reason))
+            out.findings.append(Finding(DISPATCH_RULE.label, args.name, DISPATCH_RULE.object_id(message), "left out",
+                                        reason))  # fmt: skip
             continue
-        ours = read_dispatch(agents[0].metadata if agents else "", args.metadata)
-        wanted = ours.route if ours.format == "siphon-infra" and STACK_KEY_RE.match(ours.route or "-") else ""
-        key = keys.key(wanted, "") if wanted and wanted not in keys.used else keys.key(args.name, "route")
-        routes[key] = _route(environment, key, args, trunk_keys, message, out)
+        layer = read_dispatch(agents[0].metadata if agents else "", args.metadata)
+        ours = layer.route if layer.format == "siphon-infra" and STACK_KEY_RE.match(layer.route or "-") else ""
+        found.append((ours, message, shared, args, layer))
+    # siphon-infra's own route keys first, then as for trunks: a re-import hands out the same keys
+    found.sort(key=lambda f: (not f[0], f[0], keys.priority(f[3].name), DISPATCH_RULE.object_id(f[1])))
+    for ours, message, shared, args, layer in found:
+        rule_id = DISPATCH_RULE.object_id(message)
+        key = ours if ours and keys.claim(ours) else keys.key(args.name, "route")
+        routes[key] = _route(environment, key, args, trunk_keys, message, out, layer)
         if shared:
             routes[key] = {"name": args.name, "adopt_id": rule_id, **routes[key]}
         out.ids.setdefault("inbound_routes", {})[key] = rule_id

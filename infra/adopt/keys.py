@@ -23,6 +23,21 @@ class Keys:
         self.used: set[str] = set()
         self._next: dict[str, int] = {}  # base -> the next suffix to try (many objects may share one name)
 
+    def priority(self, name: str) -> tuple[int, str]:
+        """Who gets a contested key first (so a re-import hands out the same keys): the object whose name is
+        the key's default LiveKit name (``<env>-<key>``), then one named exactly the key, then by name."""
+        rest = name.removeprefix(self.prefix)
+        if rest != name and slug(rest) == rest:
+            return 0, name
+        return (1 if slug(name) == name else 2), name
+
+    def claim(self, key: str) -> bool:
+        """Take ``key`` itself if it is free and valid."""
+        if key in self.used or not STACK_KEY_RE.match(key):
+            return False
+        self.used.add(key)
+        return True
+
     def key(self, name: str, fallback: str) -> str:
         """A free key for the LiveKit ``name`` (the environment prefix dropped), else one from ``fallback``."""
         base = slug(name.removeprefix(self.prefix)) or slug(fallback) or "object"
