@@ -205,6 +205,41 @@ def verify(
     raise typer.Exit(0 if results and all(r.ok for r in results) else 1)
 
 
+@app.command("import")
+def import_(
+    environment: Annotated[str, typer.Argument(help="environment: writes stacks/<environment>.yaml")],
+    url: Annotated[
+        str,
+        typer.Option(
+            help="LiveKit URL (ws://, wss://, http:// or https://); key and secret: LIVEKIT_API_KEY, LIVEKIT_API_SECRET"
+        ),
+    ],
+    out: Annotated[Path | None, typer.Option(help="write here instead of stacks/<environment>.yaml")] = None,
+    allow_changes: Annotated[
+        bool, typer.Option("--allow-changes", help="write even if the first up would rewrite or leave out objects")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing stack file")] = False,
+) -> None:
+    """Write the stack file of an existing LiveKit project (trunks, dispatch rules -> routes, agents)."""
+    import re
+
+    from infra.adopt.command import ImportFailed, run_import
+    from worker.rules import ECS_ENVIRONMENT_RE
+
+    if not (ECS_ENVIRONMENT_RE.match(environment) and environment[0].isalpha()):
+        raise _fail("import", f"environment {environment!r}: 1-16 lower-case letters, digits and '-', starting "
+                              "with a letter", 2)  # fmt: skip
+    if not re.match(r"^(wss?|https?)://[^\s/]+", url):
+        raise _fail("import", f"--url {url!r} is not a LiveKit URL (ws://, wss://, http:// or https://host[:port])", 2)
+    ws_url = re.sub(r"^http", "ws", url)
+    try:
+        result = run_import(environment, ws_url, out or stack_path(environment), allow_changes=allow_changes,
+                            force=force)  # fmt: skip
+    except ImportFailed as e:
+        raise _fail("import", str(e)) from None
+    raise typer.Exit(0 if result.written else 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``siphon-infra`` command; returns its exit code."""
     try:

@@ -26,6 +26,7 @@ class NameIndex:
     def __init__(self, object_id: Callable[[Any], str]) -> None:
         self._object_id = object_id
         self._ids: dict[str, list[str]] | None = None
+        self._listed: dict[str, Any] = {}  # id -> the object as the last listing returned it
         self._generation = 0
         self._loading = asyncio.Lock()
 
@@ -42,10 +43,20 @@ class NameIndex:
             if self._ids is not None and self._generation != seen:
                 return
             ids: dict[str, list[str]] = {}
+            listed: dict[str, Any] = {}
             for message in await lister():
                 ids.setdefault(message.name, []).append(self._object_id(message))
-            self._ids = ids
+                listed[self._object_id(message)] = message
+            self._ids, self._listed = ids, listed
             self._generation += 1
+
+    def listed(self, object_id: str) -> Any | None:
+        """The object as the last listing returned it (None when this process wrote it since, or never saw it)."""
+        return self._listed.get(object_id)
+
+    def removed_listing(self, object_id: str) -> None:
+        """Forget the listed copy of an object this process has just rewritten."""
+        self._listed.pop(object_id, None)
 
     def added(self, name: str, object_id: str) -> None:
         """Record an object this process created."""
@@ -53,7 +64,8 @@ class NameIndex:
             self._ids[name].append(object_id)
 
     def removed(self, object_id: str) -> None:
-        """Forget an object that was deleted or found gone."""
+        """Forget an object that was deleted, found gone or rewritten."""
+        self._listed.pop(object_id, None)
         if self._ids is None:
             return
         for name in [n for n, ids in self._ids.items() if object_id in ids]:  # O(n); deletes are rare here

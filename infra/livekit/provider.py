@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 CONFIG_KEYS = ("livekit:url", "livekit:apiKey", "livekit:apiSecret")
 URL_INPUT = "__livekit_url"  # optional non-secret input: which LiveKit project the object lives in
+ADOPT_INPUT = "__adopt_id"  # optional: the id of the object to adopt on create, when its name is not unique
 
 
 class LiveKitProvider(ResourceProvider):
@@ -118,7 +119,7 @@ class LiveKitProvider(ResourceProvider):
             normalised = body
         if failures:
             return CheckResult(news, failures)
-        passthrough = {k: news[k] for k in news if k == URL_INPUT or k in unknown}
+        passthrough = {k: news[k] for k in news if k in (URL_INPUT, ADOPT_INPUT) or k in unknown}
         return CheckResult({**normalised, **passthrough}, [])
 
     def diff(self, id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -146,6 +147,9 @@ class LiveKitProvider(ResourceProvider):
 
             async with self._claims(creds).hold(conflict_keys(self.KIND.label, message)):
                 ids, seen = await index.lookup(name, listing)
+                adopt = props.get(ADOPT_INPUT)
+                if adopt and index.listed(adopt) is not None:
+                    ids = [adopt]  # named like others (e.g. SIPHON's trunks): the import named it by id
                 if not ids:
                     try:
                         created = self.KIND.object_id(await self.KIND.create(lk, message))
@@ -162,8 +166,12 @@ class LiveKitProvider(ResourceProvider):
                         f"several LiveKit {self.KIND.label}s are named {name!r} ({', '.join(ids)}): "
                         "delete all but one, then retry"
                     )
+                found = index.listed(ids[0])
+                if found is not None and canonical(found) == declared(args):
+                    return ids[0]  # adopted as it already is: nothing to write (`siphon-infra import`)
                 try:
                     await self.KIND.replace(lk, ids[0], message)
+                    index.removed_listing(ids[0])
                 except client.api.TwirpError as e:
                     if e.code != "not_found":
                         raise

@@ -52,8 +52,10 @@ def _props(
         props = dict(args)
         plain = not any(isinstance(v, pulumi.Output) for v in props.values())
         if plain:  # fail fast in the program, naming the resource and the field
+            hidden = {k: v for k, v in props.items() if k.startswith("__")}  # provider inputs (URL, id to adopt)
             try:
-                props = _set_fields(model.model_validate(props))
+                props = {**_set_fields(model.model_validate({k: v for k, v in props.items() if k not in hidden})),
+                         **hidden}  # fmt: skip
             except ValidationError as e:
                 lines = "\n".join(f"  {f}: {r}" for f, r in describe_errors(e))
                 raise InvalidDeclaration(f"{provider.KIND.label} {resource_name!r} is invalid:\n{lines}") from None

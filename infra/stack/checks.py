@@ -37,7 +37,7 @@ def _specs(layer: AgentConfig, where: str) -> Iterator[tuple[str, str]]:
 
 def _agent_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
     """Every route's agent is declared and has a worker."""
-    routes: list[tuple[str, str, str]] = [("inbound_routes", k, r.agent) for k, r in stack.inbound_routes.items()]
+    routes = [("inbound_routes", k, r.agent) for k, r in stack.inbound_routes.items() if r.agent]  # direct: none
     routes += [("outbound_routes", k, r.agent) for k, r in stack.outbound_routes.items()]
     for section, key, agent_name in routes:
         agent = stack.agents.get(agent_name)
@@ -166,6 +166,8 @@ def _layers(stack: StackFile) -> Iterator[tuple[str, str, AgentConfig]]:
     for key, agent in stack.agents.items():
         yield f"agents.{key}.defaults", key, agent.defaults
     for key, route in stack.inbound_routes.items():
+        if not route.agent:
+            continue  # a direct rule: no agent, no layer (the model refuses one)
         yield f"inbound_routes.{key}.agent_config", route.agent, route.agent_config
         for i, override in enumerate(route.header_overrides):
             for value, layer in override.values.items():
@@ -215,8 +217,21 @@ def _model_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
             yield f"{where}.{problem.kind}", problem.message(to_add)
 
 
-CHECKS = (_agent_problems, _trunk_reference_problems, _trunk_conflicts, _rule_conflicts, _security_problems,
-          _image_problems, _spec_problems, _model_problems)  # fmt: skip
+def _name_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """LiveKit names are unique per kind: two entries with one name would adopt the same object."""
+    sections = (("inbound_trunks", stack.inbound_trunks), ("outbound_trunks", stack.outbound_trunks),
+                ("inbound_routes", stack.inbound_routes))  # fmt: skip
+    for section, entries in sections:
+        seen: dict[str, str] = {}
+        for key, entry in entries.items():
+            name = stack.object_name(key, entry.name)
+            other = seen.setdefault(name, key)
+            if other != key and not (entry.adopt_id and entries[other].adopt_id):  # adopted by id: names may repeat
+                yield f"{section}.{key}.name", f"LiveKit name {name!r} is also {section}.{other}'s: names are unique"
+
+
+CHECKS = (_agent_problems, _name_problems, _trunk_reference_problems, _trunk_conflicts, _rule_conflicts,
+          _security_problems, _image_problems, _spec_problems, _model_problems)  # fmt: skip
 
 
 def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:

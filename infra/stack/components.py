@@ -12,7 +12,7 @@ from typing import Any
 
 import pulumi
 
-from infra.livekit.provider import URL_INPUT
+from infra.livekit.provider import ADOPT_INPUT, URL_INPUT
 from infra.livekit.resources import SipDispatchRule
 from infra.stack.plan import OutboundCall, Plan, Route
 
@@ -35,6 +35,8 @@ class InboundRouteComponent(pulumi.ComponentResource):
         args["trunk_ids"] = pulumi.Output.all(*trunk_ids) if trunk_ids else []
         if livekit_url:
             args[URL_INPUT] = livekit_url
+        if route.adopt_id:
+            args[ADOPT_INPUT] = route.adopt_id
         self.rule = SipDispatchRule(f"{key}-rule", args, pulumi.ResourceOptions(parent=self))
         self.rule_id = self.rule.sip_dispatch_rule_id
         self.register_outputs({"rule_id": self.rule_id})

@@ -9,7 +9,7 @@ that holds its password.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, Field, JsonValue, field_validator, model_validator
 
@@ -40,7 +40,13 @@ class _SecretPassword(Model):
         pattern=r"^$|^[A-Za-z][A-Za-z0-9_.-]*$",
         description="Pulumi config key holding the password (`pulumi config set --secret <key> ...`)",
     )
-    name: str = Field(default="", exclude=True)  # the entry's key is the name
+    name: str = Field(
+        default="", max_length=256, exclude=True, description="LiveKit object name (default: <environment>-<key>)"
+    )
+    adopt_id: str = Field(
+        default="", pattern=r"^$|^ST_\w+$", exclude=True,
+        description="LiveKit id to adopt on the first up, for a name other objects share (written by import)",
+    )  # fmt: skip
 
     @field_validator("auth_password", check_fields=False)
     @classmethod
@@ -132,13 +138,28 @@ def _context(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
 Context = Annotated[dict[str, JsonValue], AfterValidator(_context)]
 
 
+MetadataFormat = Literal["siphon-infra", "siphon", "none"]
+"""How a route's dispatch carries its configuration: ``siphon-infra`` (``worker.metadata.RouteMetadata``, the rule's
+metadata too, and the ``siphon.route`` attribute), ``siphon`` (SIPHON 0.1.4's payload: ``{"agent_config": {...},
+**context}``, nothing on the rule) or ``none`` (no metadata at all). The last two keep objects made outside the
+project as they are (``siphon-infra import``)."""
+SIPHON_CONFIG_KEYS = ("llm", "tts", "stt", "greeting_instructions", "system_instructions")
+"""The keys of SIPHON 0.1.4's ``agent_config``, in the order it writes them."""
+
+
 class InboundRoute(Model):
     """Calls to ``numbers`` (through ``trunks``) reach ``agent`` with this route's configuration."""
 
+    name: str = Field(default="", max_length=256, description="LiveKit rule name (default: <environment>-<key>)")
+    adopt_id: str = Field(
+        default="", pattern=r"^$|^SDR_\w+$",
+        description="LiveKit id to adopt on the first up, for a name other rules share (written by import)",
+    )  # fmt: skip
     numbers: list[E164] = Field(default_factory=list, description="called numbers (empty: every number)")
     trunks: list[Key] = Field(default_factory=list, description="inbound trunks (default: those with the numbers)")
     caller_numbers: list[E164] = Field(default_factory=list, description="only these callers (empty: any)")
-    agent: Key = Field(description="agent_name of a declared agent")
+    agent: Key = Field(default="", description="agent_name of a declared agent (none only for a direct rule)")
+    metadata_format: MetadataFormat = Field(default="siphon-infra", description="how the dispatch carries the layer")
     rule: Rule | None = Field(default=None, description="default: individual, room prefix = route name")
     pin: Pin = ""
     hide_phone_number: bool = False
@@ -152,11 +173,23 @@ class InboundRoute(Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> InboundRoute:
-        if self.rule is not None and self.rule.type == "direct":
+        direct = self.rule is not None and self.rule.type == "direct"
+        if direct and self.agent:
             raise ValueError(
                 "a direct rule reuses one room, so the route's agent would be dispatched only for the first call: "
                 "use an individual (default) or callee rule"
             )
+        if not direct and not self.agent:
+            raise ValueError("agent: is required (only a direct rule, which dispatches no agent, has none)")
+        if (direct or self.metadata_format == "none") and (
+            self.agent_config != AgentConfig() or self.context or self.header_overrides
+        ):
+            why = "a direct rule dispatches no agent" if direct else "metadata_format: none sends no metadata"
+            raise ValueError(f"agent_config, context and header_overrides reach no agent here: {why}")
+        if self.metadata_format == "siphon" and "agent_config" in self.context:
+            raise ValueError("context: with metadata_format: siphon its keys sit beside agent_config: rename that key")
+        if self.metadata_format != "siphon-infra" and self.header_overrides:
+            raise ValueError("header_overrides need metadata_format: siphon-infra (SIPHON's payload cannot carry them)")
         if self.pin and self.rule is not None:
             raise ValueError(
                 "pin: is not used when rule: is set (the rule's own pin is): move it to rule.pin, or drop rule:"
@@ -230,6 +263,7 @@ class StackFile(Model):
                 index.setdefault(number, []).append(key)
         return index
 
-    def object_name(self, key: str) -> str:
-        """LiveKit object name for a trunk or route key: prefixed with the environment, unique per project."""
-        return f"{self.environment}-{key}"
+    def object_name(self, key: str, name: str = "") -> str:
+        """LiveKit object name for a trunk or route key: its declared ``name``, else the key prefixed with the
+        environment (unique per project)."""
+        return name or f"{self.environment}-{key}"

@@ -15,6 +15,7 @@ default VPC's subnets.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from infra.livekit.args import AgentDispatch, DispatchRuleArgs, InboundTrunkArgs
 from infra.stack.checks import cross_check, route_trunks
 from infra.stack.headers import route_attribute_overrides, trunk_header_mappings
 from infra.stack.load import Problem, StackFileError, _line_of, load, yaml_problem
-from infra.stack.model import InboundRoute, OutboundRoute, StackFile
+from infra.stack.model import SIPHON_CONFIG_KEYS, InboundRoute, OutboundRoute, StackFile
 from worker.metadata import AgentConfig, Direction, RouteMetadata
 from worker.rules import Model, describe_errors
 
@@ -94,6 +95,7 @@ class Trunk(Generic[TrunkArgs]):
 
     args: TrunkArgs
     password_secret: str = ""
+    adopt_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ class Route:
 
     rule: DispatchRuleArgs
     trunks: list[str]
+    adopt_id: str = ""
 
     @property
     def dispatch(self) -> AgentDispatch:
@@ -147,10 +150,11 @@ class Plan:
         """One row per (direction, number): route, trunks, agent and where its worker runs."""
         stack, rows = self.stack, []
         for key, route in stack.inbound_routes.items():
+            agent, worker = (route.agent, stack.agents[route.agent].workers) if route.agent else ("(none: direct)", "-")
             for number in route.numbers or ["(any)"]:
                 rows.append({"direction": "inbound", "number": number, "route": key,
-                             "trunks": ", ".join(self.inbound_routes[key].trunks) or "(any)", "agent": route.agent,
-                             "worker": stack.agents[route.agent].workers})  # fmt: skip
+                             "trunks": ", ".join(self.inbound_routes[key].trunks) or "(any)", "agent": agent,
+                             "worker": worker})  # fmt: skip
         for key, out in self.outbound_routes.items():
             rows.append({"direction": "outbound", "number": ", ".join(out.caller_ids), "route": key,
                          "trunks": out.trunk, "agent": out.agent_name,
@@ -175,10 +179,35 @@ def route_metadata(
     )
 
 
+def _plain(value: object) -> object:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def siphon_payload(route: InboundRoute) -> str:
+    """SIPHON 0.1.4's inbound payload, as its ``Dispatch`` writes it: ``agent_config`` with its five keys in its
+    order (then any other key the layer sets), then the route's ``context`` keys (``inbound_trunk_id``,
+    ``agent_number``), serialised with ``json.dumps``' defaults."""
+    layer = route.agent_config
+    agent_config = {k: _plain(getattr(layer, k)) for k in SIPHON_CONFIG_KEYS}
+    agent_config.update(layer.model_dump(mode="json", exclude_none=True, exclude=set(SIPHON_CONFIG_KEYS)))
+    return json.dumps({"agent_config": agent_config, **route.context})
+
+
+def dispatch_metadata(
+    route_key: str, route: InboundRoute, attribute_overrides: dict[str, dict[str, AgentConfig]] | None = None
+) -> str:
+    """The metadata an inbound route's agent dispatch carries, in the route's ``metadata_format``."""
+    if route.metadata_format == "siphon":
+        return siphon_payload(route)
+    if route.metadata_format == "none" or not route.agent:
+        return ""
+    return route_metadata(route_key, route, "inbound", attribute_overrides).to_json()
+
+
 # Where an argument field of a resource comes from in the stack file (prefix + this), when not the same name.
-_TRUNK_FIELDS = {"auth_password": "auth_password_secret", "name": ""}
+_TRUNK_FIELDS = {"auth_password": "auth_password_secret", "name": "name"}
 _RULE_FIELDS = {
-    "name": "", "metadata": "", "inbound_numbers": "caller_numbers", "trunk_ids": "trunks", "rule.pin": "pin",
+    "name": "name", "metadata": "", "inbound_numbers": "caller_numbers", "trunk_ids": "trunks", "rule.pin": "pin",
     "room_config.agents.0.agent_name": "agent", "room_config.agents.0.metadata": "", "room_config": "room",
 }  # fmt: skip
 
@@ -250,34 +279,36 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
         ("outbound_trunks", stack.outbound_trunks, OutboundTrunkArgs, plan.outbound_trunks),
     ):
         for key, trunk in trunks.items():
-            data = trunk.model_dump(exclude={"auth_password_secret", "name"})
-            data["name"] = stack.object_name(key)
+            data = trunk.model_dump(exclude={"auth_password_secret", "name", "adopt_id"})
+            data["name"] = stack.object_name(key, trunk.name)
             if key in headers and model is InboundTrunkArgs:
                 data["headers_to_attributes"] = {**data["headers_to_attributes"], **headers[key]}
             if trunk.auth_password_secret:
                 data["auth_password"] = SECRET_PLACEHOLDER
             args = _build(model, data, _mapped(f"{section}.{key}", _TRUNK_FIELDS), problems)
             if args is not None:
-                out[key] = Trunk(args, trunk.auth_password_secret)
+                out[key] = Trunk(args, trunk.auth_password_secret, trunk.adopt_id)
 
     for key, route in stack.inbound_routes.items():
         route_trunk_keys = route_trunks(stack, key)
-        metadata = route_metadata(key, route, "inbound", route_attribute_overrides(stack, key)).to_json()
+        metadata = dispatch_metadata(key, route, route_attribute_overrides(stack, key))
+        ours = route.metadata_format == "siphon-infra"
         rule = (
             route.rule.model_dump()
             if route.rule
             else {"type": "individual", "room_prefix": stack.object_name(key), "pin": route.pin}
         )
+        agents = [{"agent_name": route.agent, "metadata": metadata}] if route.agent else []
         data = {
-            "name": stack.object_name(key),
-            "metadata": metadata,
-            "attributes": {"siphon.route": key, **route.attributes},
+            "name": stack.object_name(key, route.name),
+            "metadata": metadata if ours else "",
+            "attributes": {"siphon.route": key, **route.attributes} if ours else dict(route.attributes),
             "rule": rule,
             "trunk_ids": route_trunk_keys,
             "hide_phone_number": route.hide_phone_number,
             "inbound_numbers": route.caller_numbers,
             "numbers": route.numbers,
-            "room_config": {**route.room.model_dump(), "agents": [{"agent_name": route.agent, "metadata": metadata}]},
+            "room_config": {**route.room.model_dump(), "agents": agents},
             "krisp_enabled": route.krisp_enabled,
             "media": route.media.model_dump() if route.media else None,
         }
@@ -290,7 +321,7 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
                 problems[i] = (field_path, f"the route's metadata (agent_config, context, header_overrides) is "
                                            f"{len(metadata)} characters; LiveKit's limit: {message}")  # fmt: skip
         if args is not None:
-            plan.inbound_routes[key] = Route(args, route_trunk_keys)
+            plan.inbound_routes[key] = Route(args, route_trunk_keys, route.adopt_id)
 
     for key, out_route in stack.outbound_routes.items():
         out_trunk = stack.outbound_trunks[out_route.trunk]

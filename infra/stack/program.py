@@ -12,7 +12,7 @@ from typing import Any
 
 import pulumi
 
-from infra.livekit.provider import URL_INPUT
+from infra.livekit.provider import ADOPT_INPUT, URL_INPUT
 from infra.livekit.resources import SipInboundTrunk, SipOutboundTrunk
 from infra.stack.components import AgentComponent, InboundRouteComponent, OutboundRouteComponent
 from infra.stack.load import StackFileError, stack_path
@@ -43,6 +43,8 @@ def _trunk_props(plan: Plan, trunk: Trunk) -> dict[str, Any]:
         props["auth_password"] = pulumi.Config().require_secret(trunk.password_secret)
     if plan.stack.livekit.url:
         props[URL_INPUT] = plan.stack.livekit.url
+    if trunk.adopt_id:
+        props[ADOPT_INPUT] = trunk.adopt_id
     return props
 
 
@@ -67,7 +69,7 @@ def run(environment: str | None = None) -> None:
                 "rule_name": route.rule.name,
                 "trunks": route.trunks,
                 "agent_name": stack.inbound_routes[key].agent,
-                "worker": agents[stack.inbound_routes[key].agent].worker,
+                "worker": agents[stack.inbound_routes[key].agent].worker if stack.inbound_routes[key].agent else "",
             }
     outbound_routes = {
         key: OutboundRouteComponent(key, values, outbound[values.trunk].sip_trunk_id, opts).outputs

@@ -38,7 +38,8 @@ def mermaid(plan: Plan) -> str:
             for trunk in plan.inbound_routes[key].trunks or ["any trunk"]:
                 lines.append(f'  {_id("n", number)} --> {_id("in", trunk)}["trunk {trunk}"]')
                 lines.append(f"  {_id('in', trunk)} --> {rule}")
-        lines.append(f'  {rule} --> {_id("agent", route.agent)}["agent {route.agent}"]')
+        if route.agent:  # a direct rule dispatches no agent
+            lines.append(f'  {rule} --> {_id("agent", route.agent)}["agent {route.agent}"]')
     for key, out in stack.outbound_routes.items():
         agent_id, trunk_id = _id("agent", out.agent), _id("out", out.trunk)
         lines.append(f'  {agent_id}["agent {out.agent}"] -->|"{key}"| {trunk_id}["trunk {out.trunk} (out)"]')
