@@ -74,6 +74,12 @@ NOT_HERE: dict[str, str] = {
         "a template; its form for the local stack, `uv run siphon-infra verify local`, is run",
     "siphon-infra verify": "the command's name in prose; its runnable form is run",
     "siphon-infra call": "the command's name in prose; its runnable forms are run",
+    "siphon-infra import": "the command's name in prose",
+    "siphon-infra": "the command's name in prose",
+    "uv run siphon-infra import prod --url wss://voice.example.com": "imports a real project (the example URL); "
+        "tests/test_import_*.py import objects made on the local server",
+    "pulumi import": "named to say it does not work for dynamic providers",
+    "uv run python -m bench.import_scale [N]": "a benchmark (bench/, not a test); template",
 }  # fmt: skip
 
 
