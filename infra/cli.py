@@ -223,12 +223,15 @@ def import_(
     """Write the stack file of an existing LiveKit project (trunks, dispatch rules -> routes, agents)."""
     import re
 
-    from infra.adopt.command import ImportFailed, run_import
-    from worker.rules import ECS_ENVIRONMENT_RE
+    from pydantic import TypeAdapter, ValidationError
 
-    if not (ECS_ENVIRONMENT_RE.match(environment) and environment[0].isalpha()):
-        raise _fail("import", f"environment {environment!r}: 1-16 lower-case letters, digits and '-', starting "
-                              "with a letter", 2)  # fmt: skip
+    from infra.adopt.command import ImportFailed, run_import
+    from worker.rules import EnvironmentName, describe_errors
+
+    try:  # the stack file's own rule for environment names
+        TypeAdapter(EnvironmentName).validate_python(environment)
+    except ValidationError as e:
+        raise _fail("import", f"environment {environment!r}: {describe_errors(e)[0][1]}", 2) from None
     if not re.match(r"^(wss?|https?)://[^\s/]+", url):
         raise _fail("import", f"--url {url!r} is not a LiveKit URL (ws://, wss://, http:// or https://host[:port])", 2)
     ws_url = re.sub(r"^http", "ws", url)
