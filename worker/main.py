@@ -56,6 +56,7 @@ from worker.config import (
 )
 from worker.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
 from worker.models import registry
+from worker.resume import CrashWatch
 from worker.task_protection import TaskProtection
 
 logger = logging.getLogger("siphon.worker")
@@ -275,6 +276,7 @@ async def _call(ctx: JobContext) -> None:
     except registry.SpecUnavailable as err:
         await _refuse(ctx, settings, str(err), hang_up=sip_p is not None)
         return
+    resumed = meta.resume is not None  # a take-over of a call whose agent process died (worker.resume)
     resolved = ResolvedCall(
         agent_name=settings.agent_name,
         route=meta.route,
@@ -283,6 +285,7 @@ async def _call(ctx: JobContext) -> None:
         models={k: r.label for k, r in models.items()},
         fallbacks={k: r.fallback_reason for k, r in models.items() if r.fallback_reason},
         warnings=tuple(warns),
+        resumed=resumed,
     )
     resolve_ms = (time.perf_counter() - caller_at) * 1000  # caller known -> configuration resolved
     for w in warns:
@@ -302,6 +305,8 @@ async def _call(ctx: JobContext) -> None:
             "metadata_parse_ms": round(parse_ms, 3),
             "connect_ms": round(connect_ms, 1),
             "resolve_ms": round(resolve_ms, 3),
+            "resumed": resumed,
+            **({"resume_count": meta.resume.count, "resumed_job": meta.resume.job_id} if meta.resume else {}),
         },
     )
     # Published while the session starts: the caller is answered when the agent's audio track is up.
@@ -340,7 +345,9 @@ async def _call(ctx: JobContext) -> None:
                "from_caller_ms": round((time.perf_counter() - caller_at) * 1000, 1),
                "cpu_ms": round(time.process_time() * 1000, 1)},
     )  # fmt: skip
-    if cfg.send_greeting is not False:
+    if resumed:  # the caller is mid-call: no fresh greeting, the resume message word for word
+        session.say(cfg.resume_message or "", allow_interruptions=True)
+    elif cfg.send_greeting is not False:
         session.generate_reply(instructions=cfg.greeting_instructions or "")
 
 
@@ -405,6 +412,7 @@ def build_server(settings: WorkerSettings | None = None, preload: list[str] | No
         for watcher in watchers:
             watcher.start()
     server.setup_fnc = prewarm
+    CrashWatch(settings.agent_name).attach(server)  # a job process that dies mid-call: its call is taken over
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=on_request)
     return server
 

@@ -1,0 +1,238 @@
+"""Fault injection with real calls through the bridge: a caller whose agent process dies is never left in silence.
+
+Each test places a real inbound call (sipp -> livekit-sip -> livekit-server -> the worker, started with the image's
+entry command), waits until the agent answered, kills part of the worker with SIGKILL, and then watches the room as
+the caller experiences it: the time until an agent speaks again (``lk.agent.state`` of an agent that published
+``siphon.resumed=true``: livekit-agents sets it to ``speaking`` when the first audio frame goes out to the room, which
+the bridge forwards to the caller), or the BYE the caller receives. Timing bounds here are generous failure bounds;
+the figures are measured by ``bench/crash_silence.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from livekit import api
+
+from infra import sipp
+from infra.verify import observe
+from localenv.manager import Endpoints
+from tests.test_worker_live import CALLER, WAIT, WorkerProc, _inbound_route, start_worker
+from worker.config import text_sha
+from worker.metadata import MAX_RESUMES, AgentConfig, ResumeMarker, RouteMetadata, parse_metadata
+from worker.resume import resume_metadata
+
+RESUME_MESSAGE = "Sorry, we were cut off. I am back on the line."
+SILENCE_BOUND = 15.0  # failure bound for the silence after a fault (the targets are in bench/crash_silence.py)
+BYE_BOUND = 10.0
+
+
+def route(name: str, number: str) -> RouteMetadata:
+    """A route whose layer sets the resume message (and a voice), so that both must reach the resumed agent."""
+    return RouteMetadata(
+        route=name,
+        called_number=number,
+        agent_config=AgentConfig(tts="local/espeak-ng:en-gb", resume_message=RESUME_MESSAGE),
+    )
+
+
+@dataclass
+class Fault:
+    """What the caller experienced after one fault."""
+
+    original: dict[str, str]
+    resumed: dict[str, str] | None = None
+    silence_s: float | None = None  # fault -> a resumed agent speaks
+    bye_s: float | None = None  # fault -> the call ended (sipp received BYE and answered it)
+    end: sipp.CallEnd | None = None
+    room: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+async def _agents(lk: api.LiveKitAPI, room: str) -> list[api.ParticipantInfo]:
+    try:
+        parts = (await lk.room.list_participants(api.ListParticipantsRequest(room=room))).participants
+    except api.TwirpError as err:
+        if err.code == "not_found":
+            return []
+        raise
+    return [p for p in parts if p.kind == api.ParticipantInfo.Kind.AGENT]
+
+
+def job_pid(w: WorkerProc, room: str) -> int:
+    """The pid of the job process serving ``room`` (its "resolved call configuration" record)."""
+    for line in w.text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("message") == "resolved call configuration" and rec.get("room") == room:
+            return int(rec["pid"])
+    raise AssertionError(f"no job for {room}:\n{w.text()[-3000:]}")
+
+
+def fault_call(
+    ep: Endpoints,
+    agent_name: str,
+    number: str,
+    fault: Callable[[str, dict[str, str]], None],
+    *,
+    expect: str,
+    timeout: float = 30.0,
+) -> Fault:
+    """One real call: answered, then ``fault(room, attributes)``; then wait for a resumed agent speaking
+    (``expect="resume"``) or for the call's end (``expect="bye"``), and hang up."""
+    trunk_id, rule_id = asyncio.run(_inbound_route(ep, agent_name, number, route(f"crash-{expect}", number).to_json()))
+
+    async def scenario() -> Fault:
+        lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
+        call = sipp.place(ep.sip_address, number, caller=CALLER, hold_s=120)
+        try:
+            seen = await observe(lk, call, set(), WAIT)
+            assert seen.attributes, f"not answered: {seen}"
+            out = Fault(original=dict(seen.attributes), room=seen.room)
+            await asyncio.to_thread(fault, seen.room, out.original)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < timeout:
+                if not call.running():
+                    out.bye_s = time.monotonic() - t0
+                    break
+                if expect == "resume":
+                    for a in await _agents(lk, seen.room):
+                        if a.attributes.get("siphon.resumed") == "true" and out.resumed is None:
+                            out.resumed = dict(a.attributes)
+                        if (
+                            a.attributes.get("siphon.resumed") == "true"
+                            and a.attributes.get("lk.agent.state") == "speaking"
+                        ):
+                            out.silence_s = time.monotonic() - t0
+                            out.resumed = dict(a.attributes)
+                    if out.silence_s is not None:
+                        break
+                await asyncio.sleep(0.05)
+            if out.silence_s is not None:  # let the resumed agent finish its first utterance (the resume message)
+                deadline = time.monotonic() + WAIT
+                while time.monotonic() < deadline and call.running():
+                    done = [a for a in await _agents(lk, seen.room) if a.attributes.get("siphon.resumed") == "true"]
+                    if any(int(a.attributes.get("siphon.agent_utterances", "0")) >= 1 for a in done):
+                        break
+                    await asyncio.sleep(0.1)
+            if call.running():
+                try:
+                    await lk.room.delete_room(api.DeleteRoomRequest(room=seen.room))
+                except api.TwirpError as err:
+                    if err.code != "not_found":
+                        raise
+            out.end = await asyncio.to_thread(call.wait, 15)
+            return out
+        finally:
+            if call.running():
+                call.proc.terminate()
+            await lk.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
+            await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
+            await lk.aclose()
+
+    return asyncio.run(scenario())
+
+
+def utterance_shas(w: WorkerProc, room: str, pid: int | None = None) -> list[str]:
+    """``text_sha`` of every finished agent utterance in ``room`` (of one job process when ``pid`` is given)."""
+    out = []
+    for line in w.text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        mine = rec.get("message") == "agent utterance finished" and rec.get("room") == room
+        if mine and (pid is None or rec.get("pid") == pid):
+            out.append(rec.get("text_sha"))
+    return out
+
+
+def wait_for(done: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        time.sleep(0.1)
+    return done()
+
+
+def assert_resumed(f: Fault, w: WorkerProc, killed_pid: int) -> None:
+    assert f.silence_s is not None, f"no resumed agent spoke within the bound: {f}\n{w.text()[-4000:]}"
+    assert f.silence_s < SILENCE_BOUND, f
+    assert f.resumed is not None
+    assert f.resumed["siphon.resumed"] == "true"
+    assert f.original["siphon.resumed"] == "false"
+    assert f.resumed["siphon.config_hash"] == f.original["siphon.config_hash"], (f.original, f.resumed)
+    assert f.resumed["siphon.tts"] == "local/espeak-ng:en-gb"
+    assert f.resumed["siphon.resume_message_sha"] == text_sha(RESUME_MESSAGE)
+    new_pid = job_pid_after(w, f.room, killed_pid)
+    # The resumed agent says the resume message, word for word, and never greets.
+    assert wait_for(lambda: text_sha(RESUME_MESSAGE) in utterance_shas(w, f.room, new_pid)), w.text()[-3000:]
+    assert utterance_shas(w, f.room, new_pid)[0] == text_sha(RESUME_MESSAGE)
+
+
+def job_pid_after(w: WorkerProc, room: str, killed_pid: int) -> int:
+    pids = []
+    for line in w.text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("message") == "resolved call configuration" and rec.get("room") == room:
+            pids.append(int(rec["pid"]))
+    others = [p for p in pids if p != killed_pid]
+    assert others, w.text()[-3000:]
+    return others[-1]
+
+
+def test_a_killed_job_process_is_followed_by_a_resumed_agent_in_the_same_call(
+    endpoints: Endpoints, tmp_path: Path
+) -> None:
+    """kill -9 of the job process mid-call: the worker re-dispatches the call; a new agent joins the same room with
+    the same configuration hash, publishes siphon.resumed, says the route's resume message (no greeting), and the
+    caller is still in the call."""
+    w = start_worker(endpoints, tmp_path / "worker.log", f"siphon-crash-{uuid.uuid4().hex[:6]}")
+    killed: list[int] = []
+    try:
+
+        def kill_job(room: str, attrs: dict[str, str]) -> None:
+            pid = job_pid(w, room)
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+        f = fault_call(endpoints, w.agent_name, "+15550100301", kill_job, expect="resume")
+        assert f.bye_s is None, f"the call ended instead of being resumed: {f}"
+        assert_resumed(f, w, killed[0])
+        print(f"silence after the job-process kill: {f.silence_s:.2f}s")
+        assert "job process died during a call; taking the call over" in w.text()
+        assert f.end is not None and f.end.completed, f.end
+    finally:
+        assert w.stop() == 0, w.text()[-3000:]
+
+
+def test_resume_metadata_keeps_every_key_and_counts_take_overs_up_to_the_limit() -> None:
+    raw = route("r", "+15550100301").to_json()
+    first = resume_metadata(raw, "AJ_1")
+    assert first is not None
+    parsed = parse_metadata(first)
+    assert not parsed.warnings, parsed.warnings
+    assert parsed.metadata.resume == ResumeMarker(count=1, job_id="AJ_1")
+    assert json.loads(first) == {**json.loads(raw), "resume": {"count": 1, "job_id": "AJ_1"}}
+    again = first
+    for _ in range(MAX_RESUMES - 1):
+        nxt = resume_metadata(again, "AJ_n")
+        assert nxt is not None
+        again = nxt
+    assert resume_metadata(again, "AJ_last") is None, "a call is not taken over forever"
+    assert json.loads(resume_metadata("", "AJ_2") or "") == {"resume": {"count": 1, "job_id": "AJ_2"}}
+    assert json.loads(resume_metadata("not json", "AJ_3") or "") == {"resume": {"count": 1, "job_id": "AJ_3"}}
