@@ -11,21 +11,25 @@ the figures are measured by ``bench/crash_silence.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from livekit import api
 
 from infra import sipp
 from infra.verify import observe
 from localenv.manager import Endpoints
-from tests.test_worker_live import CALLER, WAIT, WorkerProc, _inbound_route, start_worker
+from tests.test_worker_live import CALLER, ROOT, WAIT, WorkerProc, _inbound_route, start_worker
 from worker.config import text_sha
 from worker.metadata import MAX_RESUMES, AgentConfig, ResumeMarker, RouteMetadata, parse_metadata
 from worker.resume import resume_metadata
@@ -236,3 +240,90 @@ def test_resume_metadata_keeps_every_key_and_counts_take_overs_up_to_the_limit()
     assert resume_metadata(again, "AJ_last") is None, "a call is not taken over forever"
     assert json.loads(resume_metadata("", "AJ_2") or "") == {"resume": {"count": 1, "job_id": "AJ_2"}}
     assert json.loads(resume_metadata("not json", "AJ_3") or "") == {"resume": {"count": 1, "job_id": "AJ_3"}}
+
+
+def kill_tree(w: WorkerProc) -> None:
+    """SIGKILL one worker's whole process tree at once (main process, forkserver, job processes), as a dying task."""
+    main = psutil.Process(w.proc.pid)
+    procs = [main, *main.children(recursive=True)]
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGKILL)
+    w.proc.wait(timeout=10)
+
+
+def serving(workers: list[WorkerProc], room: str) -> WorkerProc:
+    """The worker whose job answered ``room``."""
+    for w in workers:
+        if f'"room": "{room}"' in w.text() and "resolved call configuration" in w.text():
+            with contextlib.suppress(AssertionError):
+                job_pid(w, room)
+                return w
+    raise AssertionError(f"no worker served {room}")
+
+
+def test_a_worker_killed_with_its_call_while_another_lives_hands_the_call_to_the_living_one(
+    endpoints: Endpoints, tmp_path: Path
+) -> None:
+    """kill -9 of the serving worker's whole tree with a second worker of the agent alive: the living worker sees
+    the dead worker's roster go stale, claims it and re-dispatches the call; LiveKit hands it to the living worker,
+    whose agent resumes the call with the same configuration hash."""
+    name = f"siphon-pair-{uuid.uuid4().hex[:6]}"
+    workers = [start_worker(endpoints, tmp_path / f"w{i}.log", name) for i in range(2)]
+    dead: list[WorkerProc] = []
+    try:
+
+        def kill_serving(room: str, attrs: dict[str, str]) -> None:
+            w = serving(workers, room)
+            dead.append(w)
+            kill_tree(w)
+
+        f = fault_call(endpoints, name, "+15550100302", kill_serving, expect="resume")
+        assert f.bye_s is None, f"the call ended instead of being taken over: {f}"
+        (alive,) = [w for w in workers if w is not dead[0]]
+        assert f.silence_s is not None, f"no resumed agent: {f}\n{alive.text()[-3000:]}"
+        assert f.silence_s < SILENCE_BOUND, f
+        assert f.resumed is not None and f.original is not None
+        assert f.resumed["siphon.config_hash"] == f.original["siphon.config_hash"], (f.original, f.resumed)
+        assert f.resumed["siphon.resume_message_sha"] == text_sha(RESUME_MESSAGE)
+        assert "a worker died with calls" in alive.text()
+        pid = job_pid(alive, f.room)
+        assert wait_for(lambda: text_sha(RESUME_MESSAGE) in utterance_shas(alive, f.room, pid)), alive.text()[-3000:]
+        assert utterance_shas(alive, f.room, pid)[0] == text_sha(RESUME_MESSAGE)
+        assert f.end is not None and f.end.completed, f.end
+        print(f"silence after the worker kill (a second worker alive): {f.silence_s:.2f}s")
+    finally:
+        for w in workers:
+            if w not in dead:
+                assert w.stop() == 0, w.text()[-3000:]
+            else:
+                w.out.close()
+
+
+def start_guard(ep: Endpoints, log: Path) -> subprocess.Popen[bytes]:
+    """The roster guard (``python -m worker.roster``), as ``./dev local`` runs it."""
+    env = {**os.environ, **ep.env()}
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "worker.roster"], cwd=ROOT, env=env, stdout=out, stderr=out)
+
+
+def test_the_only_worker_killed_with_a_call_ends_the_call_with_a_bye(endpoints: Endpoints, tmp_path: Path) -> None:
+    """kill -9 of the only worker's whole tree: no worker can take the call over, so the guard, seeing the worker's
+    roster go stale with no living worker of the agent, closes the room and the bridge hangs the caller up with a
+    BYE (sipp answers it: the call completed normally for the carrier), well before LiveKit's ~20 s timeout."""
+    guard = start_guard(endpoints, tmp_path / "guard.log")
+    w = start_worker(endpoints, tmp_path / "only.log", f"siphon-only-{uuid.uuid4().hex[:6]}")
+    try:
+        f = fault_call(endpoints, w.agent_name, "+15550100303", lambda room, attrs: kill_tree(w), expect="bye")
+        text = (tmp_path / "guard.log").read_text(errors="replace")
+        assert f.bye_s is not None, f"the call was not ended: {f}\n{text[-3000:]}"
+        assert f.bye_s < BYE_BOUND, f
+        assert f.end is not None and f.end.completed, f.end  # sipp received the BYE and answered it 200 OK
+        assert "a worker died with calls" in text and "no worker of the agent is alive" in text, text[-3000:]
+        print(f"BYE after the only worker's kill: {f.bye_s:.2f}s")
+    finally:
+        w.out.close()
+        if w.proc.poll() is None:
+            w.stop()
+        guard.terminate()
+        guard.wait(timeout=10)

@@ -57,6 +57,7 @@ from worker.config import (
 from worker.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
 from worker.models import registry
 from worker.resume import CrashWatch
+from worker.roster import Roster
 from worker.task_protection import TaskProtection
 
 logger = logging.getLogger("siphon.worker")
@@ -413,6 +414,7 @@ def build_server(settings: WorkerSettings | None = None, preload: list[str] | No
             watcher.start()
     server.setup_fnc = prewarm
     CrashWatch(settings.agent_name).attach(server)  # a job process that dies mid-call: its call is taken over
+    Roster(settings.agent_name).attach(server)  # a worker that dies with calls: a living worker takes them over
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=on_request)
     return server
 

@@ -62,7 +62,8 @@ def _caller_present(parts: list[api.ParticipantInfo]) -> bool:
     return any(p.kind == api.ParticipantInfo.Kind.SIP for p in parts)
 
 
-async def _participants(lk: api.LiveKitAPI, room: str) -> list[api.ParticipantInfo]:
+async def participants(lk: api.LiveKitAPI, room: str) -> list[api.ParticipantInfo]:
+    """Everyone in ``room`` (nobody when the room is gone)."""
     try:
         return list((await lk.room.list_participants(api.ListParticipantsRequest(room=room))).participants)
     except api.TwirpError as err:
@@ -76,12 +77,12 @@ async def take_over(
 ) -> str:
     """Re-dispatch one call whose agent process died (see the module docstring); the outcome, for the log."""
     started = time.monotonic()
-    parts = await _participants(lk, room)
+    parts = await participants(lk, room)
     if not _caller_present(parts):
         return "no caller in the room: nothing to take over"
     resumed = resume_metadata(metadata, job_id)
     if resumed is None:
-        await _end(lk, room)
+        await hang_up(lk, room)
         return f"taken over {MAX_RESUMES} times already: call ended (BYE)"
     dispatch = await lk.agent_dispatch.create_dispatch(
         api.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=resumed)
@@ -93,7 +94,7 @@ async def take_over(
             if err.code != "not_found":
                 logger.warning("could not remove the dead agent", extra={"room": room, "error": err.message[:200]})
     while time.monotonic() - started < TAKEOVER_TIMEOUT:
-        parts = await _participants(lk, room)
+        parts = await participants(lk, room)
         if not _caller_present(parts):
             return "the caller left during the take-over"
         if any(
@@ -106,17 +107,19 @@ async def take_over(
         await asyncio.sleep(POLL)
     with contextlib.suppress(api.TwirpError):
         await lk.agent_dispatch.delete_dispatch(dispatch.id, room)
-    await _end(lk, room)
+    await hang_up(lk, room)
     return f"no agent took the call over within {TAKEOVER_TIMEOUT:g}s: call ended (BYE)"
 
 
-async def _end(lk: api.LiveKitAPI, room: str) -> None:
-    """Close the room: the bridge hangs the caller up with a BYE."""
+async def hang_up(lk: api.LiveKitAPI, room: str) -> str:
+    """Close the room: the bridge hangs the caller up with a BYE (a normal end of the call for the carrier)."""
     try:
         await lk.room.delete_room(api.DeleteRoomRequest(room=room))
     except api.TwirpError as err:
         if err.code != "not_found":
             raise
+        return "the room was already gone"
+    return "call ended (BYE)"
 
 
 class CrashWatch:
