@@ -33,26 +33,47 @@ def deploy(env: LocalEnv, on_output: Callable[[str], Any] | None = None) -> dict
     return {k: v.value for k, v in result.outputs.items()}
 
 
-def start_workers(env: LocalEnv, agent_env: dict[str, dict[str, str]]) -> list[Supervised]:
-    """Start one worker process per agent (the image's entry command), wait until each is healthy."""
+def worker_name(agent_name: str, index: int) -> str:
+    """The local process name of an agent's ``index``-th worker (0: ``worker-<agent>``, then ``-2``, ``-3``...)."""
+    return f"worker-{agent_name}" + (f"-{index + 1}" if index else "")
+
+
+def start_workers(
+    env: LocalEnv, agent_env: dict[str, dict[str, str]], processes: dict[str, int] | None = None
+) -> list[Supervised]:
+    """Start ``processes[agent]`` (default 1) worker processes per agent (the image's entry command), restarted
+    when they die, and wait until each is healthy."""
     assert env.endpoints is not None
     workers = []
     for agent_name, settings in agent_env.items():
-        port = free_tcp_port()
-        proc_env = {
-            **os.environ,
-            **env.endpoints.env(),
-            **settings,
-            "SIPHON_AGENT_NAME": agent_name,
-            "SIPHON_HTTP_PORT": str(port),
-        }
-        svc = env.spawn(
-            f"worker-{agent_name}",
-            [sys.executable, "-m", "worker.main", "start"],
-            functools.partial(http_ok, port),
-            env=proc_env,
-            cwd=tools.REPO,
-        )
+        for index in range((processes or {}).get(agent_name, 1)):
+            port = free_tcp_port()
+            proc_env = {
+                **os.environ,
+                **env.endpoints.env(),
+                **settings,
+                "SIPHON_AGENT_NAME": agent_name,
+                "SIPHON_HTTP_PORT": str(port),
+            }
+            svc = env.spawn(
+                worker_name(agent_name, index),
+                [sys.executable, "-m", "worker.main", "start"],
+                functools.partial(http_ok, port),
+                env=proc_env,
+                cwd=tools.REPO,
+                restartable=True,
+            )
+            workers.append(svc)
+    for svc in workers:
         svc.wait_healthy(60)
-        workers.append(svc)
     return workers
+
+
+def start_guard(env: LocalEnv) -> Supervised:
+    """The roster guard (``python -m worker.roster``): ends the calls of a worker that died when no worker of its
+    agent is alive to take them over."""
+    assert env.endpoints is not None
+    return env.spawn(
+        "roster-guard", [sys.executable, "-m", "worker.roster"], lambda: True,
+        env={**os.environ, **env.endpoints.env()}, cwd=tools.REPO, restartable=True,
+    )  # fmt: skip
