@@ -327,3 +327,43 @@ def test_the_only_worker_killed_with_a_call_ends_the_call_with_a_bye(endpoints: 
             w.stop()
         guard.terminate()
         guard.wait(timeout=10)
+
+
+def test_a_session_whose_plugin_raises_hands_the_call_over_and_a_call_that_keeps_failing_ends_with_a_bye(
+    endpoints: Endpoints, tmp_path: Path
+) -> None:
+    """A TTS that raises on every utterance (espeak-ng refuses the route's voice): the agent cannot speak to the
+    caller, so it hands the call over (same metadata plus the resume marker); the resumed agents fail the same way,
+    and after the third take-over the call is ended with a BYE instead of looping."""
+    w = start_worker(endpoints, tmp_path / "raise.log", f"siphon-raise-{uuid.uuid4().hex[:6]}")
+    number = "+15550100304"
+    failing = RouteMetadata(
+        route="crash-raise", called_number=number, agent_config=AgentConfig(tts="local/espeak-ng:zz")
+    )
+    try:
+        trunk_id, rule_id = asyncio.run(_inbound_route(endpoints, w.agent_name, number, failing.to_json()))
+
+        async def scenario() -> tuple[float, sipp.CallEnd]:
+            lk = api.LiveKitAPI(endpoints.livekit_url, endpoints.api_key, endpoints.api_secret)
+            call = sipp.place(endpoints.sip_address, number, caller=CALLER, hold_s=150)
+            try:
+                seen = await observe(lk, call, set(), WAIT)
+                assert seen.attributes, f"not answered: {seen}"
+                t0 = time.monotonic()
+                end = await asyncio.to_thread(call.wait, 90)
+                return time.monotonic() - t0, end
+            finally:
+                await lk.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
+                await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
+                await lk.aclose()
+
+        ended_after, end = asyncio.run(scenario())
+        text = w.text()
+        assert end.completed, (end, text[-3000:])  # the caller received a BYE and answered it
+        assert text.count("a model failed during a call; handing the call over") >= 3, text[-4000:]
+        for count in (1, 2, 3):
+            assert f'"resume_count": {count}' in text, text[-4000:]
+        assert "taken over 3 times already: call ended (BYE)" in text, text[-4000:]
+        print(f"a call whose TTS always raises ended with a BYE {ended_after:.1f}s after the answer")
+    finally:
+        assert w.stop() == 0, w.text()[-3000:]

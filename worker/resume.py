@@ -73,9 +73,17 @@ async def participants(lk: api.LiveKitAPI, room: str) -> list[api.ParticipantInf
 
 
 async def take_over(
-    lk: api.LiveKitAPI, *, agent_name: str, room: str, metadata: str, job_id: str, dead_identity: str
+    lk: api.LiveKitAPI,
+    *,
+    agent_name: str,
+    room: str,
+    metadata: str,
+    job_id: str,
+    dead_identity: str,
+    remove_dead: bool = True,
 ) -> str:
-    """Re-dispatch one call whose agent process died (see the module docstring); the outcome, for the log."""
+    """Re-dispatch one call whose agent process died (see the module docstring); the outcome, for the log. An agent
+    whose session failed hands its own call over with ``remove_dead=False`` (it leaves by itself)."""
     started = time.monotonic()
     parts = await participants(lk, room)
     if not _caller_present(parts):
@@ -87,7 +95,7 @@ async def take_over(
     dispatch = await lk.agent_dispatch.create_dispatch(
         api.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=resumed)
     )
-    if dead_identity:
+    if dead_identity and remove_dead:
         try:
             await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=dead_identity))
         except api.TwirpError as err:  # already gone
