@@ -286,7 +286,7 @@ def test_a_worker_killed_with_its_call_while_another_lives_hands_the_call_to_the
         assert f.resumed is not None and f.original is not None
         assert f.resumed["siphon.config_hash"] == f.original["siphon.config_hash"], (f.original, f.resumed)
         assert f.resumed["siphon.resume_message_sha"] == text_sha(RESUME_MESSAGE)
-        assert "a worker died with calls" in alive.text()
+        assert "a worker died" in alive.text()
         pid = job_pid(alive, f.room)
         assert wait_for(lambda: text_sha(RESUME_MESSAGE) in utterance_shas(alive, f.room, pid)), alive.text()[-3000:]
         assert utterance_shas(alive, f.room, pid)[0] == text_sha(RESUME_MESSAGE)
@@ -319,7 +319,7 @@ def test_the_only_worker_killed_with_a_call_ends_the_call_with_a_bye(endpoints: 
         assert f.bye_s is not None, f"the call was not ended: {f}\n{text[-3000:]}"
         assert f.bye_s < BYE_BOUND, f
         assert f.end is not None and f.end.completed, f.end  # sipp received the BYE and answered it 200 OK
-        assert "a worker died with calls" in text and "no worker of the agent is alive" in text, text[-3000:]
+        assert "a worker died" in text and "no worker of the agent is alive" in text, text[-3000:]
         print(f"BYE after the only worker's kill: {f.bye_s:.2f}s")
     finally:
         w.out.close()
@@ -367,3 +367,34 @@ def test_a_session_whose_plugin_raises_hands_the_call_over_and_a_call_that_keeps
         print(f"a call whose TTS always raises ended with a BYE {ended_after:.1f}s after the answer")
     finally:
         assert w.stop() == 0, w.text()[-3000:]
+
+
+def test_a_worker_that_dies_without_calls_leaves_the_other_workers_calls_alone(
+    endpoints: Endpoints, tmp_path: Path
+) -> None:
+    """Two workers, the one that is not serving the call is killed: its roster is claimed by the living worker, it
+    holds no call, and the call in progress keeps its agent (nobody is re-dispatched, nothing is resumed)."""
+    name = f"siphon-idle-{uuid.uuid4().hex[:6]}"
+    workers = [start_worker(endpoints, tmp_path / f"idle{i}.log", name) for i in range(2)]
+    dead: list[WorkerProc] = []
+    try:
+
+        def kill_idle(room: str, attrs: dict[str, str]) -> None:
+            busy = serving(workers, room)
+            (idle,) = [w for w in workers if w is not busy]
+            dead.append(idle)
+            kill_tree(idle)
+
+        f = fault_call(endpoints, name, "+15550100305", kill_idle, expect="resume", timeout=8)
+        (alive,) = [w for w in workers if w is not dead[0]]
+        assert f.silence_s is None and f.resumed is None and f.bye_s is None, f
+        assert wait_for(lambda: '"message": "a worker died"' in alive.text(), 5), alive.text()[-3000:]
+        assert '"calls": 0' in alive.text(), alive.text()[-3000:]
+        assert "take-over" not in alive.text(), alive.text()[-3000:]
+        assert f.end is not None and f.end.completed, f.end
+    finally:
+        for w in workers:
+            if w not in dead:
+                assert w.stop() == 0, w.text()[-3000:]
+            else:
+                w.out.close()

@@ -122,7 +122,7 @@ class RosterWatch:
                 return  # claimed by another watcher
             raise
         logger.error(
-            "a worker died with calls",
+            "a worker died",
             extra={"roster": roster, "agent_name": agent, "calls": len(calls), "action": action},
         )
         results = await asyncio.gather(
