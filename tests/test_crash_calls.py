@@ -398,3 +398,21 @@ def test_a_worker_that_dies_without_calls_leaves_the_other_workers_calls_alone(
                 assert w.stop() == 0, w.text()[-3000:]
             else:
                 w.out.close()
+
+
+def test_the_only_worker_of_an_agent_killed_is_ended_with_a_bye_by_another_agents_worker(
+    endpoints: Endpoints, tmp_path: Path
+) -> None:
+    """No guard process: agent A's only worker is killed during a call while a worker of agent B runs. B's worker
+    sees A's roster go stale with no living worker of A, and ends the call: the caller receives a BYE."""
+    other = start_worker(endpoints, tmp_path / "other.log", f"siphon-other-{uuid.uuid4().hex[:6]}")
+    w = start_worker(endpoints, tmp_path / "lonely.log", f"siphon-lonely-{uuid.uuid4().hex[:6]}")
+    try:
+        f = fault_call(endpoints, w.agent_name, "+15550100306", lambda room, attrs: kill_tree(w), expect="bye")
+        assert f.bye_s is not None and f.bye_s < BYE_BOUND, (f, other.text()[-3000:])
+        assert f.end is not None and f.end.completed, f.end
+        assert "no worker of the agent is alive" in other.text(), other.text()[-3000:]
+        print(f"BYE by another agent's worker after the only worker's kill: {f.bye_s:.2f}s")
+    finally:
+        w.out.close()
+        assert other.stop() == 0, other.text()[-3000:]

@@ -11,9 +11,10 @@ it (deletes the roster room: only one claim succeeds) and takes each of its call
 ``worker.resume.take_over`` does for a dead job process: a new dispatch with the same metadata plus the resume
 marker, the dead agent removed, the call ended with a BYE if no agent takes it within the take-over timeout.
 
-``python -m worker.roster`` runs the same watch with no worker (the **guard**): for an agent with no living worker
-it ends the dead worker's calls at once, so the caller is hung up with a BYE instead of waiting in silence for
-LiveKit's ~20 s connection timeout. ``./dev local`` runs one.
+When a dead worker's agent has no living worker at all, nobody can take its calls over: the first living worker of
+any agent ends them at once (closes their rooms: the bridge hangs the caller up with a BYE) instead of leaving the
+caller in silence until LiveKit's ~20 s connection timeout. ``python -m worker.roster`` (the **guard**) does the
+same with no worker of its own, for a project where every worker may be gone; ``./dev local`` runs one.
 
 Costs: one ``UpdateRoomMetadata`` and one ``ListRooms`` per worker per beat; the roster rooms have no participant.
 """
@@ -62,8 +63,9 @@ class _Seen:
 
 class RosterWatch:
     """Reads the rosters of ``agents`` (``None``: every agent) every beat and acts on the dead ones: take the calls
-    over when this is the first living worker of their agent (``own`` is this worker's roster room), or, as the
-    guard (``own`` is ``None``), end them when their agent has no living worker."""
+    over when this is the first living worker of their agent (``own`` is this worker's roster room); end them when
+    their agent has no living worker and this is the first living worker of any agent, or the guard (``own`` is
+    ``None``). Claims race safely: only one deletion of the dead roster room succeeds."""
 
     def __init__(self, agents: set[str] | None, own: str | None) -> None:
         self._agents = agents
@@ -99,12 +101,14 @@ class RosterWatch:
                 continue
             agent = roster_agent(name) or ""
             living = sorted(n for n in alive if roster_agent(n) == agent)
-            if self._own is not None:
-                if not living or living[0] != self._own:
+            if self._own is not None and agent == roster_agent(self._own):
+                if living[:1] != [self._own]:
                     continue  # another living worker of the agent is first: it takes them over
                 action = "take over"
             elif living:
-                continue  # the guard leaves the calls to the agent's living workers
+                continue  # another agent's calls: its living workers take them over
+            elif self._own is not None and min(alive, default=self._own) != self._own:
+                continue  # no worker of that agent is alive: the first living worker of any agent ends the calls
             else:
                 action = "end"
             del self._seen[name]
@@ -159,7 +163,7 @@ class Roster:
     def __init__(self, agent_name: str) -> None:
         self._agent_name = agent_name
         self.room = roster_room(agent_name, uuid.uuid4().hex[:12])
-        self._watch = RosterWatch({agent_name}, self.room)
+        self._watch = RosterWatch(None, self.room)  # its agent's workers, and every other agent's as a guard
         self._beat = 0
         self._task: asyncio.Task[None] | None = None
 
