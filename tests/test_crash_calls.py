@@ -363,7 +363,7 @@ def test_a_session_whose_plugin_raises_hands_the_call_over_and_a_call_that_keeps
         assert text.count("a model failed during a call; handing the call over") >= 3, text[-4000:]
         for count in (1, 2, 3):
             assert f'"resume_count": {count}' in text, text[-4000:]
-        assert "taken over 3 times already: call ended (BYE)" in text, text[-4000:]
+        assert wait_for(lambda: "taken over 3 times already: call ended (BYE)" in w.text(), 10), w.text()[-4000:]
         print(f"a call whose TTS always raises ended with a BYE {ended_after:.1f}s after the answer")
     finally:
         assert w.stop() == 0, w.text()[-3000:]

@@ -88,6 +88,7 @@ async def take_over(
     parts = await participants(lk, room)
     if not _caller_present(parts):
         return "no caller in the room: nothing to take over"
+    before = {p.identity for p in parts if p.kind == api.ParticipantInfo.Kind.AGENT} | {dead_identity}
     resumed = resume_metadata(metadata, job_id)
     if resumed is None:
         await hang_up(lk, room)
@@ -105,10 +106,8 @@ async def take_over(
         parts = await participants(lk, room)
         if not _caller_present(parts):
             return "the caller left during the take-over"
-        if any(
-            p.kind == api.ParticipantInfo.Kind.AGENT
-            and p.identity != dead_identity
-            and p.attributes.get(ATTR_CONFIG_HASH)
+        if any(  # a new agent (none that was here before the dispatch) published its configuration
+            p.kind == api.ParticipantInfo.Kind.AGENT and p.identity not in before and p.attributes.get(ATTR_CONFIG_HASH)
             for p in parts
         ):
             return f"taken over in {time.monotonic() - started:.2f}s"

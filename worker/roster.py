@@ -4,8 +4,8 @@ When a whole worker dies (its task is killed, out of memory, the host is gone), 
 calls, and livekit-server (1.13.5) never hands a dead worker's jobs to another worker. So every worker keeps a
 **roster** in LiveKit, the one service every worker reaches: an empty room named
 ``siphon-roster-<agent>.<process id>`` whose metadata it rewrites every ``BEAT`` seconds with a counter and its
-running calls (room, job, dispatch, agent identity). Every worker reads the rosters of its agent (one
-``ListRooms`` per beat). A roster whose counter has not moved for ``STALE`` seconds (as seen by the reader's own
+running calls (room, job, dispatch, agent identity). Every worker reads every roster (one ``ListRooms`` per
+beat). A roster whose counter has not moved for ``STALE`` seconds (as seen by the reader's own
 clock: no clock agreement needed) belongs to a dead worker. The living worker whose roster name sorts first claims
 it (deletes the roster room: only one claim succeeds) and takes each of its calls over as
 ``worker.resume.take_over`` does for a dead job process: a new dispatch with the same metadata plus the resume
@@ -27,6 +27,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ logger = logging.getLogger("siphon.worker")
 
 PREFIX = "siphon-roster-"
 BEAT = 0.5
-STALE = 2.0
+STALE = 3.0  # beats missed for this long: dead (6 beats: a loaded host's slow API call is not a death)
 ROSTER_TTL = 24 * 3600  # seconds LiveKit keeps an empty roster room (it is rewritten every beat, re-created if gone)
 
 
@@ -184,21 +185,30 @@ class Roster:
 
     async def _run(self, server: Any) -> None:
         lk = api.LiveKitAPI()
-        try:
-            while True:
-                started = time.monotonic()
-                try:
-                    await self._write(lk, self._calls(server))
-                    await self._watch.tick(lk)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as err:  # LiveKit unreachable for a moment: try again next beat
-                    logger.warning("roster beat failed", extra={"error": f"{type(err).__name__}: {str(err)[:200]}"})
-                await asyncio.sleep(max(0.0, BEAT - (time.monotonic() - started)))
+        try:  # the beat and the watch run apart: a slow read of the rosters never delays this worker's beat
+            await asyncio.gather(
+                self._every(lambda: self._write(lk, self._calls(server)), "roster beat"),
+                self._every(lambda: self._watch.tick(lk), "roster watch"),
+            )
         finally:
             with contextlib.suppress(Exception):
                 await lk.room.delete_room(api.DeleteRoomRequest(room=self.room))
             await lk.aclose()
+
+    @staticmethod
+    async def _every(step: Callable[[], Awaitable[None]], what: str) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # LiveKit unreachable for a moment: try again next beat
+                logger.warning(f"{what} failed", extra={"error": f"{type(err).__name__}: {str(err)[:200]}"})
+            took = time.monotonic() - started
+            if took > STALE / 2:
+                logger.warning(f"{what} slow", extra={"seconds": round(took, 2)})
+            await asyncio.sleep(max(0.0, BEAT - took))
 
     async def _write(self, lk: api.LiveKitAPI, calls: list[dict[str, str]]) -> None:
         self._beat += 1
