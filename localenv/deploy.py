@@ -42,7 +42,7 @@ def start_workers(
     env: LocalEnv, agent_env: dict[str, dict[str, str]], processes: dict[str, int] | None = None
 ) -> list[Supervised]:
     """Start ``processes[agent]`` (default 1) worker processes per agent (the image's entry command), restarted
-    when they die, and wait until each is healthy."""
+    when they die, and wait until each is healthy and registered with LiveKit."""
     assert env.endpoints is not None
     workers = []
     for agent_name, settings in agent_env.items():
@@ -64,9 +64,13 @@ def start_workers(
                 restartable=True,
             )
             workers.append(svc)
-    for svc in workers:
-        svc.wait_healthy(60)
+    for svc in workers:  # healthy (its HTTP server) comes before registered with LiveKit: wait for both
+        svc.wait_healthy(60, check=functools.partial(_registered, svc))
     return workers
+
+
+def _registered(svc: Supervised) -> bool:
+    return bool(svc.health and svc.health()) and b'"registered worker"' in svc.log_path.read_bytes()
 
 
 def start_guard(env: LocalEnv) -> Supervised:
