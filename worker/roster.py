@@ -130,11 +130,9 @@ class RosterWatch:
             "a worker died",
             extra={"roster": roster, "agent_name": agent, "calls": len(calls), "action": action},
         )
-        results = await asyncio.gather(
-            *(self._one(lk, agent, c, action) for c in calls if isinstance(c, dict) and c.get("room")),
-            return_exceptions=True,
-        )
-        for c, outcome in zip(calls, results, strict=False):
+        valid = [c for c in calls if isinstance(c, dict) and c.get("room")]
+        results = await asyncio.gather(*(self._one(lk, agent, c, action) for c in valid), return_exceptions=True)
+        for c, outcome in zip(valid, results, strict=True):
             logger.info("call of a dead worker", extra={"room": c.get("room"), "outcome": str(outcome)[:300]})
 
     async def _one(self, lk: api.LiveKitAPI, agent: str, call: dict[str, str], action: str) -> str:
