@@ -54,13 +54,14 @@ def deploy_and_run(env: LocalEnv) -> str:
     """Deploy the local stack, start its local workers, and describe the routing that is now live."""
     from infra.stack.load import load, stack_path
     from infra.stack.render import table
-    from localenv.deploy import deploy, start_workers
+    from localenv.deploy import deploy, start_guard, start_stack_workers
 
     log = env.run_dir / "pulumi-up.log"
     with log.open("w") as f:
         outputs = deploy(env, on_output=lambda line: f.write(line + "\n"))
     stack, _ = load(stack_path("local"))
-    workers = start_workers(env, {k: a.worker_env(stack.environment) for k, a in stack.agents.items() if a.local})
+    workers = start_stack_workers(env, stack)
+    start_guard(env)
     rows = [
         {"number": number, "route": row["route"], "rule id": row["rule_id"], "agent": row["agent_name"],
          "worker": row["worker"]}
@@ -73,7 +74,7 @@ def deploy_and_run(env: LocalEnv) -> str:
     ]  # fmt: skip
     lines = [
         f"Deployed stack `local` (engine log {log}).",
-        f"Local workers running: {', '.join(w.name for w in workers) or 'none'}",
+        f"Local workers running: {', '.join(w.name for w in workers) or 'none'} (a worker that dies is restarted)",
         "",
         table(rows),
     ]
@@ -134,7 +135,7 @@ def _serve(env: LocalEnv, *, deploy: bool, once: bool) -> int:
         return 0
     print("\nPress Ctrl-C to stop.", flush=True)
     try:
-        wait_forever(env)
+        wait_forever(env, say=lambda line: print(line, file=sys.stderr, flush=True))
     except ServiceError as e:
         print(f"siphon-local: {e}", file=sys.stderr)
         return 1

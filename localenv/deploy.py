@@ -8,7 +8,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pulumi import automation as auto
 
@@ -16,6 +16,9 @@ from localenv import engine, tools
 from localenv.manager import LocalEnv, http_ok
 from localenv.ports import free_tcp_port
 from localenv.process import Supervised
+
+if TYPE_CHECKING:
+    from infra.stack.model import StackFile
 
 # The local stack's secrets are local test values; its config file is committed with this passphrase.
 LOCAL_PASSPHRASE = "siphon-local"
@@ -60,26 +63,58 @@ def deploy(env: LocalEnv, on_output: Callable[[str], Any] | None = None) -> dict
     return {k: v.value for k, v in result.outputs.items()}
 
 
-def start_workers(env: LocalEnv, agent_env: dict[str, dict[str, str]]) -> list[Supervised]:
-    """Start one worker process per agent (the image's entry command), wait until each is healthy."""
+def worker_name(agent_name: str, index: int) -> str:
+    """The local process name of an agent's ``index``-th worker (0: ``worker-<agent>``, then ``-2``, ``-3``...)."""
+    return f"worker-{agent_name}" + (f"-{index + 1}" if index else "")
+
+
+def start_stack_workers(env: LocalEnv, stack: StackFile) -> list[Supervised]:
+    """The stack's local workers, as ``./dev local`` runs them: ``local.processes`` per agent with ``local:``."""
+    local = {k: a for k, a in stack.agents.items() if a.local}
+    return start_workers(env, {k: a.worker_env(stack.environment) for k, a in local.items()},
+                         {k: a.local.processes for k, a in local.items() if a.local})  # fmt: skip
+
+
+def start_workers(
+    env: LocalEnv, agent_env: dict[str, dict[str, str]], processes: dict[str, int] | None = None
+) -> list[Supervised]:
+    """Start ``processes[agent]`` (default 1) worker processes per agent (the image's entry command), restarted
+    when they die, and wait until each is healthy and registered with LiveKit."""
     assert env.endpoints is not None
     workers = []
     for agent_name, settings in agent_env.items():
-        port = free_tcp_port()
-        proc_env = {
-            **os.environ,
-            **env.endpoints.env(),
-            **settings,
-            "SIPHON_AGENT_NAME": agent_name,
-            "SIPHON_HTTP_PORT": str(port),
-        }
-        svc = env.spawn(
-            f"worker-{agent_name}",
-            [sys.executable, "-m", "worker.main", "start"],
-            functools.partial(http_ok, port),
-            env=proc_env,
-            cwd=tools.REPO,
-        )
-        svc.wait_healthy(60)
-        workers.append(svc)
+        for index in range((processes or {}).get(agent_name, 1)):
+            port = free_tcp_port()
+            proc_env = {
+                **os.environ,
+                **env.endpoints.env(),
+                **settings,
+                "SIPHON_AGENT_NAME": agent_name,
+                "SIPHON_HTTP_PORT": str(port),
+            }
+            svc = env.spawn(
+                worker_name(agent_name, index),
+                [sys.executable, "-m", "worker.main", "start"],
+                functools.partial(http_ok, port),
+                env=proc_env,
+                cwd=tools.REPO,
+                restartable=True,
+            )
+            workers.append(svc)
+    for svc in workers:  # healthy (its HTTP server) comes before registered with LiveKit: wait for both
+        svc.wait_healthy(60, check=functools.partial(_registered, svc))
     return workers
+
+
+def _registered(svc: Supervised) -> bool:
+    return bool(svc.health and svc.health()) and b'"registered worker"' in svc.log_path.read_bytes()
+
+
+def start_guard(env: LocalEnv) -> Supervised:
+    """The roster guard (``python -m worker.roster``): ends the calls of a worker that died when no worker of its
+    agent is alive to take them over."""
+    assert env.endpoints is not None
+    return env.spawn(
+        "roster-guard", [sys.executable, "-m", "worker.roster"], lambda: True,
+        env={**os.environ, **env.endpoints.env()}, cwd=tools.REPO, restartable=True,
+    )  # fmt: skip

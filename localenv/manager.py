@@ -28,6 +28,7 @@ API_KEY = "siphon-local"
 AWS_REGION = "us-east-1"
 PORT_RETRIES = 3
 RTP_PORTS = 200  # RTP ports for livekit-sip: two per concurrent call (bursts of 40+ calls)
+RESTART_SPACING = 2.0  # seconds between two starts of one worker (one that cannot start is not restarted in a loop)
 
 
 def http_ok(port: int, path: str = "/") -> bool:
@@ -124,9 +125,15 @@ class LocalEnv:
         health: Callable[[], bool],
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        *,
+        restartable: bool = False,
     ) -> Supervised:
-        """Start a supervised process that logs to ``<run_dir>/<name>.log`` and stops with the environment."""
-        svc = Supervised(name, argv, self.run_dir / f"{name}.log", env=env, cwd=cwd or self.run_dir, health=health)
+        """Start a supervised process that logs to ``<run_dir>/<name>.log`` and stops with the environment; a
+        ``restartable`` one (a worker) is started again when it dies, the others' death stops the environment."""
+        svc = Supervised(
+            name, argv, self.run_dir / f"{name}.log", env=env, cwd=cwd or self.run_dir, health=health,
+            restartable=restartable,
+        )  # fmt: skip
         self.services.append(svc)
         svc.start()
         return svc
@@ -209,10 +216,27 @@ class LocalEnv:
         )
 
     def check_alive(self) -> None:
-        """Raise ServiceError naming any service that has died since start-up."""
-        dead = [s for s in self.services if not s.alive()]
+        """Raise ServiceError naming any server (not a restartable worker) that has died since start-up."""
+        dead = [s for s in self.services if not s.alive() and not s.restartable]
         if dead:
             raise ServiceError(", ".join(f"{s.name} died (log {s.log_path})" for s in dead))
+
+    def revive(self) -> list[str]:
+        """Start every restartable process (a worker) that has died again, as ECS replaces a stopped task; one line
+        per restart, also appended to the process's own log."""
+        lines = []
+        for svc in self.services:
+            spaced = time.monotonic() - svc.started_at >= RESTART_SPACING
+            if svc.restartable and svc.proc is not None and not svc.alive() and spaced:
+                code = svc.proc.returncode
+                svc.stop(grace=0)  # whatever is left of its process group (job processes of a killed worker)
+                svc.restarts += 1
+                line = f"{svc.name} died (exit code {code}); restarted (restart {svc.restarts}, log {svc.log_path})"
+                with svc.log_path.open("a") as log:
+                    log.write(f"siphon-local: {line}\n")
+                svc.start()
+                lines.append(line)
+        return lines
 
     def reset_aws(self) -> None:
         """Clear all moto state (POST /moto-api/reset)."""
@@ -252,8 +276,10 @@ class LocalEnv:
             svc.stop()
 
 
-def wait_forever(env: LocalEnv, poll: float = 1.0) -> None:
-    """Block until Ctrl-C or until a service dies."""
+def wait_forever(env: LocalEnv, poll: float = 0.5, say: Callable[[str], object] = print) -> None:
+    """Block until Ctrl-C or until a server dies; a worker that dies is restarted (and ``say`` tells it)."""
     while True:
         env.check_alive()
+        for line in env.revive():
+            say(f"siphon-local: {line}")
         time.sleep(poll)

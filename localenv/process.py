@@ -34,11 +34,15 @@ class Supervised:
     env: dict[str, str] | None = None
     cwd: Path | None = None
     health: Callable[[], bool] | None = None
+    restartable: bool = False  # a worker: restarted when it dies (``LocalEnv.revive``); a server's death stops all
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    restarts: int = field(default=0, init=False)
+    started_at: float = field(default=0.0, init=False)  # time.monotonic() of the last start
 
     def start(self) -> None:
         """Start the process detached into its own process group, output to its log file."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.started_at = time.monotonic()
         log = self.log_path.open("ab")
         try:
             self.proc = subprocess.Popen(

@@ -50,7 +50,10 @@ def test_readme_main_command_deploys_prints_routing_and_leaves_nothing_running(t
     for log in ("redis.log", "livekit-server.log", "moto.log", "pulumi-up.log", "worker-support-agent.log"):
         assert (run_dir / log).stat().st_size > 0, log
     assert "Deployed stack `local`" in out.stdout
-    assert "Local workers running: worker-support-agent, worker-sales-agent, worker-reminders-agent" in out.stdout
+    assert (  # stacks/local.yaml: two support-agent workers (local.processes: 2)
+        "Local workers running: worker-support-agent, worker-support-agent-2, worker-sales-agent, "
+        "worker-reminders-agent (a worker that dies is restarted)"
+    ) in out.stdout
     assert "| +15550100100 | support" in out.stdout and "SDR_" in out.stdout
     url = next(line for line in out.stdout.splitlines() if "LIVEKIT_URL=" in line).split("=", 1)[1]
     assert _pids_of(run_dir, f"LIVEKIT_URL={url}") == [], "a service or worker outlived the command"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from localenv.deploy import LATEST_LINK, deploy, start_workers, write_env_file
+from localenv.deploy import LATEST_LINK, deploy, start_stack_workers, write_env_file
 from localenv.manager import LocalEnv
 from localenv.reset import wipe_sip
 from tests.stack_harness import REPO
@@ -107,7 +107,8 @@ def second_terminal(local_env: LocalEnv) -> Iterator[Path]:
     wipe_sip()
     deploy(local_env)
     stack, _ = load(stack_path("local"))
-    workers = start_workers(local_env, {k: a.worker_env(stack.environment) for k, a in stack.agents.items() if a.local})
+    workers = start_stack_workers(local_env, stack)  # as `./dev local` runs them (its guard left out: it would
+    # watch the rosters of every later test's workers in this shared environment)
     try:
         yield write_env_file(local_env)
     finally:

@@ -336,6 +336,7 @@ def test_explicit_dispatch_route_layer(endpoints: Endpoints, worker: WorkerProc)
         "tts": "route",
         "system_instructions": "route",
         "greeting_instructions": "default",
+        "resume_message": "default",
         "send_greeting": "default",
     }
 

@@ -101,6 +101,7 @@ BUILTIN_DEFAULTS = AgentConfig.model_validate({
     **LOCAL_DEFAULTS,
     "system_instructions": "You are a helpful voice assistant on a phone call. Keep answers short.",
     "greeting_instructions": "Greet the caller and introduce yourself briefly.",
+    "resume_message": "Sorry, the line dropped for a moment. Could you repeat what you just said?",
     "send_greeting": True,
 })  # fmt: skip
 """What a worker uses for a field its environment leaves unset (the offline models only in ``local``)."""
@@ -374,6 +375,7 @@ class ResolvedCall:
     models: dict[ModelKind, str]  # label actually used per kind
     fallbacks: dict[ModelKind, str]  # kind -> reason, when the requested spec could not be used
     warnings: tuple[MetadataWarning, ...] = ()
+    resumed: bool = False  # this agent took over a call whose agent process died (not part of the hash)
 
     def describe(self) -> dict[str, object]:
         """The resolved configuration (instructions summarised by length and hash)."""
@@ -421,6 +423,8 @@ class ResolvedCall:
             "warnings": str(len(self.warnings)),
             "system_instructions_sha": text_sha(cfg.system_instructions) or "",
             "greeting_instructions_sha": text_sha(cfg.greeting_instructions) or "",
+            "resume_message_sha": text_sha(cfg.resume_message) or "",
+            "resumed": str(self.resumed).lower(),
         }
         attrs.update({kind: self.models.get(kind, "") for kind in MODEL_KINDS})
         attrs.update(turns.attributes(cfg), end_call=str(end_call.enabled(cfg)).lower())

@@ -33,6 +33,7 @@ from livekit.agents import (
     Agent,
     AgentServer,
     AgentSession,
+    CloseReason,
     JobContext,
     JobExecutorType,
     JobProcess,
@@ -57,6 +58,8 @@ from worker.config import (
 )
 from worker.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
 from worker.models import registry
+from worker.resume import CrashWatch, take_over
+from worker.roster import Roster
 from worker.task_protection import TaskProtection
 
 logger = logging.getLogger("siphon.worker")
@@ -277,6 +280,7 @@ async def _call(ctx: JobContext) -> None:
     except registry.SpecUnavailable as err:
         await _refuse(ctx, settings, str(err), hang_up=sip_p is not None)
         return
+    resumed = meta.resume is not None  # a take-over of a call whose agent process died (worker.resume)
     resolved = ResolvedCall(
         agent_name=settings.agent_name,
         route=meta.route,
@@ -285,6 +289,7 @@ async def _call(ctx: JobContext) -> None:
         models={k: r.label for k, r in models.items()},
         fallbacks={k: r.fallback_reason for k, r in models.items() if r.fallback_reason},
         warnings=tuple(warns),
+        resumed=resumed,
     )
     resolve_ms = (time.perf_counter() - caller_at) * 1000  # caller known -> configuration resolved
     for w in warns:
@@ -304,6 +309,8 @@ async def _call(ctx: JobContext) -> None:
             "metadata_parse_ms": round(parse_ms, 3),
             "connect_ms": round(connect_ms, 1),
             "resolve_ms": round(resolve_ms, 3),
+            "resumed": resumed,
+            **({"resume_count": meta.resume.count, "resumed_job": meta.resume.job_id} if meta.resume else {}),
         },
     )
     # Published while the session starts: the caller is answered when the agent's audio track is up.
@@ -321,9 +328,27 @@ async def _call(ctx: JobContext) -> None:
 
     turns.report(session, ctx.room.local_participant, room=ctx.room.name)
 
+    handed_over: list[asyncio.Task[None]] = []
+
+    def hand_over(error: object) -> None:  # once per job: a new agent takes the call (worker.resume.take_over)
+        if not handed_over and sip_p is not None:
+            task = asyncio.create_task(_hand_over(ctx, settings.agent_name, str(error)[:200]))
+            handed_over.append(task)
+
+    @session.on("error")
+    def _on_error(ev: object) -> None:  # a model plugin raised and gave up: the caller would hear nothing
+        error = getattr(ev, "error", None)
+        if getattr(error, "type", "") in ("llm_error", "tts_error") and not getattr(error, "recoverable", True):
+            hand_over(getattr(error, "error", error))
+
     @session.on("close")
     def _on_close(ev: object) -> None:  # the caller hung up (close_on_disconnect), or the session failed
-        ctx.shutdown(reason=f"session closed: {getattr(ev, 'reason', 'unknown')}")
+        reason = getattr(ev, "reason", "unknown")
+        if reason == CloseReason.ERROR and sip_p is not None:  # a plugin raised: another agent takes the call
+            hand_over(getattr(ev, "error", reason))
+            return
+        if not handed_over:
+            ctx.shutdown(reason=f"session closed: {reason}")
 
     # A phone line carries audio only: no chat input, no transcript stream (nobody in the room reads it).
     room_options = room_io.RoomOptions(text_input=False, text_output=False)
@@ -342,8 +367,27 @@ async def _call(ctx: JobContext) -> None:
                "from_caller_ms": round((time.perf_counter() - caller_at) * 1000, 1),
                "cpu_ms": round(time.process_time() * 1000, 1)},
     )  # fmt: skip
-    if cfg.send_greeting is not False:
+    if resumed:  # the caller is mid-call: no fresh greeting, the resume message word for word
+        session.say(cfg.resume_message or "", allow_interruptions=True)
+    elif cfg.send_greeting is not False:
         session.generate_reply(instructions=cfg.greeting_instructions or "")
+
+
+async def _hand_over(ctx: JobContext, agent_name: str, error: str) -> None:
+    """A model plugin raised and gave up (or the session failed) with the caller still there: hand the call to a
+    new agent as if this process had died (``worker.resume.take_over``: the same metadata plus the resume marker),
+    then end the job."""
+    logger.error("a model failed during a call; handing the call over", extra={"room": ctx.room.name,
+                                                                                   "error": error})  # fmt: skip
+    try:
+        outcome = await take_over(
+            ctx.api, agent_name=agent_name, room=ctx.room.name, metadata=ctx.job.metadata, job_id=ctx.job.id,
+            dead_identity=ctx.room.local_participant.identity, remove_dead=False,
+        )  # fmt: skip
+    except Exception as err:
+        outcome = f"failed: {type(err).__name__}"
+    logger.info("call take-over", extra={"room": ctx.room.name, "job_id": ctx.job.id, "outcome": outcome})
+    ctx.shutdown(reason=f"session failed; {outcome}")
 
 
 async def _log_end(ctx: JobContext, reason: str) -> None:
@@ -407,6 +451,8 @@ def build_server(settings: WorkerSettings | None = None, preload: list[str] | No
         for watcher in watchers:
             watcher.start()
     server.setup_fnc = prewarm
+    CrashWatch(settings.agent_name).attach(server)  # a job process that dies mid-call: its call is taken over
+    Roster(settings.agent_name).attach(server)  # a worker that dies with calls: a living worker takes them over
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=on_request)
     return server
 

@@ -170,6 +170,13 @@ class AgentConfig(TurnTaking):
     end_call: bool | None = Field(
         default=None, description="Whether the agent has the end-call (hang up) tool; default true; null inherits."
     )
+    resume_message: Instructions | None = Field(
+        default=None,
+        description=(
+            "What an agent that takes over a call whose agent process died says, word for word, instead of the "
+            f"greeting, at most {MAX_INSTRUCTIONS_CHARS} characters."
+        ),
+    )
 
 
 class RouteMetadata(StrictModel):
@@ -256,8 +263,25 @@ class RouteMetadata(StrictModel):
         return self.model_copy(update={"direction": direction, "caller_number": caller, "called_number": called})
 
 
+MAX_RESUMES = 3
+"""How many times one call is taken over after its agent process died before it is ended instead."""
+
+
+class ResumeMarker(StrictModel):
+    """Added to a call's metadata by whoever re-dispatches a call whose agent process died (``worker.resume``):
+    the new agent serves the same call (same layers, same SIP participant) and says the resume line, not the
+    greeting."""
+
+    count: int = Field(ge=1, le=MAX_RESUMES, description="How many times this call has been taken over.")
+    job_id: str | None = Field(default=None, max_length=128, description="The job whose process died.")
+
+
 class CallMetadata(RouteMetadata):
     """Route metadata plus what only one call carries: per-call overrides and outbound dial options."""
+
+    resume: ResumeMarker | None = Field(
+        default=None, description="Set only on a call taken over after its agent process died (worker.resume)."
+    )
 
     overrides: AgentConfig | None = Field(default=None, description="Per-call layer, applied over agent_config.")
     ring_timeout: RingTimeout | None = Field(

@@ -13,7 +13,7 @@ import asyncio
 import shutil
 import uuid
 
-from livekit.agents import llm, stt, tts
+from livekit.agents import APIError, llm, stt, tts
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 from livekit.agents.utils import AudioBuffer
 
@@ -118,8 +118,8 @@ class EspeakTTS(tts.TTS):
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         wav, _ = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"espeak-ng exited with {proc.returncode}")
+        if proc.returncode != 0:  # as a plugin reports a request that failed for good: the session sees an error
+            raise APIError(f"espeak-ng exited with {proc.returncode}", retryable=False)
         at = wav.find(b"data")
         pcm = wav[at + 8 :] if at >= 0 else b""
         return pcm[: len(pcm) - len(pcm) % 2]
