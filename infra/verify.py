@@ -45,6 +45,7 @@ class Expectation:
     caller: str = TEST_CALLER
     auth: tuple[str, str] | None = None  # digest credentials of the route's trunk, when it has them
     headers: dict[str, str] | None = None  # SIP headers the INVITE carries (a header override's value)
+    dtmf: str = ""  # digits the caller keys in once answered (a PIN route's PIN and #)
 
 
 def trunk_auth_keys(plan: Plan, routes: list[str] | None = None) -> dict[str, str]:
@@ -206,7 +207,8 @@ async def _verify(exp: Expectation, sip_address: str, timeout: float, source_ip:
     try:
         known = {r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms}
         call = sipp.place(sip_address, exp.number, caller=exp.caller, auth=exp.auth, source_ip=source_ip,
-                          headers=exp.headers, hold_s=timeout + HANGUP_WAIT, answer_timeout_s=timeout)  # fmt: skip
+                          headers=exp.headers, dtmf=exp.dtmf, hold_s=timeout + HANGUP_WAIT,
+                          answer_timeout_s=timeout)  # fmt: skip
         seen = Observation()
         try:
             seen = await observe(lk, call, known, timeout)

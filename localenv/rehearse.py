@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import os
 import re
 import secrets
@@ -59,6 +60,7 @@ STAND_INS = {"llm": "local/scripted", "stt": "local/silent", "tts": "local/espea
 CALLER_ADDRESS = LOCAL_ALLOWED = "127.0.0.1"  # the rehearsal caller's source address, the only one allowed
 OUTSIDER_ADDRESS = "127.0.0.2"  # a loopback address outside the allow-list
 OUTBOUND_CALLEE = "+15005550010"  # the number each outbound route dials (the sipp UAS answers any)
+PIN_REFUSAL_WAIT = 8.0  # seconds a call without the PIN is watched for an agent
 ANSWER_TIMEOUT = 30.0  # seconds for an agent to answer (a failure bound, not a performance target)
 PROJECT = "siphon"
 
@@ -275,14 +277,42 @@ def _header_expectations(plan: Plan, base: list[Expectation]) -> list[Expectatio
                 trunk_id = exp.attributes.get("siphon.trunk_id")
                 attrs = published_attributes(plan, exp.route, exp.number, sipp.from_user(exp.caller), trunk_id,
                                              {attribute: value})  # fmt: skip
-                out.append(Expectation(exp.route, exp.number, exp.agent_name, exp.rule_id, attrs, exp.caller,
-                                       exp.auth, {override.header: value}))  # fmt: skip
+                out.append(dataclasses.replace(exp, attributes=attrs, headers={override.header: value}))
+    return out
+
+
+def _rule_ids() -> dict[str, str]:
+    """Dispatch rule name -> id on the throwaway server (the stack's routing table keeps one route per number)."""
+    from livekit import api
+
+    async def run() -> dict[str, str]:
+        lk = api.LiveKitAPI()
+        try:
+            rules = (await lk.sip.list_dispatch_rule(api.ListSIPDispatchRuleRequest())).items
+            return {r.name: r.sip_dispatch_rule_id for r in rules}
+        finally:
+            await lk.aclose()
+
+    return asyncio.run(run())
+
+
+def route_expectations(plan: Plan, outputs: dict[str, Any], passwords: dict[str, str]) -> list[Expectation]:
+    """One expectation per (route, number) of the plan, a PIN route's call keying in its PIN: every route, also
+    one that shares its number with another (the stack's ``routing_table`` output keeps only one of them)."""
+    rule_ids = _rule_ids()
+    out = []
+    for key, route in plan.inbound_routes.items():
+        rows = {n: {"route": key, "rule_id": rule_ids.get(route.rule.name, "?")} for n in route.rule.numbers}
+        pin = plan.stack.inbound_routes[key].pin_code
+        for exp in expectations(plan, {**outputs, "routing_table": rows}, passwords=passwords):
+            out.append(dataclasses.replace(exp, dtmf=pin + "#") if pin else exp)
     return out
 
 
 def _inbound_check(kind: str, exp: Expectation, sip_address: str) -> Check:
     outcome = verify_one(exp, sip_address, ANSWER_TIMEOUT)
     call = f"from {exp.caller}" + "".join(f", {k}: {v}" for k, v in (exp.headers or {}).items())
+    call += f", keys in {exp.dtmf}" if exp.dtmf else ""
     expected = f"agent {exp.agent_name}, rule {exp.rule_id}, {len(exp.attributes)} siphon.* attributes as planned"
     return Check(kind, exp.route, exp.number, call, expected, outcome.detail, outcome.ok, outcome.seconds)
 
@@ -295,6 +325,34 @@ def _refusal_check(plan: Plan, exp: Expectation, sip_address: str) -> Check:
     ok = not end.completed
     observed = f"refused ({end.reason})" if ok else "answered: a caller outside the allow-list reached the agent"
     return Check("refusal", exp.route, exp.number, f"from {OUTSIDER_ADDRESS}", "refused: not an allowed address",
+                 observed, ok)  # fmt: skip
+
+
+def _pin_refusal_check(exp: Expectation, sip_address: str) -> Check:
+    """A call to a PIN route that keys in no PIN (only #) must reach no agent."""
+    from livekit import api
+
+    from infra.verify import observe
+
+    async def run() -> tuple[bool, str]:
+        lk = api.LiveKitAPI()
+        try:
+            known = {r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms}
+            call = sipp.place(sip_address, exp.number, caller=exp.caller, auth=exp.auth, source_ip=LOCAL_ALLOWED,
+                              dtmf="#", hold_s=PIN_REFUSAL_WAIT + 5, answer_timeout_s=8)  # fmt: skip
+            seen = await observe(lk, call, known, PIN_REFUSAL_WAIT)
+            if seen.room:
+                with contextlib.suppress(api.TwirpError):
+                    await lk.room.delete_room(api.DeleteRoomRequest(room=seen.room))
+            end = await asyncio.to_thread(call.wait, PIN_REFUSAL_WAIT + 15)
+        finally:
+            await lk.aclose()
+        if seen.attributes:
+            return False, f"agent {seen.attributes.get('siphon.agent_name')} answered a call that keyed in no PIN"
+        return True, f"no agent answered ({end.reason or 'the bridge hung up after the PIN prompt'})"
+
+    ok, observed = asyncio.run(run())
+    return Check("pin", exp.route, exp.number, f"from {exp.caller}, keys in # (no PIN)", "no agent answers",
                  observed, ok)  # fmt: skip
 
 
@@ -452,7 +510,11 @@ def rehearse(environment: str, *, file: Path | None = None, run_dir: Path | None
         # 3. the calls
         t = time.monotonic()
         sip_address = env.endpoints.sip_address
-        inbound = expectations(plan, outputs, passwords=passwords)
+        inbound = route_expectations(plan, outputs, passwords)
+        for key, route in plan.inbound_routes.items():
+            if not route.rule.numbers and plan.stack.inbound_routes[key].agent:
+                result.checks.append(Check("inbound", key, "(any)", "-", "a call to one of its numbers",
+                                           "not rehearsed: the route declares no numbers to call", False))  # fmt: skip
         for exp in inbound:
             result.checks.append(_inbound_check("inbound", exp, sip_address))
             say(f"inbound {exp.route} {exp.number}: {result.checks[-1].observed}")
@@ -464,11 +526,10 @@ def rehearse(environment: str, *, file: Path | None = None, run_dir: Path | None
             if trunks and all(t.args.allowed_addresses for t in trunks):
                 result.checks.append(_refusal_check(plan, exp, sip_address))
                 say(f"refusal {exp.route} {exp.number}: {result.checks[-1].observed}")
-        for route, declared in plan.stack.inbound_routes.items():
-            if declared.pin_code:
-                result.checks.append(Check("pin", route, ", ".join(declared.numbers), "with its PIN",
-                                           "the agent answers after the PIN", "not rehearsed: the rehearsal caller "
-                                           "cannot send DTMF yet, so a PIN route is not proven", False))  # fmt: skip
+        for exp in inbound:
+            if exp.dtmf:
+                result.checks.append(_pin_refusal_check(exp, sip_address))
+                say(f"pin {exp.route} {exp.number} without the PIN: {result.checks[-1].observed}")
         for key in plan.outbound_routes:
             result.checks.append(_outbound_check(plan, key, outputs, passwords, uas_port))
             say(f"outbound {key}: {result.checks[-1].observed}")

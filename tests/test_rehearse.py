@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from infra.sipp import dtmf_pcaps, scenario
 from infra.stack.load import StackFileError
 from infra.stack.plan import plan_file
 from localenv.rehearse import OUTSIDER_ADDRESS, _own_processes
@@ -78,6 +79,23 @@ def assert_passes_with_every_number_and_route(environment: str) -> str:
     return report
 
 
+# ------------------------------------------------------------------------------------------------ the caller's PIN
+
+
+def test_a_caller_keying_in_a_pin_offers_telephone_events_and_sends_one_new_event_per_digit() -> None:
+    xml = scenario("+15005550006", dtmf="43#")
+    assert "a=rtpmap:101 telephone-event/8000" in xml and "RTP/AVP 0 101" in xml
+    assert [f'play_pcap_audio="dtmf_{i}.pcap"' in xml for i in range(3)] == [True] * 3
+    events, stamps = [], []
+    for pcap in dtmf_pcaps("43#"):
+        rtp = pcap[24 + 16 + 42 :]  # the first packet, after the pcap headers and Ethernet, IPv4 and UDP
+        events.append(rtp[12])
+        stamps.append(int.from_bytes(rtp[4:8], "big"))
+    assert events == [4, 3, 11]
+    assert len(set(stamps)) == 3  # the bridge takes a repeated timestamp for the same key press
+    assert "telephone-event" not in scenario("+15005550006")
+
+
 # ------------------------------------------------------------------------------------------------ the files
 
 
@@ -111,17 +129,15 @@ def test_a_wrong_outbound_caller_id_is_caught_by_validate_and_the_rehearsal_stop
     assert "## Calls" not in run.stdout  # nothing was deployed or called
 
 
-def test_a_header_the_trunk_does_not_map_still_selects_its_layer_and_a_pin_route_fails_naming_it(
+def test_a_header_the_trunk_does_not_map_still_selects_its_layer_and_a_pin_route_answers_only_with_its_pin(
     tmp_path: Path,
 ) -> None:
-    """Two seeded changes to dev, rehearsed once.
+    """Two seeded changes to dev that validate passes, rehearsed once; both work, and the rehearsal proves it.
 
-    A header override on a header the carrier trunk does not map (X-Language): validate passes it, and so does the
-    rehearsal, because the program adds the trunk mapping itself (infra/stack/headers.py); the rehearsal's call with
-    the header proves that the layer is selected. This mistake cannot reach customers; the call shows it.
-
-    A PIN on sales-eu: validate passes it; the rehearsal calls the number without the PIN (its caller sends no DTMF),
-    no agent answers, and the rehearsal fails naming the route and number.
+    A header override on a header the carrier trunk does not map (X-Language): this mistake cannot reach customers,
+    because the program adds the trunk mapping itself (infra/stack/headers.py); the call with the header shows the
+    layer. A PIN on sales-eu: the call keying in the PIN (RFC 4733 events) is answered as planned, the call keying in
+    only # reaches no agent.
     """
 
     def seed(doc: dict[str, Any]) -> None:
@@ -135,17 +151,39 @@ def test_a_header_the_trunk_does_not_map_still_selects_its_layer_and_a_pin_route
     plan_file(path, secrets=False)  # validate passes both
     run = rehearse("dev", "--file", str(path))
     report = run.stdout
-    assert run.returncode == 1, report + run.stderr
+    assert run.returncode == 0, report + run.stderr
     rows = call_rows(report)
     header = [r for r in rows if r[0] == "header" and r[1] == "sales-us"]
     assert header and header[0][7] == "ok" and "X-Language: fr" in header[0][3], report
-    pin = [r for r in rows if r[1] == "sales-eu" and r[7] == "FAIL"]
-    assert pin, report
-    failed = report.split("## Failed", 1)[1]
-    assert "route `sales-eu`, number +14155550102" in failed, report
-    assert "PIN" in failed, report
-    others = [r for r in rows if r[1] != "sales-eu"]
-    assert all(r[7] == "ok" for r in others), report
+    with_pin = [r for r in rows if r[0] == "inbound" and r[1] == "sales-eu"]
+    assert with_pin and "keys in 4321#" in with_pin[0][3] and with_pin[0][7] == "ok", report
+    without = [r for r in rows if r[0] == "pin" and r[1] == "sales-eu"]
+    assert without and without[0][7] == "ok" and "no agent answered" in without[0][5], report
+
+
+def test_a_pin_route_sharing_its_number_with_an_open_route_fails_naming_both_where_validate_passes(
+    tmp_path: Path,
+) -> None:
+    """The author means +14155550102 to need a PIN (sales-eu) but also gives the number an open route. validate
+    passes it (different PINs do not conflict), and the stack's routing table shows only one of the two routes.
+    LiveKit reads it differently: a call keying in only # is answered by the open route's agent, and a call keying in
+    nothing is held at the PIN prompt, so the open route never answers as declared."""
+
+    def seed(doc: dict[str, Any]) -> None:
+        doc["inbound_routes"]["sales-eu"]["pin"] = "4321"
+        doc["inbound_routes"]["sales-eu-open"] = {"numbers": ["+14155550102"], "agent": "sales-agent"}
+
+    path = copy_of_dev(tmp_path, seed)
+    plan_file(path, secrets=False)  # validate passes
+    run = rehearse("dev", "--file", str(path))
+    report = run.stdout
+    assert run.returncode == 1, report + run.stderr
+    failed = report.split("## Failed", 1)[1].split("\n## ", 1)[0]
+    assert "pin route `sales-eu`, number +14155550102" in failed, report
+    assert "answered a call that keyed in no PIN" in failed, report
+    assert "inbound route `sales-eu-open`, number +14155550102" in failed, report
+    rows = call_rows(report)
+    assert all(r[7] == "ok" for r in rows if r[1] not in ("sales-eu", "sales-eu-open")), report
 
 
 # ------------------------------------------------------------------------------------------------ Ctrl-C
