@@ -23,7 +23,7 @@ import yaml
 from infra.sipp import dtmf_pcaps, scenario
 from infra.stack.load import StackFileError
 from infra.stack.plan import plan_file
-from localenv.rehearse import OUTSIDER_ADDRESS, _own_processes
+from localenv.rehearse import OUTSIDER_ADDRESS, _own_processes, model_problems
 
 pytestmark = pytest.mark.engine
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +127,48 @@ def test_a_wrong_outbound_caller_id_is_caught_by_validate_and_the_rehearsal_stop
     assert "FAIL" in run.stdout and "outbound_routes.appointment-reminders.caller_ids.0" in run.stdout, run.stdout
     assert "+14155550199 is not one of trunk 'carrier-out'" in run.stdout, run.stdout
     assert "## Calls" not in run.stdout  # nothing was deployed or called
+
+
+@pytest.mark.parametrize(
+    ("tts", "keys", "named"),
+    [
+        ("fal/voice-1", True, "unknown tts provider 'fal'"),
+        ("cartesia/sonic-2", False, "cartesia/sonic-2 needs CARTESIA_API_KEY, which the workers are not given"),
+    ],
+    ids=["unknown-provider", "credential-not-given"],
+)
+def test_an_unbuildable_model_is_caught_by_validate_and_the_rehearsal_stops_there_naming_it(
+    tmp_path: Path, tts: str, keys: bool, named: str
+) -> None:
+    """validate catches these (an unknown provider, a credential the workers are not given): nothing is deployed."""
+
+    def seed(doc: dict[str, Any]) -> None:
+        doc["agents"]["sales-agent"]["defaults"]["tts"] = tts
+        if not keys:
+            doc["agents"]["sales-agent"]["ecs"]["provider_key_secrets"].pop("CARTESIA_API_KEY")
+
+    path = copy_of_dev(tmp_path, seed)
+    with pytest.raises(StackFileError, match=re.escape(named)):
+        plan_file(path, secrets=False)
+    run = rehearse("dev", "--file", str(path))
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "agents.sales-agent.defaults.tts" in run.stdout and named in run.stdout, run.stdout
+    assert "## Calls" not in run.stdout
+
+
+def test_a_model_whose_plugin_the_environment_lacks_is_named_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """validate cannot see this one (it reads no installed packages): the rehearsal's own check names it."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "livekit.plugins.cartesia" else real(name, *a))  # fmt: skip
+    doc = yaml.safe_load((REPO / "stacks" / "dev.yaml").read_text())
+    problems = {where: why for where, _, why in model_problems(doc) if why != "buildable"}
+    assert set(problems) == {f"agents.{a}.defaults.tts" for a in doc["agents"]}, problems
+    assert all("plugin livekit.plugins.cartesia not installed" in why for why in problems.values()), problems
 
 
 def test_a_header_the_trunk_does_not_map_still_selects_its_layer_and_a_pin_route_answers_only_with_its_pin(
