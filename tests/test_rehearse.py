@@ -240,13 +240,14 @@ def _bindable(port: int, kind: int) -> bool:
     return True
 
 
-def test_one_ctrl_c_during_the_deploy_leaves_no_process_port_or_run_folder_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("during", ["deploying", "calling"], ids=["during-the-deploy", "during-a-call"])
+def test_one_ctrl_c_leaves_no_process_port_or_run_folder_behind(tmp_path: Path, during: str) -> None:
     run_dir = tmp_path / "run"
     argv = [sys.executable, "-m", "localenv.rehearse", "dev", "--run-dir", str(run_dir)]
     with (tmp_path / "stderr").open("w") as err:
         proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    while "deploying" not in (tmp_path / "stderr").read_text():
+    while during not in (tmp_path / "stderr").read_text():
         assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr").read_text()
         time.sleep(0.1)
     services = run_dir / "services"
@@ -256,7 +257,7 @@ def test_one_ctrl_c_during_the_deploy_leaves_no_process_port_or_run_folder_behin
         for p in re.findall(r'"(?:port|sip_port|health_port|tcp_port|udp_port)": (\d+)', (services / name).read_text())
     }
     assert len(ports) >= 4, ports
-    time.sleep(2.0)  # the engine is running `pulumi up` now
+    time.sleep(2.0)  # the engine is running `pulumi up`, or sipp is calling and a worker answering
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole foreground process group
     out, _ = proc.communicate(timeout=120)
     stderr = (tmp_path / "stderr").read_text()
