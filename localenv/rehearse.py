@@ -32,6 +32,7 @@ import re
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +64,7 @@ OUTBOUND_CALLEE = "+15005550010"  # the number each outbound route dials (the si
 PIN_REFUSAL_WAIT = 8.0  # seconds a call without the PIN is watched for an agent
 ANSWER_TIMEOUT = 30.0  # seconds for an agent to answer (a failure bound, not a performance target)
 PROJECT = "siphon"
+IMAGE_TAG = "rehearse"  # the tag `--image` builds (not `./dev image`'s)
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def model_problems(doc: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def rehearsal_copy(
-    doc: dict[str, Any], plan: Plan, uas_address: str
+    doc: dict[str, Any], plan: Plan, uas_address: str, image: str = ""
 ) -> tuple[dict[str, Any], list[Substitution], dict[str, str]]:
     """The document to rehearse, what was substituted, and the generated passwords (config key -> value)."""
     out = copy.deepcopy(doc)
@@ -188,7 +190,7 @@ def rehearsal_copy(
             if not agent.get("max_calls"):  # the capacity the ECS size gives, as declared
                 agent["max_calls"] = plan.stack.agents[key].calls_per_worker
             sub(f"agents.{key}.ecs", f"image {str(ecs.get('image', '?')).rsplit('/', 1)[-1][:40]}",
-                f"local worker process of this checkout (max_calls {agent['max_calls']})")  # fmt: skip
+                f"{image or 'local worker process'} of this checkout (max_calls {agent['max_calls']})")  # fmt: skip
             agent["local"] = agent.get("local") or {}
         elif agent.get("local") is None:
             agent["local"] = {}
@@ -445,7 +447,7 @@ def _outbound_check(plan: Plan, key: str, outputs: dict[str, Any], passwords: di
 
 
 def rehearse(environment: str, *, file: Path | None = None, run_dir: Path | None = None, keep: bool = False,
-             on_progress: Any = None) -> Rehearsal:  # fmt: skip
+             image: bool = False, on_progress: Any = None) -> Rehearsal:  # fmt: skip
     """Validate, deploy and call ``environment``'s stack file (``file`` overrides its path) on a throwaway
     environment; always tears down. Raises ``Interrupted`` after teardown when interrupted."""
     say = on_progress or (lambda text: print(f"rehearse: {text}", file=sys.stderr, flush=True))
@@ -467,7 +469,23 @@ def rehearse(environment: str, *, file: Path | None = None, run_dir: Path | None
     run = run_dir or Path(tempfile.mkdtemp(prefix="siphon-rehearse-"))
     run.mkdir(parents=True, exist_ok=True)
     uas_port = free_port_range(1)
-    rehearsed, result.substitutions, passwords = rehearsal_copy(doc, real_plan, f"{LOCAL_ALLOWED}:{uas_port}")
+    built = None
+    if image:  # the packaged worker, built from this checkout (layer-cached) under a tag of its own
+        from localenv import image as worker_image
+
+        say("building the worker image")
+        t = time.monotonic()
+        try:
+            built = worker_image.build(IMAGE_TAG)
+        except subprocess.CalledProcessError as e:  # the engine's own output says what failed
+            result.problems.append(f"the worker image did not build: {((e.stderr or '') + (e.stdout or ''))[-1500:]}")
+            return result
+        except tools.ToolError as e:
+            result.problems.append(f"no container engine to build the worker image: {e}")
+            return result
+        result.timings["image build"] = time.monotonic() - t
+    shown = f"the image {built.ref} ({built.digest[:19]}, {Path(built.engine).name}, host network)" if built else ""
+    rehearsed, result.substitutions, passwords = rehearsal_copy(doc, real_plan, f"{LOCAL_ALLOWED}:{uas_port}", shown)
     env: LocalEnv | None = None
     saved_environ = dict(os.environ)
     try:
@@ -502,8 +520,9 @@ def rehearse(environment: str, *, file: Path | None = None, run_dir: Path | None
         outputs = {k: v.value for k, v in up.outputs.items()}
         from localenv.deploy import start_workers
 
-        workers: list[Supervised] = start_workers(
-            env, {k: a.worker_env(LOCAL_ENVIRONMENT) for k, a in plan.stack.agents.items() if a.local}
+        agent_env = {k: a.worker_env(LOCAL_ENVIRONMENT) for k, a in plan.stack.agents.items() if a.local}
+        workers: list[Supervised] = (
+            start_containers(env, built, agent_env, run.name) if built else start_workers(env, agent_env)
         )
         result.timings["deploy"] = time.monotonic() - t
         say(f"deployed and {len(workers)} worker(s) up in {result.timings['deploy']:.1f}s; calling")
@@ -542,6 +561,8 @@ def rehearse(environment: str, *, file: Path | None = None, run_dir: Path | None
         t = time.monotonic()
         if env is not None:
             env.stop()
+        if built is not None:
+            remove_containers(built.engine, run.name)
         _kill_own(str(run))
         os.environ.clear()
         os.environ.update(saved_environ)
@@ -549,6 +570,60 @@ def rehearse(environment: str, *, file: Path | None = None, run_dir: Path | None
             shutil.rmtree(run, ignore_errors=True)
         result.timings["teardown"] = time.monotonic() - t
         result.timings["total"] = time.monotonic() - t0
+
+
+def _container_name(run_name: str, agent: str) -> str:
+    return f"siphon-rehearse-{run_name}-{agent}"[:120]
+
+
+def start_containers(
+    env: LocalEnv, built: Any, agent_env: dict[str, dict[str, str]], run_name: str
+) -> list[Supervised]:
+    """One container of the built image per agent (host network), in the foreground of a supervised ``run``
+    process; LiveKit credentials are passed by name only (their values come from the engine's environment)."""
+    import functools
+
+    from localenv import image as worker_image
+    from localenv.ports import free_tcp_port
+
+    assert env.endpoints is not None
+    started = []
+    for agent, settings in agent_env.items():
+        port = free_tcp_port()
+        values = {**settings, "SIPHON_AGENT_NAME": agent, "SIPHON_HTTP_PORT": str(port),
+                  "SIPHON_HTTP_HOST": LOCAL_ALLOWED}  # fmt: skip
+        argv = [built.engine, "run", "--rm", "--name", _container_name(run_name, agent), "--network", "host",
+                "--stop-timeout", "20", *(a for k in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+                                          for a in ("-e", k)),
+                *(a for k, v in values.items() for a in ("-e", f"{k}={v}")), built.ref]  # fmt: skip
+        log = env.run_dir / f"container-{agent}.log"
+        # Healthy once its health server answers and it has registered with LiveKit (the container's health server
+        # comes up a few seconds before the registration; a call placed in between finds no worker).
+        health = functools.partial(_registered, log, port)
+        svc = env.spawn(f"container-{agent}", argv, health,
+                        env={**os.environ, **worker_image.engine_env(), **env.endpoints.env()})  # fmt: skip
+        started.append(svc)
+    for svc in started:
+        svc.wait_healthy(120)
+    return started
+
+
+def _registered(log: Path, port: int) -> bool:
+    from localenv.manager import http_ok
+
+    return http_ok(port) and '"registered worker"' in log.read_text(errors="replace")
+
+
+def remove_containers(engine: str, run_name: str) -> None:
+    """Remove this rehearsal's containers, whatever state they are in."""
+    from localenv import image as worker_image
+
+    listed = subprocess.run([engine, "ps", "-a", "--format", "{{.Names}}"], env=worker_image.engine_env(),
+                            capture_output=True, text=True, timeout=60, check=False).stdout.split()  # fmt: skip
+    mine = [n for n in listed if n.startswith(_container_name(run_name, ""))]
+    if mine:
+        subprocess.run([engine, "rm", "-f", "-t", "5", *mine], env=worker_image.engine_env(), capture_output=True,
+                       timeout=120, check=False)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ the report
@@ -598,13 +673,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("environment", help="the environment whose stacks/<environment>.yaml is rehearsed")
     parser.add_argument("--file", type=Path, default=None, help="rehearse this stack file instead")
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: a temporary one)")
+    parser.add_argument(
+        "--image",
+        action="store_true",
+        help="run each agent as the worker image built from this "
+        "checkout (docker or podman) instead of a local worker process",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run folder (configs, logs) afterwards")
     parser.add_argument("--report", type=Path, default=None, help="also write the Markdown report to this file")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, _interrupted)
     signal.signal(signal.SIGTERM, _interrupted)
     try:
-        result = rehearse(args.environment, file=args.file, run_dir=args.run_dir, keep=args.keep)
+        result = rehearse(args.environment, file=args.file, run_dir=args.run_dir, keep=args.keep, image=args.image)
     except Interrupted:
         print("rehearse: interrupted; everything was torn down", file=sys.stderr)
         return 130
