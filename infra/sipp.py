@@ -3,6 +3,8 @@
 The Call-ID is how a call is found again on the LiveKit side: livekit-sip publishes it on the caller's
 participant as ``sip.callIDFull``. The caller hangs up by BYE when told to, or answers the far end's BYE
 (for example when the room is deleted), so sipp always ends the call by the protocol, never by a kill.
+
+``Carrier`` is the answering side: a sipp UAS standing in for the carrier an outbound trunk dials.
 """
 
 from __future__ import annotations
@@ -27,6 +29,20 @@ Call-ID: [call_id]
 Contact: sip:{caller}@[local_ip]:[local_port]
 Max-Forwards: 70"""
 
+SDP_PCMU_DTMF = """v=0
+o=siphon 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-16
+"""  # the same offer with RFC 4733 telephone events (payload type 101), for a caller that keys in digits
+DTMF_PCAP_TEMPLATE = Path("/usr/share/sip-tester/dtmf_2833_0.pcap")  # sip-tester's recording of digit 0 (PT 101)
+_DTMF_EVENTS = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}
+_RTP_EVENT_OFFSET = 14 + 20 + 8 + 12  # Ethernet, IPv4, UDP and RTP headers before the telephone-event payload
+
 SDP_PCMU = """v=0
 o=siphon 53655765 2353687637 IN IP[local_ip_type] [local_ip]
 s=-
@@ -45,7 +61,7 @@ CSeq: {cseq} INVITE
 Content-Length: [len]
 
 """
-    + SDP_PCMU
+    + "{sdp}"
 )
 
 _IN_DIALOG = """{method} sip:[service]@[remote_ip]:[remote_port] SIP/2.0
@@ -90,15 +106,23 @@ def scenario(
     auth: tuple[str, str] | None = None,
     hold_ms: int = 30000,
     audio: CallerAudio | None = None,
+    dtmf: str = "",
 ) -> str:
     """A sipp UAC scenario: INVITE (PCMU) from ``caller`` with extra headers, answer a digest challenge with
-    ``auth`` (username, password) when given, then (with ``audio``) speak, hold until the far end sends BYE or
-    ``hold_ms`` passes, and hang up with BYE. Credentials live only in the scenario file, never on a command line."""
+        ``auth`` (username, password) when given, then (with ``audio``) speak, hold until the far end sends BYE or
+        ``hold_ms`` passes, and hang up with BYE. With ``dtmf``, the caller keys in those digits (RFC 4733 events, one
+    ``dtmf_<i>.pcap`` each, see ``dtmf_pcaps``) one second after the answer. Credentials live only in the scenario file,
+    never on a command line."""
+    sdp = SDP_PCMU_DTMF if dtmf else SDP_PCMU
     extra = "".join(f"{k}: {v}\n" for k, v in (headers or {}).items())
     common = {"caller": from_user(caller)}
     dialog = _HEADERS.format(to_tag="", **common)
     answered = _HEADERS.format(to_tag="[peer_tag_param]", **common)
-    steps = [f'<send retrans="500">{_cdata(_INVITE.format(headers=dialog, cseq=1, extra=extra, auth=""))}</send>',
+
+    def invite(cseq: int, auth_line: str) -> str:
+        return _cdata(_INVITE.format(headers=dialog, cseq=cseq, extra=extra, auth=auth_line, sdp=sdp))
+
+    steps = [f'<send retrans="500">{invite(1, "")}</send>',
              '<recv response="100" optional="true"/>']  # fmt: skip
     if auth:
         steps += [
@@ -115,8 +139,7 @@ def scenario(
         steps += [
             '<label id="auth"/>',
             f"<send>{_cdata(_IN_DIALOG.format(method='ACK', headers=answered, cseq=1))}</send>",
-            f'<send retrans="500">{_cdata(_INVITE.format(headers=dialog, cseq=2, extra=extra, auth=credentials))}'
-            "</send>",
+            f'<send retrans="500">{invite(2, credentials)}</send>',
             '<recv response="100" optional="true"/>',
             '<recv response="180" optional="true"/>',
             '<recv response="183" optional="true"/>',
@@ -127,6 +150,11 @@ def scenario(
         '<label id="answered"/>',
         f"<send>{_cdata(_IN_DIALOG.format(method='ACK', headers=answered, cseq=cseq))}</send>",
     ]
+    if dtmf:  # each digit's recording is replayed from sipp's media port, 300 ms apart
+        steps.append('<pause milliseconds="1000"/>')
+        for i in range(len(dtmf)):
+            steps += [f'<nop><action><exec play_pcap_audio="dtmf_{i}.pcap"/></action></nop>',
+                      '<pause milliseconds="300"/>']  # fmt: skip
     if audio:  # sipp streams the file as RTP (payload type 0) in the background; the wait for BYE starts at once
         steps += [
             f'<pause milliseconds="{int(audio.after_s * 1000)}"/>',
@@ -143,6 +171,33 @@ def scenario(
     ]
     body = "\n  ".join(steps)
     return f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="siphon-call">\n  {body}\n</scenario>\n'
+
+
+def dtmf_pcaps(digits: str) -> list[bytes]:
+    """One pcap per digit (0-9, *, #) for sipp's ``play_pcap_audio``: sip-tester's recording of digit 0 with the
+    event code of each RTP packet set to the digit's."""
+    if not digits:
+        return []
+    if unknown := set(digits) - set(_DTMF_EVENTS):
+        raise ValueError(f"not DTMF digits: {''.join(sorted(unknown))}")
+    if not DTMF_PCAP_TEMPLATE.exists():
+        raise SippMissing(f"{DTMF_PCAP_TEMPLATE} is missing: install the Debian package sip-tester")
+    template = DTMF_PCAP_TEMPLATE.read_bytes()
+    out = []
+    for i, digit in enumerate(digits):
+        data, at = bytearray(template), 24  # after the pcap file header
+        while at + 16 <= len(data):
+            length = int.from_bytes(data[at + 8 : at + 12], "little")
+            if length > _RTP_EVENT_OFFSET:
+                rtp = at + 16 + _RTP_EVENT_OFFSET - 12
+                data[rtp + 12] = _DTMF_EVENTS[digit]
+                # A new event per digit: its own sequence numbers and timestamp (a receiver drops repeats of one)
+                seq = (int.from_bytes(data[rtp + 2 : rtp + 4], "big") + 100 * i) % 2**16
+                stamp = (int.from_bytes(data[rtp + 4 : rtp + 8], "big") + 8000 * i) % 2**32
+                data[rtp + 2 : rtp + 4], data[rtp + 4 : rtp + 8] = seq.to_bytes(2, "big"), stamp.to_bytes(4, "big")
+            at += 16 + length
+        out.append(bytes(data))
+    return out
 
 
 class SippMissing(RuntimeError):
@@ -236,6 +291,7 @@ def place(
     hold_s: float = 30.0,
     answer_timeout_s: float = 20.0,
     audio: CallerAudio | None = None,
+    dtmf: str = "",
 ) -> SippCall:
     """Start one synthetic call to ``number`` through the bridge at ``sip_address`` (host:port, UDP); with
     ``audio`` the caller speaks (see ``CallerAudio``)."""
@@ -243,9 +299,13 @@ def place(
     tmp = tempfile.TemporaryDirectory(prefix="siphon-sipp-")
     work = Path(tmp.name)
     call_id = f"siphon-{uuid.uuid4().hex}"
-    (work / "uac.xml").write_text(scenario(caller, headers, auth=auth, hold_ms=int(hold_s * 1000), audio=audio))
+    (work / "uac.xml").write_text(
+        scenario(caller, headers, auth=auth, hold_ms=int(hold_s * 1000), audio=audio, dtmf=dtmf)
+    )
     if audio:
         shutil.copyfile(audio.path, work / audio.path.name)
+    for i, pcap in enumerate(dtmf_pcaps(dtmf)):
+        (work / f"dtmf_{i}.pcap").write_bytes(pcap)
     argv = [
         sipp, "-sf", "uac.xml", "-s", number, *(["-i", source_ip] if source_ip else []), "-m", "1",
         "-cid_str", call_id, "-nostdin", "-trace_err", "-trace_msg", "-recv_timeout", str(int(answer_timeout_s * 1000)),
@@ -256,3 +316,99 @@ def place(
         started = time.monotonic()
         proc = subprocess.Popen(argv, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     return SippCall(call_id, number, proc, work, started, tmp)
+
+
+# ---------------------------------------------------------------- answering side (a carrier for outbound calls)
+_REPLY = """SIP/2.0 {status}
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+{extra}Content-Length: {length}
+"""
+
+
+def _send(status: str, extra: str = "", sdp: bool = False, attrs: str = "") -> str:
+    text = _REPLY.format(status=status, extra=extra, length="[len]" if sdp else "0") + ("\n" + SDP_PCMU if sdp else "")
+    return f"<send{attrs}><![CDATA[\n{text}\n]]></send>"
+
+
+def uas_scenario(auth: tuple[str, str] | None) -> str:
+    """INVITE -> (401 challenge, ACK, INVITE with valid credentials or 403) -> 200 OK -> ACK -> BYE -> 200."""
+    contact = "Contact: <sip:carrier@[local_ip]:[local_port]>\nContent-Type: application/sdp\n"
+    steps = ['<recv request="INVITE" crlf="true"/>']
+    if auth:
+        steps += [
+            _send("401 Unauthorized", 'WWW-Authenticate: Digest realm="carrier.test", nonce="[pid]n[call_number]"\n'),
+            '<recv request="ACK"/>',
+            f'<recv request="INVITE" check_it="true"><action><verifyauth assign_to="authvalid" username="{auth[0]}" '
+            f'password="{auth[1]}"/></action></recv>',
+            '<nop hide="true" test="authvalid" next="good"/>',
+            _send("403 Forbidden", attrs=' next="refused"'),
+            '<label id="good"/>',
+        ]
+    steps += [
+        _send("180 Ringing"),
+        _send("200 OK", contact, sdp=True, attrs=' retrans="500"'),
+        '<recv request="ACK" crlf="true"/>',
+        '<recv request="BYE"/>',
+        _send("200 OK"),
+        '<label id="refused"/>',
+        '<nop display="done"/>',
+    ]
+    body = "\n  ".join(steps)
+    return f'<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="carrier">\n  {body}\n</scenario>\n'
+
+
+@dataclass
+class Carrier:
+    """A running carrier UAS on 127.0.0.1:<port> that takes one call."""
+
+    port: int
+    auth: tuple[str, str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    _tmp: tempfile.TemporaryDirectory[str] = field(
+        default_factory=lambda: tempfile.TemporaryDirectory(prefix="carrier-")
+    )
+
+    @property
+    def work(self) -> Path:
+        """The UAS's working folder (its scenario and message trace)."""
+        return Path(self._tmp.name)
+
+    def start(self) -> Carrier:
+        """Start listening on 127.0.0.1:<port> for one call."""
+        (self.work / "uas.xml").write_text(uas_scenario(self.auth))
+        argv = [sipp_binary(), "-sf", "uas.xml", "-i", "127.0.0.1", "-p", str(self.port), "-m", "1", "-nostdin",
+                "-trace_msg", "-trace_err", "-timeout", "120"]  # fmt: skip
+        with (self.work / "sipp.stderr").open("wb") as err:
+            self.proc = subprocess.Popen(argv, cwd=self.work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=err)  # fmt: skip
+        return self
+
+    def messages(self) -> str:
+        """Every SIP message the UAS sent and received so far (sipp's trace)."""
+        return "\n".join(p.read_text(errors="replace") for p in self.work.glob("*_messages.log"))
+
+    def invites(self) -> list[str]:
+        """Call-IDs of the INVITEs received (one per dial attempt; a challenged dial sends two, same Call-ID)."""
+        ids = re.findall(r"(?ms)^INVITE sip:.*?^Call-ID:\s*(\S+)", self.messages())
+        return sorted(set(ids))
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait for the call to end (the UAS exits after one call); terminate after ``timeout``."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            return None
+
+    def close(self) -> None:
+        """Stop the UAS if it still runs and remove its folder."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self._tmp.cleanup()

@@ -44,6 +44,8 @@ class Expectation:
     attributes: dict[str, str]
     caller: str = TEST_CALLER
     auth: tuple[str, str] | None = None  # digest credentials of the route's trunk, when it has them
+    headers: dict[str, str] | None = None  # SIP headers the INVITE carries (a header override's value)
+    dtmf: str = ""  # digits the caller keys in once answered (a PIN route's PIN and #)
 
 
 def trunk_auth_keys(plan: Plan, routes: list[str] | None = None) -> dict[str, str]:
@@ -57,16 +59,22 @@ def trunk_auth_keys(plan: Plan, routes: list[str] | None = None) -> dict[str, st
 
 
 def published_attributes(
-    plan: Plan, route_key: str, number: str, caller_number: str, trunk_id: str | None
+    plan: Plan,
+    route_key: str,
+    number: str,
+    caller_number: str,
+    trunk_id: str | None,
+    sip_attributes: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The ``siphon.*`` attributes the agent answering a call to ``number`` on this route publishes, computed as
     the worker computes them: its defaults (``worker_defaults`` of what the deployment sets), the metadata the
     plan gives the route's dispatch rule, the worker's merge (``call_layers``) and ``ResolvedCall.attributes``.
-    Without ``trunk_id`` (the route has several trunks), ``siphon.trunk_id`` is left out."""
+    Without ``trunk_id`` (the route has several trunks), ``siphon.trunk_id`` is left out. ``sip_attributes``: the
+    caller's participant attributes the trunk maps from SIP headers (they select the route's header overrides)."""
     dispatch = plan.inbound_routes[route_key].dispatch
     meta = parse_metadata(dispatch.metadata).metadata
     defaults = worker_defaults(plan.stack.agents[dispatch.agent_name].defaults, offline=plan.stack.is_local)
-    merged, _ = call_layers(defaults, meta, None)
+    merged, _ = call_layers(defaults, meta, sip_attributes)
     models = {kind: parse_spec(kind, getattr(merged.config, kind)).label for kind in MODEL_KINDS}
     facts = CallFacts("inbound", caller_number, number, trunk_id)
     attrs = ResolvedCall(dispatch.agent_name, meta.route, facts, merged, models, fallbacks={}).attributes()
@@ -199,7 +207,8 @@ async def _verify(exp: Expectation, sip_address: str, timeout: float, source_ip:
     try:
         known = {r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms}
         call = sipp.place(sip_address, exp.number, caller=exp.caller, auth=exp.auth, source_ip=source_ip,
-                          hold_s=timeout + HANGUP_WAIT, answer_timeout_s=timeout)  # fmt: skip
+                          headers=exp.headers, dtmf=exp.dtmf, hold_s=timeout + HANGUP_WAIT,
+                          answer_timeout_s=timeout)  # fmt: skip
         seen = Observation()
         try:
             seen = await observe(lk, call, known, timeout)

@@ -62,6 +62,8 @@ NOT_HERE: dict[str, str] = {
     "uv run python -m localenv.cli up": "the same as `./dev local`",
     "./dev test": "runs the suite this test is part of",
     "./dev image": "builds the worker image: tests/test_worker_image.py builds and runs it",
+    "./dev rehearse <env>": "a template; its forms for dev and prod run in tests/test_rehearse.py",
+    "./dev rehearse dev": "starts a throwaway environment of its own: tests/test_rehearse.py runs it",
     "uv run siphon-infra summary prod --preview preview.json": "needs `pulumi preview --json` of prod, whose cloud "
                                                               "is not reachable here (the summary is tested offline)",
     "pulumi config set --secret livekit:apiSecret ...": "a template for a real environment's secret",

@@ -24,3 +24,13 @@ def test_preview_workflow_uses_pulumi_actions_for_every_deployed_stack():
     assert pulumi["with"]["pulumi-version"] == "3.260.0"
     assert "siphon-infra validate" in steps["Validate the stack file (offline)"]["run"]
     assert "siphon-infra summary" in steps["Routing summary"]["run"]
+
+
+def test_every_deployed_stack_is_rehearsed_and_its_report_posted_without_any_secret():
+    wf = yaml.safe_load((REPO / ".github" / "workflows" / "preview.yml").read_text())
+    job = wf["jobs"]["rehearse"]
+    assert sorted(job["strategy"]["matrix"]["stack"]) == sorted(wf["jobs"]["preview"]["strategy"]["matrix"]["stack"])
+    assert "secrets." not in yaml.safe_dump(job)  # the rehearsal needs no secret of the environment
+    runs = [s.get("run", "") for s in job["steps"]]
+    assert any("./dev rehearse ${{ matrix.stack }} --report rehearsal.md" in r for r in runs)
+    assert any("gh pr comment" in r and "rehearsal.md" in r for r in runs)
