@@ -154,18 +154,22 @@ class CrashWatch:
             return
         room, job_id = info.job.room.name, info.job.id
         identity = info.accept_arguments.identity if info.accept_arguments else ""
-        logger.error(
-            "job process died during a call; taking the call over",
-            extra={"room": room, "job_id": job_id, "exit_code": code, "agent_identity": identity},
-        )
-        task = asyncio.get_running_loop().create_task(self._take_over(room, info.job.metadata, job_id, identity))
+        where = {"room": room, "job_id": job_id, "exit_code": code, "agent_identity": identity}
+        task = asyncio.get_running_loop().create_task(self._take_over(room, info.job.metadata, job_id, identity, where))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _take_over(self, room: str, metadata: str, job_id: str, identity: str) -> None:
+    async def _take_over(self, room: str, metadata: str, job_id: str, identity: str, where: dict[str, Any]) -> None:
         if self._api is None:
             self._api = api.LiveKitAPI()  # LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET: the worker's own
         started = time.monotonic()
+        try:  # a process that exits abnormally while its room closes (the caller hung up) held no call any more
+            if not _caller_present(await participants(self._api, room)):
+                logger.info("a job process exited abnormally after its call ended", extra=where)
+                return
+        except Exception:
+            logger.warning("could not look into the room of a job process that died", extra=where)
+        logger.error("job process died during a call; taking the call over", extra=where)
         try:
             outcome = await take_over(
                 self._api, agent_name=self._agent_name, room=room, metadata=metadata, job_id=job_id,
