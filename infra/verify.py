@@ -26,6 +26,7 @@ from infra.stack.plan import Plan
 from worker.config import ATTR_PREFIX, CallFacts, ResolvedCall, call_layers, worker_defaults
 from worker.metadata import MODEL_KINDS, parse_metadata
 from worker.models.registry import parse_spec
+from worker.resume import participants as _participants
 
 TEST_CALLER = "+15005550006"  # a reserved test number, used as the caller unless the route filters callers
 POLL = 0.05  # seconds between looks at LiveKit while a call is set up
@@ -128,13 +129,20 @@ class Observation:
     caller_left: bool = False
 
 
-async def _participants(lk: api.LiveKitAPI, room: str) -> list[api.ParticipantInfo]:
+async def agent_attributes(room: str, timeout: float) -> dict[str, str]:
+    """The attributes of the agent in ``room`` once it has published its call status (an outbound call's agent,
+    placed with ``place_call``); ``{}`` if none has within ``timeout`` seconds."""
+    lk = api.LiveKitAPI()
     try:
-        return list((await lk.room.list_participants(api.ListParticipantsRequest(room=room))).participants)
-    except api.TwirpError as e:
-        if e.code == "not_found":
-            return []
-        raise
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in await _participants(lk, room):
+                if p.kind == api.ParticipantInfo.Kind.AGENT and p.attributes.get(ATTR_PREFIX + "call_status"):
+                    return dict(p.attributes)
+            await asyncio.sleep(0.1)
+        return {}
+    finally:
+        await lk.aclose()
 
 
 async def observe(lk: api.LiveKitAPI, call: sipp.SippCall, known_rooms: set[str], timeout: float) -> Observation:

@@ -47,7 +47,7 @@ import yaml
 from infra import sipp
 from infra.stack.load import StackFileError, stack_path
 from infra.stack.plan import Plan, plan_file
-from infra.verify import Expectation, expectations, published_attributes, verify_one
+from infra.verify import Expectation, agent_attributes, expectations, published_attributes, verify_one
 from localenv import engine, tools
 from localenv.manager import LocalEnv
 from localenv.ports import free_port_range
@@ -393,22 +393,6 @@ def _outbound_check(plan: Plan, key: str, outputs: dict[str, Any], passwords: di
     try:
         placed = place_call(outputs["outbound_routes"], key, OUTBOUND_CALLEE)
 
-        async def agent_attributes() -> dict[str, str]:
-            lk = api.LiveKitAPI()
-            try:
-                deadline = time.monotonic() + ANSWER_TIMEOUT
-                while time.monotonic() < deadline:
-                    parts = (
-                        await lk.room.list_participants(api.ListParticipantsRequest(room=placed.room))
-                    ).participants
-                    for p in parts:
-                        if p.kind == api.ParticipantInfo.Kind.AGENT and p.attributes.get("siphon.call_status"):
-                            return dict(p.attributes)
-                    await asyncio.sleep(0.1)
-                return {}
-            finally:
-                await lk.aclose()
-
         async def hang_up() -> None:
             lk = api.LiveKitAPI()
             try:
@@ -416,7 +400,7 @@ def _outbound_check(plan: Plan, key: str, outputs: dict[str, Any], passwords: di
             finally:
                 await lk.aclose()
 
-        attrs = asyncio.run(agent_attributes())
+        attrs = asyncio.run(agent_attributes(placed.room, ANSWER_TIMEOUT))
         seconds = time.monotonic() - started
         messages = carrier.messages()
         invite = re.search(r"(?ms)^INVITE sip:([^@;> ]+)@.*?^From:[^\n]*?sip:([^@;> ]+)@", messages)

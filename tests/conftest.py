@@ -55,3 +55,13 @@ def aws(local_env: LocalEnv) -> Iterator[Endpoints]:
 def pulumi_env(tmp_path: Path) -> dict[str, str]:
     """Hermetic engine settings: a fresh file:// backend and PULUMI_HOME per test."""
     return engine.engine_env(tmp_path / "state", secrets.token_urlsafe(16), tmp_path / "pulumi-home")
+
+
+@pytest.fixture
+def clean_livekit(endpoints: Endpoints) -> Iterator[Endpoints]:
+    """No SIP trunk or dispatch rule in LiveKit before and after the test."""
+    from tests.sip_harness import wipe_livekit
+
+    wipe_livekit()
+    yield endpoints
+    wipe_livekit()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pulumi import automation as auto
 
+from bench.sip_deploy import Calls  # counts the provider processes' LiveKit calls
 from infra.cli import main
 from infra.livekit.client import CALL_LOG_ENV
 from tests.sip_harness import livekit_objects
@@ -31,18 +31,6 @@ def run_import(capsys: Any, out: Path, *extra: str, environment: str = "local") 
 def secret_commands(output: str) -> list[str]:
     """The config keys the import told the user to set."""
     return re.findall(r"pulumi config set --secret (\S+) --stack", output)
-
-
-class Calls:
-    """LiveKit calls the provider processes make (one line per request, in the file SIPHON_LIVEKIT_CALL_LOG names)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def take(self) -> Counter[str]:
-        c = Counter(self.path.read_text().split()) if self.path.exists() else Counter()
-        self.path.unlink(missing_ok=True)
-        return c
 
 
 def deployed(tmp_path: Path, pulumi_env: dict[str, str], text: str, passwords: dict[str, str],

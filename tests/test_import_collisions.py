@@ -11,7 +11,7 @@ import yaml
 from livekit import api
 
 from tests.import_harness import adoption_cycle, deployed, run_import
-from tests.sip_harness import livekit_objects, wipe_livekit
+from tests.sip_harness import livekit_objects
 
 NAMES = ["Main Line", "main-line", "MAIN_LINE", "local-main-line", "dup", "dup"]
 
@@ -29,13 +29,6 @@ async def _make() -> None:
                 rule=api.SIPDispatchRule(dispatch_rule_individual=api.SIPDispatchRuleIndividual(room_prefix="c")),
                 room_config=api.RoomConfiguration(agents=[api.RoomAgentDispatch(
                     agent_name="line-agent", metadata=json.dumps(payload))]))))  # fmt: skip
-
-
-@pytest.fixture
-def clean_livekit(endpoints):
-    wipe_livekit()
-    yield endpoints
-    wipe_livekit()
 
 
 @pytest.mark.engine

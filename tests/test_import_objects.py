@@ -12,7 +12,6 @@ from livekit import api
 
 from infra.stack.plan import plan_file
 from tests.import_harness import adoption_cycle, deployed, run_import, secret_commands
-from tests.sip_harness import wipe_livekit
 from worker.metadata import AgentConfig, RouteMetadata
 
 IN_PASSWORD = "Digest-Inbound-Pa55word-7781"
@@ -70,13 +69,6 @@ async def _make() -> dict[str, str]:
         for rule in rules:
             await lk.sip.create_dispatch_rule(api.CreateSIPDispatchRuleRequest(dispatch_rule=rule))
         return {"main": main.sip_trunk_id}
-
-
-@pytest.fixture
-def clean_livekit(endpoints):
-    wipe_livekit()
-    yield endpoints
-    wipe_livekit()
 
 
 @pytest.mark.engine

@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 
-import pytest
 from livekit import api
 
 from infra.stack.plan import plan_file
 from tests.import_harness import run_import
-from tests.sip_harness import wipe_livekit
 
 PASSWORD = "Refusal-Test-Pa55word-0042"
 
@@ -42,13 +40,6 @@ async def _make() -> dict[str, str]:
         made = await lk.sip.create_dispatch_rule(rule("plain-text", "+15550104002", text))
         ids["plain-text"] = made.sip_dispatch_rule_id
         return ids
-
-
-@pytest.fixture
-def clean_livekit(endpoints):
-    wipe_livekit()
-    yield endpoints
-    wipe_livekit()
 
 
 def test_what_the_file_cannot_reproduce_is_listed_and_refused(clean_livekit, tmp_path, capsys):

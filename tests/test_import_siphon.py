@@ -16,17 +16,10 @@ from infra.stack.model import Agent, LocalWorker
 from infra.stack.plan import plan_file
 from localenv.deploy import start_workers
 from tests.import_harness import adoption_cycle, bridge_call, deployed, run_import, secret_commands
-from tests.sip_harness import livekit_objects, wipe_livekit
+from tests.sip_harness import livekit_objects
 from worker.metadata import AgentConfig
 
 N = 10
-
-
-@pytest.fixture
-def clean_livekit(endpoints):
-    wipe_livekit()
-    yield endpoints
-    wipe_livekit()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from livekit import api
 
 from infra import sipp
 from infra.calls import place_call
-from infra.verify import TEST_CALLER, Observation, observe
+from infra.verify import TEST_CALLER, Observation, agent_attributes, observe
 from localenv import engine
 from localenv.deploy import LOCAL_PASSPHRASE, start_workers
 from localenv.manager import LocalEnv
@@ -188,21 +188,7 @@ def test_place_call_dials_the_carrier_with_digest_auth_and_the_agent_answers_wit
                            overrides={"greeting_instructions": "Hi Sam, about tomorrow"})  # fmt: skip
         CALLS_PLACED.append("outbound reminders")
 
-        async def agent() -> dict[str, str]:
-            lk = api.LiveKitAPI()
-            try:
-                deadline = time.monotonic() + WAIT
-                while time.monotonic() < deadline:
-                    parts = (await lk.room.list_participants(api.ListParticipantsRequest(room=first.room))).participants
-                    for p in parts:
-                        if p.kind == api.ParticipantInfo.Kind.AGENT and p.attributes.get("siphon.call_status"):
-                            return dict(p.attributes)
-                    await asyncio.sleep(0.1)
-                return {}
-            finally:
-                await lk.aclose()
-
-        attrs = asyncio.run(agent())
+        attrs = asyncio.run(agent_attributes(first.room, WAIT))
         assert attrs.get("siphon.call_status") == "active", (attrs, carrier.messages()[-3000:])
         assert attrs["siphon.agent_name"] == "reminders-agent"
         assert attrs["siphon.direction"] == "outbound"

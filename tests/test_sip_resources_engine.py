@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pulumi import automation as auto
 
-from tests.sip_harness import livekit_canonical, livekit_objects, set_spec, sip_stack, wipe_livekit
+from tests.sip_harness import livekit_canonical, livekit_objects, set_spec, sip_stack
 
 PASSWORD = "s3cret-Trunk-Passw0rd-7Q"
 
@@ -87,13 +87,6 @@ FULL = {
         },
     },
 }  # fmt: skip
-
-
-@pytest.fixture
-def clean_livekit(endpoints):
-    wipe_livekit()
-    yield endpoints
-    wipe_livekit()
 
 
 def _declared(kind: str, res: str) -> dict:

@@ -14,16 +14,9 @@ from livekit import api
 
 from infra.livekit.client import CALL_LOG_ENV, LiveKitError
 from infra.livekit.provider import DispatchRuleProvider, InboundTrunkProvider
-from tests.sip_harness import livekit_objects, set_spec, sip_stack, wipe_livekit
+from tests.sip_harness import livekit_objects, set_spec, sip_stack
 
 N = 8
-
-
-@pytest.fixture
-def clean_livekit(endpoints):
-    wipe_livekit()
-    yield endpoints
-    wipe_livekit()
 
 
 def _spec(n: int) -> dict[str, Any]:

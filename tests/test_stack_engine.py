@@ -14,7 +14,7 @@ from pulumi import automation as auto
 from infra.stack.load import parse
 from infra.stack.plan import compile_stack
 from infra.stack.render import markdown_summary
-from tests.sip_harness import livekit_canonical, livekit_objects, wipe_livekit
+from tests.sip_harness import livekit_canonical, livekit_objects
 from tests.stack_harness import StackUnderTest
 
 TRUNK_PASSWORD = "Tr0nk-Passw0rd-from-config-91"
@@ -28,13 +28,6 @@ def endpoints_secret() -> str:
 
 
 LOCAL = yaml.safe_load((Path(__file__).parents[1] / "stacks" / "local.yaml").read_text())
-
-
-@pytest.fixture
-def clean_livekit(endpoints):
-    wipe_livekit()
-    yield endpoints
-    wipe_livekit()
 
 
 @pytest.mark.engine

@@ -300,3 +300,55 @@ def test_the_image_builds_every_registered_model_provider_from_each_credential_w
         f"{len(providers)} providers from {len(rows)} credentials, {sum(r['seconds'] for r in rows):.1f}s building, "
         f"{took:.1f}s container run"
     )
+
+
+# Inside the image: build each (kind, spec) with exactly the credential variables its agent's ECS deployment
+# injects (``provider_key_secrets``, dummy values), no network. Prints {label: error or null}.
+DECLARED_BUILDS = r"""
+import json, os, sys
+from worker.models.registry import build, parse_spec
+
+out = {}
+for item in json.loads(sys.argv[1]):
+    for name in [n for n in os.environ if n.endswith(("_API_KEY", "_CREDENTIALS"))]:
+        os.environ.pop(name)
+    os.environ.update({variable: f"dummy-{variable.lower()}" for variable in item["keys"]})
+    try:
+        out[item["label"]] = type(build(parse_spec(item["kind"], item["spec"]))).__module__
+    except Exception as err:
+        out[item["label"]] = f"ERROR {type(err).__name__}: {err}"[:300]
+print(json.dumps(out))
+"""
+
+
+def test_the_image_builds_every_model_the_committed_stacks_name_with_the_keys_their_deployments_inject(
+    built: worker_image.BuiltImage,
+) -> None:
+    """The production path as the README leads to it: every model spec stacks/dev.yaml and stacks/prod.yaml name
+    (agent defaults, routes, header layers, outbound routes) builds in the image from only the variables that
+    agent's ECS deployment injects, so a production caller reaches the declared provider, not a test model."""
+    from pydantic_core import to_jsonable_python
+
+    from infra.stack.checks import _layers
+    from infra.stack.load import load, stack_path
+    from worker.metadata import MODEL_KINDS
+
+    items = []
+    for environment in ("dev", "prod"):
+        stack, _ = load(stack_path(environment))
+        for where, agent, layer in _layers(stack):
+            ecs = stack.agents[agent].ecs
+            for kind in MODEL_KINDS:
+                if (spec := getattr(layer, kind)) is not None:
+                    items.append({"label": f"{environment}: {where}.{kind}", "kind": kind,
+                                  "spec": to_jsonable_python(spec), "keys": sorted(ecs.provider_key_secrets)})  # fmt: skip
+    assert len(items) >= 18, items  # three kinds for each of the six agents' defaults at least
+    argv = [built.engine, "run", "--rm", "--network", "none", "--entrypoint", "python", built.ref, "-c",
+            DECLARED_BUILDS, json.dumps(items)]  # fmt: skip
+    run = subprocess.run(argv, env=worker_image.engine_env(), capture_output=True, text=True, timeout=300,
+                         check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    assert {k: v for k, v in results.items() if v.startswith("ERROR")} == {}
+    assert not any(v.startswith("worker.models.offline") for v in results.values()), results
+    FIGURES["models the committed stacks name, built in the image"] = str(len(results))
