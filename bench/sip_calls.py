@@ -12,6 +12,7 @@ and every figure as the ratio ours / baseline. Then abandonment: N dispatches wh
 the time until the packaged worker holds no job, and the next call.
 
     PATH=$(python3 -m localenv.tools path):$PATH .venv/bin/python -m bench.sip_calls [-n 30] [--bursts 10 20 40]
+    PATH=$(python3 -m localenv.tools path):$PATH .venv/bin/python -m bench.sip_calls --against stock [--rounds 5]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf.duration_pb2 import Duration
@@ -60,28 +62,45 @@ async def _route(lk: api.LiveKitAPI, name: str, number: str, agent: str, metadat
     await lk.sip.create_dispatch_rule(api.CreateSIPDispatchRuleRequest(dispatch_rule=rule))
 
 
+WORKERS = {
+    "ours": ([sys.executable, "-m", "worker.main", "start"],
+             {"SIPHON_AGENT_NAME": "bench-ours", "SIPHON_ENVIRONMENT": "local", "SIPHON_MAX_JOBS": str(CAPACITY)}),
+    "baseline": ([sys.executable, "-m", "bench.baseline_worker", "start"],
+                 {"BASELINE_AGENT_NAME": "bench-baseline", "BASELINE_MAX_JOBS": str(CAPACITY)}),
+    "stock": ([sys.executable, "-m", "bench.stock_agent", "start"],
+              {"STOCK_AGENT_NAME": "bench-stock", "STOCK_MAX_JOBS": str(CAPACITY)}),
+}  # fmt: skip
+"""Each worker's command and settings: the same capacity and load function (jobs / capacity) for all."""
+NUMBERS = {"ours": "+15550300001", "baseline": "+15550300002", "stock": "+15550300003"}
+
+
+@dataclass
+class Running:
+    """A started worker: its HTTP port (``/worker`` reports its active jobs) and its process id."""
+
+    port: int
+    pid: int
+
+
 @contextmanager
-def workers(env: LocalEnv) -> Iterator[dict[str, int]]:
-    """Both workers, started and warm; their HTTP ports by name."""
+def workers(env: LocalEnv, names: list[str]) -> Iterator[dict[str, Running]]:
+    """The named workers, started and warm."""
     ep = env.endpoints
     assert ep is not None
-    started, ports = [], {}
-    for name, argv, extra in (
-        ("ours", [sys.executable, "-m", "worker.main", "start"],
-         {"SIPHON_AGENT_NAME": "bench-ours", "SIPHON_ENVIRONMENT": "local", "SIPHON_MAX_JOBS": str(CAPACITY)}),
-        ("baseline", [sys.executable, "-m", "bench.baseline_worker", "start"],
-         {"BASELINE_AGENT_NAME": "bench-baseline", "BASELINE_MAX_JOBS": str(CAPACITY)}),
-    ):  # fmt: skip
+    started, running = [], {}
+    for name in names:
+        argv, extra = WORKERS[name]
         port = free_tcp_port()
-        penv = {**os.environ, **ep.env(), **extra, "SIPHON_HTTP_PORT": str(port), "BASELINE_HTTP_PORT": str(port),
-                "PYTHONPATH": str(ROOT)}  # fmt: skip
+        penv = {**os.environ, **ep.env(), **extra, "PYTHONPATH": str(ROOT),
+                **{f"{p}_HTTP_PORT": str(port) for p in ("SIPHON", "BASELINE", "STOCK")}}  # fmt: skip
         svc = env.spawn(f"worker-{name}", argv, lambda port=port: http_ok(port), env=penv, cwd=ROOT)  # type: ignore[misc]
         svc.wait_healthy(60)
         started.append(svc)
-        ports[name] = port
+        assert svc.proc is not None
+        running[name] = Running(port, svc.proc.pid)
     time.sleep(3)  # idle job processes warm up
     try:
-        yield ports
+        yield running
     finally:
         for svc in started:
             env.release(svc, grace=30)
@@ -110,11 +129,16 @@ def calls(ep: Endpoints, number: str, n: int, *, together: bool) -> tuple[list[f
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--against", choices=["baseline", "stock"], default="baseline",
+                        help="baseline: the non-listening worker (sequential, bursts, abandonment); "
+                             "stock: a stock livekit-agents voice agent, alternating bursts")  # fmt: skip
     parser.add_argument("-n", type=int, default=30, help="sequential calls per worker")
     parser.add_argument("--bursts", type=int, nargs="*", default=[10, 20, 40])
     parser.add_argument("--abandoned", type=int, default=30, help="dispatches whose caller never joins")
+    parser.add_argument("--burst-size", type=int, default=20, help="stock: simultaneous INVITEs per burst")
+    parser.add_argument("--rounds", type=int, default=5, help="stock: bursts per worker")
     args = parser.parse_args()
-    numbers = {"ours": "+15550300001", "baseline": "+15550300002"}
+    names = ["ours", args.against]
     with tempfile.TemporaryDirectory() as tmp, LocalEnv.start(Path(tmp)) as env:
         ep = env.endpoints
         assert ep is not None
@@ -124,28 +148,143 @@ def main() -> int:
         async def setup() -> None:
             lk = api.LiveKitAPI()
             try:
-                await _route(lk, "ours", numbers["ours"], "bench-ours", route.to_json())
-                await _route(lk, "baseline", numbers["baseline"], "bench-baseline", "")
+                for who in names:
+                    await _route(lk, who, NUMBERS[who], f"bench-{who}", route.to_json() if who == "ours" else "")
             finally:
                 await lk.aclose()
 
         asyncio.run(setup())
-        with workers(env) as ports:
-            for who in numbers:  # one call each before measuring: the first job of a fresh worker pays extra
-                calls(ep, numbers[who], 1, together=False)
-            rows = []
-            for label, n, together in [("sequential", args.n, False), *((f"burst {b}", b, True) for b in args.bursts)]:
-                result = {}
-                for who in ("baseline", "ours"):  # same order every time; the baseline goes first
-                    result[who] = calls(ep, numbers[who], n, together=together)
-                    time.sleep(2)
-                rows.append((label, n, result))
-                print(_row(label, n, result), flush=True)
-            log = env.run_dir / "worker-ours.log"
-            print(abandonment(ep, ports["ours"], log, numbers["ours"], args.abandoned), flush=True)
-        print(_in_job(env.run_dir / "worker-ours.log"))
-    print("\n" + _table(rows))
+        with workers(env, names) as running:
+            for who in names:  # one call each before measuring: the first job of a fresh worker pays extra
+                calls(ep, NUMBERS[who], 1, together=False)
+            if args.against == "stock":
+                table = stock_rounds(ep, running, args.burst_size, args.rounds)
+            else:
+                table = baseline_rows(ep, running, env.run_dir / "worker-ours.log", args)
+        for who in names:
+            print(_in_job(who, env.run_dir / f"worker-{who}.log"))
+    print("\n" + table)
     return 0
+
+
+def baseline_rows(ep: Endpoints, running: dict[str, Running], log: Path, args: argparse.Namespace) -> str:
+    """Sequential calls and bursts, the non-listening baseline first each time; then abandonment."""
+    rows = []
+    for label, n, together in [("sequential", args.n, False), *((f"burst {b}", b, True) for b in args.bursts)]:
+        result = {}
+        for who in ("baseline", "ours"):  # same order every time; the baseline goes first
+            result[who] = calls(ep, NUMBERS[who], n, together=together)
+            time.sleep(2)
+        rows.append((label, n, result))
+        print(_row(label, n, result), flush=True)
+    print(abandonment(ep, running["ours"].port, log, NUMBERS["ours"], args.abandoned), flush=True)
+    return _table(rows)
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float, float] | None:
+    """(parent pid, own CPU s, reaped children's CPU s) of a process, from /proc; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return int(fields[1]), (utime + stime) / TICK, (cutime + cstime) / TICK
+
+
+def worker_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of a worker: (its main process, its job processes), the second counting every process
+    below the main one, living (own CPU plus their reaped children) or reaped (in their parent's count)."""
+    stats = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := _stat(int(d))) is not None}
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for child, (parent, _, _) in stats.items():
+        children[parent].append(child)
+    below, todo = 0.0, list(children[pid])
+    while todo:
+        p = todo.pop()
+        below += stats[p][1] + stats[p][2]
+        todo.extend(children[p])
+    main = stats.get(pid, (0, 0.0, 0.0))
+    return main[1], below + main[2]
+
+
+def settle(running: dict[str, Running], timeout: float = 90) -> None:
+    """Wait until every worker reports no active job and their processes are idle (below 5% of a core over 1 s):
+    the jobs of the last burst have ended and the idle processes that replace them are warm."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = sum(sum(worker_cpu(r.pid)) for r in running.values())
+        time.sleep(1.0)
+        busy = sum(sum(worker_cpu(r.pid)) for r in running.values()) - before
+        if busy < 0.05 and all(_active_jobs(r.port) == 0 for r in running.values()):
+            return
+    print(f"  (not idle after {timeout:.0f} s: measuring anyway)", flush=True)
+
+
+@dataclass
+class Burst:
+    """One burst of one worker: the outcome and the CPU its processes spent on it."""
+
+    who: str
+    times: list[float]
+    refused: int
+    lost: int
+    main_cpu: float  # s, the worker's main process
+    job_cpu: float  # s, its job processes (the calls' jobs and the idle processes that replaced them)
+
+
+def burst(ep: Endpoints, running: dict[str, Running], who: str, size: int) -> Burst:
+    """One burst of ``size`` simultaneous INVITEs to one worker, from idle to idle."""
+    settle(running)
+    main0, jobs0 = worker_cpu(running[who].pid)
+    times, refused, lost = calls(ep, NUMBERS[who], size, together=True)
+    settle(running)
+    main1, jobs1 = worker_cpu(running[who].pid)
+    return Burst(who, times, refused, lost, main1 - main0, jobs1 - jobs0)
+
+
+def _per_call(cpu: float, answered: int) -> float:
+    return cpu / answered if answered else float("nan")
+
+
+def stock_rounds(ep: Endpoints, running: dict[str, Running], size: int, rounds: int) -> str:
+    """``rounds`` bursts of ``size`` per worker, alternating which goes first, each from idle: a table of every
+    burst, then the totals (answered, refused, p50/p95 over all answered calls, CPU per answered call) and each
+    as the ratio ours / stock."""
+    out = [
+        "| round | worker | answered/refused/lost | p50 / p95 / max (s) | job CPU per call (s) "
+        "| main CPU per call (s) |",
+        "|" + "---|" * 6,
+    ]
+    done: list[Burst] = []
+    for i in range(rounds):
+        for who in ("stock", "ours") if i % 2 == 0 else ("ours", "stock"):
+            b = burst(ep, running, who, size)
+            done.append(b)
+            f = _fmt(b.times, b.refused, b.lost)
+            row = (f"| {i + 1} | {who} | {f['answered']:.0f}/{f['refused']:.0f}/{f['lost']:.0f} | "
+                   f"{f['p50']:.2f} / {f['p95']:.2f} / {f['max']:.2f} | {_per_call(b.job_cpu, len(b.times)):.2f} | "
+                   f"{_per_call(b.main_cpu, len(b.times)):.3f} |")  # fmt: skip
+            out.append(row)
+            print(row, flush=True)
+    totals: dict[str, dict[str, float]] = {}
+    for who in ("ours", "stock"):
+        mine = [b for b in done if b.who == who]
+        times = [t for b in mine for t in b.times]
+        f = _fmt(times, sum(b.refused for b in mine), sum(b.lost for b in mine))
+        f["job_cpu"] = _per_call(sum(b.job_cpu for b in mine), len(times))
+        f["main_cpu"] = _per_call(sum(b.main_cpu for b in mine), len(times))
+        totals[who] = f
+        out.append(f"| all | {who} | {f['answered']:.0f}/{f['refused']:.0f}/{f['lost']:.0f} | {f['p50']:.2f} / "
+                   f"{f['p95']:.2f} / {f['max']:.2f} | {f['job_cpu']:.2f} | {f['main_cpu']:.3f} |")  # fmt: skip
+    o, s = totals["ours"], totals["stock"]
+    out.append(
+        f"| ours / stock | | refused {o['refused']:.0f} vs {s['refused']:.0f} | p50 x{o['p50'] / s['p50']:.2f}, "
+        f"p95 x{o['p95'] / s['p95']:.2f} | x{o['job_cpu'] / s['job_cpu']:.2f} | x{o['main_cpu'] / s['main_cpu']:.2f} |"
+    )
+    return "\n".join(out)
 
 
 def _active_jobs(port: int) -> int:
@@ -191,19 +330,24 @@ def abandonment(ep: Endpoints, port: int, log: Path, number: str, n: int) -> str
     )
 
 
-def _in_job(log: Path) -> str:
-    """Where the packaged worker's time goes inside a job, from its own log (p50 / p95 in ms)."""
-    fields: dict[str, list[float]] = {"connect_ms": [], "resolve_ms": [], "from_caller_ms": [], "ready_ms": []}
+def _in_job(who: str, log: Path) -> str:
+    """Where a worker's time goes, from its own log (p50 / p95 in ms): a job process's initialization (livekit-agents
+    initializes at most as many at once as there are cores: a burst beyond the idle processes waits for them), then,
+    inside the job, joining the room and the agent ready (its audio track published)."""
+    fields: dict[str, list[float]] = {"init_ms": [], "connect_ms": [], "resolve_ms": [], "from_caller_ms": [],
+                                      "before_session_ms": [], "session_ms": [], "ready_ms": []}  # fmt: skip
     for line in log.read_text(errors="replace").splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue
+        if rec.get("message") == "process initialized" and "elapsed_time" in rec:
+            fields["init_ms"].append(float(rec["elapsed_time"]) * 1000)
         for key, values in fields.items():
             if key in rec:
                 values.append(float(rec[key]))
     parts = [f"{k} p50 {pct(v, 50):.1f} p95 {pct(v, 95):.1f}" for k, v in fields.items() if v]
-    return "in-job (ours, ms): " + "; ".join(parts)
+    return f"timeline ({who}, ms): " + "; ".join(parts)
 
 
 Outcome = tuple[list[float], int, int]  # answer times, refused with a SIP status, lost

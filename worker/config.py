@@ -166,6 +166,14 @@ class WorkerSettings(BaseSettings):
     participant_wait: float = Field(
         10.0, gt=0, description="seconds an inbound job waits for its caller to join before it ends, e.g. 10"
     )
+    connect_timeout: float = Field(
+        20.0, gt=0, le=120, description="seconds a job may take to join its room before it ends, e.g. 20"
+    )
+    audio_timeout: float = Field(
+        20.0, gt=0, le=120,
+        description="seconds, once the agent session starts, for the caller to receive the agent's audio track "
+        "(the bridge answers an inbound caller then) before the job hangs up and ends, e.g. 20",
+    )  # fmt: skip
     load_threshold: float = Field(0.7, gt=0, le=1, description="LiveKit's target load, a fraction such as 0.7")
     http_port: int = Field(
         DEFAULT_HTTP_PORT, ge=0, le=65535, description="port of the health server (0: any free port)"

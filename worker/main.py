@@ -144,6 +144,16 @@ def _count(settings: WorkerSettings, metric: str) -> None:
         sys.stdout.flush()
 
 
+async def _hang_up(ctx: JobContext, reason: str) -> None:
+    """End the job and its call: the room is closed, so livekit-sip refuses a still-ringing INVITE with 486 (on which
+    a carrier fails over) or hangs up an answered call; never a caller left in silence."""
+    ctx.shutdown(reason=reason)  # first, so that the job ends for this reason, not for the room it closes
+    try:  # the job waits for its entrypoint to return before it leaves the room
+        await ctx.api.room.delete_room(api.DeleteRoomRequest(room=ctx.room.name))
+    except Exception as err:  # the room may already be gone (the caller hung up)
+        logger.warning("could not close the room", extra={"room": ctx.room.name, "error": type(err).__name__})
+
+
 async def _refuse(ctx: JobContext, settings: WorkerSettings, reason: str, *, hang_up: bool) -> None:
     """End a call no model can serve as declared: it is never answered by other models. With ``hang_up`` (a caller
     is in the room, not yet answered: livekit-sip answers once the agent's audio is up), the room is closed, and
@@ -151,11 +161,9 @@ async def _refuse(ctx: JobContext, settings: WorkerSettings, reason: str, *, han
     logger.error("refusing the call: its models cannot be built", extra={"room": ctx.room.name, "reason": reason})
     _count(settings, call_metric.REFUSALS)
     if hang_up:
-        try:
-            await ctx.api.room.delete_room(api.DeleteRoomRequest(room=ctx.room.name))
-        except Exception as err:  # the room may already be gone (the caller hung up)
-            logger.warning("could not close the room", extra={"room": ctx.room.name, "error": type(err).__name__})
-    ctx.shutdown(reason=f"refused: {reason}")
+        await _hang_up(ctx, f"refused: {reason}")
+    else:
+        ctx.shutdown(reason=f"refused: {reason}")
 
 
 def check_default_models(settings: WorkerSettings) -> list[str]:
@@ -219,9 +227,6 @@ async def _end_job(ctx: JobContext, meta: CallMetadata, status: str, reason: str
     ctx.shutdown(reason=reason)
 
 
-CONNECT_TIMEOUT = 20.0  # seconds for the job to join its room before it gives up
-
-
 async def entrypoint(ctx: JobContext) -> None:
     """One call; whatever fails in it ends the job (a job that raised would otherwise hold its slot)."""
     try:
@@ -243,7 +248,13 @@ async def _call(ctx: JobContext) -> None:
     parse_ms = (time.perf_counter() - started) * 1000
     warns = list(parsed.warnings)
 
-    await asyncio.wait_for(ctx.connect(), CONNECT_TIMEOUT)
+    try:  # a loaded host or server can stall the join: the job ends and frees its slot, never holds it
+        await asyncio.wait_for(ctx.connect(), settings.connect_timeout)
+    except TimeoutError:
+        reason = f"the room connection was not established within {settings.connect_timeout:g} s"
+        logger.error("ending the job: " + reason, extra={"room": ctx.room.name})
+        ctx.shutdown(reason=reason)
+        return
     connect_ms = (time.perf_counter() - started) * 1000
 
     sip_p = _sip_participant(ctx.room)
@@ -329,6 +340,7 @@ async def _call(ctx: JobContext) -> None:
     turns.report(session, ctx.room.local_participant, room=ctx.room.name)
 
     handed_over: list[asyncio.Task[None]] = []
+    hung_up: list[str] = []  # why the job hung up itself (then a closing session does not end the job again)
 
     def hand_over(error: object) -> None:  # once per job: a new agent takes the call (worker.resume.take_over)
         if not handed_over and sip_p is not None:
@@ -347,24 +359,38 @@ async def _call(ctx: JobContext) -> None:
         if reason == CloseReason.ERROR and sip_p is not None:  # a plugin raised: another agent takes the call
             hand_over(getattr(ev, "error", reason))
             return
-        if not handed_over:
+        if not handed_over and not hung_up:
             ctx.shutdown(reason=f"session closed: {reason}")
 
     # A phone line carries audio only: no chat input, no transcript stream (nobody in the room reads it).
     room_options = room_io.RoomOptions(text_input=False, text_output=False)
     if sip_p is not None:
         room_options.participant_identity = sip_p.identity
+    heard = asyncio.Event()  # the caller (livekit-sip) subscribed to the agent's audio: answered, and hears it
+    ctx.room.on("local_track_subscribed", lambda *_: heard.set())
+    starting = time.perf_counter()
     await session.start(
         agent=Agent(instructions=cfg.system_instructions or "", tools=end_call.tools(cfg)),
         room=ctx.room,
         room_options=room_options,
         record=False,
     )
+    session_ms = (time.perf_counter() - starting) * 1000
+    if sip_p is not None:  # the track is published in the background: a publication that stalls or fails ends here
+        try:
+            await asyncio.wait_for(heard.wait(), settings.audio_timeout)
+        except TimeoutError:
+            reason = f"the caller did not receive the agent's audio within {settings.audio_timeout:g} s"
+            logger.error("hanging up: " + reason, extra={"room": ctx.room.name})
+            hung_up.append(reason)
+            await _hang_up(ctx, reason)
+            return
     await published
     logger.info(
         "agent ready",  # audio track published, attributes set: the bridge answers the caller now
         extra={"room": ctx.room.name, "ready_ms": round((time.perf_counter() - started) * 1000, 1),
                "from_caller_ms": round((time.perf_counter() - caller_at) * 1000, 1),
+               "before_session_ms": round((starting - caller_at) * 1000, 1), "session_ms": round(session_ms, 1),
                "cpu_ms": round(time.process_time() * 1000, 1)},
     )  # fmt: skip
     if resumed:  # the caller is mid-call: no fresh greeting, the resume message word for word
