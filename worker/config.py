@@ -79,6 +79,11 @@ CallProtectionMinutes = Annotated[int, Field(ge=1, le=MAX_PROTECTION_MINUTES)]
 MAX_CALLS_LIMIT = 200  # upper bound of a capacity: one worker process supervises every call's job
 CallCapacity = Annotated[int, Field(ge=1, le=MAX_CALLS_LIMIT)]
 """Calls one worker serves at once (``SIPHON_MAX_JOBS``; ``max_calls`` in a stack file and the ECS arguments)."""
+WARM_PROCESSES = 8
+"""Idle job processes a worker with a capacity keeps warm by default. livekit-agents initializes at most one job
+process per core at a time, so a burst beyond the warm ones waits for them in turn (bench/sip_calls.py --against
+stock); an idle process, forked from the preloaded forkserver, holds about 27 MiB of its own (PSS)."""
+
 DEFAULT_HTTP_PORT = 8081  # the worker's health server (the ECS health check probes it)
 
 
@@ -181,7 +186,9 @@ class WorkerSettings(BaseSettings):
     http_host: str = Field("", description="address the health server listens on (empty: every address)")
     max_jobs: CallCapacity | None = Field(None, description=f"calls the worker serves at once, 1 to {MAX_CALLS_LIMIT}")
     job_executor: Literal["process", "thread"] = Field("process", description="process or thread")
-    num_idle_processes: int | None = Field(None, ge=0, description="job processes kept warm, e.g. 2")
+    num_idle_processes: int | None = Field(
+        None, ge=0, description=f"job processes kept warm, e.g. 2 (default: the capacity, at most {WARM_PROCESSES})"
+    )
     drain_timeout: int = Field(1800, ge=0, description="seconds to finish running calls after SIGTERM")
     metric_cluster: str | None = Field(None, description="ECS cluster the call metric is published under")
     metric_service: str | None = Field(None, description="ECS service the call metric is published under")
@@ -199,6 +206,14 @@ class WorkerSettings(BaseSettings):
     def model_post_init(self, context: Any, /) -> None:
         """Read the default layer too, so that a bad default also stops the worker at start."""
         self._defaults = worker_defaults(_DefaultsFromEnv(), offline=self.offline_models)
+
+    @property
+    def idle_processes(self) -> int | None:
+        """Job processes kept warm, each ready for a call (its models built): ``SIPHON_NUM_IDLE_PROCESSES``, else the
+        capacity up to ``WARM_PROCESSES``, else (no capacity) livekit-agents' default, one per core."""
+        if self.num_idle_processes is not None:
+            return self.num_idle_processes
+        return min(self.max_jobs, WARM_PROCESSES) if self.max_jobs else None
 
     @property
     def offline_models(self) -> bool:

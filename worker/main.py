@@ -441,8 +441,8 @@ def build_server(settings: WorkerSettings | None = None, preload: list[str] | No
     job processes to fork with (the default models' plugins)."""
     settings = settings or WorkerSettings.from_env()
     kwargs: dict[str, object] = {}
-    if settings.num_idle_processes is not None:
-        kwargs["num_idle_processes"] = settings.num_idle_processes
+    if settings.idle_processes is not None:
+        kwargs["num_idle_processes"] = settings.idle_processes
     threshold = settings.load_threshold
     # With a capacity, the gate below decides exactly; livekit-agents' own check (an unlimited threshold turns
     # it off) counts each job waiting for a process as threshold / idle processes, and so turned bursts away.
