@@ -1,4 +1,5 @@
-"""Invalid SIP resource arguments are rejected by check() with the field named (no server involved)."""
+"""The SIP resource providers without a server: check() rejects invalid arguments naming the field, state written
+by 0.1.0 loads them, and credentials come from stack config before the environment."""
 
 from __future__ import annotations
 
@@ -127,3 +128,21 @@ def test_providers_recorded_by_0_1_0_state_load_as_the_kind_modules_providers(cl
     now = serialize_provider(cls())
     assert type(dill.loads(base64.b64decode(now))) is cls
     assert cls.__module__.encode() in base64.b64decode(now), "new state records the kind module's path"
+
+
+def test_credentials_come_from_config_then_the_environment(monkeypatch):
+    from infra.livekit.client import Credentials, LiveKitError, lookup
+
+    monkeypatch.setenv("LIVEKIT_URL", "ws://env:7880")
+    monkeypatch.setenv("LIVEKIT_API_KEY", "env-key")
+    monkeypatch.delenv("LIVEKIT_API_SECRET", raising=False)
+    config = {"livekit:url": "ws://config:7880", "livekit:apiKey": ""}
+    assert lookup(config) == {"livekit:url": "ws://config:7880", "livekit:apiKey": "env-key", "livekit:apiSecret": None}
+    with pytest.raises(LiveKitError) as missing:
+        Credentials.resolve(config)
+    assert str(missing.value) == (
+        "LiveKit credentials are missing: set `pulumi config set --secret livekit:apiSecret ...` "
+        "(or LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET in the environment)"
+    )
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "env-secret")
+    assert Credentials.resolve(config) == Credentials("ws://config:7880", "env-key", "env-secret")
