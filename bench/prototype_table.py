@@ -42,7 +42,7 @@ from pulumi.dynamic import (
 
 if TYPE_CHECKING:
     from infra.livekit import client
-    from infra.livekit.kinds import Kind
+    from infra.livekit.kind import Kind
 
 # The program imports this module only to declare the resource (and pickle the provider class by
 # reference): everything else (pydantic models, LiveKit messages, the HTTP client) is imported when
@@ -81,13 +81,13 @@ class RoutingTableProvider(ResourceProvider):
     serialize_as_secret_always = False
 
     def configure(self, req: Any) -> None:
-        from infra.livekit.provider import CONFIG_KEYS
+        from infra.livekit.client import CONFIG_KEYS
 
         self._config = {k: req.config.get(k) for k in CONFIG_KEYS}
 
     def _creds(self, props: Mapping[str, Any]) -> client.Credentials:
-        from infra.livekit import client  # only calls need the HTTP client (see infra.livekit.provider)
-        from infra.livekit.provider import URL_INPUT
+        from infra.livekit import client  # only calls need the HTTP client (see infra.livekit.base)
+        from infra.livekit.base import URL_INPUT
 
         config = dict(getattr(self, "_config", {}))
         if props.get(URL_INPUT):
@@ -100,7 +100,7 @@ class RoutingTableProvider(ResourceProvider):
         from pydantic import ValidationError
 
         from infra.dynamic import is_unknown
-        from infra.livekit.validation import describe_errors
+        from infra.livekit.fields import describe_errors
 
         failures: list[CheckFailure] = []
         out: dict[str, Any] = {k: v for k, v in news.items() if k not in SECTION_NAMES}
@@ -128,7 +128,7 @@ class RoutingTableProvider(ResourceProvider):
 
     def diff(self, id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         from infra.dynamic import is_unknown
-        from infra.livekit.provider import URL_INPUT
+        from infra.livekit.base import URL_INPUT
 
         changed = [s for s in (*SECTION_NAMES, URL_INPUT) if is_unknown(news.get(s)) or olds.get(s) != news.get(s)]
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
@@ -142,7 +142,7 @@ class RoutingTableProvider(ResourceProvider):
 
     @staticmethod
     def _message(section: str, entry: Mapping[str, Any], ids: Mapping[str, Mapping[str, str]]) -> Any:
-        from infra.livekit.convert import to_proto
+        from infra.livekit.kinds import to_proto
 
         kind = sections()[section]
         body = dict(entry)
@@ -218,7 +218,7 @@ class RoutingTableProvider(ResourceProvider):
         return ids
 
     def _outs(self, news: Mapping[str, Any], ids: dict[str, dict[str, str]]) -> dict[str, Any]:
-        from infra.livekit.provider import URL_INPUT
+        from infra.livekit.base import URL_INPUT
 
         return {**{k: v for k, v in news.items() if not k.startswith("__") or k == URL_INPUT}, IDS: ids}
 
@@ -236,8 +236,8 @@ class RoutingTableProvider(ResourceProvider):
         """Every entry as LiveKit holds it (one listing per kind); entries whose object is gone are dropped."""
         from pydantic import ValidationError
 
-        from infra.livekit.convert import canonical
-        from infra.livekit.provider import URL_INPUT
+        from infra.livekit.base import URL_INPUT
+        from infra.livekit.kinds import canonical
 
         stored_ids: Mapping[str, Mapping[str, str]] = props.get(IDS) or {}
 

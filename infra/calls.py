@@ -18,7 +18,7 @@ from livekit import api
 from pydantic import Field, JsonValue, ValidationError
 
 from infra.livekit import client
-from infra.livekit.validation import E164, describe_errors
+from infra.livekit.fields import E164, describe_errors
 from infra.stack.plan import OutboundCall
 from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
 from worker.models.registry import layer_spec_problems

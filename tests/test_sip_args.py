@@ -1,10 +1,13 @@
-"""Invalid SIP resource arguments are rejected by check() with the field named (no server involved)."""
+"""The SIP resource providers without a server: check() rejects invalid arguments naming the field, state written
+by 0.1.0 loads them, and credentials come from stack config before the environment."""
 
 from __future__ import annotations
 
 import pytest
 
-from infra.livekit.provider import DispatchRuleProvider, InboundTrunkProvider, OutboundTrunkProvider
+from infra.livekit.dispatch_rule import DispatchRuleProvider
+from infra.livekit.inbound_trunk import InboundTrunkProvider
+from infra.livekit.outbound_trunk import OutboundTrunkProvider
 
 IN = {"name": "in", "numbers": ["+15550100100"]}
 OUT = {"name": "out", "address": "sip.example.com", "numbers": ["+15550100200"]}
@@ -102,3 +105,44 @@ def test_diff_ignores_provider_and_outputs_and_reports_changes():
     d = p.diff("SDR_1", olds, changed)
     assert d.changes is True
     assert d.replaces == []
+
+
+# ``__provider`` as release 0.1.0 wrote it into state (pulumi's serialize_provider: dill, base64), per class.
+STATE_0_1_0 = {
+    InboundTrunkProvider: "gASVNgAAAAAAAACMFmluZnJhLmxpdmVraXQucHJvdmlkZXKUjBRJbmJvdW5kVHJ1bmtQcm92aWRlcpSTlCmBlC4=",
+    OutboundTrunkProvider: "gASVNwAAAAAAAACMFmluZnJhLmxpdmVraXQucHJvdmlkZXKUjBVPdXRib3VuZFRydW5rUHJvdmlkZXKUk5QpgZQu",
+    DispatchRuleProvider: "gASVNgAAAAAAAACMFmluZnJhLmxpdmVraXQucHJvdmlkZXKUjBREaXNwYXRjaFJ1bGVQcm92aWRlcpSTlCmBlC4=",
+}
+
+
+@pytest.mark.parametrize("cls", list(STATE_0_1_0), ids=lambda c: c.__name__)
+def test_providers_recorded_by_0_1_0_state_load_as_the_kind_modules_providers(cls):
+    import base64
+
+    import dill
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    recorded = STATE_0_1_0[cls]
+    assert b"infra.livekit.provider" in base64.b64decode(recorded), "0.1.0 recorded the class by this path"
+    assert type(dill.loads(base64.b64decode(recorded))) is cls
+    now = serialize_provider(cls())
+    assert type(dill.loads(base64.b64decode(now))) is cls
+    assert cls.__module__.encode() in base64.b64decode(now), "new state records the kind module's path"
+
+
+def test_credentials_come_from_config_then_the_environment(monkeypatch):
+    from infra.livekit.client import Credentials, LiveKitError, lookup
+
+    monkeypatch.setenv("LIVEKIT_URL", "ws://env:7880")
+    monkeypatch.setenv("LIVEKIT_API_KEY", "env-key")
+    monkeypatch.delenv("LIVEKIT_API_SECRET", raising=False)
+    config = {"livekit:url": "ws://config:7880", "livekit:apiKey": ""}
+    assert lookup(config) == {"livekit:url": "ws://config:7880", "livekit:apiKey": "env-key", "livekit:apiSecret": None}
+    with pytest.raises(LiveKitError) as missing:
+        Credentials.resolve(config)
+    assert str(missing.value) == (
+        "LiveKit credentials are missing: set `pulumi config set --secret livekit:apiSecret ...` "
+        "(or LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET in the environment)"
+    )
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "env-secret")
+    assert Credentials.resolve(config) == Credentials("ws://config:7880", "env-key", "env-secret")

@@ -90,8 +90,10 @@ FULL = {
 
 
 def _declared(kind: str, res: str) -> dict:
-    from infra.livekit.args import DispatchRuleArgs, InboundTrunkArgs, OutboundTrunkArgs
-    from infra.livekit.convert import declared
+    from infra.livekit.dispatch_rule import DispatchRuleArgs
+    from infra.livekit.inbound_trunk import InboundTrunkArgs
+    from infra.livekit.kind import declared
+    from infra.livekit.outbound_trunk import OutboundTrunkArgs
 
     model = {"inbound": InboundTrunkArgs, "outbound": OutboundTrunkArgs, "rules": DispatchRuleArgs}[kind]
     args = {k: (PASSWORD if v == "$password" else v) for k, v in FULL[kind][res].items() if k != "trunk_refs"}

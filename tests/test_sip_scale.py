@@ -13,7 +13,8 @@ import pytest
 from livekit import api
 
 from infra.livekit.client import CALL_LOG_ENV, LiveKitError
-from infra.livekit.provider import DispatchRuleProvider, InboundTrunkProvider
+from infra.livekit.dispatch_rule import DispatchRuleProvider
+from infra.livekit.inbound_trunk import InboundTrunkProvider
 from tests.sip_harness import livekit_objects, set_spec, sip_stack
 
 N = 8

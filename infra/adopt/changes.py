@@ -1,7 +1,7 @@
 """What the first ``pulumi up`` of an imported stack file would write: compile it with the plan, compare each object.
 
 The provider adopts an object by name and writes nothing when the object LiveKit holds, in the declared shape
-(``infra.livekit.convert.canonical``), equals the declared arguments; so the same comparison here tells, before
+(``infra.livekit.kind.Kind.canonical``), equals the declared arguments; so the same comparison here tells, before
 anything is written, which objects the file would rewrite and which fields differ. Passwords compare as the
 values the printed ``pulumi config set --secret`` commands will store: LiveKit's own.
 """
@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from infra.adopt.build import Finding, Imported, default_rule
-from infra.livekit.convert import declared
+from infra.livekit.kind import declared
 from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
 from infra.stack.load import Problem, StackFileError
 from infra.stack.model import StackFile

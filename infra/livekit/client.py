@@ -1,19 +1,38 @@
-"""LiveKit credentials and one guarded way to call the LiveKit API from synchronous code (providers, CLI)."""
+"""LiveKit credentials and one guarded way to call the LiveKit API from synchronous code (providers, CLI).
+
+Light to import (a Pulumi program reads credentials through it): aiohttp, the LiveKit API client and
+the shared event loop (``infra.livekit.loop``) load on the first call.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
-from livekit import api
-
-from infra.livekit import loop
+if TYPE_CHECKING:
+    import aiohttp
+    from livekit import api
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 15.0
+SETTINGS = {
+    "livekit:url": "LIVEKIT_URL",
+    "livekit:apiKey": "LIVEKIT_API_KEY",
+    "livekit:apiSecret": "LIVEKIT_API_SECRET",
+}
+"""Each LiveKit setting's stack config key, and the environment variable read when the config has none."""
+CONFIG_KEYS = tuple(SETTINGS)
+
+
+def lookup(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Each of ``SETTINGS`` from ``config`` (its stack config), else from the environment; None when neither has it.
+
+    The one credentials lookup: providers and the CLI pass plain strings, a Pulumi program its
+    ``pulumi.Config`` values (secrets as outputs).
+    """
+    return {key: config.get(key) or os.environ.get(env) or None for key, env in SETTINGS.items()}
 
 
 class LiveKitError(Exception):
@@ -39,22 +58,15 @@ class Credentials:
     @classmethod
     def resolve(cls, config: Mapping[str, str | None]) -> Credentials:
         """Stack config (`livekit:url`, `livekit:apiKey`, secret `livekit:apiSecret`) first, then the environment."""
-        url = config.get("livekit:url") or os.environ.get("LIVEKIT_URL")
-        key = config.get("livekit:apiKey") or os.environ.get("LIVEKIT_API_KEY")
-        secret = config.get("livekit:apiSecret") or os.environ.get("LIVEKIT_API_SECRET")
-        missing = [
-            n for n, v in (("livekit:url", url), ("livekit:apiKey", key), ("livekit:apiSecret", secret)) if not v
-        ]
+        found = lookup(config)
+        missing = [key for key, value in found.items() if not value]
         if missing:
             raise LiveKitError(
                 "LiveKit credentials are missing: set "
                 + ", ".join(f"`pulumi config set {'--secret ' if 'Secret' in m else ''}{m} ...`" for m in missing)
-                + " (or LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET in the environment)"
+                + f" (or {', '.join(SETTINGS.values())} in the environment)"
             )
-        assert url
-        assert key
-        assert secret
-        return cls(url, key, secret)
+        return cls(found["livekit:url"], found["livekit:apiKey"], found["livekit:apiSecret"])
 
 
 CALL_LOG_ENV = "SIPHON_LIVEKIT_CALL_LOG"
@@ -62,6 +74,8 @@ CALL_LOG_ENV = "SIPHON_LIVEKIT_CALL_LOG"
 
 def _trace_configs() -> list[aiohttp.TraceConfig]:
     """When SIPHON_LIVEKIT_CALL_LOG names a file, append one line per LiveKit request (for benchmarks)."""
+    import aiohttp
+
     path = os.environ.get(CALL_LOG_ENV)
     if not path:
         return []
@@ -83,6 +97,11 @@ def call(
     Failures become ``LiveKitError`` (LiveKit's own message) or ``LiveKitUnreachable``; ``what`` names
     the operation and resource for those messages, e.g. "create inbound trunk 'main'".
     """
+    import aiohttp
+    from livekit import api
+
+    from infra.livekit import loop
+
     runner = loop.shared(_trace_configs)
     try:
         return runner.run(loop.with_client(runner, creds.url, creds.api_key, creds.api_secret, timeout, fn))
@@ -101,4 +120,6 @@ def call(
 
 def state(key: str, factory: Callable[[], T]) -> T:
     """Per-process state kept next to the shared loop (e.g. caches holding asyncio primitives)."""
+    from infra.livekit import loop
+
     return loop.shared(_trace_configs).state(key, factory)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pulumi
 
-from infra.livekit.provider import ADOPT_INPUT, URL_INPUT
-from infra.livekit.resources import SipDispatchRule
+from infra.livekit.base import ADOPT_INPUT, URL_INPUT
+from infra.livekit.dispatch_rule import SipDispatchRule
 from infra.stack.plan import OutboundCall, Plan, Route
 
 

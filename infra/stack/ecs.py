@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import boto3
 import pulumi
 
 from infra.ecs.resource import AgentWorkerDeployment
+from infra.livekit.client import SETTINGS, lookup
 from infra.stack.plan import Plan
 
 
@@ -23,13 +23,12 @@ def default_subnets(region: str) -> list[str]:
     return sorted(s["SubnetId"] for s in subnets)
 
 
-def _livekit_secret(name: str, env: str) -> pulumi.Output[str]:
-    value = pulumi.Config("livekit").get_secret(name)
-    if value is not None:
-        return value
-    if os.environ.get(env):
-        return pulumi.Output.secret(os.environ[env])
-    raise pulumi.RunError(f"set `pulumi config set --secret livekit:{name} ...` (or {env}) for the ECS workers")
+def _livekit_secret(found: dict[str, Any], name: str) -> pulumi.Output[str]:
+    key = f"livekit:{name}"
+    value = found[key]
+    if value is None:
+        raise pulumi.RunError(f"set `pulumi config set --secret {key} ...` (or {SETTINGS[key]}) for the ECS workers")
+    return value if isinstance(value, pulumi.Output) else pulumi.Output.secret(value)
 
 
 def agent_deployment(key: str, plan: Plan, opts: pulumi.ResourceOptions) -> AgentWorkerDeployment:
@@ -38,15 +37,18 @@ def agent_deployment(key: str, plan: Plan, opts: pulumi.ResourceOptions) -> Agen
     args: dict[str, Any] = worker.args.public_fields()
     if worker.default_subnets:
         args["subnets"] = default_subnets(plan.stack.aws.region)
+    config = pulumi.Config("livekit")
+    found = lookup({"livekit:url": config.get("url"), "livekit:apiKey": config.get_secret("apiKey"),
+                    "livekit:apiSecret": config.get_secret("apiSecret")})  # fmt: skip
     if worker.livekit_url_from_config:
-        url = pulumi.Config("livekit").get("url") or os.environ.get("LIVEKIT_URL", "")
+        url = found["livekit:url"]
         if not url:
             raise pulumi.RunError("the ECS workers need a LiveKit URL: set livekit.url in the stack file, "
                                   "`pulumi config set livekit:url ...` or LIVEKIT_URL")  # fmt: skip
         args["livekit_url"] = url
     args["stack"] = pulumi.get_stack()
-    args["livekit_api_key"] = _livekit_secret("apiKey", "LIVEKIT_API_KEY")
-    args["livekit_api_secret"] = _livekit_secret("apiSecret", "LIVEKIT_API_SECRET")
+    args["livekit_api_key"] = _livekit_secret(found, "apiKey")
+    args["livekit_api_secret"] = _livekit_secret(found, "apiSecret")
     args["provider_keys"] = {
         env: pulumi.Config().require_secret(cfg) for env, cfg in worker.provider_key_secrets.items()
     }

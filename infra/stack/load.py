@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from infra.livekit.validation import describe_errors
+from infra.livekit.fields import describe_errors
 from infra.stack.model import StackFile
 
 STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"

@@ -1,6 +1,6 @@
 """The stack file (``stacks/<env>.yaml``): what users write, as pydantic models with ``extra="forbid"``.
 
-Trunks reuse the SIP argument models of ``infra.livekit.args`` (so every LiveKit field is available
+Trunks reuse the SIP argument models of ``infra.livekit.*_trunk`` (so every LiveKit field is available
 and validated the same way); a route's ``agent_config`` and ``context`` are the worker's own metadata
 schema (``worker.metadata``). Secrets never live in the file: a trunk names the Pulumi config secret
 that holds its password.
@@ -14,8 +14,10 @@ from typing import Annotated, Literal, Self
 from pydantic import AfterValidator, Field, JsonValue, field_validator, model_validator
 
 from infra.ecs.args import EcsWorkerSettings
-from infra.livekit.args import E164, InboundTrunkArgs, MediaConfig, OutboundTrunkArgs, RoomTimeouts, Rule
-from infra.livekit.validation import AttributeName, HeaderName, Model, Pin
+from infra.livekit.dispatch_rule import RoomTimeouts, Rule
+from infra.livekit.fields import E164, AttributeName, HeaderName, MediaConfig, Model, Pin
+from infra.livekit.inbound_trunk import InboundTrunkArgs
+from infra.livekit.outbound_trunk import OutboundTrunkArgs
 from worker.config import ENVIRONMENT_ENV, MAX_JOBS_ENV, CallCapacity, defaults_env, max_calls_for
 from worker.metadata import AgentConfig, RouteMetadata
 from worker.rules import (

@@ -25,7 +25,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from infra.ecs.args import AgentWorkerArgs
-from infra.livekit.args import AgentDispatch, DispatchRuleArgs, InboundTrunkArgs, OutboundTrunkArgs
+from infra.livekit.dispatch_rule import AgentDispatch, DispatchRuleArgs
+from infra.livekit.inbound_trunk import InboundTrunkArgs
+from infra.livekit.outbound_trunk import OutboundTrunkArgs
 from infra.stack.checks import cross_check, route_trunks
 from infra.stack.headers import route_attribute_overrides, trunk_header_mappings
 from infra.stack.load import Problem, StackFileError, _line_of, load, yaml_problem

@@ -12,8 +12,9 @@ from typing import Any
 
 import pulumi
 
-from infra.livekit.provider import ADOPT_INPUT, URL_INPUT
-from infra.livekit.resources import SipInboundTrunk, SipOutboundTrunk
+from infra.livekit.base import ADOPT_INPUT, URL_INPUT
+from infra.livekit.inbound_trunk import SipInboundTrunk
+from infra.livekit.outbound_trunk import SipOutboundTrunk
 from infra.stack.components import AgentComponent, InboundRouteComponent, OutboundRouteComponent
 from infra.stack.load import StackFileError, stack_path
 from infra.stack.plan import Plan, Trunk, plan_file

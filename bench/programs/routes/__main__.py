@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pulumi
 
-from infra.livekit.resources import SipDispatchRule, SipInboundTrunk
+from infra.livekit.dispatch_rule import SipDispatchRule
+from infra.livekit.inbound_trunk import SipInboundTrunk
 
 spec = json.loads((Path(__file__).parent / "spec.json").read_text())
 

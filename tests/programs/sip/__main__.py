@@ -6,7 +6,9 @@ The secret config value `password` is used wherever an args value is the string 
 
 import pulumi
 
-from infra.livekit.resources import SipDispatchRule, SipInboundTrunk, SipOutboundTrunk
+from infra.livekit.dispatch_rule import SipDispatchRule
+from infra.livekit.inbound_trunk import SipInboundTrunk
+from infra.livekit.outbound_trunk import SipOutboundTrunk
 
 config = pulumi.Config()
 spec = config.require_object("spec")
