@@ -1,11 +1,11 @@
-"""Deployed stacks survive an upgrade: state written by the newest release works with the current code.
+"""Deployed stacks survive an upgrade: state written by each release works with the current code.
 
-The newest release in ``RELEASES`` is checked out in a git worktree of its commit and deploys the
+Each release in ``RELEASES`` is checked out in a git worktree of its commit and deploys the
 ``local`` stack (its own program, stack file and config, its own ``infra``/``worker`` code in the
 program and in the dynamic provider process). Then the current code, against the same state: refresh
-(nothing drifted), preview (type tokens and provider classes unpickled by their import paths; the one
-change since 0.1.0 is an in-place update of each ECS worker, which gains call protection, and no route
-changes), then no changes, a one-field edit (exactly one in-place update) and destroy (nothing left in
+(nothing drifted), preview (type tokens and provider classes unpickled by their import paths; what
+changes is listed in ``UPGRADE_UPDATES``: since 0.1.0, an in-place update of each ECS worker, which gains call
+protection, and no route changes), then no changes, a one-field edit (exactly one in-place update) and destroy (nothing left in
 LiveKit or on ECS).
 """
 
@@ -48,15 +48,21 @@ def test_the_newest_release_is_recorded_with_its_commit_and_changelog_entry():
     assert f"## {version} (" in (REPO / "CHANGELOG.md").read_text()
 
 
-@pytest.fixture
-def release_tree(tmp_path: Path) -> Iterator[Path]:
-    """A git worktree of the newest release's commit (removed afterwards)."""
-    _, commit = releases()[-1]
+UPGRADE_UPDATES = {"0.1.0": "ecs"}
+"""What the current code changes in state written by a release: "ecs", one in-place update of each ECS worker
+(0.1.0's gain call protection and ``SIPHON_ENVIRONMENT``); a release not listed: nothing at all."""
+
+
+@pytest.fixture(params=[version for version, _ in releases()])
+def release_tree(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """(version, a git worktree of that release's commit), for every recorded release (removed afterwards)."""
+    version = request.param
+    commit = dict(releases())[version]
     tree = tmp_path / "release"
     subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
                    check=True, capture_output=True)  # fmt: skip
     try:
-        yield tree
+        yield version, tree
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
 
@@ -76,9 +82,10 @@ def _stack(work: Path, env: dict[str, str]) -> auto.Stack:
 
 
 @pytest.mark.engine
-def test_a_stack_deployed_by_the_newest_release_upgrades_to_the_current_code(
+def test_a_stack_deployed_by_each_release_upgrades_to_the_current_code(
     endpoints, aws, tmp_path, pulumi_env, release_tree
 ):
+    version, release_tree = release_tree
     wipe_livekit()
     work = tmp_path / "project"
     env = {**pulumi_env, "PULUMI_CONFIG_PASSPHRASE": LOCAL_PASSPHRASE, "SIPHON_STACKS_DIR": str(work / "stacks")}
@@ -101,9 +108,12 @@ def test_a_stack_deployed_by_the_newest_release_upgrades_to_the_current_code(
     doc = yaml.safe_load((work / "stacks" / f"{LOCAL_STACK}.yaml").read_text())
     ecs_agents = [name for name, agent in doc["agents"].items() if agent.get("ecs")]
     assert ecs_agents, "the local stack deploys ECS workers"
-    # the one change the current code brings to state from 0.1.0: call protection on the ECS workers
     upgrade = stack.preview()
-    assert upgrade.change_summary == {"same": upgrade.change_summary["same"], "update": len(ecs_agents)}
+    updates = len(ecs_agents) if UPGRADE_UPDATES.get(version) == "ecs" else 0
+    assert upgrade.change_summary == {
+        "same": upgrade.change_summary["same"],
+        **({"update": updates} if updates else {}),
+    }
     stack.up()
     for agent in ecs_agents:
         service = boto3.client("ecs").describe_services(cluster="siphon-local", services=[f"siphon-local-{agent}"])
