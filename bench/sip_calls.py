@@ -1,7 +1,11 @@
-"""Real calls through the SIP bridge: time to answer for the packaged worker vs a bare livekit-agents worker.
+"""Real calls through the SIP bridge: time to answer for the packaged worker vs a livekit-agents baseline.
 
-One run, one local environment (Redis, livekit-server, livekit-sip): two workers, each behind its own
-trunk number and dispatch rule; sipp places every call. Time to answer is what the caller experiences:
+Baselines (``--against``): ``baseline``, a bare worker that publishes a silent track and does not listen
+(``bench/baseline_worker.py``); ``stock``, the voice agent a user would write with livekit-agents alone, on the
+same offline models, capacity and load function (``bench/stock_agent.py``).
+
+One run, one local environment (Redis, livekit-server, livekit-sip): each worker behind its own trunk
+number and dispatch rule; sipp places every call. Time to answer is what the caller experiences:
 from the INVITE sent to the 200 OK (livekit-sip answers only once the agent's audio is in the room, so
 this includes dispatch, job start, metadata, configuration and the agent's first track). Reports:
 
@@ -11,8 +15,15 @@ this includes dispatch, job start, metadata, configuration and the agent's first
 and every figure as the ratio ours / baseline. Then abandonment: N dispatches whose caller never joins,
 the time until the packaged worker holds no job, and the next call.
 
+Against ``stock``: ``--rounds`` bursts of ``--burst-size`` per worker, the order rotating each round, each
+burst from idle (every worker reports 0 active jobs and its processes are quiet); per burst and in total:
+answered / refused / lost, p50 / p95 / max, CPU per answered call of the job processes (read from /proc: the
+calls' processes and the idle ones that replace them) and of the main process; then each worker's timeline
+from its log (job process initialization, joining the room, agent ready) and the ratios to the stock agent.
+
     PATH=$(python3 -m localenv.tools path):$PATH .venv/bin/python -m bench.sip_calls [-n 30] [--bursts 10 20 40]
-    PATH=$(python3 -m localenv.tools path):$PATH .venv/bin/python -m bench.sip_calls --against stock [--rounds 5]
+    PATH=$(python3 -m localenv.tools path):$PATH .venv/bin/python -m bench.sip_calls --against stock [--rounds 5] \
+        [--ours-variant LABEL:VAR=VALUE]
 """
 
 from __future__ import annotations
@@ -137,8 +148,11 @@ def main() -> int:
     parser.add_argument("--abandoned", type=int, default=30, help="dispatches whose caller never joins")
     parser.add_argument("--burst-size", type=int, default=20, help="stock: simultaneous INVITEs per burst")
     parser.add_argument("--rounds", type=int, default=5, help="stock: bursts per worker")
+    parser.add_argument("--ours-variant", action="append", default=[], metavar="LABEL:VAR=VALUE[,VAR=VALUE]",
+                        help="stock: also run the packaged worker with these settings, as ours-LABEL (what a "
+                             "setting buys, in the same run), e.g. idle2:SIPHON_NUM_IDLE_PROCESSES=2")  # fmt: skip
     args = parser.parse_args()
-    names = ["ours", args.against]
+    names = ["ours", args.against, *(_variant(v) for v in args.ours_variant)]
     with tempfile.TemporaryDirectory() as tmp, LocalEnv.start(Path(tmp)) as env:
         ep = env.endpoints
         assert ep is not None
@@ -149,7 +163,8 @@ def main() -> int:
             lk = api.LiveKitAPI()
             try:
                 for who in names:
-                    await _route(lk, who, NUMBERS[who], f"bench-{who}", route.to_json() if who == "ours" else "")
+                    ours = who.startswith("ours")
+                    await _route(lk, who, NUMBERS[who], f"bench-{who}", route.to_json() if ours else "")
             finally:
                 await lk.aclose()
 
@@ -158,7 +173,7 @@ def main() -> int:
             for who in names:  # one call each before measuring: the first job of a fresh worker pays extra
                 calls(ep, NUMBERS[who], 1, together=False)
             if args.against == "stock":
-                table = stock_rounds(ep, running, args.burst_size, args.rounds)
+                table = stock_rounds(ep, running, names, args.burst_size, args.rounds)
             else:
                 table = baseline_rows(ep, running, env.run_dir / "worker-ours.log", args)
         for who in names:
@@ -249,10 +264,21 @@ def _per_call(cpu: float, answered: int) -> float:
     return cpu / answered if answered else float("nan")
 
 
-def stock_rounds(ep: Endpoints, running: dict[str, Running], size: int, rounds: int) -> str:
-    """``rounds`` bursts of ``size`` per worker, alternating which goes first, each from idle: a table of every
-    burst, then the totals (answered, refused, p50/p95 over all answered calls, CPU per answered call) and each
-    as the ratio ours / stock."""
+def _variant(spec: str) -> str:
+    """Register ``LABEL:VAR=VALUE,...`` as the worker ``ours-LABEL``: the packaged worker with those settings."""
+    label, _, settings = spec.partition(":")
+    name = f"ours-{label}"
+    argv, extra = WORKERS["ours"]
+    WORKERS[name] = (argv, {**extra, "SIPHON_AGENT_NAME": f"bench-{name}",
+                            **dict(kv.split("=", 1) for kv in settings.split(",") if kv)})  # fmt: skip
+    NUMBERS[name] = f"+1555030010{len(NUMBERS)}"
+    return name
+
+
+def stock_rounds(ep: Endpoints, running: dict[str, Running], names: list[str], size: int, rounds: int) -> str:
+    """``rounds`` bursts of ``size`` per worker, rotating which goes first, each from idle: a table of every burst,
+    then the totals (answered, refused, p50/p95 over all answered calls, CPU per answered call) and each as the
+    ratio to the stock agent's."""
     out = [
         "| round | worker | answered/refused/lost | p50 / p95 / max (s) | job CPU per call (s) "
         "| main CPU per call (s) |",
@@ -260,7 +286,7 @@ def stock_rounds(ep: Endpoints, running: dict[str, Running], size: int, rounds: 
     ]
     done: list[Burst] = []
     for i in range(rounds):
-        for who in ("stock", "ours") if i % 2 == 0 else ("ours", "stock"):
+        for who in names[i % len(names) :] + names[: i % len(names)]:
             b = burst(ep, running, who, size)
             done.append(b)
             f = _fmt(b.times, b.refused, b.lost)
@@ -270,7 +296,7 @@ def stock_rounds(ep: Endpoints, running: dict[str, Running], size: int, rounds: 
             out.append(row)
             print(row, flush=True)
     totals: dict[str, dict[str, float]] = {}
-    for who in ("ours", "stock"):
+    for who in names:
         mine = [b for b in done if b.who == who]
         times = [t for b in mine for t in b.times]
         f = _fmt(times, sum(b.refused for b in mine), sum(b.lost for b in mine))
@@ -279,11 +305,14 @@ def stock_rounds(ep: Endpoints, running: dict[str, Running], size: int, rounds: 
         totals[who] = f
         out.append(f"| all | {who} | {f['answered']:.0f}/{f['refused']:.0f}/{f['lost']:.0f} | {f['p50']:.2f} / "
                    f"{f['p95']:.2f} / {f['max']:.2f} | {f['job_cpu']:.2f} | {f['main_cpu']:.3f} |")  # fmt: skip
-    o, s = totals["ours"], totals["stock"]
-    out.append(
-        f"| ours / stock | | refused {o['refused']:.0f} vs {s['refused']:.0f} | p50 x{o['p50'] / s['p50']:.2f}, "
-        f"p95 x{o['p95'] / s['p95']:.2f} | x{o['job_cpu'] / s['job_cpu']:.2f} | x{o['main_cpu'] / s['main_cpu']:.2f} |"
-    )
+    s = totals["stock"]
+    for who in (n for n in names if n != "stock"):
+        o = totals[who]
+        out.append(
+            f"| {who} / stock | | refused {o['refused']:.0f} vs {s['refused']:.0f} | p50 x{o['p50'] / s['p50']:.2f}, "
+            f"p95 x{o['p95'] / s['p95']:.2f} | x{o['job_cpu'] / s['job_cpu']:.2f} | "
+            f"x{o['main_cpu'] / s['main_cpu']:.2f} |"
+        )
     return "\n".join(out)
 
 
