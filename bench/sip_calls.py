@@ -363,8 +363,9 @@ def _in_job(who: str, log: Path) -> str:
     """Where a worker's time goes, from its own log (p50 / p95 in ms): a job process's initialization (livekit-agents
     initializes at most as many at once as there are cores: a burst beyond the idle processes waits for them), then,
     inside the job, joining the room and the agent ready (its audio track published)."""
-    fields: dict[str, list[float]] = {"init_ms": [], "connect_ms": [], "resolve_ms": [], "from_caller_ms": [],
-                                      "before_session_ms": [], "session_ms": [], "ready_ms": []}  # fmt: skip
+    keys = ("init_ms", "connect_ms", "resolve_ms", "from_caller_ms", "before_session_ms", "session_ms", "heard_ms",
+            "ready_ms")  # fmt: skip
+    fields: dict[str, list[float]] = {k: [] for k in keys}
     for line in log.read_text(errors="replace").splitlines():
         try:
             rec = json.loads(line)

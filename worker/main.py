@@ -376,9 +376,11 @@ async def _call(ctx: JobContext) -> None:
         record=False,
     )
     session_ms = (time.perf_counter() - starting) * 1000
+    heard_ms = 0.0
     if sip_p is not None:  # the track is published in the background: a publication that stalls or fails ends here
         try:
             await asyncio.wait_for(heard.wait(), settings.audio_timeout)
+            heard_ms = (time.perf_counter() - starting) * 1000 - session_ms
         except TimeoutError:
             reason = f"the caller did not receive the agent's audio within {settings.audio_timeout:g} s"
             logger.error("hanging up: " + reason, extra={"room": ctx.room.name})
@@ -387,10 +389,11 @@ async def _call(ctx: JobContext) -> None:
             return
     await published
     logger.info(
-        "agent ready",  # audio track published, attributes set: the bridge answers the caller now
+        "agent ready",  # the caller hears the agent's audio (the bridge answered), attributes set
         extra={"room": ctx.room.name, "ready_ms": round((time.perf_counter() - started) * 1000, 1),
                "from_caller_ms": round((time.perf_counter() - caller_at) * 1000, 1),
                "before_session_ms": round((starting - caller_at) * 1000, 1), "session_ms": round(session_ms, 1),
+               "heard_ms": round(heard_ms, 1),
                "cpu_ms": round(time.process_time() * 1000, 1)},
     )  # fmt: skip
     if resumed:  # the caller is mid-call: no fresh greeting, the resume message word for word
