@@ -11,9 +11,9 @@ from typing import Any
 import boto3
 import pytest
 
+from contract import metrics as call_metric
 from localenv.manager import Endpoints
 from tests.test_ecs_helpers import container_env, create_deployment, default_network, full_args
-from worker import call_metric
 
 SERVICE = "siphon-test-support"
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from livekit import api
 
+from contract import metrics as call_metric
+from contract.metadata import AgentConfig, CallMetadata, RouteMetadata
 from localenv.manager import Endpoints
 from localenv.ports import free_port_range
 from tests.sip_carrier import Carrier
 from tests.test_worker_live import WorkerProc, _delete_trunk, _outbound_trunk, answered_call, start_worker
-from worker import call_metric
-from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
 
 DEFAULTS = {
     "SIPHON_DEFAULT_LLM": json.dumps(

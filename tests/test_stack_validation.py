@@ -367,7 +367,7 @@ def test_cli_routes_prints_table_and_diagram(capsys):
 
 
 def test_an_agents_call_capacity_is_declared_or_derived_from_its_ecs_size_and_reaches_its_workers():
-    from worker.config import MAX_JOBS_ENV
+    from contract.deployment import MAX_JOBS_ENV
 
     stack, _ = parse(yaml.safe_dump(BASE, sort_keys=False), "stacks/case.yaml")
     declared, derived = stack.agents["support-agent"], stack.agents["sales-agent"]

@@ -32,6 +32,8 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 
+from contract import metrics as call_metric
+from contract.metadata import AgentConfig, CallMetadata, RouteMetadata
 from infra import sipp
 from infra.ecs import components
 from infra.ecs.naming import Names
@@ -42,8 +44,6 @@ from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
 from tests.ecs_agent_endpoint import agent_endpoint
 from tests.sip_carrier import Carrier
 from tests.test_worker_metadata import HOSTILE_CASES
-from worker import call_metric
-from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "worker" / "Dockerfile"

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from contract.types import MAX_METADATA_CHARS, LiveKitAgentName
 from infra.livekit.validation import (
     E164,
     AllowedAddress,
@@ -24,7 +25,6 @@ from infra.livekit.validation import (
     Pin,
     RoomName,
 )
-from worker.rules import MAX_METADATA_CHARS, LiveKitAgentName
 
 MAX_MEDIA_TIMEOUT = 600.0  # LiveKit: "media_timeout must not exceed 10m0s"
 MAX_CALL_SECONDS = 24 * 3600.0

@@ -22,11 +22,12 @@ import pulumi
 from pulumi.dynamic import Resource
 from pydantic import BaseModel, ValidationError
 
+from contract.types import SECRET_FIELDS
 from infra.dynamic import InvalidArguments
 from infra.livekit.provider import DispatchRuleProvider, InboundTrunkProvider, LiveKitProvider, OutboundTrunkProvider
 from infra.livekit.validation import describe_errors
 
-SECRET_OUTPUTS = ["auth_password"]
+SECRET_OUTPUTS = list(SECRET_FIELDS)
 
 
 class InvalidDeclaration(pulumi.RunError, InvalidArguments):

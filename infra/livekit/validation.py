@@ -15,12 +15,12 @@ from typing import Annotated
 from pydantic import AfterValidator
 
 # The shared rules, re-exported for the SIP argument models.
-from worker.rules import E164 as E164
-from worker.rules import AttributeName as AttributeName
-from worker.rules import HeaderName as HeaderName
-from worker.rules import HeaderValue as HeaderValue
-from worker.rules import Model as Model
-from worker.rules import describe_errors as describe_errors
+from contract.types import E164 as E164
+from contract.types import AttributeName as AttributeName
+from contract.types import HeaderName as HeaderName
+from contract.types import HeaderValue as HeaderValue
+from contract.types import Model as Model
+from contract.types import describe_errors as describe_errors
 
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$"
