@@ -78,6 +78,11 @@ CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
      "inbound_routes.support.header_overrides.0.values.gold.llm", "cannot resolve"),
     ("header-override-bad-header", [_set("inbound_routes.support.header_overrides.0.header", "Contact")],
      "inbound_routes.support.header_overrides.0.header", "managed by the SIP stack"),
+    # the header value that selects a layer: one rule (contract.types.AttributeValue), as the worker's metadata reads it
+    ("header-override-empty-value", [_set("inbound_routes.support.header_overrides.0.values", {"": {}})],
+     "inbound_routes.support.header_overrides.0.values", "at least 1 character"),
+    ("header-override-long-value", [_set("inbound_routes.support.header_overrides.0.values", {"x" * 257: {}})],
+     "inbound_routes.support.header_overrides.0.values", "at most 256 characters"),
     ("header-override-without-trunks", [_set("inbound_routes.sales.numbers", []), _set("inbound_routes.sales.caller_numbers", ["+14155550000"])],
      "inbound_routes.sales.header_overrides.0", "need the route's trunks"),
     ("unknown-agent-config-key", [_set("inbound_routes.sales.agent_config.system_prompt", "hi")],

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from contract import metadata as md
 from contract import models as specs
 from contract.deployment import defaults_env
+from contract.deployment import worker_env as deployment_env
 from contract.metadata import AgentConfig, CallMetadata, ProviderSpec, RouteMetadata, parse_agent_config, parse_metadata
 from contract.resolve import (
     BUILTIN_DEFAULTS,
@@ -360,6 +361,18 @@ def test_the_deployments_environment_gives_the_worker_exactly_the_declared_defau
         for environment, offline in (("local", True), ("prod", False)):
             worker_env(**defaults_env(layer), SIPHON_ENVIRONMENT=environment)
             assert WorkerSettings.from_env().defaults == worker_defaults(layer, offline=offline)
+
+
+def test_every_setting_a_deployment_gives_reaches_the_worker(worker_env) -> None:
+    """contract.deployment.worker_env (ECS, local processes, rehearsal containers) names the variables the worker's
+    settings read: each setting given comes back as given."""
+    layer = AgentConfig(llm="openai/gpt-4.1-mini", send_greeting=False, min_silence_duration=0.4)
+    given = {"agent_name": "a1", "environment": "prod", "max_jobs": 3, "drain_timeout": 50, "metric_cluster": "c",
+             "metric_service": "s", "call_protection_minutes": 30, "http_port": 9001, "http_host": "127.0.0.1"}  # fmt: skip
+    worker_env(**deployment_env(**{"max_calls" if k == "max_jobs" else k: v for k, v in given.items()}, defaults=layer))
+    settings = WorkerSettings.from_env()
+    assert {k: getattr(settings, k) for k in given} == given
+    assert settings.defaults == worker_defaults(layer, offline=False)
 
 
 def test_merge_each_layer_wins_over_the_one_below() -> None:
