@@ -27,6 +27,7 @@ from contract.resolve import (
     call_facts,
     is_set,
     merge_layers,
+    resolve_call,
     worker_defaults,
 )
 from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
@@ -482,6 +483,30 @@ def test_direction_without_metadata_comes_from_sip_participant_not_guessed() -> 
     assert call_facts(empty, _sip(**{"sip.callStatus": "active"}), dialled=True).direction == "outbound"
     # SIPHON's quirk (agent_config present => outbound) is not reproduced:
     assert parse_metadata(json.dumps(SIPHON_INBOUND_DEFAULTS)).metadata.direction == "inbound"
+
+
+def test_resolve_call_merges_the_layers_with_the_sip_participants_facts_and_attributes() -> None:
+    """The one resolution the worker answers with and verify predicts: defaults, route, the layer the caller's
+    header attribute selects and its siphon.overrides attribute; numbers from the SIP attributes; models requested."""
+    meta = CallMetadata(
+        route="support", inbound_trunk_id="ST_in", agent_config=AgentConfig(tts="local/espeak-ng:en-gb"),
+        attribute_overrides={"sip.h.x-tier": {"gold": AgentConfig(llm="openai/gpt-4.1-mini")}},
+    )  # fmt: skip
+    sip = SipFacts("", phone_number="+15557654321", trunk_phone_number="+15550100", trunk_id="ST_in")
+    attributes = {**sip.as_attributes(), "sip.h.x-tier": "gold", "siphon.overrides": '{"system_instructions": "C"}'}
+    assert SipFacts.from_attributes("", attributes) == sip
+    resolved = resolve_call(meta, attributes, _defaults(), agent_name="support-agent")
+    assert (resolved.agent_name, resolved.route, resolved.resumed) == ("support-agent", "support", False)
+    assert (resolved.facts.direction, resolved.facts.caller_number, resolved.facts.called_number) == (
+        "inbound", "+15557654321", "+15550100"
+    )  # fmt: skip
+    assert resolved.models == {"llm": "openai/gpt-4.1-mini", "stt": "local/silent", "tts": "local/espeak-ng:en-gb"}
+    assert resolved.merged.config.system_instructions == "C" and resolved.merged.sources["llm"] == "call"
+    assert resolved.attributes()["siphon.called_number"] == "+15550100"
+    dialled = resolve_call(CallMetadata(), sip.as_attributes(), _defaults(), agent_name="a", dialled=True)
+    assert (dialled.facts.direction, dialled.facts.caller_number) == ("outbound", "+15550100")
+    nobody = resolve_call(CallMetadata(overrides=AgentConfig(llm="nope/x")), None, _defaults(), agent_name="a")
+    assert nobody.facts.direction is None and "llm" not in nobody.models  # unparseable: the worker falls back
 
 
 # ---------------------------------------------------------------------------------------------- registry

@@ -1,6 +1,6 @@
 """Field types that mirror LiveKit's server-side validation, so mistakes are caught before any call.
 
-Rules shared with the stack file, ECS and the worker (numbers, headers, tokens) live in ``worker.rules``.
+Rules shared with the stack file, ECS and the worker (numbers, headers, tokens) live in ``contract.types``.
 
 Each type normalises what it can (phone numbers to E.164, country codes to upper case) and rejects
 what LiveKit would reject, with a message that says what to write instead.
