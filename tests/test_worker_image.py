@@ -256,7 +256,7 @@ def test_the_image_holds_no_secrets_and_no_test_code(built: worker_image.BuiltIm
                          check=False)  # fmt: skip
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout.strip().splitlines()[-1])
-    assert seen["app"] == [".venv", "worker"], seen
+    assert seen["app"] == [".venv", "contract", "worker"], seen
     assert not {"tests", "localenv", "bench", "infra", "Dockerfile"} & set(seen["worker"]), seen
     assert seen["hits"] == [], seen
     for line in subprocess.run([built.engine, "history", "--no-trunc", "--format", "{{.CreatedBy}}", built.ref],
