@@ -47,10 +47,10 @@ from google.protobuf.duration_pb2 import Duration
 from livekit import api
 
 from bench.worker_dispatch import pct
+from contract.metadata import AgentConfig, RouteMetadata
 from infra import sipp
 from localenv.manager import Endpoints, LocalEnv, http_ok
 from localenv.ports import free_tcp_port
-from worker.metadata import AgentConfig, RouteMetadata
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPACITY = 50  # per worker, above the largest burst: the bench measures answer time, not overflow

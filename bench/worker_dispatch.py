@@ -24,11 +24,11 @@ from pathlib import Path
 
 from livekit import api, rtc
 
+from contract import models as registry
+from contract.metadata import AgentConfig, CallMetadata, parse_metadata
+from contract.resolve import call_facts, merge_layers, worker_defaults
 from localenv.manager import Endpoints, LocalEnv
 from localenv.siphon_payloads import SIPHON_INBOUND
-from worker.config import call_facts, merge_layers, worker_defaults
-from worker.metadata import AgentConfig, CallMetadata, parse_metadata
-from worker.models import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 

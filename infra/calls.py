@@ -3,7 +3,7 @@
 The route's outputs (``pulumi stack output outbound_routes``) give the trunk id, caller IDs, agent and
 route metadata; the call adds the destination, per-call overrides and customer context. The call
 becomes an agent dispatch into room ``call-<call_id>`` whose metadata follows the worker's schema
-(``worker.metadata.CallMetadata``); the worker dials (default) or this function dials directly.
+(``contract.metadata.CallMetadata``); the worker dials (default) or this function dials directly.
 Credentials come from the environment or Pulumi config, never from stack outputs.
 """
 
@@ -17,12 +17,12 @@ from typing import Any, Literal
 from livekit import api
 from pydantic import Field, JsonValue, ValidationError
 
+from contract.metadata import AgentConfig, CallMetadata, RouteMetadata
+from contract.models import layer_spec_problems
+from contract.types import Model
 from infra.livekit import client
 from infra.livekit.fields import E164, describe_errors
 from infra.stack.plan import OutboundCall
-from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
-from worker.models.registry import layer_spec_problems
-from worker.rules import Model
 
 CALL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 

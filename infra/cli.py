@@ -225,8 +225,8 @@ def import_(
 
     from pydantic import TypeAdapter, ValidationError
 
+    from contract.types import EnvironmentName, describe_errors
     from infra.adopt.command import ImportFailed, run_import
-    from worker.rules import EnvironmentName, describe_errors
 
     try:  # the stack file's own rule for environment names
         TypeAdapter(EnvironmentName).validate_python(environment)

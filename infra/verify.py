@@ -21,12 +21,10 @@ from typing import Any
 
 from livekit import api
 
+from contract.metadata import parse_metadata
+from contract.resolve import ATTR_PREFIX, SipFacts, resolve_call, worker_defaults
 from infra import sipp
 from infra.stack.plan import Plan
-from worker.config import ATTR_PREFIX, CallFacts, ResolvedCall, call_layers, worker_defaults
-from worker.metadata import MODEL_KINDS, parse_metadata
-from worker.models.registry import parse_spec
-from worker.resume import participants as _participants
 
 TEST_CALLER = "+15005550006"  # a reserved test number, used as the caller unless the route filters callers
 POLL = 0.05  # seconds between looks at LiveKit while a call is set up
@@ -49,6 +47,16 @@ class Expectation:
     dtmf: str = ""  # digits the caller keys in once answered (a PIN route's PIN and #)
 
 
+async def _participants(lk: api.LiveKitAPI, room: str) -> list[api.ParticipantInfo]:
+    """Everyone in ``room`` (nobody when the room is gone: it may end between listing it and reading it)."""
+    try:
+        return list((await lk.room.list_participants(api.ListParticipantsRequest(room=room))).participants)
+    except api.TwirpError as err:
+        if err.code == "not_found":
+            return []
+        raise
+
+
 def trunk_auth_keys(plan: Plan, routes: list[str] | None = None) -> dict[str, str]:
     """Config keys of the trunk passwords the selected routes' calls must answer a challenge with: route -> key."""
     return {
@@ -69,16 +77,15 @@ def published_attributes(
 ) -> dict[str, str]:
     """The ``siphon.*`` attributes the agent answering a call to ``number`` on this route publishes, computed as
     the worker computes them: its defaults (``worker_defaults`` of what the deployment sets), the metadata the
-    plan gives the route's dispatch rule, the worker's merge (``call_layers``) and ``ResolvedCall.attributes``.
+    plan gives the route's dispatch rule and the caller's attributes, resolved by the worker's ``resolve_call``.
     Without ``trunk_id`` (the route has several trunks), ``siphon.trunk_id`` is left out. ``sip_attributes``: the
     caller's participant attributes the trunk maps from SIP headers (they select the route's header overrides)."""
     dispatch = plan.inbound_routes[route_key].dispatch
     meta = parse_metadata(dispatch.metadata).metadata
     defaults = worker_defaults(plan.stack.agents[dispatch.agent_name].defaults, offline=plan.stack.is_local)
-    merged, _ = call_layers(defaults, meta, sip_attributes)
-    models = {kind: parse_spec(kind, getattr(merged.config, kind)).label for kind in MODEL_KINDS}
-    facts = CallFacts("inbound", caller_number, number, trunk_id)
-    attrs = ResolvedCall(dispatch.agent_name, meta.route, facts, merged, models, fallbacks={}).attributes()
+    caller = SipFacts("", phone_number=caller_number, trunk_phone_number=number, trunk_id=trunk_id)
+    attributes = {**(sip_attributes or {}), **caller.as_attributes()}  # as livekit-sip sets them on the caller
+    attrs = resolve_call(meta, attributes, defaults, agent_name=dispatch.agent_name).attributes()
     return {k: v for k, v in attrs.items() if trunk_id or k != ATTR_PREFIX + "trunk_id"}
 
 

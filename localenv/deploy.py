@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pulumi import automation as auto
 
+from contract.deployment import worker_env
 from localenv import engine, tools
 from localenv.manager import LocalEnv, http_ok
 from localenv.ports import free_tcp_port
@@ -89,8 +90,7 @@ def start_workers(
                 **os.environ,
                 **env.endpoints.env(),
                 **settings,
-                "SIPHON_AGENT_NAME": agent_name,
-                "SIPHON_HTTP_PORT": str(port),
+                **worker_env(agent_name=agent_name, http_port=port),
             }
             svc = env.spawn(
                 worker_name(agent_name, index),

@@ -44,6 +44,10 @@ from typing import Any
 
 import yaml
 
+from contract.deployment import worker_env
+from contract.metadata import MODEL_KINDS
+from contract.models import PROVIDERS, SpecError, parse_spec
+from contract.types import LOCAL_ENVIRONMENT
 from infra import sipp
 from infra.stack.load import StackFileError, stack_path
 from infra.stack.plan import Plan, plan_file
@@ -52,9 +56,6 @@ from localenv import engine, tools
 from localenv.manager import LocalEnv
 from localenv.ports import free_port_range
 from localenv.process import ServiceError, Supervised
-from worker.metadata import MODEL_KINDS
-from worker.models.registry import PROVIDERS, SpecError, parse_spec
-from worker.rules import LOCAL_ENVIRONMENT
 
 STAND_INS = {"llm": "local/scripted", "stt": "local/silent", "tts": "local/espeak-ng"}
 """The offline stand-in of every model kind (the worker runs them in the ``local`` environment only)."""
@@ -360,18 +361,16 @@ def _pin_refusal_check(exp: Expectation, sip_address: str) -> Check:
 
 def _outbound_expected(plan: Plan, key: str, trunk_id: str) -> dict[str, str]:
     """The ``siphon.*`` attributes the agent of an outbound call publishes, computed as the worker computes them."""
+    from contract.metadata import parse_metadata
+    from contract.resolve import SipFacts, resolve_call, worker_defaults
     from infra.calls import CallRequest, call_metadata
     from infra.stack.plan import OutboundCall
-    from worker.config import CallFacts, ResolvedCall, call_layers, worker_defaults
-    from worker.metadata import parse_metadata
 
     route = OutboundCall.model_validate({**plan.outbound_routes[key].model_dump(), "trunk_id": trunk_id})
     meta = parse_metadata(call_metadata(route, CallRequest(route=key, to=OUTBOUND_CALLEE)).to_json()).metadata
     defaults = worker_defaults(plan.stack.agents[route.agent_name].defaults, offline=plan.stack.is_local)
-    merged, _ = call_layers(defaults, meta, None)
-    models = {kind: parse_spec(kind, getattr(merged.config, kind)).label for kind in MODEL_KINDS}
-    facts = CallFacts("outbound", route.caller_ids[0], OUTBOUND_CALLEE, trunk_id)
-    return ResolvedCall(route.agent_name, meta.route, facts, merged, models, fallbacks={}).attributes()
+    callee = SipFacts("", phone_number=OUTBOUND_CALLEE, trunk_phone_number=route.caller_ids[0], trunk_id=trunk_id)
+    return resolve_call(meta, callee.as_attributes(), defaults, agent_name=route.agent_name, dialled=True).attributes()
 
 
 def _outbound_check(plan: Plan, key: str, outputs: dict[str, Any], passwords: dict[str, str], uas_port: int) -> Check:
@@ -574,8 +573,7 @@ def start_containers(
     started = []
     for agent, settings in agent_env.items():
         port = free_tcp_port()
-        values = {**settings, "SIPHON_AGENT_NAME": agent, "SIPHON_HTTP_PORT": str(port),
-                  "SIPHON_HTTP_HOST": LOCAL_ALLOWED}  # fmt: skip
+        values = {**settings, **worker_env(agent_name=agent, http_port=port, http_host=LOCAL_ALLOWED)}
         argv = [built.engine, "run", "--rm", "--name", _container_name(run_name, agent), "--network", "host",
                 "--stop-timeout", "20", *(a for k in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
                                           for a in ("-e", k)),

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from worker.call_metric import CallGauge, dimensions
-from worker.config import SettingsError, WorkerSettings
+from contract.metrics import dimensions
+from worker.call_metric import CallGauge
+from worker.settings import SettingsError, WorkerSettings
 
 
 def test_a_line_is_cloudwatch_embedded_metric_format_under_the_services_dimensions() -> None:

@@ -26,12 +26,12 @@ from pathlib import Path
 import psutil
 from livekit import api
 
+from contract.metadata import MAX_RESUMES, AgentConfig, ResumeMarker, RouteMetadata, parse_metadata
+from contract.resolve import text_sha
 from infra import sipp
 from infra.verify import observe
 from localenv.manager import Endpoints
 from tests.test_worker_live import CALLER, ROOT, WAIT, WorkerProc, _inbound_route, start_worker
-from worker.config import text_sha
-from worker.metadata import MAX_RESUMES, AgentConfig, ResumeMarker, RouteMetadata, parse_metadata
 from worker.resume import resume_metadata
 
 RESUME_MESSAGE = "Sorry, we were cut off. I am back on the line."

@@ -13,10 +13,10 @@ from typing import Any
 import boto3
 import pytest
 
+from contract.deployment import CALL_PROTECTION_ENV
 from infra.ecs.provider import AgentWorkerProvider
 from localenv.manager import Endpoints
 from tests.test_ecs_helpers import container_env, create_deployment, default_network, full_args, role_statements
-from worker.config import CALL_PROTECTION_ENV
 
 
 def task_role_statements(outs: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -11,9 +11,9 @@ from typing import Any
 import boto3
 import pytest
 
+from contract import metrics
 from localenv.manager import Endpoints
 from tests.test_ecs_helpers import container_env, create_deployment, default_network, full_args
-from worker import call_metric
 
 SERVICE = "siphon-test-support"
 
@@ -39,7 +39,7 @@ def test_the_service_tracks_the_call_utilisation_its_workers_publish(deployed) -
     assert (metric["Namespace"], metric["MetricName"], metric["Statistic"]) == ("Siphon", "CallUtilization", "Average")
     env = container_env(created.outs["task_definition_arn"])
     dims = {d["Name"]: d["Value"] for d in metric["Dimensions"]}
-    assert dims == call_metric.dimensions(env["SIPHON_METRIC_CLUSTER"], env["SIPHON_METRIC_SERVICE"])
+    assert dims == metrics.dimensions(env["SIPHON_METRIC_CLUSTER"], env["SIPHON_METRIC_SERVICE"])
     assert dims == {"ClusterName": "voice", "ServiceName": SERVICE}
     assert created.outs["scaling_policy_arn"].endswith(f"policyName/{SERVICE}-calls")
 

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from livekit import api
 
+from contract.metadata import AgentConfig, RouteMetadata
 from infra.stack.plan import plan_file
 from tests.import_harness import adoption_cycle, deployed, run_import, secret_commands
-from worker.metadata import AgentConfig, RouteMetadata
 
 IN_PASSWORD = "Digest-Inbound-Pa55word-7781"
 OUT_PASSWORD = "Carrier-Outbound-Pa55word-4410"

@@ -12,12 +12,12 @@ import pytest
 import yaml
 
 from bench import siphon_loop
+from contract.metadata import AgentConfig
 from infra.stack.model import Agent, LocalWorker
 from infra.stack.plan import plan_file
 from localenv.deploy import start_workers
 from tests.import_harness import adoption_cycle, bridge_call, deployed, run_import, secret_commands
 from tests.sip_harness import livekit_objects
-from worker.metadata import AgentConfig
 
 N = 10
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 from livekit import api, rtc
 
+from contract.metadata import RouteMetadata
 from localenv.manager import Endpoints
 from tests.test_worker_live import WorkerProc, start_worker
-from worker.metadata import RouteMetadata
 
 
 class Relay:

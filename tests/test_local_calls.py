@@ -22,6 +22,7 @@ import pytest
 import yaml
 from livekit import api
 
+from contract.resolve import text_sha
 from infra import sipp
 from infra.calls import place_call
 from infra.verify import TEST_CALLER, Observation, agent_attributes, observe
@@ -33,7 +34,6 @@ from localenv.process import Supervised
 from localenv.reset import wipe_sip
 from tests.sip_carrier import Carrier
 from tests.stack_harness import REPO, StackUnderTest
-from worker.config import text_sha
 
 pytestmark = pytest.mark.engine
 SUPPORT, SALES, PARTNERS = "+15550100100", "+15550100101", "+15550100102"

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from livekit import api
 
+from contract import metrics
+from contract.metadata import AgentConfig, CallMetadata, RouteMetadata
 from localenv.manager import Endpoints
 from localenv.ports import free_port_range
 from tests.sip_carrier import Carrier
 from tests.test_worker_live import WorkerProc, _delete_trunk, _outbound_trunk, answered_call, start_worker
-from worker import call_metric
-from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
 
 DEFAULTS = {
     "SIPHON_DEFAULT_LLM": json.dumps(
@@ -70,8 +70,8 @@ def test_outside_local_an_inbound_call_no_model_can_serve_is_refused_with_486_ne
         refusal = next(json.loads(x) for x in log.splitlines() if "refusing the call" in x)
         assert "ASSEMBLYAI_API_KEY" in refusal["reason"] and "google" in refusal["reason"], refusal
         assert "local/silent" not in log, "outside local the test STT is never built"
-        (event,) = _events(w, call_metric.REFUSALS)
-        assert event["ServiceName"] == "siphon-test-support" and event[call_metric.REFUSALS] == 1
+        (event,) = _events(w, metrics.REFUSALS)
+        assert event["ServiceName"] == "siphon-test-support" and event[metrics.REFUSALS] == 1
     finally:
         assert w.stop() == 0, w.text()[-3000:]
 
@@ -99,7 +99,7 @@ def test_outside_local_an_outbound_call_no_model_can_serve_ends_without_dialling
         log = w.wait_for_log('"reason": "refused: no stt can be built')
         assert "ASSEMBLYAI_API_KEY" in log
         assert carrier.invites() == [], "a callee was rung for a call no model could serve"
-        assert len(_events(w, call_metric.REFUSALS)) == 1
+        assert len(_events(w, metrics.REFUSALS)) == 1
     finally:
         carrier.close()
         asyncio.run(_delete_trunk(endpoints, trunk_id))
@@ -118,6 +118,6 @@ def test_in_local_the_same_call_falls_back_to_the_test_model_and_is_answered(
         assert seen.attributes["siphon.fallbacks"] == "stt"
         assert end.completed, end
         assert "model spec unavailable, using the agent's default" in w.text()
-        assert len(_events(w, call_metric.FALLBACKS)) == 1
+        assert len(_events(w, metrics.FALLBACKS)) == 1
     finally:
         assert w.stop() == 0, w.text()[-3000:]

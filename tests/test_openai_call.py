@@ -27,6 +27,9 @@ from typing import Any
 import boto3
 import pytest
 
+from contract.deployment import ENVIRONMENT_ENV
+from contract.metadata import AgentConfig, RouteMetadata
+from contract.resolve import text_sha
 from infra import sipp
 from infra.verify import Observation
 from localenv.manager import Endpoints, LocalEnv
@@ -34,8 +37,6 @@ from tests.caller_audio import spoken_ulaw
 from tests.openai_standin import OpenAIStandIn, Recorded
 from tests.test_ecs_helpers import container_env, create_deployment
 from tests.test_worker_live import ROOT, WAIT, WorkerProc, answered_call, entry_command
-from worker.config import ENVIRONMENT_ENV, text_sha
-from worker.metadata import AgentConfig, RouteMetadata
 
 ENVIRONMENT = "staging"  # not "local": the worker must build the providers' models, not the offline ones
 DEFAULT_LLM, ROUTE_LLM = "gpt-4.1-mini", "gpt-4o-mini"

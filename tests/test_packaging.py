@@ -1,4 +1,5 @@
-"""Product vs tooling: the wheel ships ``infra`` and ``worker`` only, and they never import development code."""
+"""Product vs tooling: the wheel ships ``contract``, ``infra`` and ``worker`` only, they never import development code,
+and the worker image carries every project package the worker imports."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEVELOPMENT = ("localenv", "bench", "tests")
+PRODUCT = ("contract", "infra", "worker")
 
 
-def test_the_wheel_ships_infra_and_worker_only(tmp_path):
+def test_the_wheel_ships_contract_infra_and_worker_only(tmp_path):
     uv = shutil.which("uv")
     assert uv, "uv is installed by ./dev setup"
     subprocess.run([uv, "build", "--wheel", "--out-dir", str(tmp_path), str(REPO)], check=True, capture_output=True)
@@ -20,19 +22,43 @@ def test_the_wheel_ships_infra_and_worker_only(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         tops = {name.split("/")[0] for name in z.namelist()}
         scripts = next(z.read(n).decode() for n in z.namelist() if n.endswith("entry_points.txt"))
-    assert {t for t in tops if not t.endswith(".dist-info")} == {"infra", "worker"}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"contract", "infra", "worker"}
     assert "localenv" not in scripts and "siphon-infra = infra.cli:main" in scripts
 
 
 def test_product_code_never_imports_development_code():
     offenders = []
-    for path in [*(REPO / "infra").rglob("*.py"), *(REPO / "worker").rglob("*.py")]:
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in DEVELOPMENT]
+    for path in [p for package in PRODUCT for p in (REPO / package).rglob("*.py")]:
+        offenders += [f"{path.relative_to(REPO)}: {n}" for n in _imports(path) if n.split(".")[0] in DEVELOPMENT]
     assert offenders == []
+
+
+def _imports(path: Path) -> list[str]:
+    """The modules a source file imports (``from x import y``: ``x``)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names
+
+
+def test_the_worker_image_carries_every_project_package_the_worker_imports():
+    """The image copies packages one by one (worker/Dockerfile, .dockerignore): each project package ``worker/`` (or
+    what it imports) needs must be in the build context and copied, and ``infra`` never is."""
+    needed, todo = set(), ["worker"]
+    while todo:
+        package = todo.pop()
+        needed.add(package)
+        todo += sorted(
+            {n.split(".")[0] for p in (REPO / package).rglob("*.py") for n in _imports(p)} & set(PRODUCT) - needed
+        )
+    dockerfile = (REPO / "worker" / "Dockerfile").read_text()
+    context = (REPO / ".dockerignore").read_text().splitlines()
+    copied = {p for p in PRODUCT if f"COPY {p}/ /app/{p}/" in dockerfile and f"!{p}/" in context}
+    assert needed == {"contract", "worker"}
+    assert copied == needed
 
 
 def test_the_image_extra_installs_exactly_the_plugins_of_the_registered_model_providers():
@@ -40,7 +66,7 @@ def test_the_image_extra_installs_exactly_the_plugins_of_the_registered_model_pr
     the `worker` extra (which the image installs), and the extra carries no model plugin the registry does not use."""
     import tomllib
 
-    from worker.models.registry import PROVIDERS
+    from contract.models import PROVIDERS
 
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["worker"]
     pinned = {req.split("==")[0] for req in extra}

@@ -8,8 +8,8 @@ import json
 import pytest
 from livekit import api
 
+from contract.metadata import RouteMetadata, parse_metadata
 from infra.calls import CallError, place_call
-from worker.metadata import RouteMetadata, parse_metadata
 
 ROUTES = {
     "reminders": {

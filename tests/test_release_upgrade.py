@@ -25,10 +25,11 @@ import pytest
 import yaml
 from pulumi import automation as auto
 
+from contract.deployment import CALL_PROTECTION_ENV
+from infra.ecs.naming import default_service_name
 from localenv import engine
 from localenv.deploy import LOCAL_PASSPHRASE, LOCAL_STACK
 from tests.sip_harness import livekit_objects, wipe_livekit
-from worker.config import CALL_PROTECTION_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASES = REPO / "RELEASES"
@@ -116,7 +117,9 @@ def test_a_stack_deployed_by_each_release_upgrades_to_the_current_code(
     }
     stack.up()
     for agent in ecs_agents:
-        service = boto3.client("ecs").describe_services(cluster="siphon-local", services=[f"siphon-local-{agent}"])
+        service = boto3.client("ecs").describe_services(
+            cluster="siphon-local", services=[default_service_name("local", agent)]
+        )
         td = boto3.client("ecs").describe_task_definition(taskDefinition=service["services"][0]["taskDefinition"])
         env = {e["name"]: e["value"] for e in td["taskDefinition"]["containerDefinitions"][0]["environment"]}
         assert env[CALL_PROTECTION_ENV] == "60", agent

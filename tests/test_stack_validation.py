@@ -78,6 +78,11 @@ CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
      "inbound_routes.support.header_overrides.0.values.gold.llm", "cannot resolve"),
     ("header-override-bad-header", [_set("inbound_routes.support.header_overrides.0.header", "Contact")],
      "inbound_routes.support.header_overrides.0.header", "managed by the SIP stack"),
+    # the header value that selects a layer: one rule (contract.types.AttributeValue), as the worker's metadata reads it
+    ("header-override-empty-value", [_set("inbound_routes.support.header_overrides.0.values", {"": {}})],
+     "inbound_routes.support.header_overrides.0.values", "at least 1 character"),
+    ("header-override-long-value", [_set("inbound_routes.support.header_overrides.0.values", {"x" * 257: {}})],
+     "inbound_routes.support.header_overrides.0.values", "at most 256 characters"),
     ("header-override-without-trunks", [_set("inbound_routes.sales.numbers", []), _set("inbound_routes.sales.caller_numbers", ["+14155550000"])],
      "inbound_routes.sales.header_overrides.0", "need the route's trunks"),
     ("unknown-agent-config-key", [_set("inbound_routes.sales.agent_config.system_prompt", "hi")],
@@ -367,7 +372,7 @@ def test_cli_routes_prints_table_and_diagram(capsys):
 
 
 def test_an_agents_call_capacity_is_declared_or_derived_from_its_ecs_size_and_reaches_its_workers():
-    from worker.config import MAX_JOBS_ENV
+    from contract.deployment import MAX_JOBS_ENV
 
     stack, _ = parse(yaml.safe_dump(BASE, sort_keys=False), "stacks/case.yaml")
     declared, derived = stack.agents["support-agent"], stack.agents["sales-agent"]

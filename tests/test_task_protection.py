@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import pytest
 
+from contract.deployment import CALL_PROTECTION_ENV
 from tests.ecs_agent_endpoint import agent_endpoint
-from worker.config import CALL_PROTECTION_ENV, SettingsError, WorkerSettings
+from worker.settings import SettingsError, WorkerSettings
 from worker.task_protection import TaskProtection, agent_put
 
 

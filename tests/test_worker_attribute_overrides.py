@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from worker.config import attribute_layer, merge_layers
-from worker.metadata import AgentConfig, RouteMetadata, parse_metadata
+from contract.metadata import AgentConfig, RouteMetadata, parse_metadata
+from contract.resolve import attribute_layer, merge_layers
 
 TABLE = {
     "customer.tier": {"gold": AgentConfig(greeting_instructions="Welcome back, gold customer.")},

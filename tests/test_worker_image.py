@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from contract.metadata import AgentConfig, RouteMetadata
+from contract.resolve import text_sha
 from localenv import image as worker_image
 from localenv import tools
 from localenv.manager import Endpoints, LocalEnv
 from localenv.ports import free_tcp_port
 from tests.test_worker_live import WAIT, LogWatch, answered_call
-from worker.config import text_sha
-from worker.metadata import AgentConfig, RouteMetadata
 
 SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|API_KEY|CREDENTIAL)", re.IGNORECASE)
 FIGURES: dict[str, str] = {}
@@ -51,7 +51,8 @@ import json, os, signal, socket, tempfile, time
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from worker.models.registry import PROVIDERS, build, parse_spec
+from contract.models import PROVIDERS, parse_spec
+from worker.models.registry import build
 
 key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
     serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
@@ -255,7 +256,7 @@ def test_the_image_holds_no_secrets_and_no_test_code(built: worker_image.BuiltIm
                          check=False)  # fmt: skip
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout.strip().splitlines()[-1])
-    assert seen["app"] == [".venv", "worker"], seen
+    assert seen["app"] == [".venv", "contract", "worker"], seen
     assert not {"tests", "localenv", "bench", "infra", "Dockerfile"} & set(seen["worker"]), seen
     assert seen["hits"] == [], seen
     for line in subprocess.run([built.engine, "history", "--no-trunc", "--format", "{{.CreatedBy}}", built.ref],
@@ -270,7 +271,7 @@ def test_the_image_builds_every_registered_model_provider_from_each_credential_w
     """What `validate` accepts, the image can build: every provider of the registry (but the offline test models),
     built in a container of the image with no network, from each credential variable the registry accepts for it
     alone (a dummy value), yields its component; no build connects or looks a name up."""
-    from worker.models.registry import PROVIDERS
+    from contract.models import PROVIDERS
 
     expected = {(kind, name, var) for kind, providers in PROVIDERS.items() for name, entry in providers.items()
                 if not entry.offline for var in entry.env or (None,)}  # fmt: skip
@@ -306,7 +307,8 @@ def test_the_image_builds_every_registered_model_provider_from_each_credential_w
 # injects (``provider_key_secrets``, dummy values), no network. Prints {label: error or null}.
 DECLARED_BUILDS = r"""
 import json, os, sys
-from worker.models.registry import build, parse_spec
+from contract.models import parse_spec
+from worker.models.registry import build
 
 out = {}
 for item in json.loads(sys.argv[1]):
@@ -329,9 +331,9 @@ def test_the_image_builds_every_model_the_committed_stacks_name_with_the_keys_th
     agent's ECS deployment injects, so a production caller reaches the declared provider, not a test model."""
     from pydantic_core import to_jsonable_python
 
+    from contract.metadata import MODEL_KINDS
     from infra.stack.checks import _layers
     from infra.stack.load import load, stack_path
-    from worker.metadata import MODEL_KINDS
 
     items = []
     for environment in ("dev", "prod"):

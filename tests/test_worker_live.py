@@ -32,6 +32,8 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 
+from contract import metrics
+from contract.metadata import AgentConfig, CallMetadata, RouteMetadata
 from infra import sipp
 from infra.ecs import components
 from infra.ecs.naming import Names
@@ -42,8 +44,6 @@ from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
 from tests.ecs_agent_endpoint import agent_endpoint
 from tests.sip_carrier import Carrier
 from tests.test_worker_metadata import HOSTILE_CASES
-from worker import call_metric
-from worker.metadata import AgentConfig, CallMetadata, RouteMetadata
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "worker" / "Dockerfile"
@@ -832,7 +832,7 @@ def _wait_emf(w: WorkerProc, active: int, after: int, timeout: float = 10) -> di
     """The first metric line after the ``after``-th one with ``active`` calls."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [r for r in _emf(w)[after:] if r[call_metric.ACTIVE] == active]
+        found = [r for r in _emf(w)[after:] if r[metrics.ACTIVE] == active]
         if found:
             return found[0]
         time.sleep(0.2)
@@ -858,9 +858,9 @@ def test_a_worker_on_ecs_publishes_its_calls_as_the_metric_its_service_scales_on
             during=lambda room: busy.append(_wait_emf(w, active=1, after=len(_emf(w)))),
         )  # fmt: skip
         assert seen.attributes and end.completed, w.text()[-3000:]
-        assert busy[0][call_metric.UTILIZATION] == 50.0 and busy[0]["Capacity"] == 2
+        assert busy[0][metrics.UTILIZATION] == 50.0 and busy[0]["Capacity"] == 2
         after = _wait_emf(w, active=0, after=_emf(w).index(busy[0]) + 1, timeout=WAIT)
-        assert after[call_metric.ACTIVE] == 0
+        assert after[metrics.ACTIVE] == 0
 
         policy = components.calls_metric(names)
         for record in (idle, busy[0], after):

@@ -1,4 +1,4 @@
-"""worker.metadata / worker.config / worker.models.registry: schema, SIPHON compatibility, merge rule, hostile input.
+"""contract.metadata / contract.resolve / contract.models / worker.settings: schema, SIPHON compatibility, merge rule, hostile input.
 
 Pure logic, no servers. HOSTILE_CASES is reused by the live worker tests (tests/test_worker_live.py).
 """
@@ -13,24 +13,26 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
-from worker import metadata as md
-from worker.config import (
+from contract import metadata as md
+from contract import models as specs
+from contract.deployment import defaults_env
+from contract.deployment import worker_env as deployment_env
+from contract.metadata import AgentConfig, CallMetadata, ProviderSpec, RouteMetadata, parse_agent_config, parse_metadata
+from contract.resolve import (
     BUILTIN_DEFAULTS,
     CallFacts,
     MergedConfig,
     ResolvedCall,
-    SettingsError,
     SipFacts,
-    WorkerSettings,
     call_facts,
-    defaults_env,
     is_set,
     merge_layers,
+    resolve_call,
     worker_defaults,
 )
-from worker.metadata import AgentConfig, CallMetadata, ProviderSpec, RouteMetadata, parse_agent_config, parse_metadata
+from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
 from worker.models import registry
+from worker.settings import SettingsError, WorkerSettings
 
 SIPHON_INBOUND_DEFAULTS = {
     "agent_config": {"llm": None, "tts": None, "stt": None, "greeting_instructions": None, "system_instructions": None},
@@ -149,9 +151,9 @@ def test_siphon_inbound_payload_is_understood_as_is() -> None:
     assert m.caller_number is None  # SIPHON carries no caller number: it comes from sip.phoneNumber
     assert m.inbound_trunk_id == "ST_inboundAbc123"
     assert isinstance(m.agent_config.llm, ProviderSpec)
-    assert registry.parse_spec("llm", m.agent_config.llm).label == "openai/gpt-4.1-mini"
-    assert registry.parse_spec("tts", m.agent_config.tts).params["voice"].startswith("794f")
-    assert registry.parse_spec("stt", m.agent_config.stt).params == {"language": "en-US"}
+    assert specs.parse_spec("llm", m.agent_config.llm).label == "openai/gpt-4.1-mini"
+    assert specs.parse_spec("tts", m.agent_config.tts).params["voice"].startswith("794f")
+    assert specs.parse_spec("stt", m.agent_config.stt).params == {"language": "en-US"}
 
 
 def test_siphon_outbound_payload_is_understood_as_is() -> None:
@@ -210,7 +212,7 @@ def test_strict_models_forbid_unknown_keys() -> None:
 
 
 def test_published_json_schema_is_up_to_date() -> None:
-    assert md.SCHEMA_PATH.read_text() == md.json_schema_text(), "run: python -m worker.metadata"
+    assert md.SCHEMA_PATH.read_text() == md.json_schema_text(), "run: python -m contract.metadata"
     schema = json.loads(md.SCHEMA_PATH.read_text())
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == set(CallMetadata.model_fields)  # derived, never hand-written
@@ -218,7 +220,7 @@ def test_published_json_schema_is_up_to_date() -> None:
 
 def test_metadata_module_is_import_light() -> None:
     code = (
-        "import sys, worker.metadata, worker.config, worker.models.registry;"
+        "import sys, contract.metadata, contract.resolve, contract.models, worker.settings, worker.models.registry;"
         "bad = [m for m in sys.modules if m.startswith(('livekit', 'pulumi', 'infra'))];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -362,6 +364,18 @@ def test_the_deployments_environment_gives_the_worker_exactly_the_declared_defau
             assert WorkerSettings.from_env().defaults == worker_defaults(layer, offline=offline)
 
 
+def test_every_setting_a_deployment_gives_reaches_the_worker(worker_env) -> None:
+    """contract.deployment.worker_env (ECS, local processes, rehearsal containers) names the variables the worker's
+    settings read: each setting given comes back as given."""
+    layer = AgentConfig(llm="openai/gpt-4.1-mini", send_greeting=False, min_silence_duration=0.4)
+    given = {"agent_name": "a1", "environment": "prod", "max_jobs": 3, "drain_timeout": 50, "metric_cluster": "c",
+             "metric_service": "s", "call_protection_minutes": 30, "http_port": 9001, "http_host": "127.0.0.1"}  # fmt: skip
+    worker_env(**deployment_env(**{"max_calls" if k == "max_jobs" else k: v for k, v in given.items()}, defaults=layer))
+    settings = WorkerSettings.from_env()
+    assert {k: getattr(settings, k) for k in given} == given
+    assert settings.defaults == worker_defaults(layer, offline=False)
+
+
 def test_merge_each_layer_wins_over_the_one_below() -> None:
     defaults = AgentConfig(llm="local/scripted", stt="local/silent", tts="local/espeak-ng", system_instructions="D")
     route = AgentConfig(tts="local/espeak-ng:en-gb", system_instructions="R", greeting_instructions="Hi from route")
@@ -471,6 +485,30 @@ def test_direction_without_metadata_comes_from_sip_participant_not_guessed() -> 
     assert parse_metadata(json.dumps(SIPHON_INBOUND_DEFAULTS)).metadata.direction == "inbound"
 
 
+def test_resolve_call_merges_the_layers_with_the_sip_participants_facts_and_attributes() -> None:
+    """The one resolution the worker answers with and verify predicts: defaults, route, the layer the caller's
+    header attribute selects and its siphon.overrides attribute; numbers from the SIP attributes; models requested."""
+    meta = CallMetadata(
+        route="support", inbound_trunk_id="ST_in", agent_config=AgentConfig(tts="local/espeak-ng:en-gb"),
+        attribute_overrides={"sip.h.x-tier": {"gold": AgentConfig(llm="openai/gpt-4.1-mini")}},
+    )  # fmt: skip
+    sip = SipFacts("", phone_number="+15557654321", trunk_phone_number="+15550100", trunk_id="ST_in")
+    attributes = {**sip.as_attributes(), "sip.h.x-tier": "gold", "siphon.overrides": '{"system_instructions": "C"}'}
+    assert SipFacts.from_attributes("", attributes) == sip
+    resolved = resolve_call(meta, attributes, _defaults(), agent_name="support-agent")
+    assert (resolved.agent_name, resolved.route, resolved.resumed) == ("support-agent", "support", False)
+    assert (resolved.facts.direction, resolved.facts.caller_number, resolved.facts.called_number) == (
+        "inbound", "+15557654321", "+15550100"
+    )  # fmt: skip
+    assert resolved.models == {"llm": "openai/gpt-4.1-mini", "stt": "local/silent", "tts": "local/espeak-ng:en-gb"}
+    assert resolved.merged.config.system_instructions == "C" and resolved.merged.sources["llm"] == "call"
+    assert resolved.attributes()["siphon.called_number"] == "+15550100"
+    dialled = resolve_call(CallMetadata(), sip.as_attributes(), _defaults(), agent_name="a", dialled=True)
+    assert (dialled.facts.direction, dialled.facts.caller_number) == ("outbound", "+15550100")
+    nobody = resolve_call(CallMetadata(overrides=AgentConfig(llm="nope/x")), None, _defaults(), agent_name="a")
+    assert nobody.facts.direction is None and "llm" not in nobody.models  # unparseable: the worker falls back
+
+
 # ---------------------------------------------------------------------------------------------- registry
 
 
@@ -489,9 +527,9 @@ def test_direction_without_metadata_comes_from_sip_participant_not_guessed() -> 
     ],
 )
 def test_registry_accepts_livekit_strings_and_siphon_dicts(kind: md.ModelKind, spec: object, label: str) -> None:
-    assert registry.can_resolve(kind, spec)
-    assert registry.check_spec(kind, spec) is None
-    assert registry.parse_spec(kind, spec).label == label
+    assert specs.can_resolve(kind, spec)
+    assert specs.check_spec(kind, spec) is None
+    assert specs.parse_spec(kind, spec).label == label
 
 
 @pytest.mark.parametrize(
@@ -508,8 +546,8 @@ def test_registry_accepts_livekit_strings_and_siphon_dicts(kind: md.ModelKind, s
     ],
 )
 def test_registry_rejects_unknown_specs(kind: md.ModelKind, spec: object) -> None:
-    assert not registry.can_resolve(kind, spec)
-    assert registry.check_spec(kind, spec)
+    assert not specs.can_resolve(kind, spec)
+    assert specs.check_spec(kind, spec)
 
 
 def test_registry_in_local_falls_back_to_the_default_then_to_the_test_models(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -546,7 +584,7 @@ def test_registry_outside_local_falls_back_to_the_default_and_never_to_a_test_mo
 
 
 def test_registry_availability_reports_missing_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    norm = registry.parse_spec("llm", "openai/gpt-4o")
+    norm = specs.parse_spec("llm", "openai/gpt-4o")
     monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: object())
     assert "OPENAI_API_KEY" in (registry.availability(norm, env={}) or "")
     assert registry.availability(norm, env={"OPENAI_API_KEY": "x"}) is None
@@ -561,7 +599,7 @@ def test_every_provider_builds_from_a_model_string_with_its_model_and_variant(
     credentials.write_text(json.dumps({"type": "authorized_user", "client_id": "c", "client_secret": "s",
                                        "refresh_token": "r"}))  # fmt: skip
     failures = []
-    for kind, providers in registry.PROVIDERS.items():
+    for kind, providers in specs.PROVIDERS.items():
         for name, provider in providers.items():
             if provider.offline:
                 continue
@@ -571,11 +609,11 @@ def test_every_provider_builds_from_a_model_string_with_its_model_and_variant(
             model = "universal-3-6-pro" if name == "assemblyai" else "m-1"  # its language needs a multilingual model
             spec = f"{name}/{model}" + (":en" if variant else "")
             try:
-                registry.build(registry.parse_spec(kind, spec))
+                registry.build(specs.parse_spec(kind, spec))
             except registry.SpecUnavailable as err:
                 failures.append(f"{kind} {spec}: {err}")
             if not variant:
-                assert registry.check_spec(kind, f"{name}/m-1:x"), f"{kind} {name} takes no variant"
+                assert specs.check_spec(kind, f"{name}/m-1:x"), f"{kind} {name} takes no variant"
     assert failures == []
 
 
@@ -586,7 +624,7 @@ def test_known_providers_cover_siphon_lists() -> None:
         "tts": "cartesia elevenlabs deepgram gemini sarvam rime google openai groq",
     }
     for kind, names in siphon.items():
-        assert set(names.split()) <= set(registry.known_providers(kind)), kind
+        assert set(names.split()) <= set(specs.known_providers(kind)), kind
 
 
 # ---------------------------------------------------------------------------------------------- observability

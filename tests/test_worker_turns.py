@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from livekit import api
 
+from contract.metadata import AgentConfig, RouteMetadata
 from infra import sipp
 from localenv.manager import Endpoints, LocalEnv
 from tests.caller_audio import spoken_ulaw
 from tests.test_worker_live import WAIT, WorkerProc, answered_call, start_worker
-from worker.metadata import AgentConfig, RouteMetadata
 from worker.turns import ATTR_CALLER_SPEECH, ATTR_INTERRUPTED, ATTR_UTTERANCES
 
 LONG_GREETING = (  # about 25 s of espeak-ng speech (provider parameters are limited to 512 characters)

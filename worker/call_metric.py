@@ -13,8 +13,8 @@ metrics in the ``Siphon`` namespace, dimensions ``ClusterName`` and ``ServiceNam
   layer asks for cannot be built and the agent's default answers instead, or when not even the default can be
   built and the call is refused (``event_line``). Sum them to see how often it happens.
 
-No AWS call and no credentials: writing a log line is all it costs. The names here are the ones the scaling
-policy reads: ``infra`` imports them from this module, so the two cannot disagree.
+No AWS call and no credentials: writing a log line is all it costs. The names (``contract.metrics``) are the ones
+the scaling policy reads: ``infra`` imports them from there too, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -26,20 +26,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
-NAMESPACE = "Siphon"
-UTILIZATION = "CallUtilization"
-ACTIVE = "ActiveCalls"
-FALLBACKS = "ModelFallbacks"
-REFUSALS = "CallsRefused"
-CLUSTER_DIMENSION = "ClusterName"
-SERVICE_DIMENSION = "ServiceName"
+from contract.metrics import ACTIVE, NAMESPACE, UTILIZATION, dimensions
 
 DEFAULT_INTERVAL = 15.0  # WorkerSettings.metric_interval (SIPHON_METRIC_INTERVAL)
-
-
-def dimensions(cluster: str, service: str) -> dict[str, str]:
-    """The metric's dimensions for one ECS service (the scaling policy selects the same pairs)."""
-    return {CLUSTER_DIMENSION: cluster, SERVICE_DIMENSION: service}
 
 
 def _directive(dims: Mapping[str, str], at_ms: int, metrics: list[dict[str, str]]) -> dict[str, object]:
@@ -91,7 +80,7 @@ class CallGauge:
         cls, cluster: str | None, service: str | None, capacity: int | None, interval: float
     ) -> CallGauge | None:
         """The gauge an ECS deployment asks for (``SIPHON_METRIC_CLUSTER`` and ``_SERVICE`` set, and a capacity),
-        else None. The worker's settings (``worker.config.WorkerSettings``) read and check the variables."""
+        else None. The worker's settings (``worker.settings.WorkerSettings``) read and check the variables."""
         if not (cluster and service and capacity):
             return None
         return cls(dimensions(cluster, service), capacity, interval)

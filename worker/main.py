@@ -6,13 +6,14 @@ Run (locally and in the image, the same command)::
     python -m worker.main dev        # development mode
 
 Environment: ``LIVEKIT_URL``, ``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET``, ``SIPHON_AGENT_NAME`` (or
-``LIVEKIT_AGENT_NAME``), and the ``SIPHON_*`` settings documented on ``worker.config.WorkerSettings``.
+``LIVEKIT_AGENT_NAME``), and the ``SIPHON_*`` settings documented on ``worker.settings.WorkerSettings``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -43,23 +44,17 @@ from livekit.agents import (
 )
 from livekit.plugins import silero  # noqa: F401  (plugins register at import, on the main thread: not in prewarm)
 
+from contract import metrics
+from contract import models as specs
+from contract.deployment import DEFAULTS_ENV, ENVIRONMENT_ENV
+from contract.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
+from contract.resolve import SipFacts, call_layers, resolve_call
 from worker import call_metric, end_call, turns
 from worker.call_metric import CallGauge
-from worker.config import (
-    DEFAULTS_ENV,
-    ENVIRONMENT_ENV,
-    CallFacts,
-    ResolvedCall,
-    SettingsError,
-    SipFacts,
-    WorkerSettings,
-    call_facts,
-    call_layers,
-)
-from worker.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
 from worker.models import registry
 from worker.resume import CrashWatch, take_over
 from worker.roster import Roster
+from worker.settings import SettingsError, WorkerSettings
 from worker.task_protection import TaskProtection
 
 logger = logging.getLogger("siphon.worker")
@@ -159,7 +154,7 @@ async def _refuse(ctx: JobContext, settings: WorkerSettings, reason: str, *, han
     is in the room, not yet answered: livekit-sip answers once the agent's audio is up), the room is closed, and
     the bridge refuses the INVITE with 486, on which a carrier fails over."""
     logger.error("refusing the call: its models cannot be built", extra={"room": ctx.room.name, "reason": reason})
-    _count(settings, call_metric.REFUSALS)
+    _count(settings, metrics.REFUSALS)
     if hang_up:
         await _hang_up(ctx, f"refused: {reason}")
     else:
@@ -177,17 +172,17 @@ def check_default_models(settings: WorkerSettings) -> list[str]:
     for kind in MODEL_KINDS:
         variable, spec = DEFAULTS_ENV[kind], getattr(settings.defaults, kind)
         if spec is None:
-            problems.append(f"{variable}: not set; set the agent's default {kind}, e.g. {registry.EXAMPLE_SPECS[kind]}")
+            problems.append(f"{variable}: not set; set the agent's default {kind}, e.g. {specs.EXAMPLE_SPECS[kind]}")
             continue
         try:
-            norm = registry.parse_spec(kind, spec)
-            if registry.is_offline(norm):
-                raise registry.SpecUnavailable(registry.offline_refusal(norm))
+            norm = specs.parse_spec(kind, spec)
+            if specs.is_offline(norm):
+                raise registry.SpecUnavailable(specs.offline_refusal(norm))
             registry.build(norm)
-        except (registry.SpecError, registry.SpecUnavailable) as err:
+        except (specs.SpecError, registry.SpecUnavailable) as err:
             problems.append(f"{variable}: {err}")
             continue
-        modules.append(registry.PROVIDERS[kind][norm.provider].module)
+        modules.append(specs.PROVIDERS[kind][norm.provider].module)
     if problems:
         where = f"{ENVIRONMENT_ENV}={settings.environment}" if settings.environment else f"{ENVIRONMENT_ENV} unset"
         raise SettingsError(
@@ -282,25 +277,22 @@ async def _call(ctx: JobContext) -> None:
             return
 
     caller_at = time.perf_counter()
-    sip = SipFacts.from_attributes(sip_p.identity, sip_p.attributes) if sip_p is not None else None
-    facts: CallFacts = call_facts(meta, sip, dialled=dialled)
-    merged, attr_warns = call_layers(settings.defaults, meta, sip_p.attributes if sip_p is not None else None)
-    warns.extend(attr_warns)
+    resolved = resolve_call(
+        meta, sip_p.attributes if sip_p is not None else None, settings.defaults, agent_name=settings.agent_name,
+        identity=sip_p.identity if sip_p is not None else "", dialled=dialled,
+    )  # fmt: skip
+    warns.extend(resolved.warnings)
     try:
-        models = _resolve_models(merged.config, settings, built)
+        models = _resolve_models(resolved.merged.config, settings, built)
     except registry.SpecUnavailable as err:
         await _refuse(ctx, settings, str(err), hang_up=sip_p is not None)
         return
-    resumed = meta.resume is not None  # a take-over of a call whose agent process died (worker.resume)
-    resolved = ResolvedCall(
-        agent_name=settings.agent_name,
-        route=meta.route,
-        facts=facts,
-        merged=merged,
+    resumed = resolved.resumed  # a take-over of a call whose agent process died (worker.resume)
+    resolved = dataclasses.replace(
+        resolved,
         models={k: r.label for k, r in models.items()},
         fallbacks={k: r.fallback_reason for k, r in models.items() if r.fallback_reason},
         warnings=tuple(warns),
-        resumed=resumed,
     )
     resolve_ms = (time.perf_counter() - caller_at) * 1000  # caller known -> configuration resolved
     for w in warns:
@@ -310,7 +302,7 @@ async def _call(ctx: JobContext) -> None:
             detail = f"{kind}: {r.requested} -> {r.label}: {r.fallback_reason}"
             logger.warning("model spec unavailable, using the agent's default", extra={"room": ctx.room.name,
                                                                                        "detail": detail})  # fmt: skip
-            _count(settings, call_metric.FALLBACKS)
+            _count(settings, metrics.FALLBACKS)
     logger.info(
         "resolved call configuration",
         extra={
@@ -329,7 +321,7 @@ async def _call(ctx: JobContext) -> None:
         _set_attributes(ctx, {**resolved.attributes(), ATTR_CALL_STATUS: "active" if sip_p else "no_caller"})
     )
 
-    cfg = merged.config
+    cfg = resolved.merged.config
     session: AgentSession = AgentSession(
         llm=models["llm"].component,
         stt=models["stt"].component,

@@ -17,7 +17,7 @@ from livekit.agents.utils import http_context
 
 import worker.main  # noqa: F401  (each job process runs it again as __mp_main__: then every import is loaded)
 from worker import turns
-from worker.config import WorkerSettings
+from worker.settings import WorkerSettings
 
 turns.session_options(WorkerSettings.from_env().defaults)  # lru-cached per process: inherited by every job
 with contextlib.suppress(AttributeError):  # a private helper of livekit-agents: skip if it moves

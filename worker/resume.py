@@ -10,7 +10,7 @@ one exits abnormally (killed, crashed: a non-zero exit code) while its caller is
 process at once:
 
 1. creates a new agent dispatch for the same agent name into the same room, with the job's metadata plus a
-   ``resume`` marker (``worker.metadata.ResumeMarker``); LiveKit hands it to a worker of the agent (this one or
+   ``resume`` marker (``contract.metadata.ResumeMarker``); LiveKit hands it to a worker of the agent (this one or
    another), whose agent resolves the same configuration from the same metadata and SIP participant, says the
    resume message instead of the greeting and publishes ``siphon.resumed=true``;
 2. removes the dead agent's participant from the room (it would otherwise linger for ~20 s);
@@ -30,7 +30,7 @@ from typing import Any
 
 from livekit import api
 
-from worker.metadata import MAX_RESUMES
+from contract.metadata import MAX_RESUMES
 
 logger = logging.getLogger("siphon.worker")
 

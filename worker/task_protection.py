@@ -33,7 +33,6 @@ logger = logging.getLogger("siphon.worker")
 
 AGENT_URI_ENV = "ECS_AGENT_URI"  # set by the ECS container agent in every task's containers
 STATE_PATH = "/task-protection/v1/state"
-MAX_MINUTES = 2880  # ECS's limit for one protection period (48 h)
 
 Put = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
 

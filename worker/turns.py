@@ -1,16 +1,8 @@
-"""Voice activity detection and turn-taking: the settings (a configuration layer's fields) and the session options.
+"""Voice activity detection and turn-taking at run time: the session options and what turn-taking did in a call.
 
-The fields carry SIPHON's worker keyword names as-is (``allow_interruptions``, ``min_silence_duration``,
-``activation_threshold``, ``prefix_padding_duration``, ``min_endpointing_delay``, ``max_endpointing_delay``,
-``min_interruption_duration``), so a SIPHON ``Agent(...)`` keyword moves over unchanged into an agent's
-``defaults`` or a route's ``agent_config``. Unset fields inherit (the merge rule of ``worker.config``); what no
-layer sets takes SIPHON 0.1.4's values (``SIPHON_DEFAULTS``), so a migrated agent keeps its behaviour.
-
-VAD is Silero (``livekit-plugins-silero``): its ONNX model ships inside the wheel, so it runs offline. Turn
-detection and interruptions are VAD-driven (no turn-detector model, no network).
-
-``TurnTaking`` (the fields) imports only pydantic and ``worker.rules``: ``worker.metadata`` and ``infra`` import
-it. The session options (``session_options``) import livekit-agents lazily.
+The settings are the fields of a configuration layer (``contract.turns.TurnTaking``). VAD is Silero
+(``livekit-plugins-silero``): its ONNX model ships inside the wheel, so it runs offline. Turn detection and
+interruptions are VAD-driven (no turn-detector model, no network). livekit-agents is imported lazily.
 """
 
 from __future__ import annotations
@@ -20,9 +12,8 @@ import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
-from worker.rules import StrictModel
+from contract.resolve import text_sha
+from contract.turns import TurnTaking, resolved
 
 if TYPE_CHECKING:
     from livekit import rtc
@@ -30,59 +21,6 @@ if TYPE_CHECKING:
     from livekit.agents import vad as lk_vad
 
 logger = logging.getLogger("siphon.worker")
-
-Seconds = float
-
-
-class TurnTaking(StrictModel):
-    """Turn-taking fields of a configuration layer (SIPHON's keyword names; ``None`` inherits)."""
-
-    allow_interruptions: bool | None = Field(
-        default=None, description="Whether the caller's speech (detected by VAD) interrupts the agent. SIPHON: true."
-    )
-    min_interruption_duration: Seconds | None = Field(
-        default=None, ge=0.05, le=10, description="Speech (s) needed before it interrupts the agent. SIPHON: 0.3."
-    )
-    min_silence_duration: Seconds | None = Field(
-        default=None, ge=0.05, le=10, description="VAD: silence (s) that ends a stretch of speech. SIPHON: 0.5."
-    )
-    activation_threshold: float | None = Field(
-        default=None, gt=0, lt=1, description="VAD: speech probability above which a frame is speech. SIPHON: 0.5."
-    )
-    prefix_padding_duration: Seconds | None = Field(
-        default=None, ge=0, le=5, description="VAD: audio (s) kept before detected speech. SIPHON: 0.3."
-    )
-    min_endpointing_delay: Seconds | None = Field(
-        default=None, ge=0, le=10, description="Least wait (s) after speech before the turn ends. SIPHON: 0.2."
-    )
-    max_endpointing_delay: Seconds | None = Field(
-        default=None, ge=0, le=30, description="Most wait (s) after speech before the turn ends. SIPHON: 0.6."
-    )
-
-
-TURN_FIELDS: tuple[str, ...] = tuple(TurnTaking.model_fields)
-
-SIPHON_DEFAULTS: dict[str, float | bool] = {
-    "allow_interruptions": True,
-    "min_interruption_duration": 0.3,
-    "min_silence_duration": 0.5,
-    "activation_threshold": 0.5,
-    "prefix_padding_duration": 0.3,
-    "min_endpointing_delay": 0.2,
-    "max_endpointing_delay": 0.6,
-}
-"""What applies when no layer sets a field: SIPHON 0.1.4's worker code values (its docs list others)."""
-
-
-def resolved(layer: TurnTaking) -> dict[str, float | bool]:
-    """Every turn-taking field of a merged layer, unset ones filled from ``SIPHON_DEFAULTS``.
-
-    A ``max_endpointing_delay`` below the ``min_endpointing_delay`` (each valid alone, set on different layers)
-    is raised to it.
-    """
-    out = {name: v if (v := getattr(layer, name)) is not None else SIPHON_DEFAULTS[name] for name in TURN_FIELDS}
-    out["max_endpointing_delay"] = max(out["max_endpointing_delay"], out["min_endpointing_delay"])
-    return out
 
 
 @functools.lru_cache(maxsize=8)
@@ -117,11 +55,6 @@ def session_options(layer: TurnTaking) -> dict[str, Any]:
     }
 
 
-def attributes(layer: TurnTaking) -> dict[str, str]:
-    """The resolved settings as ``siphon.*`` participant attribute values (without the prefix)."""
-    return {name: str(v).lower() if isinstance(v, bool) else f"{v:g}" for name, v in resolved(layer).items()}
-
-
 ATTR_CALLER_SPEECH = "siphon.caller_speech"
 """Agent attribute: how many times VAD has detected the caller starting to speak in this call."""
 ATTR_INTERRUPTED = "siphon.interrupted"
@@ -133,7 +66,7 @@ ATTR_UTTERANCES = "siphon.agent_utterances"
 def report(session: AgentSession, participant: rtc.LocalParticipant, *, room: str) -> None:
     """Log and publish (``siphon.caller_speech``, ``siphon.interrupted``, ``siphon.agent_utterances`` attributes)
     what turn-taking did: caller speech detected by VAD, agent utterances, those the caller cut short. An utterance's
-    log record carries ``text_sha`` (``worker.config.text_sha`` of the text the session recorded), never the text."""
+    log record carries ``text_sha`` (``contract.resolve.text_sha`` of the text the session recorded), never the text."""
     counts = {ATTR_CALLER_SPEECH: 0, ATTR_INTERRUPTED: 0, ATTR_UTTERANCES: 0}
     pending: set[asyncio.Task[None]] = set()
 
@@ -154,8 +87,6 @@ def report(session: AgentSession, participant: rtc.LocalParticipant, *, room: st
     @session.on("conversation_item_added")
     def _item(ev: ConversationItemAddedEvent) -> None:
         from livekit.agents.llm import ChatMessage
-
-        from worker.config import text_sha
 
         if isinstance(ev.item, ChatMessage) and ev.item.role == "assistant":
             sha = text_sha(ev.item.text_content)  # what the session recorded, as a hash: logs hold no call content

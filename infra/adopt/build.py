@@ -16,13 +16,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from contract.types import ECS_AGENT_NAME_RE, LOCAL_ENVIRONMENT, STACK_KEY_RE, describe_errors
 from infra.adopt.dispatch import Layer, read_dispatch
 from infra.adopt.keys import Keys
 from infra.adopt.live import LiveProject
 from infra.livekit.dispatch_rule import DispatchRuleArgs, RoomConfig
 from infra.livekit.kind import Kind
 from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK, canonical
-from worker.rules import ECS_AGENT_NAME_RE, LOCAL_ENVIRONMENT, STACK_KEY_RE, describe_errors
 
 Effect = Literal["left out", "rewritten"]
 

@@ -13,13 +13,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from contract.types import LOCAL_ENVIRONMENT, describe_errors
 from infra.adopt.build import Finding, Imported, default_rule
 from infra.livekit.kind import declared
 from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
 from infra.stack.load import Problem, StackFileError
 from infra.stack.model import StackFile
 from infra.stack.plan import SECRET_PLACEHOLDER, Plan, compile_stack
-from worker.rules import LOCAL_ENVIRONMENT, describe_errors
 
 
 def comparable(doc: dict[str, Any]) -> dict[str, Any]:

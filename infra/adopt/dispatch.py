@@ -1,7 +1,7 @@
 """A dispatch rule's agent metadata, read back into a route's ``metadata_format``, ``agent_config`` and ``context``.
 
 Two payloads are understood: SIPHON 0.1.4's (``{"agent_config": {...}, "inbound_trunk_id": ..., "agent_number":
-...}``, written by its ``Dispatch``) and siphon-infra's own (``worker.metadata.RouteMetadata``). Both are read
+...}``, written by its ``Dispatch``) and siphon-infra's own (``contract.metadata.RouteMetadata``). Both are read
 with the worker's own models, so the route keeps the prompts and models the worker resolves today. Anything else
 is reported (``problem``): the file cannot hold it, so the first ``up`` would rewrite it.
 """
@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from contract.metadata import AgentConfig, RouteMetadata
+from contract.types import describe_errors
 from infra.stack.model import MetadataFormat
-from worker.metadata import AgentConfig, RouteMetadata
-from worker.rules import describe_errors
 
 SIPHON_PAYLOAD_KEYS = frozenset({"agent_config", "inbound_trunk_id", "agent_number"})
 OUR_KEYS = frozenset({"schema_version", "route", "direction"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from worker.rules import STACK_KEY_RE
+from contract.types import STACK_KEY_RE
 
 MAX_KEY = 63
 

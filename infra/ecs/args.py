@@ -11,14 +11,14 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from contract.deployment import DEFAULT_HTTP_PORT, CallCapacity, CallProtectionMinutes, max_calls_for
+from contract.metadata import AgentConfig
+from contract.models import run_problems
+from contract.types import SECRET_FIELDS, AgentName, EcsEnvironmentName
+from contract.types import Model as _Model
+from infra.ecs import naming
 from infra.ecs import validation as v
-from worker.config import DEFAULT_HTTP_PORT, CallCapacity, CallProtectionMinutes, max_calls_for
-from worker.metadata import AgentConfig
-from worker.models.registry import run_problems
-from worker.rules import AgentName, EcsEnvironmentName
-from worker.rules import Model as _Model
 
-SECRET_FIELDS = ("livekit_api_key", "livekit_api_secret", "provider_keys")
 # Env names the two LiveKit credentials are injected as (from Secrets Manager, with valueFrom).
 LIVEKIT_SECRET_ENV = {"livekit_api_key": "LIVEKIT_API_KEY", "livekit_api_secret": "LIVEKIT_API_SECRET"}
 
@@ -72,7 +72,7 @@ class Autoscaling(_Model):
     """Application Auto Scaling of the service's desired count: target tracking on calls, and on CPU.
 
     The calls policy keeps the tasks' average ``CallUtilization`` (calls held / ``max_calls``, published by
-    each worker: ``worker.call_metric``) at ``calls_target_percent``. The CPU policy (``cpu_target_percent``,
+    each worker: ``contract.metrics``) at ``calls_target_percent``. The CPU policy (``cpu_target_percent``,
     ``null`` to drop it) adds tasks when calls cost more CPU than the task size allows for; with two policies
     the service scales out when either asks and in only when both agree.
     """
@@ -290,8 +290,8 @@ class AgentWorkerArgs(EcsWorkerSettings):
 
     @property
     def effective_service_name(self) -> str:
-        """``service_name``, or ``siphon-<environment>-<agent_name>``."""
-        return self.service_name or f"siphon-{self.environment}-{self.agent_name}"
+        """``service_name``, or ``siphon-<environment>-<agent_name>`` (``naming.default_service_name``)."""
+        return self.service_name or naming.default_service_name(self.environment, self.agent_name)
 
     def secret_values(self) -> dict[str, str]:
         """Env name -> plaintext for every injected secret (only ever sent to Secrets Manager)."""

@@ -13,11 +13,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
+from contract import metrics
 from infra.ecs import spec
 from infra.ecs.args import Autoscaling, EcrRepository
 from infra.ecs.aws import Aws, error_code, is_not_found
 from infra.ecs.naming import TAG_SPEC_DIGEST, Names
-from worker import call_metric
 
 
 class DeploymentError(RuntimeError):
@@ -396,11 +396,11 @@ def ensure_autoscaling(aws: Aws, names: Names, scaling: Autoscaling, tags: dict[
 
 
 def calls_metric(names: Names) -> dict[str, Any]:
-    """The service's call-utilisation metric, as the workers publish it (``worker.call_metric``)."""
-    dims = call_metric.dimensions(names.cluster_name, names.service_name)
+    """The service's call-utilisation metric, as the workers publish it (``contract.metrics``)."""
+    dims = metrics.dimensions(names.cluster_name, names.service_name)
     return {
-        "MetricName": call_metric.UTILIZATION,
-        "Namespace": call_metric.NAMESPACE,
+        "MetricName": metrics.UTILIZATION,
+        "Namespace": metrics.NAMESPACE,
         "Dimensions": [{"Name": k, "Value": v} for k, v in sorted(dims.items())],
         "Statistic": "Average",
         "Unit": "Percent",

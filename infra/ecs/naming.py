@@ -16,6 +16,12 @@ TAG_AGENT_NAME = "siphon:agent_name"
 TAG_SPEC_DIGEST = "siphon:spec-digest"  # on task definitions: digest of the registered spec
 
 
+def default_service_name(environment: str, agent_name: str) -> str:
+    """``siphon-<environment>-<agent_name>``: the ECS service of an agent's workers unless one is named, and the prefix
+    of every other name of the deployment (at most 56 characters)."""
+    return f"siphon-{environment}-{agent_name}"
+
+
 @dataclass(frozen=True)
 class Names:
     """Every derived name for one deployment."""
@@ -27,8 +33,8 @@ class Names:
 
     @property
     def prefix(self) -> str:
-        """Common prefix: ``siphon-<environment>-<agent_name>`` (at most 56 characters)."""
-        return f"siphon-{self.environment}-{self.agent_name}"
+        """Common prefix: ``default_service_name`` (at most 56 characters)."""
+        return default_service_name(self.environment, self.agent_name)
 
     @property
     def family(self) -> str:

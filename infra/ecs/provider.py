@@ -27,13 +27,13 @@ from pulumi.dynamic import (
 )
 from pydantic import ValidationError
 
+from contract.types import SECRET_FIELDS, describe_error, describe_errors
 from infra.dynamic import InvalidArguments, is_unknown
 from infra.ecs import components as c
 from infra.ecs import rollout, spec
-from infra.ecs.args import SECRET_FIELDS, AgentWorkerArgs
+from infra.ecs.args import AgentWorkerArgs
 from infra.ecs.aws import Aws, resolve_region
-from infra.ecs.naming import TAG_SPEC_DIGEST, Names
-from worker.rules import describe_error, describe_errors
+from infra.ecs.naming import TAG_SPEC_DIGEST, Names, default_service_name
 
 LABEL = "AgentWorkerDeployment"
 DECLARED = tuple(AgentWorkerArgs.model_fields)
@@ -111,7 +111,7 @@ class AgentWorkerProvider(ResourceProvider):
             args = AgentWorkerArgs.model_validate(body)
         except ValidationError as e:
             failures = []
-            for err in e.errors(include_input=False, include_url=False):
+            for err in e.errors(include_url=False):
                 loc = err["loc"]
                 if unknown and (not loc or loc[0] in unknown):
                     continue  # missing because unknown, or a cross-field rule involving an unknown
@@ -139,7 +139,7 @@ class AgentWorkerProvider(ResourceProvider):
         service_name, environment, agent = (news.get(k) for k in ("service_name", "environment", "agent_name"))
         if any(is_unknown(x) for x in (service_name, environment, agent)) or (
             olds.get("ecs_service_name")
-            and (service_name or f"siphon-{environment}-{agent}") != olds["ecs_service_name"]
+            and (service_name or default_service_name(str(environment), str(agent))) != olds["ecs_service_name"]
         ):
             replaces.append("service_name")
         configured = getattr(self, "_configured_region", None)

@@ -25,7 +25,8 @@ import pulumi
 from pulumi.dynamic import Resource
 from pydantic import BaseModel
 
-from infra.ecs.args import SECRET_FIELDS, AgentWorkerArgs
+from contract.types import SECRET_FIELDS
+from infra.ecs.args import AgentWorkerArgs
 from infra.ecs.provider import OUTPUT_KEYS, AgentWorkerProvider
 
 

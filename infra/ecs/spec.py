@@ -6,19 +6,10 @@ import hashlib
 import json
 from typing import Any
 
+from contract.deployment import worker_env
 from infra.ecs import naming
 from infra.ecs import validation as v
 from infra.ecs.args import AgentWorkerArgs
-from worker.config import (
-    AGENT_NAME_ENV,
-    CALL_PROTECTION_ENV,
-    DRAIN_TIMEOUT_ENV,
-    ENVIRONMENT_ENV,
-    MAX_JOBS_ENV,
-    METRIC_CLUSTER_ENV,
-    METRIC_SERVICE_ENV,
-    defaults_env,
-)
 
 TRUST_POLICY = json.dumps({
     "Version": "2012-10-17",
@@ -45,20 +36,24 @@ def tag_list(t: dict[str, str], key: str = "Key", value: str = "Value") -> list[
 
 def container_environment(args: AgentWorkerArgs) -> dict[str, str]:
     """Plain (non-secret) environment of the worker container."""
-    env = dict(args.extra_env)
-    env["LIVEKIT_URL"] = args.livekit_url
-    env[AGENT_NAME_ENV] = args.agent_name
-    env[ENVIRONMENT_ENV] = args.environment  # outside `local`, the worker never runs the offline test models
-    # Drain running calls within the SIGTERM-to-SIGKILL grace ECS gives the container (leave time to exit).
-    env[DRAIN_TIMEOUT_ENV] = str(max(args.stop_timeout_seconds - 10, 1))
-    env[MAX_JOBS_ENV] = str(args.effective_max_calls)
-    # The worker publishes its call load under the service's names: the calls scaling policy reads it.
     n = names(args)
-    env[METRIC_CLUSTER_ENV], env[METRIC_SERVICE_ENV] = n.cluster_name, n.service_name
-    if args.call_protection_minutes:  # the worker protects its task while it holds calls (task_policy allows it)
-        env[CALL_PROTECTION_ENV] = str(args.call_protection_minutes)
-    env.update(defaults_env(args.worker))
-    return env
+    return {
+        **args.extra_env,
+        "LIVEKIT_URL": args.livekit_url,
+        **worker_env(
+            agent_name=args.agent_name,
+            environment=args.environment,
+            defaults=args.worker,
+            max_calls=args.effective_max_calls,
+            # Drain running calls within the SIGTERM-to-SIGKILL grace ECS gives the container (leave time to exit).
+            drain_timeout=max(args.stop_timeout_seconds - 10, 1),
+            # The worker publishes its call load under the service's names: the calls scaling policy reads it.
+            metric_cluster=n.cluster_name,
+            metric_service=n.service_name,
+            # The worker protects its task while it holds calls (task_policy allows it).
+            call_protection_minutes=args.call_protection_minutes,
+        ),
+    }
 
 
 def image_reference(args: AgentWorkerArgs, repository_uri: str | None) -> str:

@@ -1,13 +1,13 @@
 """Rules AWS enforces (and moto does not): Fargate sizes, log retention values, name and image formats.
 
-Agent and environment names are ``worker.rules`` types (shared with the stack file and LiveKit).
+Agent and environment names are ``contract.types`` types (shared with the stack file and LiveKit).
 """
 
 from __future__ import annotations
 
 import re
 
-from worker.config import (
+from contract.deployment import (
     AGENT_NAME_ENV,
     CALL_PROTECTION_ENV,
     DEFAULTS_ENV,

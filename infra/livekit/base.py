@@ -39,6 +39,7 @@ from pulumi.dynamic import (
 )
 from pydantic import BaseModel, ValidationError
 
+from contract.types import SECRET_FIELDS
 from infra.dynamic import InvalidArguments, is_unknown
 from infra.livekit import client
 from infra.livekit.conflicts import Claims, conflict_keys
@@ -226,7 +227,7 @@ class LiveKitProvider(ResourceProvider):
         self._names(creds).removed(id)
 
 
-SECRET_OUTPUTS = ["auth_password"]
+SECRET_OUTPUTS = list(SECRET_FIELDS)
 
 
 class InvalidDeclaration(pulumi.RunError, InvalidArguments):

@@ -13,10 +13,10 @@ import pulumi
 from livekit.protocol import sip as api  # the messages only: livekit.api (aiohttp) loads when a call is made
 from pydantic import Field, model_validator
 
+from contract.types import LiveKitAgentName
 from infra.livekit.base import LiveKitProvider, SipResource
 from infra.livekit.fields import E164, AttributeName, MediaConfig, Metadata, Model, Pin, RoomName
 from infra.livekit.kind import Kind
-from worker.rules import LiveKitAgentName
 
 if TYPE_CHECKING:
     from livekit.api import LiveKitAPI as Client

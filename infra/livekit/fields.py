@@ -7,7 +7,7 @@ Fields LiveKit marks deprecated (``media_encryption``) are expressed through ``m
 Each type normalises what it can (phone numbers to E.164, country codes to upper case) and rejects
 what LiveKit would reject, with a message that says what to write instead, so mistakes are caught
 before any call. Rules shared with the stack file, ECS and the worker (numbers, headers, tokens) live
-in ``worker.rules`` and are re-exported here.
+in ``contract.types`` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 # The shared rules, re-exported for the SIP argument models.
-from worker.rules import E164 as E164
-from worker.rules import MAX_METADATA_CHARS
-from worker.rules import AttributeName as AttributeName
-from worker.rules import HeaderName as HeaderName
-from worker.rules import HeaderValue as HeaderValue
-from worker.rules import Model as Model
-from worker.rules import describe_errors as describe_errors
+from contract.types import E164 as E164
+from contract.types import MAX_METADATA_CHARS
+from contract.types import AttributeName as AttributeName
+from contract.types import HeaderName as HeaderName
+from contract.types import HeaderValue as HeaderValue
+from contract.types import Model as Model
+from contract.types import describe_errors as describe_errors
 
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$"

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import product
 
+from contract.metadata import AgentConfig
+from contract.models import layer_spec_problems, run_problems
+from contract.types import LOCAL_ENVIRONMENT as LOCAL
 from infra.ecs.validation import IMAGE_RE
 from infra.stack.load import Problem, _line_of
 from infra.stack.model import StackFile
-from worker.metadata import AgentConfig
-from worker.models.registry import layer_spec_problems, run_problems
-from worker.rules import LOCAL_ENVIRONMENT as LOCAL
 
 
 def route_trunks(stack: StackFile, route_key: str) -> list[str]:

@@ -2,8 +2,8 @@
 
 A newcomer tracing a phone number: ``stacks/<env>.yaml`` (inbound_routes.<route>.numbers) ->
 ``infra.stack.plan`` (the route's ``DispatchRuleArgs``, whose room_config dispatches the route's agent
-with metadata built by ``worker.metadata.RouteMetadata``) -> ``InboundRoute`` here (a ``SipDispatchRule``)
--> LiveKit -> the worker, which merges that metadata over its defaults (``worker.config``).
+with metadata built by ``contract.metadata.RouteMetadata``) -> ``InboundRoute`` here (a ``SipDispatchRule``)
+-> LiveKit -> the worker, which merges that metadata over its defaults (``contract.resolve``).
 """
 
 from __future__ import annotations

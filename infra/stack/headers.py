@@ -9,9 +9,9 @@ which layer (``RouteMetadata.attribute_overrides``).
 
 from __future__ import annotations
 
+from contract.metadata import AgentConfig
 from infra.stack.checks import route_trunks
 from infra.stack.model import StackFile
-from worker.metadata import AgentConfig
 
 ATTRIBUTE_PREFIX = "siphon.header."
 

@@ -2,7 +2,7 @@
 
 Trunks reuse the SIP argument models of ``infra.livekit.*_trunk`` (so every LiveKit field is available
 and validated the same way); a route's ``agent_config`` and ``context`` are the worker's own metadata
-schema (``worker.metadata``). Secrets never live in the file: a trunk names the Pulumi config secret
+schema (``contract.metadata``). Secrets never live in the file: a trunk names the Pulumi config secret
 that holds its password.
 """
 
@@ -13,22 +13,23 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, Field, JsonValue, field_validator, model_validator
 
+from contract.deployment import CallCapacity, max_calls_for, worker_env
+from contract.metadata import AgentConfig, RouteMetadata
+from contract.types import (
+    DEFAULT_RING_TIMEOUT,
+    LOCAL_ENVIRONMENT,
+    MAX_HEADER_OVERRIDES,
+    AgentName,
+    AttributeValue,
+    EnvironmentName,
+    RingTimeout,
+    StackKey,
+)
 from infra.ecs.args import EcsWorkerSettings
 from infra.livekit.dispatch_rule import RoomTimeouts, Rule
 from infra.livekit.fields import E164, AttributeName, HeaderName, MediaConfig, Model, Pin
 from infra.livekit.inbound_trunk import InboundTrunkArgs
 from infra.livekit.outbound_trunk import OutboundTrunkArgs
-from worker.config import ENVIRONMENT_ENV, MAX_JOBS_ENV, CallCapacity, defaults_env, max_calls_for
-from worker.metadata import AgentConfig, RouteMetadata
-from worker.rules import (
-    DEFAULT_RING_TIMEOUT,
-    LOCAL_ENVIRONMENT,
-    MAX_HEADER_OVERRIDES,
-    AgentName,
-    EnvironmentName,
-    RingTimeout,
-    StackKey,
-)
 
 Key = str  # a reference to a trunk, agent or route by its key (checked by infra.stack.checks)
 LOCAL_MAX_CALLS = 10  # a local worker process without an ECS size to derive its capacity from
@@ -111,7 +112,7 @@ class Agent(Model):
 
     def worker_env(self, environment: str) -> dict[str, str]:
         """Settings of this agent's worker process in ``environment`` (its defaults and its capacity)."""
-        return {**defaults_env(self.defaults), MAX_JOBS_ENV: str(self.calls_per_worker), ENVIRONMENT_ENV: environment}
+        return worker_env(environment=environment, defaults=self.defaults, max_calls=self.calls_per_worker)
 
     @property
     def workers(self) -> str:
@@ -128,7 +129,7 @@ class HeaderOverride(Model):
     """Per-call layers chosen by a SIP header the caller's side sets (for example a customer tier)."""
 
     header: HeaderName = Field(description="SIP header, e.g. X-Customer-Tier")
-    values: dict[str, AgentConfig] = Field(min_length=1, description="header value -> configuration layer")
+    values: dict[AttributeValue, AgentConfig] = Field(min_length=1, description="header value -> configuration layer")
 
 
 def _context(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
@@ -141,7 +142,7 @@ Context = Annotated[dict[str, JsonValue], AfterValidator(_context)]
 
 
 MetadataFormat = Literal["siphon-infra", "siphon", "none"]
-"""How a route's dispatch carries its configuration: ``siphon-infra`` (``worker.metadata.RouteMetadata``, the rule's
+"""How a route's dispatch carries its configuration: ``siphon-infra`` (``contract.metadata.RouteMetadata``, the rule's
 metadata too, and the ``siphon.route`` attribute), ``siphon`` (SIPHON 0.1.4's payload: ``{"agent_config": {...},
 **context}``, nothing on the rule) or ``none`` (no metadata at all). The last two keep objects made outside the
 project as they are (``siphon-infra import``)."""

@@ -24,6 +24,8 @@ from typing import Any, Generic, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from contract.metadata import AgentConfig, Direction, RouteMetadata
+from contract.types import Model, describe_errors
 from infra.ecs.args import AgentWorkerArgs
 from infra.livekit.dispatch_rule import AgentDispatch, DispatchRuleArgs
 from infra.livekit.inbound_trunk import InboundTrunkArgs
@@ -32,8 +34,6 @@ from infra.stack.checks import cross_check, route_trunks
 from infra.stack.headers import route_attribute_overrides, trunk_header_mappings
 from infra.stack.load import Problem, StackFileError, _line_of, load, yaml_problem
 from infra.stack.model import SIPHON_CONFIG_KEYS, InboundRoute, OutboundRoute, StackFile
-from worker.metadata import AgentConfig, Direction, RouteMetadata
-from worker.rules import Model, describe_errors
 
 SECRET_PLACEHOLDER = "[secret from config]"
 """Stands for a config secret in the plan; the program passes the config value (a Pulumi secret)."""

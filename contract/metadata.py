@@ -9,9 +9,8 @@ SIPHON compatibility: the SIPHON keys (``agent_config``, ``inbound_trunk_id``, `
 ``agent_number``, ``number_to_call``, ``standalone_call``) are fields of this schema with SIPHON's
 meaning, and provider dicts ``{"provider": ..., **params}`` are accepted as model specs.
 
-This module imports only pydantic, the standard library and ``worker.rules`` (limits shared with the
-stack file and the resource arguments): ``infra`` imports it, and it must not pull in livekit-agents.
-Regenerate the published JSON Schema with ``python -m worker.metadata``.
+Limits shared with the stack file and the resource arguments come from ``contract.types``.
+Regenerate the published JSON Schema with ``python -m contract.metadata``.
 """
 
 from __future__ import annotations
@@ -36,15 +35,16 @@ from pydantic import (
     model_validator,
 )
 
-from worker.rules import (
+from contract.turns import TurnTaking
+from contract.types import (
     DEFAULT_RING_TIMEOUT,
     MAX_HEADER_OVERRIDES,
     MAX_METADATA_CHARS,
     AttributeName,
+    AttributeValue,
     RingTimeout,
     StrictModel,
 )
-from worker.turns import TurnTaking
 
 SCHEMA_VERSION = 1
 """Current version of the metadata schema. Readers accept older versions and warn on newer ones."""
@@ -85,7 +85,6 @@ RouteName = Annotated[
 ]
 Instructions = Annotated[str, StringConstraints(max_length=MAX_INSTRUCTIONS_CHARS)]
 AttributeKey = AttributeName
-AttributeValue = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 SpecString = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][^\s]*$")
 ]
@@ -149,10 +148,10 @@ _SPEC_HELP = 'a model string provider[/model][:variant] or a provider object {"p
 
 class AgentConfig(TurnTaking):
     """One configuration layer (SIPHON's ``agent_config``): models, instructions, greeting, turn-taking
-    (``worker.turns.TurnTaking``, SIPHON's keyword names) and the end-call tool.
+    (``contract.turns.TurnTaking``, SIPHON's keyword names) and the end-call tool.
 
     ``None`` (or an absent key) means "inherit from the layer below". SIPHON's truthy-wins rule also
-    applies to the empty string and to blank instructions: they inherit too (see ``worker.config``).
+    applies to the empty string and to blank instructions: they inherit too (see ``contract.resolve``).
     """
 
     llm: ModelSpec | None = Field(default=None, description=f"LLM: {_SPEC_HELP}, e.g. openai/gpt-4.1-mini")

@@ -1,19 +1,19 @@
 """Each naming and size rule once: constrained types shared by the stack file, the resource arguments and the
-worker's metadata schema, the one base-model configuration, and the one validation-error formatter.
+worker's metadata schema, the one base-model configuration, the secret field names and the one validation-error
+formatter.
 
 Where two systems impose different limits on the same name (LiveKit and ECS), each system's type is
 here, the stack file uses their intersection, and the message says which system imposes the rule.
-
-Imports only pydantic, phonenumbers and the standard library (the worker image ships ``worker/`` alone).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import phonenumbers
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, WithJsonSchema
 
 # -- limits --------------------------------------------------------------------------------------------
 
@@ -93,6 +93,11 @@ AttributeName = Annotated[
 """A participant attribute name: a SIP token (the pattern is published in the worker's JSON Schema)."""
 HeaderName = Annotated[str, AfterValidator(_header_name)]
 HeaderValue = Annotated[str, AfterValidator(_header_value)]
+"""A SIP header value LiveKit sets on a call (a trunk's ``headers``)."""
+MAX_ATTRIBUTE_VALUE = 256
+AttributeValue = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ATTRIBUTE_VALUE)]
+"""A participant attribute value that selects a configuration layer: a header value the trunk maps to an attribute
+(``header_overrides`` values in the stack file, ``attribute_overrides`` keys in the call metadata)."""
 
 # -- phone numbers ---------------------------------------------------------------------------------------
 
@@ -196,8 +201,9 @@ StackKey = Annotated[str, AfterValidator(_stack_key)]
 
 # -- the one error formatter -----------------------------------------------------------------------------
 
-SECRET_FIELDS = frozenset({"auth_password"})
-"""Fields whose values a validator might quote: their messages are cut before the first quote."""
+SECRET_FIELDS = ("auth_password", "livekit_api_key", "livekit_api_secret", "provider_keys")
+"""Every argument field whose value is a secret: the resources pass it as a Pulumi secret (the ECS deployment keeps
+it out of state), and ``describe_error`` never quotes it."""
 _INTERNAL_LOC = (
     "function-", "tagged-union", "constrained-", "json-or-python", "lax-or-strict", "chain[", "union[",
     "is-instance[", "literal[", "nullable", "[key]",
@@ -206,7 +212,9 @@ _FIELD_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def describe_error(err: Any) -> tuple[str, str]:
-    """``(dotted field path, reason)`` of one pydantic error, never quoting the input value.
+    """``(dotted field path, reason)`` of one pydantic error, never quoting the input value (pass the errors with
+    their input: a secret field's message is cut before its first quote unless its input is a mapping, whose
+    errors name its keys).
 
     A cross-field rule (a model validator) may start its message with ``<field>: ``: that field is
     appended to the path, so the error names the field it is about.
@@ -218,14 +226,14 @@ def describe_error(err: Any) -> tuple[str, str]:
     field, sep, rest = msg.partition(": ")
     if err.get("type") == "value_error" and sep and _FIELD_RE.match(field):
         loc, msg = (f"{loc}.{field}" if loc else field), rest
-    if any(s in loc.split(".") for s in SECRET_FIELDS) and "'" in msg:
-        msg = msg.split("'")[0].strip()
+    if any(s in loc.split(".") for s in SECRET_FIELDS) and "'" in msg and not isinstance(err.get("input"), Mapping):
+        msg = msg.split("'")[0].strip()  # a validator might quote the secret; a mapping's errors quote its keys
     return loc or "(root)", msg
 
 
 def describe_errors(error: ValidationError) -> list[tuple[str, str]]:
     """``(dotted field path, reason)`` per error; of a union's alternatives only the closest one's errors."""
-    errors = error.errors(include_input=False, include_url=False)
+    errors = error.errors(include_url=False)
     return [describe_error(e) for e in _closest_union_branch(errors)]
 
 

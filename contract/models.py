@@ -1,0 +1,261 @@
+"""Model specs: their parsing, and the provider table with each provider's credential variables.
+
+A spec is a LiveKit model string (``provider[/model][:variant]``: ``openai/gpt-4.1-mini``,
+``deepgram/nova-3:en``, ``cartesia/sonic-2:<voice>``) or a SIPHON provider dict
+(``{"provider": "openai", "model": "gpt-4.1-mini", ...params}``). Both normalise to ``NormalizedSpec``.
+
+Plugin providers are the LiveKit plugin packages (``livekit-plugins-<name>``) of the ``worker`` extra, which the
+image installs: every provider here can be built in the image, given its credential. The ``local`` provider is
+pure code and always available offline (``local/scripted`` LLM, ``local/espeak-ng[:voice]`` TTS, ``local/silent``
+STT): the test models, run only in the ``local`` environment (``contract.types.LOCAL_ENVIRONMENT``).
+
+Stack validation checks specs here (``check_spec``, ``run_problems``); the worker builds them with
+``worker.models.registry``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from contract.metadata import MODEL_KINDS, AgentConfig, ModelKind, ModelSpec, ProviderSpec
+from contract.types import LOCAL_ENVIRONMENT
+
+_SPEC: TypeAdapter[ModelSpec] = TypeAdapter(ModelSpec)
+
+VARIANT_PARAM: dict[ModelKind, str | None] = {"llm": None, "stt": "language", "tts": "voice"}
+"""What the ``:variant`` suffix of a model string sets, per kind."""
+
+
+class SpecError(ValueError):
+    """A spec that cannot be parsed or names no known provider."""
+
+
+@dataclass(frozen=True)
+class NormalizedSpec:
+    """A parsed model spec."""
+
+    kind: ModelKind
+    provider: str
+    model: str | None = None
+    variant: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Non-secret display form: ``provider/model[:variant]`` (parameters left out)."""
+        out = self.provider + (f"/{self.model}" if self.model else "")
+        return out + (f":{self.variant}" if self.variant else "")
+
+
+@dataclass(frozen=True)
+class Provider:
+    """How to build one provider's component for one kind."""
+
+    module: str
+    factory: str  # attribute path inside module, e.g. "LLM" or "LLM.with_cerebras"
+    env: tuple[str, ...] = ()  # credentials that must be set (any one of them)
+    package: str = ""  # the distribution that provides ``module`` (in the ``worker`` extra)
+    models: tuple[str, ...] = ()  # non-empty: only these models (local providers)
+    default_model: str | None = None
+    offline: bool = False
+    model_param: str = "model"  # the constructor parameter the ``/model`` part sets
+    variant_param: str | None = None  # the one the ``:variant`` part sets (None: the kind's; "": none)
+
+    def variant_for(self, kind: ModelKind) -> str | None:
+        """The constructor parameter a ``:variant`` suffix sets for this provider, or None if it takes none."""
+        return (VARIANT_PARAM[kind] if self.variant_param is None else self.variant_param) or None
+
+
+def _plugin(
+    name: str, factory: str, *env: str, module: str | None = None, variant: str | None = None, model: str = "model"
+) -> Provider:
+    mod = module or name
+    return Provider(f"livekit.plugins.{mod}", factory, env, f"livekit-plugins-{mod}", model_param=model,
+                    variant_param=variant)  # fmt: skip
+
+
+_LOCAL = "worker.models.offline"
+PROVIDERS: dict[ModelKind, dict[str, Provider]] = {
+    "llm": {
+        "local": Provider(_LOCAL, "ScriptedLLM", models=("scripted",), default_model="scripted", offline=True),
+        "openai": _plugin("openai", "LLM", "OPENAI_API_KEY"),
+        "anthropic": _plugin("anthropic", "LLM", "ANTHROPIC_API_KEY"),
+        "gemini": _plugin("google", "LLM", "GOOGLE_API_KEY", module="google"),
+        "google": _plugin("google", "LLM", "GOOGLE_API_KEY"),
+        "groq": _plugin("groq", "LLM", "GROQ_API_KEY"),
+        "mistralai": _plugin("mistralai", "LLM", "MISTRAL_API_KEY"),
+        "openrouter": _plugin("openai", "LLM.with_openrouter", "OPENROUTER_API_KEY", module="openai"),
+        "xai": _plugin("openai", "LLM.with_x_ai", "XAI_API_KEY", module="openai"),
+        "deepseek": _plugin("openai", "LLM.with_deepseek", "DEEPSEEK_API_KEY", module="openai"),
+        "ollama": _plugin("openai", "LLM.with_ollama", module="openai"),
+        "perplexity": _plugin("openai", "LLM.with_perplexity", "PERPLEXITY_API_KEY", module="openai"),
+        "together": _plugin("openai", "LLM.with_together", "TOGETHER_API_KEY", module="openai"),
+        "cerebras": _plugin("openai", "LLM.with_cerebras", "CEREBRAS_API_KEY", module="openai"),
+    },
+    "stt": {
+        "local": Provider(_LOCAL, "SilentSTT", models=("silent",), default_model="silent", offline=True),
+        "deepgram": _plugin("deepgram", "STT", "DEEPGRAM_API_KEY"),
+        "assemblyai": _plugin("assemblyai", "STT", "ASSEMBLYAI_API_KEY", variant="language_codes"),
+        "openai": _plugin("openai", "STT", "OPENAI_API_KEY"),
+        "groq": _plugin("groq", "STT", "GROQ_API_KEY"),
+        "cartesia": _plugin("cartesia", "STT", "CARTESIA_API_KEY"),
+        "sarvam": _plugin("sarvam", "STT", "SARVAM_API_KEY"),
+        "mistralai": _plugin("mistralai", "STT", "MISTRAL_API_KEY"),
+        "google": _plugin("google", "STT", "GOOGLE_APPLICATION_CREDENTIALS", variant="languages"),
+    },
+    "tts": {
+        "local": Provider(_LOCAL, "EspeakTTS", models=("espeak-ng",), default_model="espeak-ng", offline=True),
+        "cartesia": _plugin("cartesia", "TTS", "CARTESIA_API_KEY"),
+        "elevenlabs": _plugin("elevenlabs", "TTS", "ELEVEN_API_KEY", variant="voice_id"),
+        "deepgram": _plugin("deepgram", "TTS", "DEEPGRAM_API_KEY", variant=""),  # the voice is the model
+        "openai": _plugin("openai", "TTS", "OPENAI_API_KEY"),
+        "groq": _plugin("groq", "TTS", "GROQ_API_KEY"),
+        "rime": _plugin("rime", "TTS", "RIME_API_KEY", variant="speaker"),
+        "sarvam": _plugin("sarvam", "TTS", "SARVAM_API_KEY", variant="speaker"),
+        "google": _plugin("google", "TTS", "GOOGLE_APPLICATION_CREDENTIALS", variant="voice_name", model="model_name"),
+        "gemini": _plugin("google", "beta.GeminiTTS", "GOOGLE_API_KEY", module="google", variant="voice_name"),
+    },
+}
+"""Every provider the worker knows, per kind. Adding a provider = one line here."""
+
+EXAMPLE_SPECS: dict[ModelKind, str] = {
+    "llm": "openai/gpt-4.1-mini",
+    "stt": "deepgram/nova-3:en",
+    "tts": "cartesia/sonic-2",
+}
+"""What to write for a default model kind that is missing (in error messages)."""
+
+LOCAL_DEFAULTS: dict[ModelKind, str] = {"llm": "local/scripted", "stt": "local/silent", "tts": "local/espeak-ng"}
+"""The offline last resort when even the worker's configured default cannot be built."""
+
+
+def known_providers(kind: ModelKind) -> list[str]:
+    """Provider names accepted for ``kind``."""
+    return sorted(PROVIDERS[kind])
+
+
+def parse_spec(kind: ModelKind, spec: object) -> NormalizedSpec:
+    """Normalise a string or provider dict; raises ``SpecError`` (unparseable or unknown provider)."""
+    if kind not in MODEL_KINDS:
+        raise SpecError(f"unknown model kind {kind!r}")
+    if not isinstance(spec, str | ProviderSpec):
+        try:
+            spec = _SPEC.validate_python(spec)
+        except ValidationError as err:
+            raise SpecError(f"invalid {kind} spec: {err.error_count()} validation error(s)") from None
+    if isinstance(spec, ProviderSpec):
+        params = spec.params
+        model = params.pop("model", None)
+        if model is not None and not isinstance(model, str):
+            raise SpecError(f"{kind} spec: 'model' must be a string")
+        norm = NormalizedSpec(kind, spec.provider, model or None, None, params)
+    else:
+        text = spec.strip()
+        head, _, variant = text.partition(":")
+        provider, _, model = head.partition("/")
+        if not provider or (_ and not model) or (":" in text and not variant):
+            raise SpecError(f"invalid {kind} model string (expected provider[/model][:variant])")
+        norm = NormalizedSpec(kind, provider.lower(), model or None, variant or None)
+    entry = PROVIDERS[kind].get(norm.provider)
+    if entry is None:
+        raise SpecError(f"unknown {kind} provider {norm.provider!r} (known: {', '.join(known_providers(kind))})")
+    if entry.models and (norm.model or entry.default_model) not in entry.models:
+        raise SpecError(f"unknown {norm.provider} {kind} model {norm.model!r} (known: {', '.join(entry.models)})")
+    if norm.variant and entry.variant_for(kind) is None:
+        raise SpecError(f"{norm.provider} {kind} model strings take no ':variant' suffix")
+    return norm
+
+
+def credential_variables(norm: NormalizedSpec) -> tuple[str, ...]:
+    """The environment variables that carry this provider's credential (any one of them does); empty: none."""
+    return PROVIDERS[norm.kind][norm.provider].env
+
+
+def missing_credential(norm: NormalizedSpec, given: Collection[str]) -> str | None:
+    """The variable a worker given only the variables ``given`` lacks to build ``norm``, or None."""
+    needed = credential_variables(norm)
+    return needed[0] if needed and not set(needed) & set(given) else None
+
+
+def is_offline(norm: NormalizedSpec) -> bool:
+    """True for the offline test models (the ``local`` provider)."""
+    return PROVIDERS[norm.kind][norm.provider].offline
+
+
+def offline_refusal(norm: NormalizedSpec) -> str:
+    """Why an offline test model is not run outside the ``local`` environment."""
+    return f"{norm.label} is an offline test model: only the `{LOCAL_ENVIRONMENT}` environment runs it"
+
+
+@dataclass(frozen=True)
+class RunProblem:
+    """Why a worker could not run one model kind of a layer as declared (``run_problems``)."""
+
+    kind: ModelKind
+    spec: NormalizedSpec | None  # None: the kind is unset in a default layer
+    missing_credential: str | None = None  # the variable to give the worker; None with a spec: a test model
+
+    def message(self, where_keys: str) -> str:
+        """The problem in words; ``where_keys`` says where credentials are declared (stack file or arguments)."""
+        if self.spec is None:
+            return (f"not set: outside `{LOCAL_ENVIRONMENT}` a worker runs only the models it is given, and would "
+                    f"refuse to start; set it, e.g. {EXAMPLE_SPECS[self.kind]}")  # fmt: skip
+        if self.missing_credential is None:
+            return f"{offline_refusal(self.spec)}; name the provider the agent runs on, e.g. {EXAMPLE_SPECS[self.kind]}"
+        return f"{self.spec.label} needs {self.missing_credential}, which the workers are not given: {where_keys}"
+
+
+def run_problems(
+    layer: AgentConfig, *, environment: str, credentials: Collection[str] | None, defaults: bool = False
+) -> Iterator[RunProblem]:
+    """What keeps a worker in ``environment`` from running ``layer``'s models as declared: outside ``local``, a test
+    model, or (for a ``defaults`` layer) a kind left unset; with ``credentials`` (the variables the deployment gives
+    the worker), a provider whose credential is not among them. Specs that do not parse are left to ``check_spec``."""
+    local = environment == LOCAL_ENVIRONMENT
+    for kind in MODEL_KINDS:
+        spec = getattr(layer, kind)
+        if spec is None:
+            if defaults and not local:
+                yield RunProblem(kind, None)
+            continue
+        try:
+            norm = parse_spec(kind, spec)
+        except SpecError:
+            continue
+        if is_offline(norm) and not local:
+            yield RunProblem(kind, norm)
+        elif credentials is not None and (variable := missing_credential(norm, credentials)):
+            yield RunProblem(kind, norm, variable)
+
+
+def can_resolve(kind: ModelKind, spec: object) -> bool:
+    """True when ``spec`` parses and names a provider (and, for local providers, a model) the worker knows.
+
+    Does not check that the plugin is installed in the image or that its credential is set: that depends
+    on the deployment (see ``worker.models.registry.availability``)."""
+    try:
+        parse_spec(kind, spec)
+    except SpecError:
+        return False
+    return True
+
+
+def check_spec(kind: ModelKind, spec: object) -> str | None:
+    """``None`` if ``can_resolve``, else the reason (for stack validation messages)."""
+    try:
+        parse_spec(kind, spec)
+    except SpecError as err:
+        return str(err)
+    return None
+
+
+def layer_spec_problems(layer: AgentConfig) -> Iterator[tuple[ModelKind, str]]:
+    """``(kind, reason)`` for each model spec a configuration layer sets that the worker cannot resolve."""
+    for kind in MODEL_KINDS:
+        spec = getattr(layer, kind)
+        if spec is not None and (reason := check_spec(kind, spec)):
+            yield kind, reason
