@@ -329,7 +329,7 @@ def test_outside_local_a_worker_whose_default_models_cannot_be_built_stops_at_st
 
 def test_outside_local_the_worker_builds_its_default_models_at_start() -> None:
     """With the plugins installed and a (dummy) key per provider, the check passes and names the plugins to preload."""
-    from worker.main import check_default_models
+    from worker.server import check_default_models
 
     env = {"SIPHON_ENVIRONMENT": "prod", "SIPHON_DEFAULT_LLM": "openai/gpt-4.1-mini",
            "SIPHON_DEFAULT_STT": "deepgram/nova-3:en", "SIPHON_DEFAULT_TTS": "cartesia/sonic-2"}  # fmt: skip

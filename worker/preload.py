@@ -1,11 +1,12 @@
 """Work done once in the forkserver that every job process forks from (Linux), so that no call pays for it.
 
-``worker.main`` lists this module in ``AgentServer(preload_modules=...)``. Job processes inherit, copy-on-
+``worker.server`` lists this module in ``AgentServer(preload_modules=...)``. Job processes inherit, copy-on-
 write, what it loads: the worker's modules and the end-call tool's (a job process would otherwise import
 them again), the Silero VAD of the worker's default turn-taking (an ONNX session with one intra-op thread,
 as livekit-agents' own preload builds its VAD) and the TLS context every job's HTTP session uses (it parses
 the CA bundle: ~70 ms of CPU per job otherwise). Under the ``spawn`` start method (macOS) livekit-agents
-preloads nothing; ``worker.main.prewarm`` imports this module in each job process instead.
+preloads nothing: each job process imports the worker's modules again and ``worker.server.prewarm`` loads the
+default VAD.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import contextlib
 from livekit.agents.beta import tools as _end_call_tools  # noqa: F401  (imported by worker.end_call per call)
 from livekit.agents.utils import http_context
 
-import worker.main  # noqa: F401  (each job process runs it again as __mp_main__: then every import is loaded)
+import worker.server  # noqa: F401  (the server and the job's code, worker.call, with every module they import)
 from worker import turns
 from worker.settings import WorkerSettings
 

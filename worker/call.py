@@ -1,0 +1,347 @@
+"""One call, from the job's start to its end: read the metadata, find or dial the caller, merge the layers, build
+the models and run the agent session (``entrypoint``); a job that cannot reach its caller ends saying why.
+
+``worker.server`` registers ``entrypoint`` for the worker's agent name; ``worker.main`` starts the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+import time
+
+from google.protobuf.duration_pb2 import Duration
+from livekit import api, rtc
+from livekit.agents import (
+    Agent,
+    AgentSession,
+    CloseReason,
+    JobContext,
+    room_io,
+)
+from pydantic_core import to_jsonable_python
+
+from contract import metrics
+from contract.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
+from contract.resolve import SipFacts, call_layers, resolve_call
+from worker import call_metric, end_call, turns
+from worker.models import registry
+from worker.resume import take_over
+from worker.settings import WorkerSettings
+
+logger = logging.getLogger("siphon.worker")
+
+
+ATTR_CALL_STATUS = "siphon.call_status"
+
+
+def _sip_participant(room: rtc.Room) -> rtc.RemoteParticipant | None:
+    for p in room.remote_participants.values():
+        if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_SIP or SipFacts.looks_like_sip(p.attributes):
+            return p
+    return None
+
+
+async def _wait_sip(room: rtc.Room, timeout: float, identity: str | None = None) -> rtc.RemoteParticipant | None:
+    """Wait until a SIP participant (optionally with ``identity``) is in the room, up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        p = room.remote_participants.get(identity) if identity else _sip_participant(room)
+        if p is not None:
+            return p
+        if time.monotonic() >= deadline or not room.isconnected():
+            return None
+        await asyncio.sleep(0.1)
+
+
+async def _dial(ctx: JobContext, meta: CallMetadata, settings: WorkerSettings) -> rtc.RemoteParticipant | str:
+    """Place the outbound call the metadata asks for; the answered participant, or why there is none."""
+    if not (meta.outbound_trunk_id and meta.called_number):
+        return "not dialled: outbound metadata needs outbound_trunk_id and called_number"
+    ring = meta.ring_timeout or settings.ring_timeout
+    identity = meta.participant_identity or f"sip-{ctx.room.name}"[:128]
+    request = api.CreateSIPParticipantRequest(
+        room_name=ctx.room.name,
+        sip_trunk_id=meta.outbound_trunk_id,
+        sip_number=meta.caller_number or "",
+        sip_call_to=meta.called_number,
+        participant_identity=identity,
+        participant_name=f"Phone {meta.called_number}",
+        ringing_timeout=Duration(seconds=int(ring)),
+        wait_until_answered=True,
+    )
+    try:
+        await ctx.api.sip.create_sip_participant(request, timeout=ring + 10)
+    except api.TwirpError as err:
+        return f"dial failed: {err.code}: {err.message[:200]}"
+    except TimeoutError:
+        return "dial timed out"
+    except Exception as err:  # connection errors and the like: end the job, keep the worker
+        return f"dial failed: {type(err).__name__}"
+    p = await _wait_sip(ctx.room, ring, identity=identity)
+    return p if p is not None else "answered, but the SIP participant never joined"
+
+
+Built = dict[tuple[ModelKind, str], registry.Resolved]
+"""Components built for this job process, by kind and spec (the defaults are built in prewarm)."""
+
+
+def spec_key(spec: object) -> str:
+    """A model spec as a key of ``Built`` (its JSON, keys sorted)."""
+    return json.dumps(to_jsonable_python(spec), sort_keys=True)
+
+
+def _resolve_models(config: AgentConfig, settings: WorkerSettings, built: Built) -> dict[ModelKind, registry.Resolved]:
+    """The components for a call's configuration: the requested spec, else the agent's default (and, in ``local``
+    only, the offline test model); raises ``SpecUnavailable`` when a kind has nothing that can be built."""
+    out: dict[ModelKind, registry.Resolved] = {}
+    for kind in MODEL_KINDS:
+        spec = getattr(config, kind)
+        key = (kind, spec_key(spec))
+        if key not in built:
+            default = getattr(settings.defaults, kind)
+            built[key] = registry.resolve(kind, spec, default, offline=settings.offline_models)
+        out[kind] = built[key]
+    return out
+
+
+def _count(settings: WorkerSettings, metric: str) -> None:
+    """One event in the call metric (an ECS deployment's log group turns the line into a CloudWatch count)."""
+    line = call_metric.event_line(settings.metric_cluster, settings.metric_service, metric)
+    if line:  # one write: the worker's other processes write to the same stdout
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+async def _hang_up(ctx: JobContext, reason: str) -> None:
+    """End the job and its call: the room is closed, so livekit-sip refuses a still-ringing INVITE with 486 (on which
+    a carrier fails over) or hangs up an answered call; never a caller left in silence."""
+    ctx.shutdown(reason=reason)  # first, so that the job ends for this reason, not for the room it closes
+    try:  # the job waits for its entrypoint to return before it leaves the room
+        await ctx.api.room.delete_room(api.DeleteRoomRequest(room=ctx.room.name))
+    except Exception as err:  # the room may already be gone (the caller hung up)
+        logger.warning("could not close the room", extra={"room": ctx.room.name, "error": type(err).__name__})
+
+
+async def _refuse(ctx: JobContext, settings: WorkerSettings, reason: str, *, hang_up: bool) -> None:
+    """End a call no model can serve as declared: it is never answered by other models. With ``hang_up`` (a caller
+    is in the room, not yet answered: livekit-sip answers once the agent's audio is up), the room is closed, and
+    the bridge refuses the INVITE with 486, on which a carrier fails over."""
+    logger.error("refusing the call: its models cannot be built", extra={"room": ctx.room.name, "reason": reason})
+    _count(settings, metrics.REFUSALS)
+    if hang_up:
+        await _hang_up(ctx, f"refused: {reason}")
+    else:
+        ctx.shutdown(reason=f"refused: {reason}")
+
+
+async def _set_attributes(ctx: JobContext, attrs: dict[str, str]) -> None:
+    try:
+        await ctx.room.local_participant.set_attributes(attrs)
+    except Exception as err:
+        logger.warning("could not publish agent attributes", extra={"error": type(err).__name__})
+
+
+async def _end_job(ctx: JobContext, meta: CallMetadata, status: str, reason: str) -> None:
+    """End a job that has no call to serve, saying why; its slot is free again."""
+    logger.warning("ending the job without a call", extra={"reason": reason, "room": ctx.room.name})
+    await _set_attributes(ctx, {ATTR_CALL_STATUS: status, "siphon.route": meta.route or ""})
+    ctx.shutdown(reason=reason)
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    """One call; whatever fails in it ends the job (a job that raised would otherwise hold its slot)."""
+    try:
+        await _call(ctx)
+    except Exception as err:
+        logger.exception("the call failed; ending the job", extra={"room": ctx.room.name})
+        ctx.shutdown(reason=f"failed: {type(err).__name__}: {str(err)[:200]}")
+        raise
+
+
+async def _call(ctx: JobContext) -> None:
+    """Read metadata, find or dial the SIP participant, merge layers, start the agent session."""
+    settings: WorkerSettings = ctx.proc.userdata.get("settings") or WorkerSettings.from_env()
+    built: Built = dict(ctx.proc.userdata.get("models", {}))
+    ctx.add_shutdown_callback(lambda reason: _log_end(ctx, reason))
+    started = time.perf_counter()
+    parsed = parse_metadata(ctx.job.metadata)
+    meta = parsed.metadata
+    parse_ms = (time.perf_counter() - started) * 1000
+    warns = list(parsed.warnings)
+
+    try:  # a loaded host or server can stall the join: the job ends and frees its slot, never holds it
+        await asyncio.wait_for(ctx.connect(), settings.connect_timeout)
+    except TimeoutError:
+        reason = f"the room connection was not established within {settings.connect_timeout:g} s"
+        logger.error("ending the job: " + reason, extra={"room": ctx.room.name})
+        ctx.shutdown(reason=reason)
+        return
+    connect_ms = (time.perf_counter() - started) * 1000
+
+    sip_p = _sip_participant(ctx.room)
+    dialled = False
+    if meta.direction == "outbound" and sip_p is None:
+        try:  # the models first: nobody is rung for a call that no model could serve
+            _resolve_models(call_layers(settings.defaults, meta, None)[0].config, settings, built)
+        except registry.SpecUnavailable as err:
+            await _refuse(ctx, settings, str(err), hang_up=bool(meta.standalone_call))
+            return
+        if meta.standalone_call:  # SIPHON's Call dials itself right after dispatching: wait, never dial twice
+            sip_p = await _wait_sip(ctx.room, meta.ring_timeout or settings.ring_timeout)
+            outcome: rtc.RemoteParticipant | str = sip_p or "the dispatcher's call never joined"
+        else:
+            outcome = await _dial(ctx, meta, settings)
+            dialled = True
+        if isinstance(outcome, str):
+            await _end_job(ctx, meta, "unanswered", f"outbound call not connected: {outcome}")
+            return
+        sip_p = outcome
+    elif sip_p is None and meta.direction != "outbound":
+        sip_p = await _wait_sip(ctx.room, settings.participant_wait)
+        if sip_p is None:  # the caller hung up while it rang, or a dispatch without a call
+            await _end_job(ctx, meta, "no_caller", f"no caller joined within {settings.participant_wait:g}s")
+            return
+
+    caller_at = time.perf_counter()
+    resolved = resolve_call(
+        meta, sip_p.attributes if sip_p is not None else None, settings.defaults, agent_name=settings.agent_name,
+        identity=sip_p.identity if sip_p is not None else "", dialled=dialled,
+    )  # fmt: skip
+    warns.extend(resolved.warnings)
+    try:
+        models = _resolve_models(resolved.merged.config, settings, built)
+    except registry.SpecUnavailable as err:
+        await _refuse(ctx, settings, str(err), hang_up=sip_p is not None)
+        return
+    resumed = resolved.resumed  # a take-over of a call whose agent process died (worker.resume)
+    resolved = dataclasses.replace(
+        resolved,
+        models={k: r.label for k, r in models.items()},
+        fallbacks={k: r.fallback_reason for k, r in models.items() if r.fallback_reason},
+        warnings=tuple(warns),
+    )
+    resolve_ms = (time.perf_counter() - caller_at) * 1000  # caller known -> configuration resolved
+    for w in warns:
+        logger.warning("metadata problem (ignored, falling back)", extra={"room": ctx.room.name, **w.as_dict()})
+    for kind, r in models.items():
+        if r.fallback_reason:
+            detail = f"{kind}: {r.requested} -> {r.label}: {r.fallback_reason}"
+            logger.warning("model spec unavailable, using the agent's default", extra={"room": ctx.room.name,
+                                                                                       "detail": detail})  # fmt: skip
+            _count(settings, metrics.FALLBACKS)
+    logger.info(
+        "resolved call configuration",
+        extra={
+            "room": ctx.room.name,
+            "config": json.dumps(resolved.describe(), sort_keys=True),
+            "config_hash": resolved.hash,
+            "metadata_parse_ms": round(parse_ms, 3),
+            "connect_ms": round(connect_ms, 1),
+            "resolve_ms": round(resolve_ms, 3),
+            "resumed": resumed,
+            **({"resume_count": meta.resume.count, "resumed_job": meta.resume.job_id} if meta.resume else {}),
+        },
+    )
+    # Published while the session starts: the caller is answered when the agent's audio track is up.
+    published = asyncio.create_task(
+        _set_attributes(ctx, {**resolved.attributes(), ATTR_CALL_STATUS: "active" if sip_p else "no_caller"})
+    )
+
+    cfg = resolved.merged.config
+    session: AgentSession = AgentSession(
+        llm=models["llm"].component,
+        stt=models["stt"].component,
+        tts=models["tts"].component,
+        **turns.session_options(cfg),  # Silero VAD (model inside the wheel) and the layers' turn-taking settings
+    )
+
+    turns.report(session, ctx.room.local_participant, room=ctx.room.name)
+
+    handed_over: list[asyncio.Task[None]] = []
+    hung_up: list[str] = []  # why the job hung up itself (then a closing session does not end the job again)
+
+    def hand_over(error: object) -> None:  # once per job: a new agent takes the call (worker.resume.take_over)
+        if not handed_over and sip_p is not None:
+            task = asyncio.create_task(_hand_over(ctx, settings.agent_name, str(error)[:200]))
+            handed_over.append(task)
+
+    @session.on("error")
+    def _on_error(ev: object) -> None:  # a model plugin raised and gave up: the caller would hear nothing
+        error = getattr(ev, "error", None)
+        if getattr(error, "type", "") in ("llm_error", "tts_error") and not getattr(error, "recoverable", True):
+            hand_over(getattr(error, "error", error))
+
+    @session.on("close")
+    def _on_close(ev: object) -> None:  # the caller hung up (close_on_disconnect), or the session failed
+        reason = getattr(ev, "reason", "unknown")
+        if reason == CloseReason.ERROR and sip_p is not None:  # a plugin raised: another agent takes the call
+            hand_over(getattr(ev, "error", reason))
+            return
+        if not handed_over and not hung_up:
+            ctx.shutdown(reason=f"session closed: {reason}")
+
+    # A phone line carries audio only: no chat input, no transcript stream (nobody in the room reads it).
+    room_options = room_io.RoomOptions(text_input=False, text_output=False)
+    if sip_p is not None:
+        room_options.participant_identity = sip_p.identity
+    heard = asyncio.Event()  # the caller (livekit-sip) subscribed to the agent's audio: answered, and hears it
+    ctx.room.on("local_track_subscribed", lambda *_: heard.set())
+    starting = time.perf_counter()
+    await session.start(
+        agent=Agent(instructions=cfg.system_instructions or "", tools=end_call.tools(cfg)),
+        room=ctx.room,
+        room_options=room_options,
+        record=False,
+    )
+    session_ms = (time.perf_counter() - starting) * 1000
+    heard_ms = 0.0
+    if sip_p is not None:  # the track is published in the background: a publication that stalls or fails ends here
+        try:
+            await asyncio.wait_for(heard.wait(), settings.audio_timeout)
+            heard_ms = (time.perf_counter() - starting) * 1000 - session_ms
+        except TimeoutError:
+            reason = f"the caller did not receive the agent's audio within {settings.audio_timeout:g} s"
+            logger.error("hanging up: " + reason, extra={"room": ctx.room.name})
+            hung_up.append(reason)
+            await _hang_up(ctx, reason)
+            return
+    await published
+    logger.info(
+        "agent ready",  # the caller hears the agent's audio (the bridge answered), attributes set
+        extra={"room": ctx.room.name, "ready_ms": round((time.perf_counter() - started) * 1000, 1),
+               "from_caller_ms": round((time.perf_counter() - caller_at) * 1000, 1),
+               "before_session_ms": round((starting - caller_at) * 1000, 1), "session_ms": round(session_ms, 1),
+               "heard_ms": round(heard_ms, 1),
+               "cpu_ms": round(time.process_time() * 1000, 1)},
+    )  # fmt: skip
+    if resumed:  # the caller is mid-call: no fresh greeting, the resume message word for word
+        session.say(cfg.resume_message or "", allow_interruptions=True)
+    elif cfg.send_greeting is not False:
+        session.generate_reply(instructions=cfg.greeting_instructions or "")
+
+
+async def _hand_over(ctx: JobContext, agent_name: str, error: str) -> None:
+    """A model plugin raised and gave up (or the session failed) with the caller still there: hand the call to a
+    new agent as if this process had died (``worker.resume.take_over``: the same metadata plus the resume marker),
+    then end the job."""
+    logger.error("a model failed during a call; handing the call over", extra={"room": ctx.room.name,
+                                                                                   "error": error})  # fmt: skip
+    try:
+        outcome = await take_over(
+            ctx.api, agent_name=agent_name, room=ctx.room.name, metadata=ctx.job.metadata, job_id=ctx.job.id,
+            dead_identity=ctx.room.local_participant.identity, remove_dead=False,
+        )  # fmt: skip
+    except Exception as err:
+        outcome = f"failed: {type(err).__name__}"
+    logger.info("call take-over", extra={"room": ctx.room.name, "job_id": ctx.job.id, "outcome": outcome})
+    ctx.shutdown(reason=f"session failed; {outcome}")
+
+
+async def _log_end(ctx: JobContext, reason: str) -> None:
+    # cpu_ms: the job process's CPU time, from its start to the call's end (capacity planning)
+    logger.info("job ended", extra={"reason": reason or "unknown", "room": ctx.room.name,
+                                    "cpu_ms": round(time.process_time() * 1000, 1)})  # fmt: skip
