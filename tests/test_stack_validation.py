@@ -95,6 +95,13 @@ CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
     ("no-calls-per-worker", [_set("agents.support-agent.max_calls", 0)], "agents.support-agent.max_calls", "greater than or equal to 1"),
     ("too-many-calls-per-worker", [_set("agents.support-agent.max_calls", 5000)], "agents.support-agent.max_calls", "less than or equal to 200"),
     ("negative-timeout", [_set("inbound_routes.sales.room", {"empty_timeout": -5})], "inbound_routes.sales.room.empty_timeout", "greater than or equal to 0"),
+    # The route metadata is built from these: each used to end `validate` with a pydantic traceback.
+    ("header-override-empty-value", [_set("inbound_routes.support.header_overrides.0.values", {"": {"tts": "local/espeak-ng"}})],
+     "inbound_routes.support.header_overrides.0.values", "at least 1 character"),
+    ("header-override-long-value", [_set("inbound_routes.support.header_overrides.0.values", {"v" * 257: {"tts": "local/espeak-ng"}})],
+     "inbound_routes.support.header_overrides.0.values." + "v" * 257, "at most 256 characters"),
+    ("header-override-long-header", [_set("inbound_routes.sales.header_overrides.0.header", "X-" + "a" * 113)],
+     "inbound_routes.sales.header_overrides.0.header", "siphon.header.x-"),
 ]  # fmt: skip
 
 

@@ -9,11 +9,24 @@ which layer (``RouteMetadata.attribute_overrides``).
 
 from __future__ import annotations
 
+from pydantic import TypeAdapter, ValidationError
+
 from infra.stack.checks import route_trunks
 from infra.stack.model import StackFile
 from worker.metadata import AgentConfig
+from worker.rules import AttributeName
 
 ATTRIBUTE_PREFIX = "siphon.header."
+_ATTRIBUTE: TypeAdapter[str] = TypeAdapter(AttributeName)
+
+
+def _valid_attribute(name: str) -> bool:
+    """An attribute a trunk may map a header to (one that is not is reported once, at the route's header)."""
+    try:
+        _ATTRIBUTE.validate_python(name)
+    except ValidationError:
+        return False
+    return True
 
 
 def header_attribute(stack: StackFile, trunks: list[str], header: str) -> str:
@@ -34,7 +47,7 @@ def trunk_header_mappings(stack: StackFile) -> dict[str, dict[str, str]]:
             attribute = header_attribute(stack, trunks, override.header)
             for trunk in trunks:
                 declared = {h.lower() for h in stack.inbound_trunks[trunk].headers_to_attributes}
-                if override.header.lower() not in declared:
+                if override.header.lower() not in declared and _valid_attribute(attribute):
                     extra.setdefault(trunk, {})[override.header] = attribute
     return extra
 

@@ -31,7 +31,7 @@ from infra.stack.headers import route_attribute_overrides, trunk_header_mappings
 from infra.stack.load import Problem, StackFileError, _line_of, load, yaml_problem
 from infra.stack.model import SIPHON_CONFIG_KEYS, InboundRoute, OutboundRoute, StackFile
 from worker.metadata import AgentConfig, Direction, RouteMetadata
-from worker.rules import Model, describe_errors
+from worker.rules import Model, describe_error, describe_errors
 
 SECRET_PLACEHOLDER = "[secret from config]"
 """Stands for a config secret in the plan; the program passes the config value (a Pulumi secret)."""
@@ -246,6 +246,25 @@ def _build(model: type[BaseModel], data: dict[str, Any], where: Callable[[str], 
         return None
 
 
+def _metadata_problems(
+    where: str, route: InboundRoute, overrides: dict[str, dict[str, AgentConfig]], error: ValidationError
+) -> Iterator[tuple[str, str]]:
+    """The errors of a route's metadata (built from the route, not written in the file) at the route's fields: an
+    ``attribute_overrides`` entry at the header override it comes from (its header, or the value selecting it)."""
+    attributes = dict(zip(overrides, range(len(route.header_overrides)), strict=True))
+    for err in error.errors(include_input=False, include_url=False):
+        loc, (_, message) = err["loc"], describe_error(err)
+        if loc[:1] != ("attribute_overrides",) or len(loc) < 3 or loc[1] not in attributes:
+            yield f"{where}.{loc[0]}" if loc and loc[0] in type(route).model_fields else where, message
+            continue
+        override = f"{where}.header_overrides.{attributes[str(loc[1])]}"
+        if loc[2] == "[key]":  # the attribute the header arrives as
+            rule = message.split(" ", 1)[-1]  # the message quotes the attribute first
+            yield f"{override}.header", f"arrives as participant attribute {loc[1]!r}, which {rule}"
+        else:  # a value selecting a layer: the key of `values`
+            yield (f"{override}.values.{loc[2]}" if loc[2] else f"{override}.values"), f"a header value: {message}"
+
+
 def _secret_problems(stack: StackFile, config: StackConfig) -> Iterator[tuple[str, str]]:
     """Every secret reference names a key the stack's config file sets as a secret (as preview will require)."""
     if not config.file or config.imports:
@@ -291,7 +310,12 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
 
     for key, route in stack.inbound_routes.items():
         route_trunk_keys = route_trunks(stack, key)
-        metadata = dispatch_metadata(key, route, route_attribute_overrides(stack, key))
+        overrides = route_attribute_overrides(stack, key)
+        try:
+            metadata = dispatch_metadata(key, route, overrides)
+        except ValidationError as e:
+            problems.extend(_metadata_problems(f"inbound_routes.{key}", route, overrides or {}, e))
+            continue
         ours = route.metadata_format == "siphon-infra"
         rule = (
             route.rule.model_dump()
