@@ -299,6 +299,16 @@ def test_raw_stack_files_report_the_line(text, line, words):
     assert words in str(err.value)
 
 
+def test_a_key_with_a_line_break_is_one_problem_on_one_line():
+    """Found by tests/test_stack_properties.py: a key may hold any character; the problem stays one line."""
+    with pytest.raises(StackFileError) as err:
+        parse('environment: local\nagents:\n  "bad\\nname": {local: {}}\n', "stacks/raw.yaml")
+    assert [str(p) for p in err.value.problems] == [
+        "stacks/raw.yaml:3: agents.bad\\nname: 'bad\\nname' is not a LiveKit agent name (1-128 letters, digits, "
+        "'_', '-', '.'; starting alphanumeric)"
+    ]
+
+
 def test_cli_validate_reports_problems_and_exit_code(tmp_path, capsys):
     bad = copy.deepcopy(BASE)
     bad["inbound_routes"]["support"]["agent"] = "ghost"

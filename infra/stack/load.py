@@ -28,7 +28,13 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        field, message = _printable(self.field), _printable(self.message)  # one problem, one line
+        return f"{where}: {field}: {message}" if field else f"{where}: {message}"
+
+
+def _printable(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (a key may hold any character)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def yaml_problem(file: str, error: yaml.YAMLError) -> Problem:
