@@ -17,8 +17,8 @@ from infra.adopt.build import Finding, Imported, default_rule
 from infra.livekit.convert import declared
 from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
 from infra.stack.load import Problem, StackFileError
-from infra.stack.model import StackFile
-from infra.stack.plan import SECRET_PLACEHOLDER, Plan, compile_stack
+from infra.stack.model import SECRET_PLACEHOLDER, StackFile
+from infra.stack.plan import Plan, compile_stack
 from worker.rules import LOCAL_ENVIRONMENT, describe_errors
 
 

@@ -37,7 +37,7 @@ def agent_deployment(key: str, plan: Plan, opts: pulumi.ResourceOptions) -> Agen
     worker = plan.workers[key]
     args: dict[str, Any] = worker.args.public_fields()
     if worker.default_subnets:
-        args["subnets"] = default_subnets(plan.stack.aws.region)
+        args["subnets"] = default_subnets(worker.region)
     if worker.livekit_url_from_config:
         url = pulumi.Config("livekit").get("url") or os.environ.get("LIVEKIT_URL", "")
         if not url:
