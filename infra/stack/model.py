@@ -260,15 +260,10 @@ class InboundRoute(Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> InboundRoute:
-        direct = self.rule is not None and self.rule.type == "direct"
-        if direct and self.agent:
-            raise ValueError(
-                "a direct rule reuses one room, so the route's agent would be dispatched only for the first call: "
-                "use an individual (default) or callee rule"
-            )
+        direct = self.rule is not None and self.rule.type == "direct"  # an agent too: DispatchRuleArgs refuses it
         if not direct and not self.agent:
             raise ValueError("agent: is required (only a direct rule, which dispatches no agent, has none)")
-        if (direct or self.metadata_format == "none") and (
+        if ((direct and not self.agent) or self.metadata_format == "none") and (
             self.agent_config != AgentConfig() or self.context or self.header_overrides
         ):
             why = "a direct rule dispatches no agent" if direct else "metadata_format: none sends no metadata"
