@@ -140,6 +140,9 @@ PREVIEW_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
     ("ecs-reserved-provider-key", [_set("agents.support-agent.ecs.provider_key_secrets", {"LIVEKIT_TOKEN": "localCarrierPassword"})],
      "agents.support-agent.ecs.provider_key_secrets", "is reserved"),
     ("ecs-bad-security-group", [_set("aws.security_groups", ["default"])], "aws.security_groups", "not security group ids"),
+    # Renamed fields (the argument's name is the stack field's serialization_alias): the error is at the stack field.
+    ("ecs-bad-cluster-name", [_set("aws.cluster", "my cluster")], "aws.cluster", "should match pattern"),
+    ("livekit-url-without-host", [_set("livekit", {"url": "wss:///rtc"})], "livekit.url", "should match pattern"),
     ("open-allow-list", [_set("environment", "dev"), _set("inbound_trunks.main.allowed_addresses", ["0.0.0.0/0"])],
      "inbound_trunks.main.allowed_addresses.0", "admits every address"),
     ("open-ipv6-allow-list", [_set("environment", "dev"), _set("inbound_trunks.main.allowed_addresses", ["::/0"])],
@@ -185,6 +188,13 @@ def test_messages_name_the_field_and_say_what_to_write(mutations, field, words, 
     assert wrong not in text
     line = yaml.safe_dump(doc, sort_keys=False).splitlines()[problems[0].line - 1]
     assert any(part in line for part in field.split(".")[1:]), ("the line shown is the field's", line, text)
+
+
+def test_a_stack_wide_setting_every_agents_arguments_take_is_one_problem():
+    doc = copy.deepcopy(BASE)
+    _set("aws.cluster", "my cluster")(doc)
+    assert len(doc["agents"]) == 3
+    assert [(p.field, p.line) for p in _problems(doc)] == [("aws.cluster", 5)]
 
 
 def test_the_catalogue_covers_every_class_validate_used_to_miss():

@@ -316,8 +316,8 @@ def compile_stack(
     if not found:
         found += _secret_problems(stack, config or StackConfig())
         plan = _plan(stack, config or StackConfig(), found)
-    if found:
-        raise StackFileError([Problem(file, _line_of(lines, f), f, m) for f, m in found])
+    if found:  # a stack-wide field (aws.*, livekit.url) feeds every agent's arguments: say each problem once
+        raise StackFileError([Problem(file, _line_of(lines, f), f, m) for f, m in dict.fromkeys(found)])
     return plan
 
 
