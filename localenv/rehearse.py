@@ -511,7 +511,7 @@ def rehearse(environment: str, *, file: Path | None = None, run_dir: Path | None
         sip_address = env.endpoints.sip_address
         inbound = route_expectations(plan, outputs, passwords)
         for key, route in plan.inbound_routes.items():
-            if not route.rule.numbers and plan.stack.inbound_routes[key].agent:
+            if not route.rule.numbers and route.agent:
                 result.checks.append(Check("inbound", key, "(any)", "-", "a call to one of its numbers",
                                            "not rehearsed: the route declares no numbers to call", False))  # fmt: skip
         for exp in inbound:
