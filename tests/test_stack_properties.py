@@ -10,14 +10,19 @@ providers' ``check`` accept, given as the Pulumi program gives them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import re
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from infra import cli
 from infra.ecs.provider import AgentWorkerProvider
 from infra.livekit.provider import DispatchRuleProvider, InboundTrunkProvider, OutboundTrunkProvider
 from infra.stack.load import StackFileError, parse
@@ -169,10 +174,10 @@ def stack_files(draw: st.DrawFn) -> dict[str, Any]:
 
 # -- single faults --------------------------------------------------------------------------------------
 
-Path = tuple[Any, ...]
+Where = tuple[Any, ...]
 
 
-def _nodes(node: Any, path: Path = ()) -> list[tuple[Path, Any]]:
+def _nodes(node: Any, path: Where = ()) -> list[tuple[Where, Any]]:
     """Every (path, value) of the document, containers included."""
     out = [(path, node)]
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
@@ -181,21 +186,21 @@ def _nodes(node: Any, path: Path = ()) -> list[tuple[Path, Any]]:
     return out
 
 
-def _replace(doc: dict, path: Path, value: Any) -> None:
+def _replace(doc: dict, path: Where, value: Any) -> None:
     node = doc
     for part in path[:-1]:
         node = node[part]
     node[path[-1]] = value
 
 
-def _delete(doc: dict, path: Path) -> None:
+def _delete(doc: dict, path: Where) -> None:
     node = doc
     for part in path[:-1]:
         node = node[part]
     del node[path[-1]]
 
 
-def _rename_key(doc: dict, path: Path, new: str) -> None:
+def _rename_key(doc: dict, path: Where, new: str) -> None:
     parent = doc
     for part in path[:-1]:
         parent = parent[part]
@@ -312,6 +317,33 @@ def _assert_problems(text: str, problems: list) -> None:
             assert PROBLEM_RE.match(shown), shown
         else:  # only the document itself may have no field: not YAML, or not a mapping
             assert "not valid YAML" in problem.message or "YAML mapping" in problem.message, shown
+
+
+CONFIG_FILES = [None, b"", b"config: {}\n", b"- a\n", b"config: [x]\n", b"config: {a: \xff}\n", b"config: {: 1\n",
+                b"config:\n  siphon:trunk0Password:\n    secure: v1:AAAA\n"]  # fmt: skip
+
+
+@settings(SETTINGS, max_examples=100)
+@given(faulty_stack_files(), st.sampled_from(CONFIG_FILES), st.sampled_from([None, b"\xff", b"\x00", b"\r\n"]))
+def test_the_validate_command_prints_ok_or_each_problem_on_its_line_and_exits_0_or_1(text, config, corrupt):
+    """The command itself, on files: a stack file (maybe with a byte that is not UTF-8 or YAML) beside a Pulumi
+    config file (maybe missing or broken)."""
+    data = text.encode()
+    if corrupt:
+        data = data[: len(data) // 2] + corrupt + data[len(data) // 2 :]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "generated.yaml"
+        path.write_bytes(data)
+        if config is not None:
+            (Path(folder) / "Pulumi.generated.yaml").write_bytes(config)
+            (Path(folder) / "Pulumi.local.yaml").write_bytes(config)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli.main(["validate", str(path)])
+    head, *problems = out.getvalue().splitlines()
+    assert (code, head.split(": ", 1)[0]) in ((0, str(path)), (1, str(path))), out.getvalue()
+    assert head.endswith(" agents)") if code == 0 else re.search(r": INVALID \(\d+ problems?\)$", head), head
+    assert all(re.match(rf"^  {re.escape(folder)}/(Pulumi\.)?\w+\.yaml(:\d+)?: \S", p) for p in problems), problems
 
 
 @SETTINGS

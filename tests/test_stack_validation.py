@@ -309,6 +309,25 @@ def test_raw_stack_files_report_the_line(text, line, words):
     assert words in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("stack", "config", "expected"),
+    [
+        (b"environment: local\nagents: {\xff: 1}\n", None, "local.yaml:2: not UTF-8 text: byte 0xff"),
+        (b"environment: local\n\x01: 1\n", None, "local.yaml:2: not valid YAML: character #x0001: control characters"),
+        (None, b"config: {a: \xff}\n", "Pulumi.local.yaml:1: not UTF-8 text: byte 0xff"),
+        (None, b"- a list\n", "Pulumi.local.yaml:1: a stack's config file is a YAML mapping"),
+        (None, b"config: [a]\n", "Pulumi.local.yaml:1: a stack's config file is a YAML mapping"),
+    ],
+    ids=["stack-not-utf8", "stack-control-character", "config-not-utf8", "config-a-list", "config-config-a-list"],
+)
+def test_files_validate_cannot_read_are_one_problem_each_not_a_traceback(tmp_path, capsys, stack, config, expected):
+    (tmp_path / "local.yaml").write_bytes(stack or (STACKS / "local.yaml").read_bytes())
+    (tmp_path / "Pulumi.local.yaml").write_bytes(config or (STACKS / "Pulumi.local.yaml").read_bytes())
+    assert cli.main(["validate", str(tmp_path / "local.yaml")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("INVALID (1 problem)") and out[1].startswith(f"  {tmp_path}/{expected}"), out
+
+
 def test_a_key_with_a_line_break_is_one_problem_on_one_line():
     """Found by tests/test_stack_properties.py: a key may hold any character; the problem stays one line."""
     with pytest.raises(StackFileError) as err:

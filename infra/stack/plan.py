@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from infra.ecs.args import AgentWorkerArgs
 from infra.livekit.args import AgentDispatch, DispatchRuleArgs, InboundTrunkArgs, OutboundTrunkArgs
 from infra.stack.checks import cross_check
-from infra.stack.load import Problem, StackFileError, _line_of, load, yaml_problem
+from infra.stack.load import Problem, StackFileError, _line_of, load, read_text, yaml_problem
 from infra.stack.model import InboundRoute, StackFile, route_metadata
 from worker.metadata import AgentConfig
 from worker.rules import Model, describe_error, describe_errors
@@ -54,11 +54,15 @@ class StackConfig:
         path = stack_file.with_name(f"Pulumi.{environment}.yaml")
         if not path.is_file():
             return cls(str(path))
+        text = read_text(path, "the stack's config file")
         try:
-            doc = yaml.safe_load(path.read_text()) or {}
+            doc = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise StackFileError([yaml_problem(str(path), e)]) from None
-        config = doc.get("config") or {}
+            raise StackFileError([yaml_problem(str(path), e, text)]) from None
+        config = doc.get("config") or {} if isinstance(doc, dict) else None
+        if not isinstance(config, dict):
+            problem = "a stack's config file is a YAML mapping whose config: is a mapping (pulumi config set writes it)"
+            raise StackFileError([Problem(str(path), 1, "", problem)])
         project = _project_name(stack_file)
         keys = {k: k.removeprefix(f"{project}:") for k in config}
         secure = frozenset(short for k, short in keys.items() if isinstance(config[k], dict) and "secure" in config[k])
@@ -72,9 +76,10 @@ def _project_name(stack_file: Path) -> str:
         project = folder / "Pulumi.yaml"
         if project.is_file():
             try:
-                return str((yaml.safe_load(project.read_text()) or {}).get("name", "siphon"))
-            except yaml.YAMLError:
+                doc = yaml.safe_load(project.read_text(encoding="utf-8"))
+            except (OSError, ValueError, yaml.YAMLError):  # not this project's file: the default name
                 break
+            return str(doc.get("name", "siphon")) if isinstance(doc, dict) else "siphon"
     return "siphon"
 
 
