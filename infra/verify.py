@@ -102,7 +102,7 @@ def expectations(
         if routes and key not in routes:
             continue
         route = plan.inbound_routes[key]
-        if not plan.stack.inbound_routes[key].agent:
+        if not route.agent:
             continue  # a direct rule dispatches no agent: nothing answers to compare
         trunks = [plan.inbound_trunks[t] for t in route.trunks]
         callers = route.rule.inbound_numbers or [n for t in trunks for n in t.args.allowed_numbers]

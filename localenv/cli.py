@@ -52,25 +52,23 @@ def _relative(path: Path) -> str:
 
 def deploy_and_run(env: LocalEnv) -> str:
     """Deploy the local stack, start its local workers, and describe the routing that is now live."""
-    from infra.stack.load import load, stack_path
+    from infra.stack.load import stack_path
+    from infra.stack.plan import plan_file
     from infra.stack.render import table
     from localenv.deploy import deploy, start_guard, start_stack_workers
 
     log = env.run_dir / "pulumi-up.log"
     with log.open("w") as f:
         outputs = deploy(env, on_output=lambda line: f.write(line + "\n"))
-    stack, _ = load(stack_path("local"))
-    workers = start_stack_workers(env, stack)
+    plan = plan_file(stack_path("local"))
+    workers = start_stack_workers(env, plan.stack)
     start_guard(env)
-    rows = [
-        {"number": number, "route": row["route"], "rule id": row["rule_id"], "agent": row["agent_name"],
-         "worker": row["worker"]}
-        for number, row in outputs["routing_table"].items()
-    ]  # fmt: skip
-    rows += [
-        {"number": ", ".join(r["caller_ids"]), "route": f"{name} (outbound)", "rule id": f"trunk {r['trunk_id']}",
-         "agent": r["agent_name"], "worker": outputs["agents"][r["agent_name"]]}
-        for name, r in outputs["outbound_routes"].items()
+    ids = {("inbound", row["route"]): row["rule_id"] for row in outputs["routing_table"].values()}
+    ids.update({("outbound", name): f"trunk {r['trunk_id']}" for name, r in outputs["outbound_routes"].items()})
+    rows = [  # the plan's routing table (Plan.routing), with the ids the deployment gave
+        {"number": row.number or "*", "route": row.route + (" (outbound)" if row.direction == "outbound" else ""),
+         "rule id": ids.get((row.direction, row.route), "-"), "agent": row.agent, "worker": row.worker}
+        for row in plan.routing()
     ]  # fmt: skip
     lines = [
         f"Deployed stack `local` (engine log {log}).",

@@ -267,15 +267,11 @@ def _project(work: Path, doc: dict[str, Any]) -> Path:
 
 def _header_expectations(plan: Plan, base: list[Expectation]) -> list[Expectation]:
     """One expectation per declared header override value: the call carries the header, the agent shows its layer."""
-    from infra.stack.checks import route_trunks
-    from infra.stack.headers import header_attribute
-
     out = []
     for exp in base:
         route = plan.stack.inbound_routes[exp.route]
-        trunks = route_trunks(plan.stack, exp.route)
         for override in route.header_overrides:
-            attribute = header_attribute(plan.stack, trunks, override.header)
+            attribute = plan.stack.header_attributes[exp.route][override.header]
             for value in override.values:
                 trunk_id = exp.attributes.get("siphon.trunk_id")
                 attrs = published_attributes(plan, exp.route, exp.number, sipp.from_user(exp.caller), trunk_id,
@@ -514,7 +510,7 @@ def rehearse(environment: str, *, file: Path | None = None, run_dir: Path | None
         sip_address = env.endpoints.sip_address
         inbound = route_expectations(plan, outputs, passwords)
         for key, route in plan.inbound_routes.items():
-            if not route.rule.numbers and plan.stack.inbound_routes[key].agent:
+            if not route.rule.numbers and route.agent:
                 result.checks.append(Check("inbound", key, "(any)", "-", "a call to one of its numbers",
                                            "not rehearsed: the route declares no numbers to call", False))  # fmt: skip
         for exp in inbound:

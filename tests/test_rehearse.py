@@ -177,7 +177,7 @@ def test_a_header_the_trunk_does_not_map_still_selects_its_layer_and_a_pin_route
     """Two seeded changes to dev that validate passes, rehearsed once; both work, and the rehearsal proves it.
 
     A header override on a header the carrier trunk does not map (X-Language): this mistake cannot reach customers,
-    because the program adds the trunk mapping itself (infra/stack/headers.py); the call with the header shows the
+    because the program adds the trunk mapping itself (infra/stack/model.py, `StackFile.header_mappings`); the call with the header shows the
     layer. A PIN on sales-eu: the call keying in the PIN (RFC 4733 events) is answered as planned, the call keying in
     only # reaches no agent.
     """

@@ -100,6 +100,13 @@ CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
     ("no-calls-per-worker", [_set("agents.support-agent.max_calls", 0)], "agents.support-agent.max_calls", "greater than or equal to 1"),
     ("too-many-calls-per-worker", [_set("agents.support-agent.max_calls", 5000)], "agents.support-agent.max_calls", "less than or equal to 200"),
     ("negative-timeout", [_set("inbound_routes.sales.room", {"empty_timeout": -5})], "inbound_routes.sales.room.empty_timeout", "greater than or equal to 0"),
+    # The route metadata is built from these: each used to end `validate` with a pydantic traceback.
+    ("header-override-empty-value", [_set("inbound_routes.support.header_overrides.0.values", {"": {"tts": "local/espeak-ng"}})],
+     "inbound_routes.support.header_overrides.0.values", "at least 1 character"),
+    ("header-override-long-value", [_set("inbound_routes.support.header_overrides.0.values", {"v" * 257: {"tts": "local/espeak-ng"}})],
+     "inbound_routes.support.header_overrides.0.values." + "v" * 257, "at most 256 characters"),
+    ("header-override-long-header", [_set("inbound_routes.sales.header_overrides.0.header", "X-" + "a" * 113)],
+     "inbound_routes.sales.header_overrides.0.header", "siphon.header.x-"),
 ]  # fmt: skip
 
 
@@ -138,6 +145,9 @@ PREVIEW_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
     ("ecs-reserved-provider-key", [_set("agents.support-agent.ecs.provider_key_secrets", {"LIVEKIT_TOKEN": "localCarrierPassword"})],
      "agents.support-agent.ecs.provider_key_secrets", "is reserved"),
     ("ecs-bad-security-group", [_set("aws.security_groups", ["default"])], "aws.security_groups", "not security group ids"),
+    # Renamed fields (the argument's name is the stack field's serialization_alias): the error is at the stack field.
+    ("ecs-bad-cluster-name", [_set("aws.cluster", "my cluster")], "aws.cluster", "should match pattern"),
+    ("livekit-url-without-host", [_set("livekit", {"url": "wss:///rtc"})], "livekit.url", "should match pattern"),
     ("open-allow-list", [_set("environment", "dev"), _set("inbound_trunks.main.allowed_addresses", ["0.0.0.0/0"])],
      "inbound_trunks.main.allowed_addresses.0", "admits every address"),
     ("open-ipv6-allow-list", [_set("environment", "dev"), _set("inbound_trunks.main.allowed_addresses", ["::/0"])],
@@ -183,6 +193,13 @@ def test_messages_name_the_field_and_say_what_to_write(mutations, field, words, 
     assert wrong not in text
     line = yaml.safe_dump(doc, sort_keys=False).splitlines()[problems[0].line - 1]
     assert any(part in line for part in field.split(".")[1:]), ("the line shown is the field's", line, text)
+
+
+def test_a_stack_wide_setting_every_agents_arguments_take_is_one_problem():
+    doc = copy.deepcopy(BASE)
+    _set("aws.cluster", "my cluster")(doc)
+    assert len(doc["agents"]) == 3
+    assert [(p.field, p.line) for p in _problems(doc)] == [("aws.cluster", 5)]
 
 
 def test_the_catalogue_covers_every_class_validate_used_to_miss():
@@ -295,6 +312,35 @@ def test_raw_stack_files_report_the_line(text, line, words):
         parse(text, "stacks/raw.yaml")
     assert any(p.line == line for p in err.value.problems), str(err.value)
     assert words in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("stack", "config", "expected"),
+    [
+        (b"environment: local\nagents: {\xff: 1}\n", None, "local.yaml:2: not UTF-8 text: byte 0xff"),
+        (b"environment: local\n\x01: 1\n", None, "local.yaml:2: not valid YAML: character #x0001: control characters"),
+        (None, b"config: {a: \xff}\n", "Pulumi.local.yaml:1: not UTF-8 text: byte 0xff"),
+        (None, b"- a list\n", "Pulumi.local.yaml:1: a stack's config file is a YAML mapping"),
+        (None, b"config: [a]\n", "Pulumi.local.yaml:1: a stack's config file is a YAML mapping"),
+    ],
+    ids=["stack-not-utf8", "stack-control-character", "config-not-utf8", "config-a-list", "config-config-a-list"],
+)
+def test_files_validate_cannot_read_are_one_problem_each_not_a_traceback(tmp_path, capsys, stack, config, expected):
+    (tmp_path / "local.yaml").write_bytes(stack or (STACKS / "local.yaml").read_bytes())
+    (tmp_path / "Pulumi.local.yaml").write_bytes(config or (STACKS / "Pulumi.local.yaml").read_bytes())
+    assert cli.main(["validate", str(tmp_path / "local.yaml")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("INVALID (1 problem)") and out[1].startswith(f"  {tmp_path}/{expected}"), out
+
+
+def test_a_key_with_a_line_break_is_one_problem_on_one_line():
+    """Found by tests/test_stack_properties.py: a key may hold any character; the problem stays one line."""
+    with pytest.raises(StackFileError) as err:
+        parse('environment: local\nagents:\n  "bad\\nname": {local: {}}\n', "stacks/raw.yaml")
+    assert [str(p) for p in err.value.problems] == [
+        "stacks/raw.yaml:3: agents.bad\\nname: 'bad\\nname' is not a LiveKit agent name (1-128 letters, digits, "
+        "'_', '-', '.'; starting alphanumeric)"
+    ]
 
 
 def test_cli_validate_reports_problems_and_exit_code(tmp_path, capsys):

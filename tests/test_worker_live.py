@@ -397,7 +397,8 @@ def test_verify_expectation_matches_what_the_worker_publishes(endpoints: Endpoin
     a stand-in SIP caller, publishes exactly those."""
     from infra.sipp import from_user
     from infra.stack.load import parse
-    from infra.stack.plan import compile_stack, route_metadata
+    from infra.stack.model import route_metadata
+    from infra.stack.plan import compile_stack
     from infra.verify import compare, expectations
 
     text = f"""

@@ -18,8 +18,8 @@ from infra.adopt.build import Finding, Imported, default_rule
 from infra.livekit.kind import declared
 from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
 from infra.stack.load import Problem, StackFileError
-from infra.stack.model import StackFile
-from infra.stack.plan import SECRET_PLACEHOLDER, Plan, compile_stack
+from infra.stack.model import SECRET_PLACEHOLDER, StackFile
+from infra.stack.plan import Plan, compile_stack
 
 
 def comparable(doc: dict[str, Any]) -> dict[str, Any]:

@@ -15,19 +15,7 @@ from contract.metadata import AgentConfig
 from contract.models import layer_spec_problems, run_problems
 from contract.types import LOCAL_ENVIRONMENT as LOCAL
 from infra.ecs.validation import IMAGE_RE
-from infra.stack.load import Problem, _line_of
 from infra.stack.model import StackFile
-
-
-def route_trunks(stack: StackFile, route_key: str) -> list[str]:
-    """The inbound trunks a route uses: the declared ones, else every trunk serving one of its numbers."""
-    route = stack.inbound_routes[route_key]
-    if route.trunks:
-        return list(route.trunks)
-    if not route.numbers:
-        return []
-    serving = {k for n in route.numbers for k in stack.trunks_by_number.get(n, ())}
-    return [k for k in stack.inbound_trunks if k in serving] if len(serving) > 1 else list(serving)
 
 
 def _specs(layer: AgentConfig, where: str) -> Iterator[tuple[str, str]]:
@@ -63,7 +51,7 @@ def _trunk_reference_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
         for i, trunk in enumerate(route.trunks):
             if trunk not in stack.inbound_trunks:
                 yield f"inbound_routes.{key}.trunks.{i}", f"no inbound trunk named {trunk!r}"
-        trunks = route_trunks(stack, key)
+        trunks = stack.route_trunks[key]
         served = {n for t in trunks if t in stack.inbound_trunks for n in stack.inbound_trunks[t].numbers}
         for i, number in enumerate(route.numbers):
             if trunks and served and number not in served:
@@ -108,9 +96,8 @@ def _rule_conflicts(stack: StackFile) -> Iterator[tuple[str, str]]:
     """Dispatch rules LiveKit would reject as conflicting (pin x trunk x caller x called)."""
     keys: dict[tuple[str, str, str, str], str] = {}
     for key, route in stack.inbound_routes.items():
-        pin = route.pin or (route.rule.pin if route.rule else "")
         for cell in product(
-            [pin], route_trunks(stack, key) or [""], route.caller_numbers or [""], route.numbers or [""]
+            [route.pin_code], stack.route_trunks[key] or [""], route.caller_numbers or [""], route.numbers or [""]
         ):
             other = keys.setdefault(cell, key)
             if other != key:
@@ -179,7 +166,7 @@ def _layers(stack: StackFile) -> Iterator[tuple[str, str, AgentConfig]]:
 def _spec_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
     """Model specs the worker can resolve."""
     for key, route in stack.inbound_routes.items():
-        if route.header_overrides and not route_trunks(stack, key):
+        if route.header_overrides and not stack.route_trunks[key]:
             yield (
                 f"inbound_routes.{key}.header_overrides.0",
                 (
@@ -234,11 +221,7 @@ CHECKS = (_agent_problems, _name_problems, _trunk_reference_problems, _trunk_con
           _security_problems, _image_problems, _spec_problems, _model_problems)  # fmt: skip
 
 
-def _problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+def cross_check(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """Every cross-entry problem of a parsed stack file: ``(field, message)``."""
     for check in CHECKS:
         yield from check(stack)
-
-
-def cross_check(stack: StackFile, file: str, lines: dict[tuple[str, ...], int]) -> list[Problem]:
-    """Every cross-entry problem of a parsed stack file, with its line."""
-    return [Problem(file, _line_of(lines, field), field, message) for field, message in _problems(stack)]

@@ -66,7 +66,7 @@ class AgentComponent(pulumi.ComponentResource):
 
     def __init__(self, key: str, plan: Plan, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("siphon:routing:Agent", key, None, opts)
-        self.worker = plan.stack.agents[key].workers
+        self.worker = plan.agents[key]
         self.deployment: pulumi.Resource | None = None
         if key in plan.workers:
             from infra.stack.ecs import agent_deployment  # imported lazily: only stacks with ECS agents need boto3

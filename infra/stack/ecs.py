@@ -36,7 +36,7 @@ def agent_deployment(key: str, plan: Plan, opts: pulumi.ResourceOptions) -> Agen
     worker = plan.workers[key]
     args: dict[str, Any] = worker.args.public_fields()
     if worker.default_subnets:
-        args["subnets"] = default_subnets(plan.stack.aws.region)
+        args["subnets"] = default_subnets(worker.region)
     config = pulumi.Config("livekit")
     found = lookup({"livekit:url": config.get("url"), "livekit:apiKey": config.get_secret("apiKey"),
                     "livekit:apiSecret": config.get_secret("apiSecret")})  # fmt: skip

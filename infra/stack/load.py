@@ -28,12 +28,22 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        field, message = _printable(self.field), _printable(self.message)  # one problem, one line
+        return f"{where}: {field}: {message}" if field else f"{where}: {message}"
 
 
-def yaml_problem(file: str, error: yaml.YAMLError) -> Problem:
-    """A YAML syntax error of ``file``, at its line when the parser gives one."""
+def _printable(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped (a key may hold any character)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def yaml_problem(file: str, error: yaml.YAMLError, text: str = "") -> Problem:
+    """A YAML syntax error of ``file``, at its line when the parser gives one (or the reader's position in
+    ``text``: a character YAML does not allow)."""
     mark = getattr(error, "problem_mark", None)
+    if isinstance(error, yaml.reader.ReaderError):
+        line = text.count("\n", 0, error.position) + 1 if text else None
+        return Problem(file, line, "", f"not valid YAML: character #x{error.character:04x}: {error.reason}")
     return Problem(file, mark.line + 1 if mark else None, "", f"not valid YAML: {getattr(error, 'problem', error)}")
 
 
@@ -82,7 +92,7 @@ def parse(text: str, file: str) -> tuple[StackFile, dict[tuple[str, ...], int]]:
         node = loader.get_single_node()
         data: Any = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
-        raise StackFileError([yaml_problem(file, e)]) from None
+        raise StackFileError([yaml_problem(file, e, text)]) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
@@ -95,10 +105,21 @@ def parse(text: str, file: str) -> tuple[StackFile, dict[tuple[str, ...], int]]:
         raise StackFileError(problems) from None
 
 
+def read_text(path: Path, what: str = "the stack file") -> str:
+    """A file's UTF-8 text, or StackFileError saying why it cannot be read (at the line of a byte that is not
+    UTF-8)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise StackFileError([Problem(str(path), None, "", f"cannot read {what}: {e.strerror}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        problem = f"not UTF-8 text: byte {data[e.start]:#04x} cannot start or continue a character (save it as UTF-8)"
+        raise StackFileError([Problem(str(path), line, "", problem)]) from None
+
+
 def load(path: Path) -> tuple[StackFile, dict[tuple[str, ...], int]]:
     """Read and validate one stack file."""
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise StackFileError([Problem(str(path), None, "", f"cannot read the stack file: {e.strerror}")]) from None
-    return parse(text, str(path))
+    return parse(read_text(path), str(path))

@@ -4,17 +4,32 @@ Trunks reuse the SIP argument models of ``infra.livekit.*_trunk`` (so every Live
 and validated the same way); a route's ``agent_config`` and ``context`` are the worker's own metadata
 schema (``contract.metadata``). Secrets never live in the file: a trunk names the Pulumi config secret
 that holds its password.
+
+The facts derived from the whole file (a route's trunks, the header mappings its overrides need) are cached
+properties of ``StackFile``, and each entry builds its own resource arguments (``args``). A stack field that fills
+an argument of another name says so with its ``serialization_alias``: ``infra.stack.plan`` reads those to place an
+argument's error at the stack field it comes from.
 """
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from contract.deployment import CallCapacity, max_calls_for, worker_env
-from contract.metadata import AgentConfig, RouteMetadata
+from contract.metadata import AgentConfig, Direction, RouteMetadata
 from contract.types import (
     DEFAULT_RING_TIMEOUT,
     LOCAL_ENVIRONMENT,
@@ -25,14 +40,33 @@ from contract.types import (
     RingTimeout,
     StackKey,
 )
-from infra.ecs.args import EcsWorkerSettings
-from infra.livekit.dispatch_rule import RoomTimeouts, Rule
+from infra.ecs.args import AgentWorkerArgs, EcsWorkerSettings
+from infra.livekit.dispatch_rule import DispatchRuleArgs, RoomTimeouts, Rule
 from infra.livekit.fields import E164, AttributeName, HeaderName, MediaConfig, Model, Pin
 from infra.livekit.inbound_trunk import InboundTrunkArgs
 from infra.livekit.outbound_trunk import OutboundTrunkArgs
 
 Key = str  # a reference to a trunk, agent or route by its key (checked by infra.stack.checks)
 LOCAL_MAX_CALLS = 10  # a local worker process without an ECS size to derive its capacity from
+ATTRIBUTE_PREFIX = "siphon.header."
+"""A header a route's override reads arrives as ``siphon.header.<header>`` unless its trunk maps it already."""
+
+SECRET_PLACEHOLDER = "[secret from config]"
+"""Stands for a config secret in the arguments; the program passes the config value (a Pulumi secret)."""
+URL_PLACEHOLDER = "wss://livekit-url-from-config.invalid"
+"""Stands for the LiveKit URL when the stack file names none (config ``livekit:url`` or LIVEKIT_URL)."""
+SUBNET_PLACEHOLDER = "subnet-00000000000000000"
+"""Stands for the default VPC's subnets, looked up by the program when ``aws.subnets`` is empty."""
+_ATTRIBUTE: TypeAdapter[str] = TypeAdapter(AttributeName)
+
+
+def _valid_attribute(name: str) -> bool:
+    """An attribute a trunk may map a header to (one that is not is reported once, at the route's header)."""
+    try:
+        _ATTRIBUTE.validate_python(name)
+    except ValidationError:
+        return False
+    return True
 
 
 class _SecretPassword(Model):
@@ -41,6 +75,7 @@ class _SecretPassword(Model):
     auth_password_secret: str = Field(
         default="",
         pattern=r"^$|^[A-Za-z][A-Za-z0-9_.-]*$",
+        serialization_alias="auth_password",
         description="Pulumi config key holding the password (`pulumi config set --secret <key> ...`)",
     )
     name: str = Field(
@@ -69,13 +104,28 @@ class _SecretPassword(Model):
             raise ValueError(f"digest auth needs both auth_username and auth_password_secret: set {missing} too")
         return self
 
+    def _args_data(self, name: str) -> dict[str, Any]:
+        """The trunk's argument fields: its own, its LiveKit ``name``, a placeholder for its password."""
+        data = self.model_dump(exclude={"auth_password_secret", "auth_password"})  # name, adopt_id: exclude=True
+        return {**data, "name": name, "auth_password": SECRET_PLACEHOLDER if self.auth_password_secret else ""}
+
 
 class StackInboundTrunk(_SecretPassword, InboundTrunkArgs):
     """An inbound trunk: every InboundTrunkArgs field; the key is its name, the password comes from config."""
 
+    def args(self, name: str, header_mappings: dict[str, str]) -> InboundTrunkArgs:
+        """Its ``InboundTrunkArgs``, mapping also the headers its routes' overrides read (``header_mappings``)."""
+        data = self._args_data(name)
+        data["headers_to_attributes"] = {**data["headers_to_attributes"], **header_mappings}
+        return InboundTrunkArgs.model_validate(data)
+
 
 class StackOutboundTrunk(_SecretPassword, OutboundTrunkArgs):
     """An outbound trunk: every OutboundTrunkArgs field; the key is its name, the password comes from config."""
+
+    def args(self, name: str) -> OutboundTrunkArgs:
+        """Its ``OutboundTrunkArgs``."""
+        return OutboundTrunkArgs.model_validate(self._args_data(name))
 
 
 class LocalWorker(Model):
@@ -89,6 +139,7 @@ class EcsDeployment(EcsWorkerSettings):
 
     provider_key_secrets: dict[str, str] = Field(
         default_factory=dict,
+        serialization_alias="provider_keys",
         description="environment variable -> Pulumi config secret key, e.g. OPENAI_API_KEY: openaiApiKey",
     )
 
@@ -96,7 +147,9 @@ class EcsDeployment(EcsWorkerSettings):
 class Agent(Model):
     """An agent: the worker registered under ``agent_name`` (the key), its defaults, and where it runs."""
 
-    defaults: AgentConfig = Field(default_factory=AgentConfig, description="the worker's default layer")
+    defaults: AgentConfig = Field(
+        default_factory=AgentConfig, serialization_alias="worker", description="the worker's default layer"
+    )
     max_calls: CallCapacity | None = Field(
         None, description=f"calls one worker serves at once (default: from ecs cpu and memory, else {LOCAL_MAX_CALLS})"
     )
@@ -123,6 +176,30 @@ class Agent(Model):
     def has_worker(self) -> bool:
         """True when a worker for this agent is declared somewhere."""
         return self.workers != "none"
+
+    def args(self, key: str, stack: StackFile, livekit_url: str) -> AgentWorkerArgs:
+        """The ``AgentWorkerArgs`` of its ECS deployment (it has one), with placeholders for what only the
+        deployment knows: secrets, the default VPC's subnets and, when neither file nor config names it, the URL."""
+        assert self.ecs is not None
+        aws = stack.aws
+        data = {
+            **self.ecs.model_dump(exclude={"provider_key_secrets"}, exclude_defaults=True),
+            "agent_name": key,
+            "stack": stack.environment,
+            "environment": stack.environment,
+            "cluster_name": aws.cluster or f"siphon-{stack.environment}",
+            "create_cluster": aws.create_cluster,
+            "subnets": aws.subnets or [SUBNET_PLACEHOLDER],
+            "security_groups": aws.security_groups,
+            "assign_public_ip": aws.assign_public_ip,
+            "livekit_url": livekit_url or URL_PLACEHOLDER,
+            "livekit_api_key": SECRET_PLACEHOLDER,
+            "livekit_api_secret": SECRET_PLACEHOLDER,
+            "provider_keys": dict.fromkeys(self.ecs.provider_key_secrets, SECRET_PLACEHOLDER),
+            "worker": self.defaults.model_dump(mode="json", exclude_none=True),
+            "max_calls": self.calls_per_worker,
+        }
+        return AgentWorkerArgs.model_validate(data)
 
 
 class HeaderOverride(Model):
@@ -160,7 +237,9 @@ class InboundRoute(Model):
     )  # fmt: skip
     numbers: list[E164] = Field(default_factory=list, description="called numbers (empty: every number)")
     trunks: list[Key] = Field(default_factory=list, description="inbound trunks (default: those with the numbers)")
-    caller_numbers: list[E164] = Field(default_factory=list, description="only these callers (empty: any)")
+    caller_numbers: list[E164] = Field(
+        default_factory=list, serialization_alias="inbound_numbers", description="only these callers (empty: any)"
+    )
     agent: Key = Field(default="", description="agent_name of a declared agent (none only for a direct rule)")
     metadata_format: MetadataFormat = Field(default="siphon-infra", description="how the dispatch carries the layer")
     rule: Rule | None = Field(default=None, description="default: individual, room prefix = route name")
@@ -176,15 +255,10 @@ class InboundRoute(Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> InboundRoute:
-        direct = self.rule is not None and self.rule.type == "direct"
-        if direct and self.agent:
-            raise ValueError(
-                "a direct rule reuses one room, so the route's agent would be dispatched only for the first call: "
-                "use an individual (default) or callee rule"
-            )
+        direct = self.rule is not None and self.rule.type == "direct"  # an agent too: DispatchRuleArgs refuses it
         if not direct and not self.agent:
             raise ValueError("agent: is required (only a direct rule, which dispatches no agent, has none)")
-        if (direct or self.metadata_format == "none") and (
+        if ((direct and not self.agent) or self.metadata_format == "none") and (
             self.agent_config != AgentConfig() or self.context or self.header_overrides
         ):
             why = "a direct rule dispatches no agent" if direct else "metadata_format: none sends no metadata"
@@ -210,6 +284,32 @@ class InboundRoute(Model):
         """The PIN callers must enter (the rule's, or the route's for the default rule)."""
         return self.rule.pin if self.rule else self.pin
 
+    def metadata(self, key: str, attribute_overrides: dict[str, dict[str, AgentConfig]] | None) -> str:
+        """What its agent dispatch carries, in its ``metadata_format`` (raises ValidationError when the header
+        overrides select attributes or values the worker's schema refuses)."""
+        if self.metadata_format == "siphon":
+            return siphon_payload(self)
+        if self.metadata_format == "none" or not self.agent:
+            return ""
+        return route_metadata(key, self, "inbound", attribute_overrides).to_json()
+
+    def args(self, key: str, name: str, room_prefix: str, trunks: list[str], metadata: str) -> DispatchRuleArgs:
+        """Its ``DispatchRuleArgs`` (``trunks``: the trunk keys, which the program replaces with their ids)."""
+        ours = self.metadata_format == "siphon-infra"
+        rule = self.rule.model_dump() if self.rule else {"type": "individual", "room_prefix": room_prefix}
+        agents = [{"agent_name": self.agent, "metadata": metadata}] if self.agent else []
+        same = {"numbers", "caller_numbers", "hide_phone_number", "krisp_enabled", "media"}  # caller_numbers: aliased
+        data = {
+            **self.model_dump(by_alias=True, include=same),
+            "name": name,
+            "metadata": metadata if ours else "",
+            "attributes": {"siphon.route": key, **self.attributes} if ours else dict(self.attributes),
+            "rule": {**rule, "pin": self.pin_code},
+            "trunk_ids": trunks,
+            "room_config": {**self.room.model_dump(), "agents": agents},
+        }
+        return DispatchRuleArgs.model_validate(data)
+
 
 class OutboundRoute(Model):
     """Calls placed through this route dial out via ``trunk`` with one of ``caller_ids``, handled by ``agent``."""
@@ -222,17 +322,55 @@ class OutboundRoute(Model):
     ring_timeout: RingTimeout = Field(default=DEFAULT_RING_TIMEOUT, description="seconds to wait for an answer")
 
 
+def route_metadata(
+    route_key: str,
+    route: InboundRoute | OutboundRoute,
+    direction: Direction,
+    attribute_overrides: dict[str, dict[str, AgentConfig]] | None = None,
+) -> RouteMetadata:
+    """The metadata the worker receives for calls on this route (the route layer of the merge)."""
+    layer = route.agent_config if route.agent_config != AgentConfig() else None
+    return RouteMetadata(
+        route=route_key,
+        direction=direction,
+        agent_config=layer,
+        context=route.context or None,
+        attribute_overrides=attribute_overrides,
+    )
+
+
+def _plain(value: object) -> object:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def siphon_payload(route: InboundRoute) -> str:
+    """SIPHON 0.1.4's inbound payload, as its ``Dispatch`` writes it: ``agent_config`` with its five keys in its
+    order (then any other key the layer sets), then the route's ``context`` keys (``inbound_trunk_id``,
+    ``agent_number``), serialised with ``json.dumps``' defaults."""
+    layer = route.agent_config
+    agent_config = {k: _plain(getattr(layer, k)) for k in SIPHON_CONFIG_KEYS}
+    agent_config.update(layer.model_dump(mode="json", exclude_none=True, exclude=set(SIPHON_CONFIG_KEYS)))
+    return json.dumps({"agent_config": agent_config, **route.context})
+
+
 class LiveKitProject(Model):
     """The LiveKit project (key and secret come from Pulumi config secrets, never from this file)."""
 
-    url: str = Field(default="", pattern=r"^$|^wss?://\S+$", description="default: config livekit:url or LIVEKIT_URL")
+    url: str = Field(
+        default="",
+        pattern=r"^$|^wss?://\S+$",
+        serialization_alias="livekit_url",
+        description="default: config livekit:url or LIVEKIT_URL",
+    )
 
 
 class AwsSettings(Model):
     """AWS placement shared by the agents' ECS deployments."""
 
     region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
-    cluster: str = Field(default="", description="ECS cluster name (default: siphon-<environment>)")
+    cluster: str = Field(
+        default="", serialization_alias="cluster_name", description="ECS cluster name (default: siphon-<environment>)"
+    )
     create_cluster: bool = False
     subnets: list[str] = Field(default_factory=list, description="default: the default VPC's subnets")
     security_groups: list[str] = Field(default_factory=list)
@@ -265,6 +403,46 @@ class StackFile(Model):
             for number in dict.fromkeys(trunk.numbers):
                 index.setdefault(number, []).append(key)
         return index
+
+    @cached_property
+    def route_trunks(self) -> dict[str, list[str]]:
+        """Each inbound route's trunks: the declared ones, else every trunk serving one of its numbers (in the
+        file's order)."""
+        out: dict[str, list[str]] = {}
+        for key, route in self.inbound_routes.items():
+            serving = {k for n in route.numbers for k in self.trunks_by_number.get(n, ())}
+            out[key] = list(route.trunks) or [k for k in self.inbound_trunks if k in serving]
+        return out
+
+    @cached_property
+    def header_attributes(self) -> dict[str, dict[str, str]]:
+        """Each inbound route's override headers -> the participant attribute each arrives as on the route's
+        trunks (a trunk's own ``headers_to_attributes`` wins, else ``siphon.header.<header>``)."""
+        out: dict[str, dict[str, str]] = {}
+        for key, route in self.inbound_routes.items():
+            declared = {h.lower(): a for t in reversed(self.route_trunks[key]) if t in self.inbound_trunks
+                        for h, a in self.inbound_trunks[t].headers_to_attributes.items()}  # fmt: skip
+            out[key] = {o.header: declared.get(o.header.lower(), ATTRIBUTE_PREFIX + o.header.lower())
+                        for o in route.header_overrides}  # fmt: skip
+        return out
+
+    @cached_property
+    def header_mappings(self) -> dict[str, dict[str, str]]:
+        """The ``headers_to_attributes`` entries each inbound trunk adds for the overrides of the routes on it
+        (an attribute the worker's schema refuses is left out: it is reported once, at the route's header)."""
+        out: dict[str, dict[str, str]] = {key: {} for key in self.inbound_trunks}
+        for key, attributes in self.header_attributes.items():
+            for trunk in (t for t in self.route_trunks[key] if t in out):
+                declared = {h.lower() for h in self.inbound_trunks[trunk].headers_to_attributes}
+                out[trunk].update({h: a for h, a in attributes.items()
+                                   if h.lower() not in declared and _valid_attribute(a)})  # fmt: skip
+        return out
+
+    @cached_property
+    def attribute_overrides(self) -> dict[str, dict[str, dict[str, AgentConfig]] | None]:
+        """Each inbound route's ``attribute_overrides`` for the worker (attribute -> value -> layer), or None."""
+        return {key: {self.header_attributes[key][o.header]: dict(o.values) for o in route.header_overrides} or None
+                for key, route in self.inbound_routes.items()}  # fmt: skip
 
     def object_name(self, key: str, name: str = "") -> str:
         """LiveKit object name for a trunk or route key: its declared ``name``, else the key prefixed with the

@@ -2,9 +2,10 @@
 
 ``compile_stack`` validates the file, cross-checks it, and builds the argument models the resources
 take (``InboundTrunkArgs``, ``OutboundTrunkArgs``, ``DispatchRuleArgs``, ``AgentWorkerArgs``) plus the
-derived facts (each route's trunks, LiveKit names, routing rows). ``siphon-infra validate``, ``routes``,
-``summary``, ``verify`` and the Pulumi program all use it, so any argument a resource would refuse at
-preview is refused by ``validate`` first, at the stack file's line.
+derived facts (each route's trunks, LiveKit names, routing rows): each stack entry builds its own arguments
+(``infra.stack.model``), and an argument's error is placed at the stack field it comes from. ``siphon-infra
+validate``, ``routes``, ``summary``, ``verify`` and the Pulumi program all use it, so any argument a resource
+would refuse at preview is refused by ``validate`` first, at the stack file's line.
 
 What only the deployment knows stays a placeholder here and is filled in by the program: secrets
 (trunk passwords, LiveKit key and secret, model keys: config secrets, checked to exist in the stack's
@@ -14,33 +15,24 @@ default VPC's subnets.
 
 from __future__ import annotations
 
-import functools
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from contract.metadata import AgentConfig, Direction, RouteMetadata
-from contract.types import Model, describe_errors
+from contract.metadata import AgentConfig
+from contract.types import Model, describe_error, describe_errors
 from infra.ecs.args import AgentWorkerArgs
 from infra.livekit.dispatch_rule import AgentDispatch, DispatchRuleArgs
 from infra.livekit.inbound_trunk import InboundTrunkArgs
 from infra.livekit.outbound_trunk import OutboundTrunkArgs
-from infra.stack.checks import cross_check, route_trunks
-from infra.stack.headers import route_attribute_overrides, trunk_header_mappings
-from infra.stack.load import Problem, StackFileError, _line_of, load, yaml_problem
-from infra.stack.model import SIPHON_CONFIG_KEYS, InboundRoute, OutboundRoute, StackFile
-
-SECRET_PLACEHOLDER = "[secret from config]"
-"""Stands for a config secret in the plan; the program passes the config value (a Pulumi secret)."""
-URL_PLACEHOLDER = "wss://livekit-url-from-config.invalid"
-"""Stands for the LiveKit URL when the stack file names none (config ``livekit:url`` or LIVEKIT_URL)."""
-SUBNET_PLACEHOLDER = "subnet-00000000000000000"
-"""Stands for the default VPC's subnets, looked up by the program when ``aws.subnets`` is empty."""
+from infra.stack.checks import cross_check
+from infra.stack.load import Problem, StackFileError, _line_of, load, read_text, yaml_problem
+from infra.stack.model import InboundRoute, StackFile, route_metadata
 
 
 @dataclass(frozen=True)
@@ -64,11 +56,15 @@ class StackConfig:
         path = stack_file.with_name(f"Pulumi.{environment}.yaml")
         if not path.is_file():
             return cls(str(path))
+        text = read_text(path, "the stack's config file")
         try:
-            doc = yaml.safe_load(path.read_text()) or {}
+            doc = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise StackFileError([yaml_problem(str(path), e)]) from None
-        config = doc.get("config") or {}
+            raise StackFileError([yaml_problem(str(path), e, text)]) from None
+        config = doc.get("config") or {} if isinstance(doc, dict) else None
+        if not isinstance(config, dict):
+            problem = "a stack's config file is a YAML mapping whose config: is a mapping (pulumi config set writes it)"
+            raise StackFileError([Problem(str(path), 1, "", problem)])
         project = _project_name(stack_file)
         keys = {k: k.removeprefix(f"{project}:") for k in config}
         secure = frozenset(short for k, short in keys.items() if isinstance(config[k], dict) and "secure" in config[k])
@@ -82,13 +78,15 @@ def _project_name(stack_file: Path) -> str:
         project = folder / "Pulumi.yaml"
         if project.is_file():
             try:
-                return str((yaml.safe_load(project.read_text()) or {}).get("name", "siphon"))
-            except yaml.YAMLError:
+                doc = yaml.safe_load(project.read_text(encoding="utf-8"))
+            except (OSError, ValueError, yaml.YAMLError):  # not this project's file: the default name
                 break
+            return str(doc.get("name", "siphon")) if isinstance(doc, dict) else "siphon"
     return "siphon"
 
 
 TrunkArgs = TypeVar("TrunkArgs", InboundTrunkArgs, OutboundTrunkArgs)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,11 +100,14 @@ class Trunk(Generic[TrunkArgs]):
 
 @dataclass(frozen=True)
 class Route:
-    """An inbound route's dispatch rule (``trunk_ids`` are the route's trunk keys here) and its trunks."""
+    """An inbound route's dispatch rule (``trunk_ids`` are the route's trunk keys here), its trunks, and the agent
+    it dispatches with where that agent's workers run (both empty for a direct rule)."""
 
     rule: DispatchRuleArgs
     trunks: list[str]
     adopt_id: str = ""
+    agent: str = ""
+    worker: str = ""
 
     @property
     def dispatch(self) -> AgentDispatch:
@@ -129,123 +130,105 @@ class OutboundCall(Model):
 
 @dataclass(frozen=True)
 class Worker:
-    """An agent's ECS deployment arguments and where its secrets come from."""
+    """An agent's ECS deployment arguments and where its secrets, subnets and LiveKit URL come from."""
 
     args: AgentWorkerArgs
     provider_key_secrets: dict[str, str]
     default_subnets: bool
     livekit_url_from_config: bool
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class RoutingRow:
+    """One number's routing: the one table ``routes``, ``summary`` and the ``routing_table`` output are made of."""
+
+    direction: str
+    number: str
+    """The called number inbound ("" for a route that answers every number); the caller ids outbound."""
+    route: str
+    trunks: list[str]
+    agent: str
+    """"" for a direct rule (it dispatches no agent)."""
+    worker: str
+    """Where the agent's workers run ("ecs", "local", "ecs+local"); "" for a direct rule."""
+    rule_name: str = ""
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything a stack declares, as the resources will receive it."""
+    """Everything a stack declares, as the resources will receive it (the program reads nothing else)."""
 
     stack: StackFile
+    environment: str = ""
+    protect: bool = False
+    livekit_url: str = ""
+    """The stack file's ``livekit.url`` ("": the provider reads config or LIVEKIT_URL)."""
+    agents: dict[str, str] = field(default_factory=dict)
+    """Each agent -> where its workers run."""
     inbound_trunks: dict[str, Trunk[InboundTrunkArgs]] = field(default_factory=dict)
     outbound_trunks: dict[str, Trunk[OutboundTrunkArgs]] = field(default_factory=dict)
     inbound_routes: dict[str, Route] = field(default_factory=dict)
     outbound_routes: dict[str, OutboundCall] = field(default_factory=dict)
     workers: dict[str, Worker] = field(default_factory=dict)
 
-    def routing_rows(self) -> list[dict[str, str]]:
-        """One row per (direction, number): route, trunks, agent and where its worker runs."""
-        stack, rows = self.stack, []
-        for key, route in stack.inbound_routes.items():
-            agent, worker = (route.agent, stack.agents[route.agent].workers) if route.agent else ("(none: direct)", "-")
-            for number in route.numbers or ["(any)"]:
-                rows.append({"direction": "inbound", "number": number, "route": key,
-                             "trunks": ", ".join(self.inbound_routes[key].trunks) or "(any)", "agent": agent,
-                             "worker": worker})  # fmt: skip
-        for key, out in self.outbound_routes.items():
-            rows.append({"direction": "outbound", "number": ", ".join(out.caller_ids), "route": key,
-                         "trunks": out.trunk, "agent": out.agent_name,
-                         "worker": stack.agents[out.agent_name].workers})  # fmt: skip
+    def routing(self) -> list[RoutingRow]:
+        """One row per inbound route and number it answers, then one per outbound route."""
+        rows = [RoutingRow("inbound", number, key, route.trunks, route.agent, route.worker, route.rule.name)
+                for key, route in self.inbound_routes.items() for number in route.rule.numbers or [""]]  # fmt: skip
+        rows += [RoutingRow("outbound", ", ".join(out.caller_ids), key, [out.trunk], out.agent_name,
+                            self.agents[out.agent_name]) for key, out in self.outbound_routes.items()]  # fmt: skip
         return rows
 
-
-def route_metadata(
-    route_key: str,
-    route: InboundRoute | OutboundRoute,
-    direction: Direction,
-    attribute_overrides: dict[str, dict[str, AgentConfig]] | None = None,
-) -> RouteMetadata:
-    """The metadata the worker receives for calls on this route (the route layer of the merge)."""
-    layer = route.agent_config if route.agent_config != AgentConfig() else None
-    return RouteMetadata(
-        route=route_key,
-        direction=direction,
-        agent_config=layer,
-        context=route.context or None,
-        attribute_overrides=attribute_overrides,
-    )
+    def routing_rows(self) -> list[dict[str, str]]:
+        """The routing table as text: direction, number, route, trunks, agent and where its worker runs."""
+        return [{"direction": row.direction, "number": row.number or "(any)", "route": row.route,
+                 "trunks": ", ".join(row.trunks) or "(any)", "agent": row.agent or "(none: direct)",
+                 "worker": row.worker or "-"} for row in self.routing()]  # fmt: skip
 
 
-def _plain(value: object) -> object:
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-
-
-def siphon_payload(route: InboundRoute) -> str:
-    """SIPHON 0.1.4's inbound payload, as its ``Dispatch`` writes it: ``agent_config`` with its five keys in its
-    order (then any other key the layer sets), then the route's ``context`` keys (``inbound_trunk_id``,
-    ``agent_number``), serialised with ``json.dumps``' defaults."""
-    layer = route.agent_config
-    agent_config = {k: _plain(getattr(layer, k)) for k in SIPHON_CONFIG_KEYS}
-    agent_config.update(layer.model_dump(mode="json", exclude_none=True, exclude=set(SIPHON_CONFIG_KEYS)))
-    return json.dumps({"agent_config": agent_config, **route.context})
-
-
-def dispatch_metadata(
-    route_key: str, route: InboundRoute, attribute_overrides: dict[str, dict[str, AgentConfig]] | None = None
-) -> str:
-    """The metadata an inbound route's agent dispatch carries, in the route's ``metadata_format``."""
-    if route.metadata_format == "siphon":
-        return siphon_payload(route)
-    if route.metadata_format == "none" or not route.agent:
-        return ""
-    return route_metadata(route_key, route, "inbound", attribute_overrides).to_json()
-
-
-# Where an argument field of a resource comes from in the stack file (prefix + this), when not the same name.
-_TRUNK_FIELDS = {"auth_password": "auth_password_secret", "name": "name"}
-_RULE_FIELDS = {
-    "name": "name", "metadata": "", "inbound_numbers": "caller_numbers", "trunk_ids": "trunks", "rule.pin": "pin",
-    "room_config.agents.0.agent_name": "agent", "room_config.agents.0.metadata": "", "room_config": "room",
-}  # fmt: skip
-
-
-def _worker_field(key: str, field_path: str) -> str:
-    top = field_path.split(".")[0]
-    where = {
-        "agent_name": f"agents.{key}", "environment": "environment", "stack": "environment",
-        "cluster_name": "aws.cluster", "create_cluster": "aws.create_cluster", "subnets": "aws.subnets",
-        "security_groups": "aws.security_groups", "assign_public_ip": "aws.assign_public_ip",
-        "livekit_url": "livekit.url", "livekit_api_key": "livekit", "livekit_api_secret": "livekit",
-        "provider_keys": f"agents.{key}.ecs.provider_key_secrets", "worker": f"agents.{key}.defaults",
-        "max_calls": f"agents.{key}.max_calls",
-    }.get(top)  # fmt: skip
-    return where + field_path[len(top) :] if where else f"agents.{key}.ecs.{field_path}"
-
-
-def _mapped(prefix: str, renames: dict[str, str]) -> Callable[[str], str]:
-    def where(field_path: str) -> str:
-        for arg, stack_field in sorted(renames.items(), key=lambda kv: -len(kv[0])):
-            if field_path == arg or field_path.startswith(arg + "."):
-                rest = stack_field + field_path[len(arg) :]
-                return f"{prefix}.{rest}".rstrip(".") if rest.strip(".") else prefix
-        return f"{prefix}.{field_path}"
-
+def _stack_field(field_path: str, where: str, sources: Sequence[tuple[str, BaseModel]]) -> str:
+    """The stack-file field an argument's error is about: the first source field that fills the argument (a field
+    of the argument's name, or one whose ``serialization_alias`` names it: a renamed field), else the entry
+    itself (``where``: a value derived from the entry, or a rule across its fields)."""
+    top, _, rest = field_path.partition(".")
+    for prefix, model in sources:
+        fields = type(model).model_fields
+        name = next((n for n, f in fields.items() if f.serialization_alias == top), top if top in fields else None)
+        if name is not None:
+            return ".".join(part for part in (prefix, name, rest) if part)
     return where
 
 
-def _build(model: type[BaseModel], data: dict[str, Any], where: Callable[[str], str], problems: list) -> Any:
-    """``model(**data)``, or None with each error added to ``problems`` at its stack-file field."""
+def _build(
+    build: Callable[[], T], where: str, sources: Sequence[tuple[str, BaseModel]], problems: list[tuple[str, str]]
+) -> T | None:
+    """``build()`` (an entry's arguments), or None with each validation error added to ``problems`` at the stack
+    field it comes from."""
     try:
-        return model.model_validate(data)
+        return build()
     except ValidationError as e:
-        for field_path, message in describe_errors(e):
-            problems.append((where(field_path if field_path != "(root)" else ""), message))
+        problems.extend((_stack_field(f, where, sources), message) for f, message in describe_errors(e))
         return None
+
+
+def _metadata_problems(
+    where: str, route: InboundRoute, overrides: dict[str, dict[str, AgentConfig]], error: ValidationError
+) -> Iterator[tuple[str, str]]:
+    """The errors of a route's metadata (built from the route, not written in the file) at the route's fields: an
+    ``attribute_overrides`` entry at the header override it comes from (its header, or the value selecting it)."""
+    attributes = dict(zip(overrides, range(len(route.header_overrides)), strict=True))
+    for err in error.errors(include_input=False, include_url=False):
+        loc, (_, message) = err["loc"], describe_error(err)
+        if loc[:1] != ("attribute_overrides",) or len(loc) < 3 or loc[1] not in attributes:
+            yield f"{where}.{loc[0]}" if loc and loc[0] in type(route).model_fields else where, message
+            continue
+        override = f"{where}.header_overrides.{attributes[str(loc[1])]}"
+        if loc[2] == "[key]":  # the attribute the header arrives as
+            rule = message.split(" ", 1)[-1]  # the message quotes the attribute first
+            yield f"{override}.header", f"arrives as participant attribute {loc[1]!r}, which {rule}"
+        else:  # a value selecting a layer: the key of `values`
+            yield (f"{override}.values.{loc[2]}" if loc[2] else f"{override}.values"), f"a header value: {message}"
 
 
 def _secret_problems(stack: StackFile, config: StackConfig) -> Iterator[tuple[str, str]]:
@@ -274,56 +257,39 @@ def _secret_problems(stack: StackFile, config: StackConfig) -> Iterator[tuple[st
 
 
 def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]) -> Plan:
-    plan = Plan(stack)
-    headers = trunk_header_mappings(stack)
-    for section, trunks, model, out in (
-        ("inbound_trunks", stack.inbound_trunks, InboundTrunkArgs, plan.inbound_trunks),
-        ("outbound_trunks", stack.outbound_trunks, OutboundTrunkArgs, plan.outbound_trunks),
-    ):
-        for key, trunk in trunks.items():
-            data = trunk.model_dump(exclude={"auth_password_secret", "name", "adopt_id"})
-            data["name"] = stack.object_name(key, trunk.name)
-            if key in headers and model is InboundTrunkArgs:
-                data["headers_to_attributes"] = {**data["headers_to_attributes"], **headers[key]}
-            if trunk.auth_password_secret:
-                data["auth_password"] = SECRET_PLACEHOLDER
-            args = _build(model, data, _mapped(f"{section}.{key}", _TRUNK_FIELDS), problems)
-            if args is not None:
-                out[key] = Trunk(args, trunk.auth_password_secret, trunk.adopt_id)
+    agents = {key: agent.workers for key, agent in stack.agents.items()}
+    plan = Plan(stack, stack.environment, stack.protect, stack.livekit.url, agents)
+    for key, inbound in stack.inbound_trunks.items():
+        name, where = stack.object_name(key, inbound.name), f"inbound_trunks.{key}"
+        trunk_args = _build(
+            partial(inbound.args, name, stack.header_mappings[key]), where, [(where, inbound)], problems
+        )
+        if trunk_args is not None:
+            plan.inbound_trunks[key] = Trunk(trunk_args, inbound.auth_password_secret, inbound.adopt_id)
+    for key, outbound in stack.outbound_trunks.items():
+        name, where = stack.object_name(key, outbound.name), f"outbound_trunks.{key}"
+        out_args = _build(partial(outbound.args, name), where, [(where, outbound)], problems)
+        if out_args is not None:
+            plan.outbound_trunks[key] = Trunk(out_args, outbound.auth_password_secret, outbound.adopt_id)
 
     for key, route in stack.inbound_routes.items():
-        route_trunk_keys = route_trunks(stack, key)
-        metadata = dispatch_metadata(key, route, route_attribute_overrides(stack, key))
-        ours = route.metadata_format == "siphon-infra"
-        rule = (
-            route.rule.model_dump()
-            if route.rule
-            else {"type": "individual", "room_prefix": stack.object_name(key), "pin": route.pin}
-        )
-        agents = [{"agent_name": route.agent, "metadata": metadata}] if route.agent else []
-        data = {
-            "name": stack.object_name(key, route.name),
-            "metadata": metadata if ours else "",
-            "attributes": {"siphon.route": key, **route.attributes} if ours else dict(route.attributes),
-            "rule": rule,
-            "trunk_ids": route_trunk_keys,
-            "hide_phone_number": route.hide_phone_number,
-            "inbound_numbers": route.caller_numbers,
-            "numbers": route.numbers,
-            "room_config": {**route.room.model_dump(), "agents": agents},
-            "krisp_enabled": route.krisp_enabled,
-            "media": route.media.model_dump() if route.media else None,
-        }
-        where = _mapped(f"inbound_routes.{key}", _RULE_FIELDS)
+        where, overrides = f"inbound_routes.{key}", stack.attribute_overrides[key]
+        try:
+            metadata = route.metadata(key, overrides)
+        except ValidationError as e:
+            problems.extend(_metadata_problems(where, route, overrides or {}, e))
+            continue
+        trunks, name = stack.route_trunks[key], stack.object_name(key, route.name)
         n = len(problems)
-        args = _build(DispatchRuleArgs, data, where, problems)
+        rule = _build(partial(route.args, key, name, stack.object_name(key), trunks, metadata), where,
+                      [(where, route)], problems)  # fmt: skip
         for i in range(n, len(problems)):  # the metadata is built from the route: say what to shorten
             field_path, message = problems[i]
-            if field_path == f"inbound_routes.{key}" and "at most" in message:
+            if field_path == where and "at most" in message:
                 problems[i] = (field_path, f"the route's metadata (agent_config, context, header_overrides) is "
                                            f"{len(metadata)} characters; LiveKit's limit: {message}")  # fmt: skip
-        if args is not None:
-            plan.inbound_routes[key] = Route(args, route_trunk_keys, route.adopt_id)
+        if rule is not None:
+            plan.inbound_routes[key] = Route(rule, trunks, route.adopt_id, route.agent, agents.get(route.agent, ""))
 
     for key, out_route in stack.outbound_routes.items():
         out_trunk = stack.outbound_trunks[out_route.trunk]
@@ -339,27 +305,13 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
     for key, agent in stack.agents.items():
         if agent.ecs is None:
             continue
-        aws = stack.aws
-        data = {
-            **agent.ecs.model_dump(exclude={"provider_key_secrets"}, exclude_defaults=True),
-            "agent_name": key,
-            "stack": stack.environment,
-            "environment": stack.environment,
-            "cluster_name": aws.cluster or f"siphon-{stack.environment}",
-            "create_cluster": aws.create_cluster,
-            "subnets": aws.subnets or [SUBNET_PLACEHOLDER],
-            "security_groups": aws.security_groups,
-            "assign_public_ip": aws.assign_public_ip,
-            "livekit_url": url or URL_PLACEHOLDER,
-            "livekit_api_key": SECRET_PLACEHOLDER,
-            "livekit_api_secret": SECRET_PLACEHOLDER,
-            "provider_keys": {env: SECRET_PLACEHOLDER for env in agent.ecs.provider_key_secrets},
-            "worker": agent.defaults.model_dump(mode="json", exclude_none=True),
-            "max_calls": agent.calls_per_worker,
-        }
-        worker = _build(AgentWorkerArgs, data, functools.partial(_worker_field, key), problems)
+        where = f"agents.{key}"
+        sources = [(f"{where}.ecs", agent.ecs), (where, agent), ("aws", stack.aws), ("livekit", stack.livekit),
+                   ("", stack)]  # fmt: skip
+        worker = _build(partial(agent.args, key, stack, url), where, sources, problems)
         if worker is not None:
-            plan.workers[key] = Worker(worker, dict(agent.ecs.provider_key_secrets), not aws.subnets, not url)
+            plan.workers[key] = Worker(worker, dict(agent.ecs.provider_key_secrets), not stack.aws.subnets, not url,
+                                       stack.aws.region)  # fmt: skip
     return plan
 
 
@@ -367,13 +319,12 @@ def compile_stack(
     stack: StackFile, file: str, lines: dict[tuple[str, ...], int], config: StackConfig | None = None
 ) -> Plan:
     """The plan of a parsed stack file, or StackFileError listing every problem with its line."""
-    problems = cross_check(stack, file, lines)
-    if not problems:
-        found: list[tuple[str, str]] = list(_secret_problems(stack, config or StackConfig()))
+    found = list(cross_check(stack))
+    if not found:
+        found += _secret_problems(stack, config or StackConfig())
         plan = _plan(stack, config or StackConfig(), found)
-        problems = [Problem(file, _line_of(lines, f), f, m) for f, m in found]
-    if problems:
-        raise StackFileError(problems)
+    if found:  # a stack-wide field (aws.*, livekit.url) feeds every agent's arguments: say each problem once
+        raise StackFileError([Problem(file, _line_of(lines, f), f, m) for f, m in dict.fromkeys(found)])
     return plan
 
 

@@ -31,10 +31,8 @@ def planned(environment: str) -> Plan:
         plan = plan_file(path)
     except StackFileError as e:
         raise StackInvalid(f"stack file is invalid:\n{e}") from None
-    if plan.stack.environment != environment:
-        raise StackInvalid(
-            f"{path}: environment: is {plan.stack.environment!r} but the Pulumi stack is {environment!r}"
-        )
+    if plan.environment != environment:
+        raise StackInvalid(f"{path}: environment: is {plan.environment!r} but the Pulumi stack is {environment!r}")
     return plan
 
 
@@ -42,8 +40,8 @@ def _trunk_props(plan: Plan, trunk: Trunk) -> dict[str, Any]:
     props: dict[str, Any] = trunk.args.model_dump(exclude_defaults=True)
     if trunk.password_secret:
         props["auth_password"] = pulumi.Config().require_secret(trunk.password_secret)
-    if plan.stack.livekit.url:
-        props[URL_INPUT] = plan.stack.livekit.url
+    if plan.livekit_url:
+        props[URL_INPUT] = plan.livekit_url
     if trunk.adopt_id:
         props[ADOPT_INPUT] = trunk.adopt_id
     return props
@@ -52,32 +50,26 @@ def _trunk_props(plan: Plan, trunk: Trunk) -> dict[str, Any]:
 def run(environment: str | None = None) -> None:
     """Declare everything for the selected Pulumi stack."""
     plan = planned(environment or pulumi.get_stack())
-    stack = plan.stack
-    opts = pulumi.ResourceOptions(protect=stack.protect)
+    opts = pulumi.ResourceOptions(protect=plan.protect)
 
     inbound = {k: SipInboundTrunk(f"{k}-in", _trunk_props(plan, t), opts) for k, t in plan.inbound_trunks.items()}
     outbound = {k: SipOutboundTrunk(f"{k}-out", _trunk_props(plan, t), opts) for k, t in plan.outbound_trunks.items()}
-    agents = {k: AgentComponent(k, plan, opts) for k in stack.agents}
-
-    routing_table: dict[str, Any] = {}
-    for key, route in plan.inbound_routes.items():
-        trunk_ids = [inbound[t].sip_trunk_id for t in route.trunks]
-        component = InboundRouteComponent(key, route, trunk_ids, stack.livekit.url, opts)
-        for number in route.rule.numbers or ["*"]:
-            routing_table[number] = {
-                "route": key,
-                "rule_id": component.rule_id,
-                "rule_name": route.rule.name,
-                "trunks": route.trunks,
-                "agent_name": stack.inbound_routes[key].agent,
-                "worker": agents[stack.inbound_routes[key].agent].worker if stack.inbound_routes[key].agent else "",
-            }
+    agents = {k: AgentComponent(k, plan, opts) for k in plan.agents}
+    rules = {
+        key: InboundRouteComponent(key, route, [inbound[t].sip_trunk_id for t in route.trunks], plan.livekit_url, opts)
+        for key, route in plan.inbound_routes.items()
+    }
+    routing_table = {
+        row.number or "*": {"route": row.route, "rule_id": rules[row.route].rule_id, "rule_name": row.rule_name,
+                            "trunks": row.trunks, "agent_name": row.agent, "worker": row.worker}
+        for row in plan.routing() if row.direction == "inbound"
+    }  # fmt: skip
     outbound_routes = {
         key: OutboundRouteComponent(key, values, outbound[values.trunk].sip_trunk_id, opts).outputs
         for key, values in plan.outbound_routes.items()
     }
 
-    pulumi.export("environment", stack.environment)
+    pulumi.export("environment", plan.environment)
     pulumi.export("routing_table", routing_table)
     pulumi.export("outbound_routes", outbound_routes)
     pulumi.export("inbound_trunks", {k: t.sip_trunk_id for k, t in inbound.items()})
