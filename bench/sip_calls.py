@@ -34,6 +34,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -135,6 +136,9 @@ def calls(ep: Endpoints, number: str, n: int, *, together: bool) -> tuple[list[f
     lost = collections.Counter(e.reason[:80] for e in ends if e.answered_after is None and not status.search(e.reason))
     if lost:
         print(f"  lost calls to {number}: {dict(lost)}", flush=True)
+    if refused:
+        why = collections.Counter(e.reason[:80] for e in ends if e.answered_after is None and status.search(e.reason))
+        print(f"  refused calls to {number}: {dict(why)}", flush=True)
     return times, refused, n - len(times) - refused
 
 
@@ -178,6 +182,10 @@ def main() -> int:
                 table = baseline_rows(ep, running, env.run_dir / "worker-ours.log", args)
         for who in names:
             print(_in_job(who, env.run_dir / f"worker-{who}.log"))
+        kept = ROOT / ".run" / "bench-sip-calls"  # the run's logs (workers, servers, bridge) outlive it, for a look
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(env.run_dir, kept, ignore=shutil.ignore_patterns("*.sock", "dump.rdb"))
+        print(f"logs: {kept}")
     print("\n" + table)
     return 0
 
@@ -226,14 +234,14 @@ def worker_cpu(pid: int) -> tuple[float, float]:
 
 
 def settle(running: dict[str, Running], timeout: float = 90) -> None:
-    """Wait until every worker reports no active job and their processes are idle (below 5% of a core over 1 s):
-    the jobs of the last burst have ended and the idle processes that replace them are warm."""
+    """Wait until every worker reports no active job and their processes are idle (below 5% of a core each, over
+    1 s): the jobs of the last burst have ended and the idle processes that replace them are warm."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         before = sum(sum(worker_cpu(r.pid)) for r in running.values())
         time.sleep(1.0)
         busy = sum(sum(worker_cpu(r.pid)) for r in running.values()) - before
-        if busy < 0.05 and all(_active_jobs(r.port) == 0 for r in running.values()):
+        if busy < 0.05 * len(running) and all(_active_jobs(r.port) == 0 for r in running.values()):
             return
     print(f"  (not idle after {timeout:.0f} s: measuring anyway)", flush=True)
 
