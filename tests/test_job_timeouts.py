@@ -17,8 +17,6 @@ import contextlib
 import json
 import socket
 import threading
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +26,7 @@ from livekit import api, rtc
 
 from contract.metadata import RouteMetadata
 from localenv.manager import Endpoints
-from tests.test_worker_live import WorkerProc, start_worker
+from tests.test_worker_live import WorkerProc, _wait_jobs, start_worker
 
 
 class Relay:
@@ -73,16 +71,8 @@ class Relay:
             s.close()
 
 
-def _active_jobs(w: WorkerProc) -> int:
-    with urllib.request.urlopen(f"http://127.0.0.1:{w.http_port()}/worker", timeout=5) as resp:
-        return int(json.loads(resp.read()).get("active_jobs", 0))
-
-
-def _wait_idle(w: WorkerProc, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while _active_jobs(w) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _active_jobs(w) == 0, "the job still holds its slot:\n" + w.text()[-3000:]
+def _wait_idle(w: WorkerProc) -> None:
+    assert _wait_jobs(w, lambda n: n == 0, 30) == 0, "the job still holds its slot:\n" + w.text()[-3000:]
 
 
 def _ended(w: WorkerProc) -> list[dict[str, object]]:
