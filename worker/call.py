@@ -262,7 +262,6 @@ async def _call(ctx: JobContext) -> None:
     turns.report(session, ctx.room.local_participant, room=ctx.room.name)
 
     handed_over: list[asyncio.Task[None]] = []
-    hung_up: list[str] = []  # why the job hung up itself (then a closing session does not end the job again)
 
     def hand_over(error: object) -> None:  # once per job: a new agent takes the call (worker.resume.take_over)
         if not handed_over and sip_p is not None:
@@ -281,7 +280,7 @@ async def _call(ctx: JobContext) -> None:
         if reason == CloseReason.ERROR and sip_p is not None:  # a plugin raised: another agent takes the call
             hand_over(getattr(ev, "error", reason))
             return
-        if not handed_over and not hung_up:
+        if not handed_over:  # (a job that hung up itself said why first: the first reason is the job's)
             ctx.shutdown(reason=f"session closed: {reason}")
 
     # A phone line carries audio only: no chat input, no transcript stream (nobody in the room reads it).
@@ -306,7 +305,6 @@ async def _call(ctx: JobContext) -> None:
         except TimeoutError:
             reason = f"the caller did not receive the agent's audio within {settings.audio_timeout:g} s"
             logger.error("hanging up: " + reason, extra={"room": ctx.room.name})
-            hung_up.append(reason)
             await _hang_up(ctx, reason)
             return
     await published
