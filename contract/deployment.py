@@ -21,6 +21,7 @@ METRIC_SERVICE_ENV = "SIPHON_METRIC_SERVICE"
 CALL_PROTECTION_ENV = "SIPHON_CALL_PROTECTION_MINUTES"  # ECS task scale-in protection while calls run
 HTTP_PORT_ENV = "SIPHON_HTTP_PORT"  # the worker's health server
 HTTP_HOST_ENV = "SIPHON_HTTP_HOST"
+DEATH_QUEUE_ENV = "SIPHON_DEATH_QUEUE_URL"  # SQS queue of the stack's stopped ECS tasks (worker.stopped_tasks)
 
 MAX_PROTECTION_MINUTES = 2880  # ECS's limit for one task protection period (48 h)
 CallProtectionMinutes = Annotated[int, Field(ge=1, le=MAX_PROTECTION_MINUTES)]
@@ -69,6 +70,7 @@ def worker_env(
     call_protection_minutes: int | None = None,
     http_port: int | None = None,
     http_host: str | None = None,
+    death_queue_url: str | None = None,
 ) -> dict[str, str]:
     """The environment that gives a worker these settings; a setting left ``None`` is not set (the worker's
     default applies). ``defaults``: the worker's default layer (``defaults_env``)."""
@@ -82,6 +84,7 @@ def worker_env(
         CALL_PROTECTION_ENV: call_protection_minutes,
         HTTP_PORT_ENV: http_port,
         HTTP_HOST_ENV: http_host,
+        DEATH_QUEUE_ENV: death_queue_url,  # the worker recovers the calls of the stack's stopped tasks
     }
     env = {name: str(value) for name, value in values.items() if value is not None}
     return {**env, **(defaults_env(defaults) if defaults is not None else {})}

@@ -4,8 +4,9 @@ Each release in ``RELEASES`` is checked out in a git worktree of its commit and 
 ``local`` stack (its own program, stack file and config, its own ``infra``/``worker`` code in the
 program and in the dynamic provider process). Then the current code, against the same state: refresh
 (nothing drifted), preview (type tokens and provider classes unpickled by their import paths; what
-changes is listed in ``UPGRADE_UPDATES``: since 0.1.0, an in-place update of each ECS worker, which gains call
-protection, and no route changes), then no changes, a one-field edit (exactly one in-place update) and destroy (nothing left in
+changes is listed in ``UPGRADE_UPDATES`` and ``UPGRADE_CREATES``: since 0.1.0, an in-place update of each ECS worker,
+which gains call protection; since 0.2.0, the stack's death queue, created, and each ECS worker updated to read it;
+no route changes), then no changes, a one-field edit (exactly one in-place update) and destroy (nothing left in
 LiveKit or on ECS).
 """
 
@@ -25,14 +26,15 @@ import pytest
 import yaml
 from pulumi import automation as auto
 
-from contract.deployment import CALL_PROTECTION_ENV
-from infra.ecs.naming import default_service_name
+from contract.deployment import CALL_PROTECTION_ENV, DEATH_QUEUE_ENV
+from infra.ecs.naming import death_queue_name, default_service_name
 from localenv import engine
 from localenv.deploy import LOCAL_PASSPHRASE, LOCAL_STACK
 from tests.sip_harness import livekit_objects, wipe_livekit
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASES = REPO / "RELEASES"
+DEATH_QUEUE = death_queue_name(LOCAL_STACK)
 
 
 def releases() -> list[tuple[str, str]]:
@@ -49,9 +51,12 @@ def test_the_newest_release_is_recorded_with_its_commit_and_changelog_entry():
     assert f"## {version} (" in (REPO / "CHANGELOG.md").read_text()
 
 
-UPGRADE_UPDATES = {"0.1.0": "ecs"}
+UPGRADE_UPDATES = {"0.1.0": "ecs", "0.2.0": "ecs"}
 """What the current code changes in state written by a release: "ecs", one in-place update of each ECS worker
-(0.1.0's gain call protection and ``SIPHON_ENVIRONMENT``); a release not listed: nothing at all."""
+(0.1.0's gain call protection and ``SIPHON_ENVIRONMENT``; every release's gain the death queue's URL and their
+permission to read it); a release not listed: nothing at all."""
+UPGRADE_CREATES = {"0.1.0": 1, "0.2.0": 1}
+"""Resources the current code adds to a release's stack: the stack's death queue (``WorkerDeathQueue``)."""
 
 
 @pytest.fixture(params=[version for version, _ in releases()])
@@ -111,9 +116,11 @@ def test_a_stack_deployed_by_each_release_upgrades_to_the_current_code(
     assert ecs_agents, "the local stack deploys ECS workers"
     upgrade = stack.preview()
     updates = len(ecs_agents) if UPGRADE_UPDATES.get(version) == "ecs" else 0
+    creates = UPGRADE_CREATES.get(version, 0)
     assert upgrade.change_summary == {
         "same": upgrade.change_summary["same"],
         **({"update": updates} if updates else {}),
+        **({"create": creates} if creates else {}),
     }
     stack.up()
     for agent in ecs_agents:
@@ -123,6 +130,7 @@ def test_a_stack_deployed_by_each_release_upgrades_to_the_current_code(
         td = boto3.client("ecs").describe_task_definition(taskDefinition=service["services"][0]["taskDefinition"])
         env = {e["name"]: e["value"] for e in td["taskDefinition"]["containerDefinitions"][0]["environment"]}
         assert env[CALL_PROTECTION_ENV] == "60", agent
+        assert env[DEATH_QUEUE_ENV] == boto3.client("sqs").get_queue_url(QueueName=DEATH_QUEUE)["QueueUrl"], agent
     assert {r.name: r.sip_dispatch_rule_id for r in livekit_objects()["rules"]} == before, "routes untouched"
     stack.preview(expect_no_changes=True)  # raises if anything would change
 
@@ -141,3 +149,4 @@ def test_a_stack_deployed_by_each_release_upgrades_to_the_current_code(
     assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}
     clusters = boto3.client("ecs").describe_clusters(clusters=["siphon-local"])["clusters"]
     assert [c["status"] for c in clusters] in ([], ["INACTIVE"]), "the stack's ECS cluster is gone"
+    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == [], "the stack's death queue is gone"

@@ -369,7 +369,8 @@ def test_every_setting_a_deployment_gives_reaches_the_worker(worker_env) -> None
     settings read: each setting given comes back as given."""
     layer = AgentConfig(llm="openai/gpt-4.1-mini", send_greeting=False, min_silence_duration=0.4)
     given = {"agent_name": "a1", "environment": "prod", "max_jobs": 3, "drain_timeout": 50, "metric_cluster": "c",
-             "metric_service": "s", "call_protection_minutes": 30, "http_port": 9001, "http_host": "127.0.0.1"}  # fmt: skip
+             "metric_service": "s", "call_protection_minutes": 30, "http_port": 9001, "http_host": "127.0.0.1",
+             "death_queue_url": "https://sqs.us-east-1.amazonaws.com/123456789012/siphon-prod-worker-deaths"}  # fmt: skip
     worker_env(**deployment_env(**{"max_calls" if k == "max_jobs" else k: v for k, v in given.items()}, defaults=layer))
     settings = WorkerSettings.from_env()
     assert {k: getattr(settings, k) for k in given} == given

@@ -103,6 +103,12 @@ class WorkerSettings(BaseSettings):
     call_protection_minutes: CallProtectionMinutes | None = Field(
         None, description=f"minutes of ECS task protection per renewal while calls run, 1 to {MAX_PROTECTION_MINUTES}"
     )
+    death_queue_url: str | None = Field(
+        None, pattern=r"^https?://\S+$",
+        description="URL of the SQS queue that receives the stack's stopped ECS tasks (set by the ECS deployment): "
+        "the worker recovers their calls (worker.stopped_tasks), e.g. https://sqs.us-east-1.amazonaws.com/"
+        "123456789012/siphon-prod-worker-deaths",
+    )  # fmt: skip
     ecs_agent_uri: str | None = Field(
         None, validation_alias=AGENT_URI_ENV, description="the ECS agent's endpoint (set by ECS in every task)"
     )

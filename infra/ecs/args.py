@@ -232,6 +232,15 @@ class AgentWorkerArgs(EcsWorkerSettings):
     subnets: list[str] = Field(min_length=1, max_length=16)
     security_groups: list[str] = Field(default_factory=list, max_length=5)
     assign_public_ip: bool = False
+    death_queue_url: str | None = Field(
+        None, pattern=v.SQS_QUEUE_URL_RE.pattern,
+        description="SQS queue of the stack's stopped tasks (``infra.ecs.death_queue``): the worker recovers their "
+        "calls; the container gets it as SIPHON_DEATH_QUEUE_URL",
+    )  # fmt: skip
+    death_queue_arn: str | None = Field(
+        None, pattern=v.SQS_QUEUE_ARN_RE.pattern,
+        description="ARN of that queue: the task role may receive, delete and extend its messages, nothing else",
+    )  # fmt: skip
 
     @field_validator("subnets")
     @classmethod
@@ -281,6 +290,9 @@ class AgentWorkerArgs(EcsWorkerSettings):
         clash = sorted(set(self.extra_env) & set(self.provider_keys))
         if clash:
             raise ValueError(f"extra_env: {', '.join(clash)} also set in provider_keys")
+        if (self.death_queue_url is None) != (self.death_queue_arn is None):
+            missing = "death_queue_arn" if self.death_queue_arn is None else "death_queue_url"
+            raise ValueError(f"{missing}: death_queue_url and death_queue_arn go together: set {missing} too")
         return self
 
     @property

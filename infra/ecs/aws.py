@@ -78,6 +78,21 @@ class Aws:
         return self.client("ecr")
 
     @property
+    def sqs(self) -> Any:
+        """SQS client."""
+        return self.client("sqs")
+
+    @property
+    def events(self) -> Any:
+        """EventBridge client."""
+        return self.client("events")
+
+    @property
+    def sts(self) -> Any:
+        """STS client."""
+        return self.client("sts")
+
+    @property
     def scaling(self) -> Any:
         """Application Auto Scaling client."""
         return self.client("application-autoscaling")
@@ -97,4 +112,15 @@ def is_not_found(e: ClientError) -> bool:
         "ServiceNotFoundException",
         "ClusterNotFoundException",
         "ObjectNotFoundException",
+        "QueueDoesNotExist",  # SQS (JSON protocol)
+        "AWS.SimpleQueueService.NonExistentQueue",  # SQS (query protocol)
     }
+
+
+def partition(region: str) -> str:
+    """The AWS partition of a region (``aws``, ``aws-cn``, ``aws-us-gov``)."""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
@@ -433,3 +435,133 @@ def delete_autoscaling(aws: Aws, names: Names) -> None:
         except ClientError as e:
             if not is_not_found(e):
                 raise
+
+
+# -- SQS and EventBridge: the stack's death queue (infra.ecs.death_queue) --------------------------------
+
+QUEUE_DELETED_RECENTLY_WAIT = 65
+"""Seconds SQS refuses a queue name after its queue was deleted (60 s, plus a margin)."""
+
+
+def account_id(aws: Aws) -> str:
+    """The account the credentials belong to."""
+    return str(aws.sts.get_caller_identity()["Account"])
+
+
+def get_queue_url(aws: Aws, name: str) -> str | None:
+    """The URL of the queue called ``name``, or None."""
+    try:
+        return str(aws.sqs.get_queue_url(QueueName=name)["QueueUrl"])
+    except ClientError as e:
+        if is_not_found(e):
+            return None
+        raise
+
+
+def queue_attributes(aws: Aws, url: str) -> dict[str, str] | None:
+    """Every attribute of the queue at ``url``, or None when it is gone."""
+    try:
+        return dict(aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get("Attributes", {}))
+    except ClientError as e:
+        if is_not_found(e):
+            return None
+        raise
+
+
+def ensure_queue(
+    aws: Aws, name: str, attributes: dict[str, str], tags: dict[str, str], sleep: Callable[[float], None] = time.sleep
+) -> tuple[str, str]:
+    """Create or adopt the queue, set ``attributes`` and ``tags``; returns (URL, ARN). A name whose queue was just
+    deleted (a replacement) is retried until SQS accepts it again."""
+    url = get_queue_url(aws, name)
+    if url is None:
+        deadline = time.monotonic() + QUEUE_DELETED_RECENTLY_WAIT
+        while True:
+            try:
+                url = str(aws.sqs.create_queue(QueueName=name, Attributes=attributes, tags=tags)["QueueUrl"])
+                break
+            except ClientError as e:
+                if error_code(e) not in ("QueueDeletedRecently", "AWS.SimpleQueueService.QueueDeletedRecently"):
+                    raise
+                if time.monotonic() > deadline:
+                    raise DeploymentError(
+                        f"SQS queue {name!r}: its name is still refused {QUEUE_DELETED_RECENTLY_WAIT}s after the "
+                        "old queue was deleted"
+                    ) from e
+                sleep(5)
+    else:
+        aws.sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+        aws.sqs.tag_queue(QueueUrl=url, Tags=tags)
+    found = queue_attributes(aws, url) or {}
+    return url, str(found["QueueArn"])
+
+
+def set_queue_policy(aws: Aws, url: str, policy: str) -> None:
+    """Replace the queue's resource policy."""
+    aws.sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy})
+
+
+def delete_queue(aws: Aws, name: str) -> None:
+    """Delete the queue called ``name`` (and the messages in it) if it exists."""
+    url = get_queue_url(aws, name)
+    if url is None:
+        return
+    try:
+        aws.sqs.delete_queue(QueueUrl=url)
+    except ClientError as e:
+        if not is_not_found(e):
+            raise
+
+
+def describe_rule(aws: Aws, name: str) -> dict[str, Any] | None:
+    """The EventBridge rule called ``name`` on the default bus, or None."""
+    try:
+        return dict(aws.events.describe_rule(Name=name))
+    except ClientError as e:
+        if is_not_found(e):
+            return None
+        raise
+
+
+def rule_targets(aws: Aws, name: str) -> list[dict[str, Any]]:
+    """The rule's targets (none when the rule is gone)."""
+    try:
+        return list(aws.events.list_targets_by_rule(Rule=name).get("Targets", []))
+    except ClientError as e:
+        if is_not_found(e):
+            return []
+        raise
+
+
+def ensure_rule(aws: Aws, name: str, pattern: str, description: str, tags: dict[str, str]) -> str:
+    """Create or update the (enabled) rule with this event pattern; returns its ARN."""
+    tag_list = spec.tag_list(tags)
+    rule = aws.events.put_rule(Name=name, EventPattern=pattern, State="ENABLED", Description=description, Tags=tag_list)
+    arn = str(rule["RuleArn"])
+    aws.events.tag_resource(ResourceARN=arn, Tags=tag_list)  # put_rule ignores Tags on an existing rule
+    return arn
+
+
+def ensure_only_target(aws: Aws, rule: str, target_id: str, arn: str) -> None:
+    """Make ``arn`` (under ``target_id``) the rule's one target: others are removed."""
+    others = [t["Id"] for t in rule_targets(aws, rule) if t["Id"] != target_id]
+    if others:
+        aws.events.remove_targets(Rule=rule, Ids=others)
+    out = aws.events.put_targets(Rule=rule, Targets=[{"Id": target_id, "Arn": arn}])
+    if out.get("FailedEntryCount"):
+        failed = out.get("FailedEntries", [{}])[0]
+        raise DeploymentError(
+            f"EventBridge rule {rule!r}: target {arn} refused: {failed.get('ErrorCode')}: {failed.get('ErrorMessage')}"
+        )
+
+
+def delete_rule(aws: Aws, name: str) -> None:
+    """Remove the rule's targets, then the rule; a missing rule is fine."""
+    try:
+        ids = [t["Id"] for t in rule_targets(aws, name)]
+        if ids:
+            aws.events.remove_targets(Rule=name, Ids=ids)
+        aws.events.delete_rule(Name=name)
+    except ClientError as e:
+        if not is_not_found(e):
+            raise

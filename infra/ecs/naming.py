@@ -84,3 +84,9 @@ class Names:
     def scaling_resource_id(self) -> str:
         """Application Auto Scaling resource id of the service."""
         return f"service/{self.cluster_name}/{self.service_name}"
+
+
+def death_queue_name(environment: str) -> str:
+    """``siphon-<environment>-worker-deaths``: the SQS queue of the stack's stopped tasks, and the EventBridge rule
+    that feeds it (``infra.ecs.death_queue``; at most 37 characters)."""
+    return f"siphon-{environment}-worker-deaths"

@@ -52,6 +52,8 @@ def container_environment(args: AgentWorkerArgs) -> dict[str, str]:
             metric_service=n.service_name,
             # The worker protects its task while it holds calls (task_policy allows it).
             call_protection_minutes=args.call_protection_minutes,
+            # The worker recovers the calls of the stack's stopped tasks (task_policy lets it read this queue).
+            death_queue_url=args.death_queue_url,
         ),
     }
 
@@ -115,9 +117,15 @@ def cluster_tasks_arn(cluster_arn: str) -> str:
     return f"{prefix}:task/{name}/*"
 
 
+DEATH_QUEUE_ACTIONS = ("sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage")
+"""What a worker does with the stack's death queue (``worker.stopped_tasks``): receive a stopped task's event, keep
+it invisible while it recovers the task's calls, delete it when done. Nothing else: no send, no purge, no attributes."""
+
+
 def task_policy(args: AgentWorkerArgs, cluster_arn: str) -> str | None:
-    """Policy for the task role: the statements the user declared, and, with ``call_protection_minutes``, the
-    worker's own task scale-in protection (``worker.task_protection``) on the cluster's tasks only."""
+    """Policy for the task role: the statements the user declared; with ``call_protection_minutes``, the
+    worker's own task scale-in protection (``worker.task_protection``) on the cluster's tasks only; with a death
+    queue, ``DEATH_QUEUE_ACTIONS`` on that one queue."""
     statements: list[dict[str, Any]] = [
         {"Sid": f"Worker{i}", "Effect": "Allow", "Action": s.actions, "Resource": s.resources}
         for i, s in enumerate(args.task_role_statements)
@@ -128,6 +136,13 @@ def task_policy(args: AgentWorkerArgs, cluster_arn: str) -> str | None:
             "Effect": "Allow",
             "Action": ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"],
             "Resource": [cluster_tasks_arn(cluster_arn)],
+        })  # fmt: skip
+    if args.death_queue_arn:
+        statements.append({
+            "Sid": "StoppedTasks",
+            "Effect": "Allow",
+            "Action": list(DEATH_QUEUE_ACTIONS),
+            "Resource": [args.death_queue_arn],
         })  # fmt: skip
     if not statements:
         return None

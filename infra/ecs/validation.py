@@ -10,6 +10,7 @@ import re
 from contract.deployment import (
     AGENT_NAME_ENV,
     CALL_PROTECTION_ENV,
+    DEATH_QUEUE_ENV,
     DEFAULTS_ENV,
     DRAIN_TIMEOUT_ENV,
     ENVIRONMENT_ENV,
@@ -49,11 +50,14 @@ IMAGE_RE = re.compile(
 )
 # Relative reference into the repository the resource owns: ":tag" or "@sha256:...".
 IMAGE_REF_RE = re.compile(r"^(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$")
+SQS_QUEUE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sqs:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,80}$")
+SQS_QUEUE_URL_RE = re.compile(r"^https?://[^\s/]+/\d{12}/[A-Za-z0-9_-]{1,80}$")
 ECR_REGISTRY_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 # Environment names the resource sets itself; user variables and provider keys may not use them.
 RESERVED_ENV_PREFIXES = ("LIVEKIT_", "AWS_", "ECS_")
 RESERVED_ENV_NAMES = frozenset({AGENT_NAME_ENV, ENVIRONMENT_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV, METRIC_CLUSTER_ENV,
-                                METRIC_SERVICE_ENV, CALL_PROTECTION_ENV, *DEFAULTS_ENV.values()})  # fmt: skip
+                                METRIC_SERVICE_ENV, CALL_PROTECTION_ENV, DEATH_QUEUE_ENV,
+                                *DEFAULTS_ENV.values()})  # fmt: skip
 
 
 def fargate_size_error(cpu: int, memory: int) -> str | None:

@@ -8,13 +8,16 @@ with metadata built by ``contract.metadata.RouteMetadata``) -> ``InboundRoute`` 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pulumi
 
 from infra.livekit.base import ADOPT_INPUT, URL_INPUT
 from infra.livekit.dispatch_rule import SipDispatchRule
 from infra.stack.plan import OutboundCall, Plan, Route
+
+if TYPE_CHECKING:
+    from infra.ecs.death_queue import WorkerDeathQueue
 
 
 class InboundRouteComponent(pulumi.ComponentResource):
@@ -62,14 +65,21 @@ class OutboundRouteComponent(pulumi.ComponentResource):
 
 
 class AgentComponent(pulumi.ComponentResource):
-    """An agent: its worker deployment(s) and the defaults it runs with."""
+    """An agent: its worker deployment(s) and the defaults it runs with; its ECS workers read the stack's death
+    queue (``deaths``)."""
 
-    def __init__(self, key: str, plan: Plan, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        plan: Plan,
+        opts: pulumi.ResourceOptions | None = None,
+        deaths: WorkerDeathQueue | None = None,
+    ) -> None:
         super().__init__("siphon:routing:Agent", key, None, opts)
         self.worker = plan.agents[key]
         self.deployment: pulumi.Resource | None = None
         if key in plan.workers:
             from infra.stack.ecs import agent_deployment  # imported lazily: only stacks with ECS agents need boto3
 
-            self.deployment = agent_deployment(key, plan, pulumi.ResourceOptions(parent=self))
+            self.deployment = agent_deployment(key, plan, pulumi.ResourceOptions(parent=self), deaths)
         self.register_outputs({"agent_name": key, "worker": self.worker})

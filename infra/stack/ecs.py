@@ -1,4 +1,5 @@
-"""An agent's ECS worker deployment from the plan (AgentWorkerDeployment in infra/ecs), with its secrets."""
+"""The stack's ECS parts from the plan: each agent's worker deployment (AgentWorkerDeployment in infra/ecs), with its
+secrets, and the stack's death queue (WorkerDeathQueue), which tells the workers which of the stack's tasks stopped."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import boto3
 import pulumi
 
+from infra.ecs.death_queue import WorkerDeathQueue
 from infra.ecs.resource import AgentWorkerDeployment
 from infra.livekit.client import SETTINGS, lookup
 from infra.stack.plan import Plan
@@ -31,10 +33,29 @@ def _livekit_secret(found: dict[str, Any], name: str) -> pulumi.Output[str]:
     return value if isinstance(value, pulumi.Output) else pulumi.Output.secret(value)
 
 
-def agent_deployment(key: str, plan: Plan, opts: pulumi.ResourceOptions) -> AgentWorkerDeployment:
-    """Declare the ECS deployment of agent ``key`` from its planned arguments."""
+def death_queue(plan: Plan, opts: pulumi.ResourceOptions) -> WorkerDeathQueue:
+    """Declare the stack's death queue: the stopped tasks of its agents' ECS services (the plan has some)."""
+    workers = [w.args for w in plan.workers.values()]
+    clusters = sorted({w.cluster_name for w in workers})
+    assert len(clusters) == 1, f"one ECS cluster per stack (aws.cluster), found {clusters}"
+    args = {
+        "stack": pulumi.get_stack(),
+        "environment": plan.environment,
+        "cluster_name": clusters[0],
+        "service_names": sorted(w.effective_service_name for w in workers),
+    }
+    return WorkerDeathQueue("worker-deaths", args, opts)
+
+
+def agent_deployment(
+    key: str, plan: Plan, opts: pulumi.ResourceOptions, deaths: WorkerDeathQueue | None = None
+) -> AgentWorkerDeployment:
+    """Declare the ECS deployment of agent ``key`` from its planned arguments; its workers read ``deaths``."""
     worker = plan.workers[key]
     args: dict[str, Any] = worker.args.public_fields()
+    if deaths is not None:
+        args["death_queue_url"] = deaths.queue_url
+        args["death_queue_arn"] = deaths.queue_arn
     if worker.default_subnets:
         args["subnets"] = default_subnets(worker.region)
     config = pulumi.Config("livekit")

@@ -54,7 +54,12 @@ def run(environment: str | None = None) -> None:
 
     inbound = {k: SipInboundTrunk(f"{k}-in", _trunk_props(plan, t), opts) for k, t in plan.inbound_trunks.items()}
     outbound = {k: SipOutboundTrunk(f"{k}-out", _trunk_props(plan, t), opts) for k, t in plan.outbound_trunks.items()}
-    agents = {k: AgentComponent(k, plan, opts) for k in plan.agents}
+    deaths = None
+    if plan.workers:  # ECS workers: the stack's stopped tasks reach them through its death queue
+        from infra.stack.ecs import death_queue  # imported lazily: only stacks with ECS agents need boto3
+
+        deaths = death_queue(plan, opts)
+    agents = {k: AgentComponent(k, plan, opts, deaths) for k in plan.agents}
     rules = {
         key: InboundRouteComponent(key, route, [inbound[t].sip_trunk_id for t in route.trunks], plan.livekit_url, opts)
         for key, route in plan.inbound_routes.items()
@@ -74,3 +79,5 @@ def run(environment: str | None = None) -> None:
     pulumi.export("outbound_routes", outbound_routes)
     pulumi.export("inbound_trunks", {k: t.sip_trunk_id for k, t in inbound.items()})
     pulumi.export("agents", {k: a.worker for k, a in agents.items()})
+    if deaths is not None:  # what a guard process reads (`python -m worker.stopped_tasks`)
+        pulumi.export("death_queue_url", deaths.queue_url)

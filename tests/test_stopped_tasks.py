@@ -1,0 +1,138 @@
+"""The worker's death-queue consumer (worker/stopped_tasks.py) on moto: an ECS task stopped event, put through the
+stack's EventBridge rule, reaches the queue; the consumer recovers that task's calls and only then deletes it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.test_ecs_death_queue import create_queue, put_task_event, task_event
+from worker.stopped_tasks import StoppedTask, StoppedTasks, livekit_recovery, parse_event
+
+
+@pytest.fixture
+def queue(aws) -> dict[str, Any]:
+    return create_queue()[1].outs
+
+
+class Recoveries:
+    """A recovery that records the worker ids it is asked for (or raises, or takes its time)."""
+
+    def __init__(self, error: Exception | None = None, seconds: float = 0.0) -> None:
+        self.ids: list[str] = []
+        self.error = error
+        self.seconds = seconds
+
+    async def __call__(self, worker_id: str) -> list[str]:
+        self.ids.append(worker_id)
+        await asyncio.sleep(self.seconds)
+        if self.error is not None:
+            raise self.error
+        return ["call ended (BYE)"]
+
+
+def waiting(url: str) -> int:
+    """Messages in the queue, visible or not."""
+    a = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(a["ApproximateNumberOfMessages"]) + int(a["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_only_an_ecs_task_stopped_event_names_a_task():
+    event = {"source": "aws.ecs", "detail-type": "ECS Task State Change", "detail": json.loads(task_event(task="ab12"))}
+    assert parse_event(json.dumps(event)) == StoppedTask(
+        task_id="ab12", task_arn="arn:aws:ecs:us-east-1:123456789012:task/voice/ab12",
+        cluster_arn="arn:aws:ecs:us-east-1:123456789012:cluster/voice", group="service:siphon-test-support",
+        stopped_reason="Essential container in task exited", stop_code="EssentialContainerExited",
+    )  # fmt: skip
+    running = {**event, "detail": {**event["detail"], "lastStatus": "RUNNING"}}
+    for body in ("", "not json", "[]", json.dumps(running), json.dumps({**event, "source": "my.app"}),
+                 json.dumps({**event, "detail": {"lastStatus": "STOPPED"}})):  # fmt: skip
+        assert parse_event(body) is None, body
+
+
+def test_the_consumer_recovers_the_stopped_task_and_then_deletes_its_event(queue):
+    put_task_event(task="c0ffee")
+    recover = Recoveries()
+    consumer = StoppedTasks(queue["queue_url"], recover, wait_seconds=1)
+    messages = consumer.receive()
+    assert asyncio.run(consumer.handle_batch(messages)) == ["recovered c0ffee: 1 call(s)"]
+    assert recover.ids == ["c0ffee"]
+    assert waiting(queue["queue_url"]) == 0
+
+
+def test_a_failed_recovery_leaves_the_event_for_redelivery(queue):
+    put_task_event(task="bad1")
+    consumer = StoppedTasks(queue["queue_url"], Recoveries(RuntimeError("LiveKit said no")), wait_seconds=1,
+                            visibility_seconds=1)  # fmt: skip
+    first = consumer.receive()
+    assert asyncio.run(consumer.handle_batch(first)) == ["failed (RuntimeError): left on the queue"]
+    time.sleep(1.5)  # the visibility timeout passes: SQS hands the event out again
+    retry = StoppedTasks(queue["queue_url"], Recoveries(), wait_seconds=1)
+    again = retry.receive()
+    assert [m["MessageId"] for m in again] == [m["MessageId"] for m in first]
+    assert asyncio.run(retry.handle_batch(again)) == ["recovered bad1: 1 call(s)"]
+
+
+def test_a_long_recovery_keeps_its_event_hidden_from_other_consumers(queue):
+    put_task_event(task="slow1")
+    consumer = StoppedTasks(queue["queue_url"], Recoveries(seconds=3.0), wait_seconds=1, visibility_seconds=2)
+    messages = consumer.receive()
+    done: list[list[str]] = []
+    worker = threading.Thread(target=lambda: done.append(asyncio.run(consumer.handle_batch(messages))))
+    worker.start()
+    time.sleep(2.5)  # past the first visibility timeout: extended at 1 s, so still hidden
+    other = StoppedTasks(queue["queue_url"], Recoveries(), wait_seconds=0)
+    assert other.receive() == []
+    worker.join(10)
+    assert done == [["recovered slow1: 1 call(s)"]]
+    assert waiting(queue["queue_url"]) == 0
+
+
+def test_the_consumer_never_recovers_its_own_task(queue):
+    put_task_event(task="me")
+    recover = Recoveries()
+    consumer = StoppedTasks(queue["queue_url"], recover, own_id="me", wait_seconds=1)
+    assert asyncio.run(consumer.handle_batch(consumer.receive())) == ["own task: ignored"]
+    assert recover.ids == []
+
+
+def test_a_message_that_is_no_stopped_task_is_dropped_without_recovery(queue):
+    boto3.client("sqs").send_message(QueueUrl=queue["queue_url"], MessageBody="hello")
+    recover = Recoveries()
+    consumer = StoppedTasks(queue["queue_url"], recover, wait_seconds=1)
+    assert asyncio.run(consumer.handle_batch(consumer.receive())) == ["not an ECS task stopped event: deleted"]
+    assert recover.ids == []
+    assert waiting(queue["queue_url"]) == 0
+
+
+def test_a_consumer_that_cannot_read_its_queue_keeps_retrying_without_raising(aws):
+    consumer = StoppedTasks("http://127.0.0.1:9/123456789012/nowhere", Recoveries(), wait_seconds=1)
+    thread = consumer.start()
+    time.sleep(1.5)
+    assert thread.is_alive()
+    consumer.stop()
+    thread.join(15)
+    assert not thread.is_alive()
+
+
+def test_an_idle_consumer_makes_no_livekit_request(queue):
+    made: list[int] = []
+
+    def make_api() -> Any:
+        made.append(1)
+        raise AssertionError("no LiveKit client while nothing stopped")
+
+    consumer = StoppedTasks(queue["queue_url"], livekit_recovery(make_api), wait_seconds=1)
+    thread = consumer.start()
+    time.sleep(2.5)  # two empty long polls
+    consumer.stop()
+    thread.join(5)
+    assert made == []
