@@ -162,6 +162,23 @@ def test_a_task_change_other_than_a_stop_of_the_stacks_service_never_reaches_the
     assert queued(queue["queue_url"]) == []
 
 
+def test_services_too_many_for_one_pattern_are_matched_by_their_common_prefix_in_the_cluster(aws):
+    services = [f"siphon-test-agent-number-{i:02d}-with-a-long-name" for i in range(40)]
+    queue = create_queue(service_names=services)[1].outs
+    assert len(json.loads(queue["event_pattern"])["detail"]["group"]) == 1
+    put_task_event(service=services[17], task="far1")
+    put_task_event(service=services[17], cluster="other")
+    [message] = queued(queue["queue_url"])
+    assert json.loads(message["Body"])["detail"]["taskArn"].endswith("/far1")
+
+
+def test_services_too_many_for_one_pattern_and_not_sharing_the_prefix_are_refused(aws):
+    services = [f"custom-agent-number-{i:02d}-with-a-long-service-name" for i in range(40)]
+    failures = WorkerDeathQueueProvider().check({}, death_queue_args(service_names=services)).failures
+    assert len(failures) == 1
+    assert "service_names: 40 services do not fit one EventBridge pattern (2048 characters)" in failures[0].reason
+
+
 # -- the provider ----------------------------------------------------------------------------------------
 
 

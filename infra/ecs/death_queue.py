@@ -1,8 +1,10 @@
 """``WorkerDeathQueue``: ECS tells the stack's workers which of its tasks stopped (issue 29), on managed parts only.
 
 - An EventBridge rule on the account's default bus matches the cluster's ``ECS Task State Change`` events whose
-  ``lastStatus`` is ``STOPPED``, for the stack's own services only (``detail.group`` is ``service:<name>``: the
-  exact names, not a prefix, so another stack's ``siphon-<env>-...`` services never match).
+  ``lastStatus`` is ``STOPPED``, for the stack's own services only (``detail.group`` is ``service:<name>``). It lists
+  the exact names (a ``service_name`` may be anything, and a prefix ``siphon-prod-`` would also match environment
+  ``prod-eu``'s services); only when they would not fit a pattern's 2048 characters (about 25 agents) does it match
+  their common prefix ``service:siphon-<env>-``, still within this cluster.
 - It sends each such event to an SQS queue. The queue's policy lets only ``events.amazonaws.com`` send, and only
   for this rule (``aws:SourceArn``). Messages live 15 minutes (a death older than that has no call left to save)
   and stay invisible for 30 s once received (a worker that dies while recovering hands the event to another).
@@ -23,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, Self
 
 import pulumi
 from pulumi.dynamic import (
@@ -37,7 +39,7 @@ from pulumi.dynamic import (
     ResourceProvider,
     UpdateResult,
 )
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from contract.types import EcsEnvironmentName, Model, describe_error, describe_errors
 from infra.dynamic import InvalidArguments, is_unknown
@@ -53,6 +55,9 @@ DEFAULT_RETENTION_SECONDS = 900
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 30
 LONG_POLL_SECONDS = 20
 """The queue's default receive wait (the workers ask for it too)."""
+PATTERN_LIMIT = 2048
+"""Characters an EventBridge event pattern may have (AWS's default quota)."""
+_LONGEST_REGION = "ap-southeast-2"  # sizes the pattern before the region is known
 
 
 class DeathQueueArgs(Model):
@@ -91,6 +96,27 @@ class DeathQueueArgs(Model):
                 raise ValueError(f"value of {key!r} is longer than 256 characters")
         return value
 
+    @model_validator(mode="after")
+    def _pattern_fits(self) -> Self:
+        self.groups  # noqa: B018  (raises when no pattern fits)
+        return self
+
+    @property
+    def groups(self) -> list[Any]:
+        """The rule's ``detail.group`` matchers: each service's exact group, or (when those would not fit the
+        pattern's size) their common prefix ``service:siphon-<environment>-``."""
+        exact = [f"service:{s}" for s in self.service_names]
+        cluster = cluster_arn(_LONGEST_REGION, "123456789012", self.cluster_name)
+        if len(event_pattern(cluster, exact)) <= PATTERN_LIMIT:
+            return exact
+        prefix = "service:" + naming.default_service_name(self.environment, "")
+        if all(g.startswith(prefix) for g in exact):
+            return [{"prefix": prefix}]
+        raise ValueError(
+            f"service_names: {len(exact)} services do not fit one EventBridge pattern ({PATTERN_LIMIT} characters) "
+            f"and not all are named {prefix.removeprefix('service:')}<agent>: leave their service_name unset"
+        )
+
     @property
     def name(self) -> str:
         """The queue's and the rule's name."""
@@ -104,7 +130,9 @@ class DeathQueueArgs(Model):
 
 DECLARED = tuple(DeathQueueArgs.model_fields)
 REPLACE_FIELDS = ("environment",)  # the names derive from it: replace, deleting first
-OUTPUT_KEYS = ("region", "queue_name", "queue_url", "queue_arn", "rule_name", "rule_arn", "cluster_arn", "drift")
+OUTPUT_KEYS = (
+    "region", "queue_name", "queue_url", "queue_arn", "rule_name", "rule_arn", "event_pattern", "cluster_arn", "drift",
+)  # fmt: skip
 
 
 def cluster_arn(region: str, account: str, cluster_name: str) -> str:
@@ -112,16 +140,13 @@ def cluster_arn(region: str, account: str, cluster_name: str) -> str:
     return f"arn:{partition(region)}:ecs:{region}:{account}:cluster/{cluster_name}"
 
 
-def event_pattern(cluster: str, services: list[str]) -> str:
-    """The rule's pattern: ECS task state changes to STOPPED, in ``cluster``, of tasks of these services."""
+def event_pattern(cluster: str, groups: list[Any]) -> str:
+    """The rule's pattern: ECS task state changes to STOPPED, in ``cluster``, of tasks whose group matches one of
+    ``groups`` (``DeathQueueArgs.groups``)."""
     return json.dumps({
         "source": ["aws.ecs"],
         "detail-type": ["ECS Task State Change"],
-        "detail": {
-            "clusterArn": [cluster],
-            "lastStatus": ["STOPPED"],
-            "group": [f"service:{s}" for s in sorted(services)],
-        },
+        "detail": {"clusterArn": [cluster], "lastStatus": ["STOPPED"], "group": groups},
     }, sort_keys=True)  # fmt: skip
 
 
@@ -256,8 +281,7 @@ class WorkerDeathQueueProvider(ResourceProvider):
         else:
             if rule.get("State") != "ENABLED":
                 drift.append(f"EventBridge rule {props['rule_name']} is {rule.get('State')}")
-            pattern = event_pattern(str(props["cluster_arn"]), list(props.get("service_names") or []))
-            if not _same_json(rule.get("EventPattern"), pattern):
+            if not _same_json(rule.get("EventPattern"), str(props.get("event_pattern"))):
                 drift.append(f"EventBridge rule {props['rule_name']}: its event pattern changed")
             if [t.get("Arn") for t in c.rule_targets(aws, str(props["rule_name"]))] != [props["queue_arn"]]:
                 drift.append(f"EventBridge rule {props['rule_name']}: its target is not exactly queue {name}")
@@ -276,7 +300,7 @@ def reconcile(aws: Aws, args: DeathQueueArgs) -> dict[str, Any]:
     cluster = cluster_arn(aws.region, c.account_id(aws), args.cluster_name)
     url, arn = c.ensure_queue(aws, args.name, queue_settings(args), args.all_tags)
     description = f"Stopped tasks of stack {args.stack}'s workers in cluster {args.cluster_name} -> queue {args.name}"
-    pattern = event_pattern(cluster, args.service_names)
+    pattern = event_pattern(cluster, args.groups)
     rule_arn = c.ensure_rule(aws, args.name, pattern, description[:512], args.all_tags)
     c.set_queue_policy(aws, url, queue_policy(arn, rule_arn))
     c.ensure_only_target(aws, args.name, TARGET_ID, arn)
@@ -288,6 +312,7 @@ def reconcile(aws: Aws, args: DeathQueueArgs) -> dict[str, Any]:
         "queue_arn": arn,
         "rule_name": args.name,
         "rule_arn": rule_arn,
+        "event_pattern": pattern,
         "cluster_arn": cluster,
         "drift": [],
     }
