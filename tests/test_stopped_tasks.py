@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from tests.test_ecs_death_queue import create_queue, put_task_event, task_event
-from worker.stopped_tasks import StoppedTask, StoppedTasks, livekit_recovery, parse_event
+from worker.stopped_tasks import StoppedTask, StoppedTasks, attach, livekit_recovery, parse_event
 
 
 @pytest.fixture
@@ -136,3 +136,29 @@ def test_an_idle_consumer_makes_no_livekit_request(queue):
     consumer.stop()
     thread.join(5)
     assert made == []
+
+
+class FakeServer:
+    """What attach uses of an AgentServer: its events."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, list[Any]] = {}
+
+    def on(self, event: str, handler: Any) -> None:
+        self.handlers.setdefault(event, []).append(handler)
+
+
+def test_attach_starts_consuming_when_the_worker_has_started_and_not_before(queue, monkeypatch):
+    monkeypatch.setenv("SIPHON_WORKER_ID", "this-worker")
+    server = FakeServer()
+    consumer = attach(server, queue["queue_url"])
+    assert consumer is not None
+    assert not any(t.name == "siphon-stopped-tasks" for t in threading.enumerate())
+    [started] = server.handlers["worker_started"]
+    started()
+    try:
+        assert any(t.name == "siphon-stopped-tasks" for t in threading.enumerate())
+        assert consumer.own_id == "this-worker"
+    finally:
+        consumer.stop()
+    assert attach(FakeServer(), "") is None, "no queue (not on ECS): nothing to consume"

@@ -267,8 +267,13 @@ def own_id() -> str:
 
 def attach(server: Any, queue_url: str | None = None) -> StoppedTasks | None:
     """Consume the death queue once the server runs (its ``worker_started`` event), like ``resume.CrashWatch``;
-    None when no queue is configured (``SIPHON_DEATH_QUEUE_URL``: only ECS deployments set it)."""
-    url = queue_url if queue_url is not None else os.environ.get(DEATH_QUEUE_ENV)
+    ``queue_url``: default, the worker settings' ``death_queue_url`` (``SIPHON_DEATH_QUEUE_URL``: only ECS
+    deployments set it). None when there is no queue."""
+    if queue_url is None:
+        from worker.settings import WorkerSettings
+
+        queue_url = WorkerSettings.from_env().death_queue_url
+    url = queue_url
     if not url:
         return None
     consumer = StoppedTasks(url, livekit_recovery())
