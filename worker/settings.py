@@ -103,6 +103,11 @@ class WorkerSettings(BaseSettings):
     call_protection_minutes: CallProtectionMinutes | None = Field(
         None, description=f"minutes of ECS task protection per renewal while calls run, 1 to {MAX_PROTECTION_MINUTES}"
     )
+    worker_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,128}$",
+        description="this worker's id in its call ledger, e.g. worker-3 (default: its ECS task id, else host.pid)",
+    )
     ecs_agent_uri: str | None = Field(
         None, validation_alias=AGENT_URI_ENV, description="the ECS agent's endpoint (set by ECS in every task)"
     )
