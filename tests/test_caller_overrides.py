@@ -192,7 +192,7 @@ def worker(local_env: LocalEnv, tmp_path_factory: pytest.TempPathFactory) -> Ite
     assert ep is not None
     w = start_worker(ep, tmp_path_factory.mktemp("caller") / "worker.log", f"siphon-caller-{uuid.uuid4().hex[:6]}",
                      OPENAI_API_KEY="sk-deployment-" + secrets.token_hex(8), SIPHON_METRIC_CLUSTER="siphon-test",
-                     SIPHON_METRIC_SERVICE="caller", SIPHON_METRIC_INTERVAL="3600")  # fmt: skip
+                     SIPHON_METRIC_SERVICE="caller", SIPHON_METRIC_INTERVAL="60")  # fmt: skip
     yield w
     assert w.stop() == 0, w.text()[-3000:]
 
