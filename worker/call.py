@@ -26,7 +26,7 @@ from pydantic_core import to_jsonable_python
 
 from contract import metrics
 from contract.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
-from contract.resolve import SipFacts, call_layers, resolve_call
+from contract.resolve import SipFacts, call_layers, caller_drops, is_caller_drop, resolve_call
 from worker import call_metric, end_call, turns
 from worker.models import registry
 from worker.resume import ATTR_CONFIG_HASH, take_over
@@ -108,9 +108,9 @@ def _resolve_models(config: AgentConfig, settings: WorkerSettings, built: Built)
     return out
 
 
-def _count(settings: WorkerSettings, metric: str) -> None:
-    """One event in the call metric (an ECS deployment's log group turns the line into a CloudWatch count)."""
-    line = call_metric.event_line(settings.metric_cluster, settings.metric_service, metric)
+def _count(settings: WorkerSettings, metric: str, count: int = 1) -> None:
+    """Events in the call metric (an ECS deployment's log group turns the line into a CloudWatch count)."""
+    line = call_metric.event_line(settings.metric_cluster, settings.metric_service, metric, count=count)
     if line:  # one write: the worker's other processes write to the same stdout
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
@@ -238,7 +238,10 @@ async def _call(ctx: JobContext) -> None:
     )
     resolve_ms = (time.perf_counter() - caller_at) * 1000  # caller known -> configuration resolved
     for w in warns:
-        logger.warning("metadata problem (ignored, falling back)", extra={"room": ctx.room.name, **w.as_dict()})
+        message = "caller override dropped" if is_caller_drop(w) else "metadata problem (ignored, falling back)"
+        logger.warning(message, extra={"room": ctx.room.name, **w.as_dict()})
+    if dropped := caller_drops(warns):  # the caller's layer named a host, a credential or a choice not allowed
+        _count(settings, metrics.CALLER_DROPS, dropped)
     for kind, r in models.items():
         if r.fallback_reason:
             detail = f"{kind}: {r.requested} -> {r.label}: {r.fallback_reason}"
