@@ -1,7 +1,8 @@
 """The caller's silence after each fault, beside the time to answer a new call, in one run.
 
-One local environment (Redis, livekit-server, livekit-sip), the roster guard (``python -m worker.roster``) running
-throughout, and real calls through the bridge (sipp). For each fault kind, N calls are answered and then:
+One local environment (Redis, livekit-server, livekit-sip), the local supervisor's death reports
+(``localenv.deaths``, as ``./dev local`` runs them) watching every worker, and real calls through the bridge
+(sipp). For each fault kind, N calls are answered and then:
 
 - ``job kill``: the job process serving the call is killed (SIGKILL); one worker;
 - ``worker kill, peer alive``: the serving worker's whole tree is killed while a second worker of the agent runs
@@ -28,8 +29,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.worker_dispatch import pct
+from localenv.deaths import DeathWatch
 from localenv.manager import Endpoints, LocalEnv
-from tests.test_crash_calls import Fault, fault_call, job_pid, kill_tree, serving, start_guard
+from tests.test_crash_calls import Fault, fault_call, job_pid, kill_tree, serving
 from tests.test_worker_live import WorkerProc, start_worker
 
 NUMBER = "+15550100399"
@@ -66,15 +68,12 @@ def main() -> int:
         ep = env.endpoints
         assert ep is not None
         os.environ.update(ep.env())
-        guard = start_guard(ep, Path(tmp) / "guard.log")
-        rows = []
-        try:
-            rows.append(_row("job kill", job_kills(ep, Path(tmp), args.n), "silence_s"))
-            rows.append(_row("worker kill, peer alive", worker_kills(ep, Path(tmp), args.n), "silence_s"))
-            rows.append(_row("only worker kill", only_worker_kills(ep, Path(tmp), args.n), "bye_s"))
-        finally:
-            guard.terminate()
-            guard.wait(timeout=10)
+        deaths = DeathWatch(ep.livekit_url, ep.api_key, ep.api_secret, say=lambda line: None)
+        rows = [
+            _row("job kill", job_kills(ep, Path(tmp), args.n), "silence_s"),
+            _row("worker kill, peer alive", worker_kills(ep, Path(tmp), args.n, deaths), "silence_s"),
+            _row("only worker kill", only_worker_kills(ep, Path(tmp), args.n, deaths), "bye_s"),
+        ]
     print("\n| fault                      |  n | outcome | p50 s  | p95 s  | max s  | failed | answer p50 | p95 |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
@@ -82,8 +81,11 @@ def main() -> int:
     return 0
 
 
-def _worker(ep: Endpoints, tmp: Path, agent: str) -> WorkerProc:
-    return start_worker(ep, tmp / f"{agent}-{uuid.uuid4().hex[:4]}.log", agent)
+def _worker(ep: Endpoints, tmp: Path, agent: str, deaths: DeathWatch | None = None) -> WorkerProc:
+    w = start_worker(ep, tmp / f"{agent}-{uuid.uuid4().hex[:4]}.log", agent)
+    if deaths is not None:
+        deaths.watch(w.proc, agent)
+    return w
 
 
 def job_kills(ep: Endpoints, tmp: Path, n: int) -> list[Fault]:
@@ -98,9 +100,9 @@ def job_kills(ep: Endpoints, tmp: Path, n: int) -> list[Fault]:
         w.stop()
 
 
-def worker_kills(ep: Endpoints, tmp: Path, n: int) -> list[Fault]:
+def worker_kills(ep: Endpoints, tmp: Path, n: int, deaths: DeathWatch) -> list[Fault]:
     agent = f"bench-pair-{uuid.uuid4().hex[:4]}"
-    workers = [_worker(ep, tmp, agent) for _ in range(2)]
+    workers = [_worker(ep, tmp, agent, deaths) for _ in range(2)]
 
     def one(i: int) -> Fault:
         def kill(room: str, attrs: dict[str, str]) -> None:
@@ -111,7 +113,7 @@ def worker_kills(ep: Endpoints, tmp: Path, n: int) -> list[Fault]:
 
         f = fault_call(ep, agent, NUMBER, kill, expect="resume")
         while len(workers) < 2:
-            workers.append(_worker(ep, tmp, agent))
+            workers.append(_worker(ep, tmp, agent, deaths))
         time.sleep(3)  # the new worker's idle job processes warm up
         return f
 
@@ -123,9 +125,9 @@ def worker_kills(ep: Endpoints, tmp: Path, n: int) -> list[Fault]:
                 w.stop()
 
 
-def only_worker_kills(ep: Endpoints, tmp: Path, n: int) -> list[Fault]:
+def only_worker_kills(ep: Endpoints, tmp: Path, n: int, deaths: DeathWatch) -> list[Fault]:
     agent = f"bench-only-{uuid.uuid4().hex[:4]}"
-    current = [_worker(ep, tmp, agent)]
+    current = [_worker(ep, tmp, agent, deaths)]
 
     def one(i: int) -> Fault:
         def kill(room: str, attrs: dict[str, str]) -> None:
@@ -133,7 +135,7 @@ def only_worker_kills(ep: Endpoints, tmp: Path, n: int) -> list[Fault]:
             current[0].out.close()
 
         f = fault_call(ep, agent, NUMBER, kill, expect="bye")
-        current[0] = _worker(ep, tmp, agent)
+        current[0] = _worker(ep, tmp, agent, deaths)
         time.sleep(3)
         return f
 

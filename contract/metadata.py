@@ -31,6 +31,7 @@ from pydantic import (
     JsonValue,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -178,6 +179,54 @@ class AgentConfig(TurnTaking):
     )
 
 
+INSTRUCTION_FIELDS = ("system_instructions", "greeting_instructions", "resume_message")
+"""The ``AgentConfig`` fields that say what the agent is told and says (``AllowedOverrides.instructions``)."""
+
+
+def _spec_labels(kind: ModelKind, specs: list[ModelSpec]) -> list[ModelSpec]:
+    from contract.models import SpecError, parse_spec  # contract.models imports this module
+
+    labels = []
+    for spec in specs:
+        try:
+            labels.append(parse_spec(kind, spec).label)
+        except SpecError:
+            continue  # reported by the stack's spec check (and never matched by a caller)
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} is listed twice: a caller chooses a spec by its label, list it once")
+    return specs
+
+
+class AllowedOverrides(StrictModel):
+    """What a caller-sourced layer (the SIP participant's ``siphon.overrides`` attribute: whoever places the call
+    writes it) may switch to, declared by the stack (or by the code that dispatches the call). The default allows
+    nothing: every field such a layer sets is dropped, with a warning and a count in the call metric.
+
+    A caller chooses a model by its label (``provider/model[:variant]``); the spec listed here is what runs, whole.
+    """
+
+    llm: list[ModelSpec] = Field(default_factory=list, max_length=32, description="LLM specs a caller may choose")
+    stt: list[ModelSpec] = Field(default_factory=list, max_length=32, description="STT specs a caller may choose")
+    tts: list[ModelSpec] = Field(
+        default_factory=list, max_length=32, description="TTS specs (voices) a caller may choose"
+    )
+    instructions: bool = Field(
+        default=False, description="Whether a caller may replace " + ", ".join(INSTRUCTION_FIELDS) + " (off: never)."
+    )
+
+    @field_validator("llm", "stt", "tts")
+    @classmethod
+    def _unique_labels(cls, specs: list[ModelSpec], info: ValidationInfo) -> list[ModelSpec]:
+        kind: ModelKind = info.field_name  # type: ignore[assignment]
+        return _spec_labels(kind, specs)
+
+    def specs(self, kind: ModelKind) -> list[ModelSpec]:
+        """The specs a caller may choose for ``kind``."""
+        specs: list[ModelSpec] = getattr(self, kind)
+        return specs
+
+
 class RouteMetadata(StrictModel):
     """What a route (an inbound dispatch rule or an outbound dispatch) tells the worker.
 
@@ -204,6 +253,13 @@ class RouteMetadata(StrictModel):
         description=(
             "Per-call layers chosen by the SIP participant's attributes (a trunk maps SIP headers to attributes "
             "with headers_to_attributes): attribute name -> attribute value -> configuration layer."
+        ),
+    )
+    allowed_overrides: AllowedOverrides | None = Field(
+        default=None,
+        description=(
+            "What the SIP participant's siphon.overrides attribute (written by the caller's side) may switch to; "
+            "absent: nothing."
         ),
     )
     # SIPHON compatibility keys (prefer caller_number / called_number).

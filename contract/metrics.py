@@ -8,6 +8,7 @@ UTILIZATION = "CallUtilization"
 ACTIVE = "ActiveCalls"
 FALLBACKS = "ModelFallbacks"
 REFUSALS = "CallsRefused"
+CALLER_DROPS = "CallerOverridesDropped"  # parameters and fields dropped from a caller-sourced layer
 CLUSTER_DIMENSION = "ClusterName"
 SERVICE_DIMENSION = "ServiceName"
 

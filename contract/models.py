@@ -122,6 +122,40 @@ PROVIDERS: dict[ModelKind, dict[str, Provider]] = {
 }
 """Every provider the worker knows, per kind. Adding a provider = one line here."""
 
+ROUTING_PARAMS: frozenset[str] = frozenset({
+    "api_key", "credentials", "credentials_info", "credentials_file", "voice_cloning_key",  # which credential
+    "base_url", "websocket_url", "ws_url", "allow_custom_endpoint", "http_options",  # which host
+    "client", "http_session", "extra_headers", "extra_query",  # a client (its host, its headers) the plugin uses
+    "vertexai", "project", "location",  # which Google endpoint and project (billed, and given the credential)
+})  # fmt: skip
+"""Every constructor parameter of a provider above that decides where its traffic or its credential goes. Only a layer
+from the stack file or from code may set one: a caller-sourced layer that names one loses it (``contract.resolve``),
+and validate holds a stack-declared URL among them to https outside ``local`` (``URL_PARAMS``).
+``tests/test_caller_overrides.py`` reads every plugin constructor's signature: a parameter whose name looks like
+one (``ROUTING_NAME``) is here or in ``NOT_ROUTING_PARAMS``, so a plugin upgrade that adds one fails until it is
+placed."""
+
+URL_PARAMS: frozenset[str] = frozenset({"base_url", "websocket_url", "ws_url"})
+"""The ``ROUTING_PARAMS`` whose value is an endpoint URL."""
+
+ROUTING_NAME = (
+    r"url|uri|host|endpoint|base|key|token|secret|credential|password|auth|path|file|region|location|"
+    r"project|vertex|client|session|http|socket|domain|account|org|extra"
+)
+"""What the name of a parameter that may decide where traffic or a credential goes looks like (a regex search)."""
+
+NOT_ROUTING_PARAMS: frozenset[str] = frozenset({
+    "keywords", "keyterm", "keyterms", "keyterms_prompt", "prompt_cache_key",  # recognition hints, a cache key
+    "max_tokens", "max_completion_tokens", "max_output_tokens", "tokenizer", "word_tokenizer",  # lengths, splitting
+    "endpointing_ms", "endpointing_sensitivity",  # end-of-speech detection
+    "site_url",  # OpenRouter's attribution header: the request still goes to base_url
+    "api_version", "websocket_protocol", "use_websocket",  # the protocol with the same host
+    "domain",  # AssemblyAI's speech domain (medical, ...)
+    "effects_profile_id",  # Google TTS audio effects (telephony, headphones)
+    "extra_body",  # body fields: the request still goes to base_url with the deployment's key
+})  # fmt: skip
+"""Parameters whose name matches ``ROUTING_NAME`` but that decide no host and no credential (checked by hand)."""
+
 EXAMPLE_SPECS: dict[ModelKind, str] = {
     "llm": "openai/gpt-4.1-mini",
     "stt": "deepgram/nova-3:en",
@@ -168,6 +202,29 @@ def parse_spec(kind: ModelKind, spec: object) -> NormalizedSpec:
     if norm.variant and entry.variant_for(kind) is None:
         raise SpecError(f"{norm.provider} {kind} model strings take no ':variant' suffix")
     return norm
+
+
+def routing_params(spec: object) -> list[str]:
+    """The ``ROUTING_PARAMS`` a provider dict names (a model string names none)."""
+    params = spec.params if isinstance(spec, ProviderSpec) else spec if isinstance(spec, Mapping) else {}
+    return sorted(k for k in params if k in ROUTING_PARAMS)
+
+
+def without_routing_params(spec: ModelSpec) -> ModelSpec:
+    """``spec`` without its ``ROUTING_PARAMS`` (a model string as is)."""
+    if not isinstance(spec, ProviderSpec) or not routing_params(spec):
+        return spec
+    return ProviderSpec.model_validate({k: v for k, v in spec.model_dump().items() if k not in ROUTING_PARAMS})
+
+
+def url_problems(spec: object) -> Iterator[tuple[str, str]]:
+    """``(param, why)`` for each ``URL_PARAMS`` value of a provider dict that is not an https (or wss) URL."""
+    params = spec.params if isinstance(spec, ProviderSpec) else {}
+    for name in sorted(URL_PARAMS & set(params)):
+        value = params[name]
+        if not (isinstance(value, str) and value.lower().startswith(("https://", "wss://"))):
+            yield name, ("is not an https URL: the provider's key would travel unencrypted (or to a host named "
+                         "without a scheme); write https://<host>/... (wss://<host>/... for a websocket)")  # fmt: skip
 
 
 def credential_variables(norm: NormalizedSpec) -> tuple[str, ...]:

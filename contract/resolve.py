@@ -7,8 +7,16 @@ Layers, lowest first:
    models);
 2. **route**: ``agent_config`` of the job metadata (the dispatch rule's agent metadata, or the outbound
    dispatch's metadata);
-3. **call**: ``overrides`` of the job metadata, then the SIP participant's ``siphon.overrides`` attribute
-   (JSON; e.g. mapped from an X- header with ``headers_to_attributes``), the attribute winning.
+3. **call**: ``overrides`` of the job metadata, the layer the SIP participant's attributes select from the route's
+   ``attribute_overrides`` (stack-declared layers), then the SIP participant's ``siphon.overrides`` attribute (JSON),
+   the attribute winning.
+
+Trust follows where a layer came from (README, "Trust"): the defaults and the route layer come from the stack file,
+``overrides`` and ``attribute_overrides`` from the stack file or from code, all trusted. The ``siphon.overrides``
+attribute is the caller's (a participant attribute; validate refuses mapping a SIP header to it, but whoever can set
+a participant's attributes can write it): ``caller_layer`` drops every provider parameter that decides where traffic
+or a key goes (``contract.models.ROUTING_PARAMS``), and every field the route's ``allowed_overrides`` does not allow
+(default: all of them), each with a warning (``CALLER_DROP_CODES``) that the worker logs and counts.
 
 Merge rule (``merge_layers``), per field of ``AgentConfig``, SIPHON's truthy-wins, whole values:
 
@@ -30,27 +38,35 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from contract import turns
 from contract.metadata import (
+    INSTRUCTION_FIELDS,
     MODEL_KINDS,
     SCHEMA_VERSION,
     AgentConfig,
+    AllowedOverrides,
     CallMetadata,
     Direction,
     MetadataWarning,
     ModelKind,
     parse_agent_config,
 )
-from contract.models import LOCAL_DEFAULTS, SpecError, parse_spec
+from contract.models import LOCAL_DEFAULTS, SpecError, parse_spec, routing_params, without_routing_params
 
 LayerName = Literal["default", "route", "call"]
 ATTR_PREFIX = "siphon."
 OVERRIDES_ATTRIBUTE = "siphon.overrides"
-"""Participant attribute carrying a per-call ``AgentConfig`` JSON (inbound per-call layer)."""
+"""Participant attribute carrying a per-call ``AgentConfig`` JSON: the caller-sourced layer (``caller_layer``)."""
+HEADER_ATTRIBUTE_PREFIX = "siphon.header."
+"""A header a route's ``header_overrides`` reads arrives as ``siphon.header.<header>`` (unless its trunk maps it):
+the one part of the ``siphon.`` namespace a trunk may map a SIP header to, since only stack-declared values of it
+select anything."""
+CALLER_DROP_CODES = frozenset({"secret_param", "routing_param", "not_allowed"})
+"""Warning codes of what ``caller_layer`` (and the lenient reader before it) drops from a caller-sourced layer."""
 
 BUILTIN_DEFAULTS = AgentConfig.model_validate({
     **LOCAL_DEFAULTS,
@@ -123,18 +139,91 @@ def attribute_layer(
     return merge_layers(*chosen).config if chosen else None
 
 
+def _caller_spec(
+    kind: ModelKind, spec: object, allowed: AllowedOverrides, where: str, warnings: list[MetadataWarning]
+) -> object | None:
+    """The spec a caller-sourced ``spec`` chooses among ``allowed`` (by label: the listed spec, whole), or None."""
+    if dropped := routing_params(spec):
+        warnings.append(MetadataWarning("routing_param", where, "dropped (caller-sourced): " + ", ".join(dropped)))
+        spec = without_routing_params(spec)  # type: ignore[arg-type]
+    choices = allowed.specs(kind)
+    try:
+        label = parse_spec(kind, spec).label
+    except SpecError:
+        label = None
+    for choice in choices:
+        try:
+            if label is not None and parse_spec(kind, choice).label == label:
+                return choice
+        except SpecError:
+            continue
+    listed = ", ".join(parse_spec(kind, c).label for c in choices if c is not None and _parses(kind, c))
+    why = f"not among the route's allowed_overrides.{kind} ({listed})" if listed else (
+        f"the route's allowed_overrides.{kind} lists nothing a caller may choose")  # fmt: skip
+    warnings.append(MetadataWarning("not_allowed", where, f"{why}; the lower layers' {kind} applies"))
+    return None
+
+
+def _parses(kind: ModelKind, spec: object) -> bool:
+    try:
+        parse_spec(kind, spec)
+    except SpecError:
+        return False
+    return True
+
+
+def caller_layer(
+    layer: AgentConfig, allowed: AllowedOverrides | None, *, path: str = OVERRIDES_ATTRIBUTE
+) -> tuple[AgentConfig | None, tuple[MetadataWarning, ...]]:
+    """What a caller-sourced ``layer`` may set: each model spec it names without its ``ROUTING_PARAMS``, and only when
+    its label is one of ``allowed`` (the listed spec then applies, whole); its instructions only when ``allowed`` says
+    so; nothing else. Whatever is dropped is warned about (codes in ``CALLER_DROP_CODES``, never the value)."""
+    allowed = allowed or AllowedOverrides()
+    warnings: list[MetadataWarning] = []
+    kept: dict[str, object] = {}
+    for name in AgentConfig.model_fields:
+        value = getattr(layer, name)
+        if not is_set(value):
+            continue
+        where = f"{path}.{name}"
+        if name in MODEL_KINDS:
+            kind: ModelKind = name  # type: ignore[assignment]
+            if (choice := _caller_spec(kind, value, allowed, where, warnings)) is not None:
+                kept[name] = choice
+        elif name in INSTRUCTION_FIELDS and allowed.instructions:
+            kept[name] = value
+        elif name in INSTRUCTION_FIELDS:
+            warnings.append(MetadataWarning("not_allowed", where, "the route's allowed_overrides.instructions is off"))
+        else:
+            why = "a caller-sourced layer may set only llm, stt, tts and instructions"
+            warnings.append(MetadataWarning("not_allowed", where, why))
+    return (AgentConfig.model_validate(kept) if kept else None), tuple(warnings)
+
+
+def is_caller_drop(warning: MetadataWarning) -> bool:
+    """True for a parameter or field dropped from the caller-sourced layer."""
+    return warning.code in CALLER_DROP_CODES and warning.field.startswith(OVERRIDES_ATTRIBUTE)
+
+
+def caller_drops(warnings: Iterable[MetadataWarning]) -> int:
+    """How many of ``warnings`` are parameters or fields dropped from the caller-sourced layer."""
+    return sum(1 for w in warnings if is_caller_drop(w))
+
+
 def call_layers(
     defaults: AgentConfig, meta: CallMetadata, attributes: Mapping[str, str] | None
 ) -> tuple[MergedConfig, tuple[MetadataWarning, ...]]:
     """The configuration of one call, lowest layer first: the worker's defaults, the route's ``agent_config``, the
     call's ``overrides``, the layer the SIP participant's ``attributes`` select from the route's
-    ``attribute_overrides``, and its ``siphon.overrides`` attribute; plus what was dropped from that attribute."""
+    ``attribute_overrides``, and what the route's ``allowed_overrides`` let its ``siphon.overrides`` attribute set
+    (``caller_layer``); plus what was dropped from that attribute."""
     attributes = attributes or {}
-    attr_layer, warnings = (
-        parse_agent_config(attributes[OVERRIDES_ATTRIBUTE], path=OVERRIDES_ATTRIBUTE)
-        if OVERRIDES_ATTRIBUTE in attributes
-        else (None, ())
-    )
+    attr_layer: AgentConfig | None = None
+    warnings: tuple[MetadataWarning, ...] = ()
+    if OVERRIDES_ATTRIBUTE in attributes:
+        raw, read = parse_agent_config(attributes[OVERRIDES_ATTRIBUTE], path=OVERRIDES_ATTRIBUTE)
+        attr_layer, dropped = caller_layer(raw, meta.allowed_overrides)
+        warnings = read + dropped
     selected = attribute_layer(meta.attribute_overrides, attributes)
     merged = merge_layers(
         ("default", defaults), ("route", meta.agent_config), ("call", meta.overrides), ("call", selected),

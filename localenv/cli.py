@@ -55,14 +55,13 @@ def deploy_and_run(env: LocalEnv) -> str:
     from infra.stack.load import stack_path
     from infra.stack.plan import plan_file
     from infra.stack.render import table
-    from localenv.deploy import deploy, start_guard, start_stack_workers
+    from localenv.deploy import deploy, start_stack_workers
 
     log = env.run_dir / "pulumi-up.log"
     with log.open("w") as f:
         outputs = deploy(env, on_output=lambda line: f.write(line + "\n"))
     plan = plan_file(stack_path("local"))
     workers = start_stack_workers(env, plan.stack)
-    start_guard(env)
     ids = {("inbound", row["route"]): row["rule_id"] for row in outputs["routing_table"].values()}
     ids.update({("outbound", name): f"trunk {r['trunk_id']}" for name, r in outputs["outbound_routes"].items()})
     rows = [  # the plan's routing table (Plan.routing), with the ids the deployment gave

@@ -108,13 +108,3 @@ def start_workers(
 
 def _registered(svc: Supervised) -> bool:
     return bool(svc.health and svc.health()) and b'"registered worker"' in svc.log_path.read_bytes()
-
-
-def start_guard(env: LocalEnv) -> Supervised:
-    """The roster guard (``python -m worker.roster``): ends the calls of a worker that died when no worker of its
-    agent is alive to take them over."""
-    assert env.endpoints is not None
-    return env.spawn(
-        "roster-guard", [sys.executable, "-m", "worker.roster"], lambda: True,
-        env={**os.environ, **env.endpoints.env()}, cwd=tools.REPO, restartable=True,
-    )  # fmt: skip

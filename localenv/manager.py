@@ -19,7 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
+from contract.deployment import AGENT_NAME_ENV
 from localenv import tools
 from localenv.ports import LOOPBACK, free_port_range, free_tcp_port
 from localenv.process import ServiceError, Supervised
@@ -28,6 +30,9 @@ API_KEY = "siphon-local"
 AWS_REGION = "us-east-1"
 PORT_RETRIES = 3
 RTP_PORTS = 200  # RTP ports for livekit-sip: two per concurrent call (bursts of 40+ calls)
+if TYPE_CHECKING:
+    from localenv.deaths import DeathWatch
+
 RESTART_SPACING = 2.0  # seconds between two starts of one worker (one that cannot start is not restarted in a loop)
 
 
@@ -93,6 +98,8 @@ class LocalEnv:
     endpoints: Endpoints | None = None
     services: list[Supervised] = field(default_factory=list)
     startup_seconds: dict[str, float] = field(default_factory=dict)
+    say: Callable[[str], object] = print  # where the supervisor's reports go (a worker's death and its calls)
+    _deaths: DeathWatch | None = field(default=None, init=False)
 
     @classmethod
     def start(cls, run_dir: Path, *, log_level: str = "info") -> LocalEnv:
@@ -136,7 +143,20 @@ class LocalEnv:
         )  # fmt: skip
         self.services.append(svc)
         svc.start()
+        self._watch(svc)
         return svc
+
+    def _watch(self, svc: Supervised) -> None:
+        """A worker's death is reported for recovery of its calls (``localenv.deaths``), as ECS reports a task's."""
+        agent = (svc.env or {}).get(AGENT_NAME_ENV)
+        if not svc.restartable or agent is None or svc.proc is None or self.endpoints is None:
+            return
+        if self._deaths is None:
+            from localenv.deaths import DeathWatch  # the LiveKit client: only once a worker runs
+
+            ep = self.endpoints
+            self._deaths = DeathWatch(ep.livekit_url, ep.api_key, ep.api_secret, say=self.say)
+        self._deaths.watch(svc.proc, agent)
 
     def _start_all(self, *, log_level: str) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +255,7 @@ class LocalEnv:
                 with svc.log_path.open("a") as log:
                     log.write(f"siphon-local: {line}\n")
                 svc.start()
+                self._watch(svc)
                 lines.append(line)
         return lines
 

@@ -15,8 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -30,8 +28,9 @@ from contract.metadata import MAX_RESUMES, AgentConfig, ResumeMarker, RouteMetad
 from contract.resolve import text_sha
 from infra import sipp
 from infra.verify import observe
+from localenv.deaths import DeathWatch
 from localenv.manager import Endpoints
-from tests.test_worker_live import CALLER, ROOT, WAIT, WorkerProc, _inbound_route, start_worker
+from tests.test_worker_live import CALLER, WAIT, WorkerProc, _inbound_route, start_worker
 from worker.resume import resume_metadata
 
 RESUME_MESSAGE = "Sorry, we were cut off. I am back on the line."
@@ -252,6 +251,19 @@ def kill_tree(w: WorkerProc) -> None:
     w.proc.wait(timeout=10)
 
 
+def death_watch(ep: Endpoints, *workers: WorkerProc) -> DeathWatch:
+    """The local supervisor's death reports (``localenv.deaths``, as ``./dev local`` runs them) for ``workers``."""
+    deaths = DeathWatch(ep.livekit_url, ep.api_key, ep.api_secret)
+    for w in workers:
+        deaths.watch(w.proc, w.agent_name)
+    return deaths
+
+
+def outcomes(deaths: DeathWatch) -> list[str]:
+    """Every call outcome the supervisor's reports gave (once the report is done)."""
+    return [o for _, report in deaths.reports for o in report]
+
+
 def serving(workers: list[WorkerProc], room: str) -> WorkerProc:
     """The worker whose job answered ``room``."""
     for w in workers:
@@ -265,11 +277,12 @@ def serving(workers: list[WorkerProc], room: str) -> WorkerProc:
 def test_a_worker_killed_with_its_call_while_another_lives_hands_the_call_to_the_living_one(
     endpoints: Endpoints, tmp_path: Path
 ) -> None:
-    """kill -9 of the serving worker's whole tree with a second worker of the agent alive: the living worker sees
-    the dead worker's roster go stale, claims it and re-dispatches the call; LiveKit hands it to the living worker,
-    whose agent resumes the call with the same configuration hash."""
+    """kill -9 of the serving worker's whole tree with a second worker of the agent alive: the supervisor sees the
+    death and reports it; the dead worker's call ledger names the call, which is re-dispatched; LiveKit hands it to
+    the living worker, whose agent resumes the call with the same configuration hash."""
     name = f"siphon-pair-{uuid.uuid4().hex[:6]}"
     workers = [start_worker(endpoints, tmp_path / f"w{i}.log", name) for i in range(2)]
+    deaths = death_watch(endpoints, *workers)
     dead: list[WorkerProc] = []
     try:
 
@@ -286,7 +299,8 @@ def test_a_worker_killed_with_its_call_while_another_lives_hands_the_call_to_the
         assert f.resumed is not None and f.original is not None
         assert f.resumed["siphon.config_hash"] == f.original["siphon.config_hash"], (f.original, f.resumed)
         assert f.resumed["siphon.resume_message_sha"] == text_sha(RESUME_MESSAGE)
-        assert "a worker died" in alive.text()
+        assert wait_for(lambda: bool(deaths.reports), 10)
+        assert any(o.startswith("taken over in") for o in outcomes(deaths)), deaths.reports
         pid = job_pid(alive, f.room)
         assert wait_for(lambda: text_sha(RESUME_MESSAGE) in utterance_shas(alive, f.room, pid)), alive.text()[-3000:]
         assert utterance_shas(alive, f.room, pid)[0] == text_sha(RESUME_MESSAGE)
@@ -300,33 +314,24 @@ def test_a_worker_killed_with_its_call_while_another_lives_hands_the_call_to_the
                 w.out.close()
 
 
-def start_guard(ep: Endpoints, log: Path) -> subprocess.Popen[bytes]:
-    """The roster guard (``python -m worker.roster``), as ``./dev local`` runs it."""
-    env = {**os.environ, **ep.env()}
-    with log.open("wb") as out:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "worker.roster"], cwd=ROOT, env=env, stdout=out, stderr=out)
-
-
 def test_the_only_worker_killed_with_a_call_ends_the_call_with_a_bye(endpoints: Endpoints, tmp_path: Path) -> None:
-    """kill -9 of the only worker's whole tree: no worker can take the call over, so the guard, seeing the worker's
-    roster go stale with no living worker of the agent, closes the room and the bridge hangs the caller up with a
-    BYE (sipp answers it: the call completed normally for the carrier), well before LiveKit's ~20 s timeout."""
-    guard = start_guard(endpoints, tmp_path / "guard.log")
+    """kill -9 of the only worker's whole tree: no worker can take the call over, so the supervisor, which knows no
+    worker of the agent is left, has the call ended at once: the room is closed and the bridge hangs the caller up
+    with a BYE (sipp answers it: the call completed normally for the carrier), well before LiveKit's ~20 s
+    timeout."""
     w = start_worker(endpoints, tmp_path / "only.log", f"siphon-only-{uuid.uuid4().hex[:6]}")
+    deaths = death_watch(endpoints, w)
     try:
         f = fault_call(endpoints, w.agent_name, "+15550100303", lambda room, attrs: kill_tree(w), expect="bye")
-        text = (tmp_path / "guard.log").read_text(errors="replace")
-        assert f.bye_s is not None, f"the call was not ended: {f}\n{text[-3000:]}"
+        assert f.bye_s is not None, f"the call was not ended: {f}\n{deaths.reports}"
         assert f.bye_s < BYE_BOUND, f
         assert f.end is not None and f.end.completed, f.end  # sipp received the BYE and answered it 200 OK
-        assert "a worker died" in text and "no worker of the agent is alive" in text, text[-3000:]
+        assert outcomes(deaths) == ["no worker of the agent is alive: call ended (BYE)"], deaths.reports
         print(f"BYE after the only worker's kill: {f.bye_s:.2f}s")
     finally:
         w.out.close()
         if w.proc.poll() is None:
             w.stop()
-        guard.terminate()
-        guard.wait(timeout=10)
 
 
 def test_a_session_whose_plugin_raises_hands_the_call_over_and_a_call_that_keeps_failing_ends_with_a_bye(
@@ -372,10 +377,11 @@ def test_a_session_whose_plugin_raises_hands_the_call_over_and_a_call_that_keeps
 def test_a_worker_that_dies_without_calls_leaves_the_other_workers_calls_alone(
     endpoints: Endpoints, tmp_path: Path
 ) -> None:
-    """Two workers, the one that is not serving the call is killed: its roster is claimed by the living worker, it
-    holds no call, and the call in progress keeps its agent (nobody is re-dispatched, nothing is resumed)."""
+    """Two workers, the one that is not serving the call is killed: its death is reported, its ledger records no
+    call, and the call in progress keeps its agent (nobody is re-dispatched, nothing is resumed)."""
     name = f"siphon-idle-{uuid.uuid4().hex[:6]}"
     workers = [start_worker(endpoints, tmp_path / f"idle{i}.log", name) for i in range(2)]
+    deaths = death_watch(endpoints, *workers)
     dead: list[WorkerProc] = []
     try:
 
@@ -388,8 +394,8 @@ def test_a_worker_that_dies_without_calls_leaves_the_other_workers_calls_alone(
         f = fault_call(endpoints, name, "+15550100305", kill_idle, expect="resume", timeout=8)
         (alive,) = [w for w in workers if w is not dead[0]]
         assert f.silence_s is None and f.resumed is None and f.bye_s is None, f
-        assert wait_for(lambda: '"message": "a worker died"' in alive.text(), 5), alive.text()[-3000:]
-        assert '"calls": 0' in alive.text(), alive.text()[-3000:]
+        assert wait_for(lambda: bool(deaths.reports), 5)
+        assert deaths.reports == [(deaths.reports[0][0], [])], deaths.reports  # reported, with no call to recover
         assert "take-over" not in alive.text(), alive.text()[-3000:]
         assert f.end is not None and f.end.completed, f.end
     finally:
@@ -398,21 +404,3 @@ def test_a_worker_that_dies_without_calls_leaves_the_other_workers_calls_alone(
                 assert w.stop() == 0, w.text()[-3000:]
             else:
                 w.out.close()
-
-
-def test_the_only_worker_of_an_agent_killed_is_ended_with_a_bye_by_another_agents_worker(
-    endpoints: Endpoints, tmp_path: Path
-) -> None:
-    """No guard process: agent A's only worker is killed during a call while a worker of agent B runs. B's worker
-    sees A's roster go stale with no living worker of A, and ends the call: the caller receives a BYE."""
-    other = start_worker(endpoints, tmp_path / "other.log", f"siphon-other-{uuid.uuid4().hex[:6]}")
-    w = start_worker(endpoints, tmp_path / "lonely.log", f"siphon-lonely-{uuid.uuid4().hex[:6]}")
-    try:
-        f = fault_call(endpoints, w.agent_name, "+15550100306", lambda room, attrs: kill_tree(w), expect="bye")
-        assert f.bye_s is not None and f.bye_s < BYE_BOUND, (f, other.text()[-3000:])
-        assert f.end is not None and f.end.completed, f.end
-        assert "no worker of the agent is alive" in other.text(), other.text()[-3000:]
-        print(f"BYE by another agent's worker after the only worker's kill: {f.bye_s:.2f}s")
-    finally:
-        w.out.close()
-        assert other.stop() == 0, other.text()[-3000:]

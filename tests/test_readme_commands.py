@@ -109,8 +109,7 @@ def second_terminal(local_env: LocalEnv) -> Iterator[Path]:
     wipe_sip()
     deploy(local_env)
     stack, _ = load(stack_path("local"))
-    workers = start_stack_workers(local_env, stack)  # as `./dev local` runs them (its guard left out: it would
-    # watch the rosters of every later test's workers in this shared environment)
+    workers = start_stack_workers(local_env, stack)  # as `./dev local` runs them
     try:
         yield write_env_file(local_env)
     finally:

@@ -107,6 +107,20 @@ CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
      "inbound_routes.support.header_overrides.0.values." + "v" * 257, "at most 256 characters"),
     ("header-override-long-header", [_set("inbound_routes.sales.header_overrides.0.header", "X-" + "a" * 113)],
      "inbound_routes.sales.header_overrides.0.header", "siphon.header.x-"),
+    # Trust (#30): what arrives over SIP is data, never configuration.
+    ("header-mapped-to-overrides", [_set("inbound_trunks.main.headers_to_attributes", {"X-Overrides": "siphon.overrides"})],
+     "inbound_trunks.main.headers_to_attributes.X-Overrides", "header_overrides"),
+    ("header-mapped-to-siphon-namespace", [_set("outbound_trunks.carrier.headers_to_attributes", {"X-Route": "siphon.route"})],
+     "outbound_trunks.carrier.headers_to_attributes.X-Route", "whoever sends the header would write it"),
+    ("allowed-overrides-unknown-key", [_set("inbound_routes.support.allowed_overrides", {"llm": [], "voices": []})],
+     "inbound_routes.support.allowed_overrides.voices", "unknown field"),
+    ("allowed-overrides-same-label-twice", [_set("inbound_routes.support.allowed_overrides",
+                                                 {"tts": ["local/espeak-ng:fr", {"provider": "local", "model": "espeak-ng", "voice": "x"}, "local/espeak-ng:fr"]})],
+     "inbound_routes.support.allowed_overrides.tts", "listed twice"),
+    ("allowed-overrides-siphon-payload", [_set("inbound_routes.support.metadata_format", "siphon"),
+                                          _set("inbound_routes.support.header_overrides", []),
+                                          _set("inbound_routes.support.allowed_overrides", {"instructions": True})],
+     "inbound_routes.support", "allowed_overrides needs metadata_format: siphon-infra"),
 ]  # fmt: skip
 
 
@@ -177,6 +191,8 @@ MESSAGE_CASES = [
      "agents.sales-agent.defaults.llm.provider", "Field required", "valid string"),
     ("plain-password-at-its-line", [_set("inbound_trunks.main.auth_username", "u"), _set("inbound_trunks.main.auth_password", "hunter2")],
      "inbound_trunks.main.auth_password", "pulumi config set --secret", "hunter2"),
+    ("header-mapping-says-what-to-write", [_set("inbound_trunks.main.headers_to_attributes", {"X-Layer": "siphon.overrides"})],
+     "inbound_trunks.main.headers_to_attributes.X-Layer", "X-Layer: customer.layer", "Traceback"),
 ]  # fmt: skip
 
 
@@ -244,6 +260,26 @@ MODEL_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
      "outbound_routes.appointment-reminders.agent_config.llm", "needs GROQ_API_KEY"),
     ("outbound-test-model", [_set("outbound_routes.appointment-reminders.agent_config.stt", "local/silent")],
      "outbound_routes.appointment-reminders.agent_config.stt", "offline test model"),
+    # Trust (#30): a URL the deployment's key travels to is https; what a caller may choose is run like any spec.
+    ("route-url-not-https", [_set("inbound_routes.sales-us.agent_config.llm",
+                                  {"provider": "openai", "model": "gpt-4.1-mini", "base_url": "http://10.0.0.5:8000/v1"})],
+     "inbound_routes.sales-us.agent_config.llm.base_url", "is not an https URL"),
+    ("header-layer-url-without-scheme", [_set("inbound_routes.support.header_overrides.0.values.gold.llm",
+                                              {"provider": "openai", "base_url": "proxy.example.com/v1"})],
+     "inbound_routes.support.header_overrides.0.values.gold.llm.base_url", "write https://<host>/"),
+    ("defaults-url-not-https", [_set("agents.support-agent.defaults.tts",
+                                     {"provider": "cartesia", "model": "sonic-2", "base_url": "ws://tts.example.com"})],
+     "agents.support-agent.defaults.tts.base_url", "is not an https URL"),
+    ("allowed-url-not-https", [_set("inbound_routes.sales-us.allowed_overrides",
+                                    {"llm": [_OPENAI, {"provider": "openai", "model": "gpt-4o", "base_url": "http://p/v1"}]})],
+     "inbound_routes.sales-us.allowed_overrides.llm.1.base_url", "is not an https URL"),
+    ("allowed-test-model", [_set("inbound_routes.sales-us.allowed_overrides", {"tts": ["local/espeak-ng"]})],
+     "inbound_routes.sales-us.allowed_overrides.tts.0", "offline test model"),
+    ("allowed-provider-without-key", [_set("outbound_routes.appointment-reminders.allowed_overrides",
+                                           {"llm": ["anthropic/claude-sonnet-4"]})],
+     "outbound_routes.appointment-reminders.allowed_overrides.llm.0", "needs ANTHROPIC_API_KEY"),
+    ("allowed-unknown-provider", [_set("inbound_routes.sales-us.allowed_overrides", {"stt": ["nobody/x"]})],
+     "inbound_routes.sales-us.allowed_overrides.stt.0", "unknown stt provider 'nobody'"),
 ]  # fmt: skip
 
 

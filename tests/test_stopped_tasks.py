@@ -11,8 +11,11 @@ from typing import Any
 
 import boto3
 import pytest
+from livekit import api
 
 from tests.test_ecs_death_queue import create_queue, put_task_event, task_event
+from worker.recovery import CallLedger, ledger_room
+from worker.settings import WorkerSettings
 from worker.stopped_tasks import StoppedTask, StoppedTasks, attach, livekit_recovery, parse_event
 
 
@@ -148,17 +151,46 @@ class FakeServer:
         self.handlers.setdefault(event, []).append(handler)
 
 
-def test_attach_starts_consuming_when_the_worker_has_started_and_not_before(queue, monkeypatch):
-    monkeypatch.setenv("SIPHON_WORKER_ID", "this-worker")
+def test_attach_starts_consuming_when_the_worker_has_started_and_not_before(queue):
     server = FakeServer()
-    consumer = attach(server, queue["queue_url"])
+    consumer = attach(server, WorkerSettings(death_queue_url=queue["queue_url"], worker_id="this-worker"))
     assert consumer is not None
     assert not any(t.name == "siphon-stopped-tasks" for t in threading.enumerate())
     [started] = server.handlers["worker_started"]
     started()
     try:
         assert any(t.name == "siphon-stopped-tasks" for t in threading.enumerate())
-        assert consumer.own_id == "this-worker"
+        for _ in range(50):
+            if consumer.own_id:
+                break
+            time.sleep(0.02)
+        assert consumer.own_id == "this-worker", "its own stopped event is never acted on"
     finally:
         consumer.stop()
-    assert attach(FakeServer(), "") is None, "no queue (not on ECS): nothing to consume"
+    assert attach(FakeServer(), WorkerSettings()) is None, "no queue (not on ECS): nothing to consume"
+
+
+def test_a_stopped_task_event_recovers_that_workers_calls_from_its_ledger_on_livekit(queue, endpoints):
+    """The whole ECS path on the local servers: the task's ledger (written as its worker writes it) is claimed and
+    its call recovered (here the caller had already left) by ``worker.recovery.recover_worker``."""
+
+    async def scenario() -> tuple[list[str], set[str]]:
+        lk = api.LiveKitAPI()
+        try:
+            await lk.room.create_room(api.CreateRoomRequest(name="ecs-death-call"))
+            await CallLedger("support-agent", "ecs-task-1").write(
+                lk, [{"room": "ecs-death-call", "job": "AJ_dead", "dispatch": "", "identity": "agent-dead"}]
+            )
+            put_task_event(task="ecs-task-1")
+            consumer = StoppedTasks(queue["queue_url"], livekit_recovery(lambda: lk), wait_seconds=1)
+            outcomes = await consumer.handle_batch(await asyncio.to_thread(consumer.receive))
+            rooms = {r.name for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms}
+            await lk.room.delete_room(api.DeleteRoomRequest(room="ecs-death-call"))
+            return outcomes, rooms
+        finally:
+            await lk.aclose()
+
+    outcomes, rooms = asyncio.run(scenario())
+    assert outcomes == ["recovered ecs-task-1: 1 call(s)"]
+    assert ledger_room("ecs-task-1") not in rooms, "the ledger is claimed"
+    assert waiting(queue["queue_url"]) == 0

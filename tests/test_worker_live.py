@@ -33,7 +33,7 @@ from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 
 from contract import metrics
-from contract.metadata import AgentConfig, CallMetadata, RouteMetadata
+from contract.metadata import AgentConfig, AllowedOverrides, CallMetadata, RouteMetadata
 from infra import sipp
 from infra.ecs import components
 from infra.ecs.naming import Names
@@ -344,12 +344,13 @@ def test_explicit_dispatch_route_layer(endpoints: Endpoints, worker: WorkerProc)
 def test_explicit_dispatch_call_layers_metadata_and_participant_attribute(
     endpoints: Endpoints, worker: WorkerProc
 ) -> None:
-    """Stand-in SIP participant carrying a ``siphon.overrides`` attribute: call layer beats route beats default;
-    an explicit empty call value inherits (truthy-wins)."""
+    """Stand-in SIP participant carrying a ``siphon.overrides`` attribute, which the route allows to choose the LLM
+    and the instructions: call layer beats route beats default; an explicit empty call value inherits (truthy-wins)."""
     meta = CallMetadata(
         route="clinic-north",
         agent_config=AgentConfig(system_instructions="Route", greeting_instructions="Route greeting"),
         overrides=AgentConfig(system_instructions="Per call", greeting_instructions=""),
+        allowed_overrides=AllowedOverrides(llm=["local/scripted"], instructions=True),
     )
     attr = json.dumps({"greeting_instructions": "Attribute greeting", "llm": "local/scripted"})
     r = call(endpoints, worker, meta.to_json(), participant=sip_attributes(**{"siphon.overrides": attr}))

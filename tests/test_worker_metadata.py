@@ -17,7 +17,15 @@ from contract import metadata as md
 from contract import models as specs
 from contract.deployment import defaults_env
 from contract.deployment import worker_env as deployment_env
-from contract.metadata import AgentConfig, CallMetadata, ProviderSpec, RouteMetadata, parse_agent_config, parse_metadata
+from contract.metadata import (
+    AgentConfig,
+    AllowedOverrides,
+    CallMetadata,
+    ProviderSpec,
+    RouteMetadata,
+    parse_agent_config,
+    parse_metadata,
+)
 from contract.resolve import (
     BUILTIN_DEFAULTS,
     CallFacts,
@@ -492,6 +500,7 @@ def test_resolve_call_merges_the_layers_with_the_sip_participants_facts_and_attr
     meta = CallMetadata(
         route="support", inbound_trunk_id="ST_in", agent_config=AgentConfig(tts="local/espeak-ng:en-gb"),
         attribute_overrides={"sip.h.x-tier": {"gold": AgentConfig(llm="openai/gpt-4.1-mini")}},
+        allowed_overrides=AllowedOverrides(instructions=True),  # the caller's attribute may replace instructions
     )  # fmt: skip
     sip = SipFacts("", phone_number="+15557654321", trunk_phone_number="+15550100", trunk_id="ST_in")
     attributes = {**sip.as_attributes(), "sip.h.x-tier": "gold", "siphon.overrides": '{"system_instructions": "C"}'}

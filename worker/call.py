@@ -26,10 +26,10 @@ from pydantic_core import to_jsonable_python
 
 from contract import metrics
 from contract.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
-from contract.resolve import SipFacts, call_layers, resolve_call
+from contract.resolve import SipFacts, call_layers, caller_drops, is_caller_drop, resolve_call
 from worker import call_metric, end_call, turns
 from worker.models import registry
-from worker.resume import take_over
+from worker.resume import ATTR_CONFIG_HASH, take_over
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger("siphon.worker")
@@ -108,9 +108,9 @@ def _resolve_models(config: AgentConfig, settings: WorkerSettings, built: Built)
     return out
 
 
-def _count(settings: WorkerSettings, metric: str) -> None:
-    """One event in the call metric (an ECS deployment's log group turns the line into a CloudWatch count)."""
-    line = call_metric.event_line(settings.metric_cluster, settings.metric_service, metric)
+def _count(settings: WorkerSettings, metric: str, count: int = 1) -> None:
+    """Events in the call metric (an ECS deployment's log group turns the line into a CloudWatch count)."""
+    line = call_metric.event_line(settings.metric_cluster, settings.metric_service, metric, count=count)
     if line:  # one write: the worker's other processes write to the same stdout
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
@@ -153,13 +153,23 @@ async def _end_job(ctx: JobContext, meta: CallMetadata, status: str, reason: str
 
 
 async def entrypoint(ctx: JobContext) -> None:
-    """One call; whatever fails in it ends the job (a job that raised would otherwise hold its slot)."""
+    """One call; whatever fails in it ends the job and the call (a job that raised would otherwise hold its slot,
+    and its caller would stay in a room with no agent)."""
     try:
         await _call(ctx)
     except Exception as err:
-        logger.exception("the call failed; ending the job", extra={"room": ctx.room.name})
-        ctx.shutdown(reason=f"failed: {type(err).__name__}: {str(err)[:200]}")
+        logger.exception("the call failed; ending the job and the call", extra={"room": ctx.room.name})
+        await _hang_up(ctx, f"failed: {type(err).__name__}: {str(err)[:200]}")
         raise
+
+
+def _taken_over(room: rtc.Room) -> bool:
+    """Whether another agent already served this call (it published its configuration here): a job LiveKit
+    re-dispatched after losing that agent's worker (LiveKit Cloud does), to be answered as a resumption."""
+    return any(
+        p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and p.attributes.get(ATTR_CONFIG_HASH)
+        for p in room.remote_participants.values()
+    )
 
 
 async def _call(ctx: JobContext) -> None:
@@ -217,16 +227,21 @@ async def _call(ctx: JobContext) -> None:
     except registry.SpecUnavailable as err:
         await _refuse(ctx, settings, str(err), hang_up=sip_p is not None)
         return
-    resumed = resolved.resumed  # a take-over of a call whose agent process died (worker.resume)
+    # a take-over of a call whose agent died: ours (worker.resume) or LiveKit's own re-dispatch
+    resumed = resolved.resumed or _taken_over(ctx.room)
     resolved = dataclasses.replace(
         resolved,
         models={k: r.label for k, r in models.items()},
         fallbacks={k: r.fallback_reason for k, r in models.items() if r.fallback_reason},
         warnings=tuple(warns),
+        resumed=resumed,
     )
     resolve_ms = (time.perf_counter() - caller_at) * 1000  # caller known -> configuration resolved
     for w in warns:
-        logger.warning("metadata problem (ignored, falling back)", extra={"room": ctx.room.name, **w.as_dict()})
+        message = "caller override dropped" if is_caller_drop(w) else "metadata problem (ignored, falling back)"
+        logger.warning(message, extra={"room": ctx.room.name, **w.as_dict()})
+    if dropped := caller_drops(warns):  # the caller's layer named a host, a credential or a choice not allowed
+        _count(settings, metrics.CALLER_DROPS, dropped)
     for kind, r in models.items():
         if r.fallback_reason:
             detail = f"{kind}: {r.requested} -> {r.label}: {r.fallback_reason}"
@@ -271,7 +286,9 @@ async def _call(ctx: JobContext) -> None:
     @session.on("error")
     def _on_error(ev: object) -> None:  # a model plugin raised and gave up: the caller would hear nothing
         error = getattr(ev, "error", None)
-        if getattr(error, "type", "") in ("llm_error", "tts_error") and not getattr(error, "recoverable", True):
+        if getattr(error, "type", "") in ("stt_error", "llm_error", "tts_error") and not getattr(
+            error, "recoverable", True
+        ):
             hand_over(getattr(error, "error", error))
 
     @session.on("close")
@@ -328,13 +345,10 @@ async def _hand_over(ctx: JobContext, agent_name: str, error: str) -> None:
     then end the job."""
     logger.error("a model failed during a call; handing the call over", extra={"room": ctx.room.name,
                                                                                    "error": error})  # fmt: skip
-    try:
-        outcome = await take_over(
-            ctx.api, agent_name=agent_name, room=ctx.room.name, metadata=ctx.job.metadata, job_id=ctx.job.id,
-            dead_identity=ctx.room.local_participant.identity, remove_dead=False,
-        )  # fmt: skip
-    except Exception as err:
-        outcome = f"failed: {type(err).__name__}"
+    outcome = await take_over(  # never raises: a take-over that fails ends the call with a BYE
+        ctx.api, agent_name=agent_name, room=ctx.room.name, metadata=ctx.job.metadata, job_id=ctx.job.id,
+        dead_identity=ctx.room.local_participant.identity, remove_dead=False,
+    )  # fmt: skip
     logger.info("call take-over", extra={"room": ctx.room.name, "job_id": ctx.job.id, "outcome": outcome})
     ctx.shutdown(reason=f"session failed; {outcome}")
 

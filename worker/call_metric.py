@@ -12,6 +12,9 @@ metrics in the ``Siphon`` namespace, dimensions ``ClusterName`` and ``ServiceNam
 - ``ModelFallbacks`` and ``CallsRefused`` (Count): one line per event, written by the call's job when a model a
   layer asks for cannot be built and the agent's default answers instead, or when not even the default can be
   built and the call is refused (``event_line``). Sum them to see how often it happens.
+- ``CallerOverridesDropped`` (Count): one line per call whose caller-sourced layer (the SIP participant's
+  ``siphon.overrides`` attribute) named what it may not set (a provider's host, URL or credential, or a choice the
+  route's ``allowed_overrides`` does not list), valued at how many were dropped (``contract.resolve.caller_layer``).
 
 No AWS call and no credentials: writing a log line is all it costs. The names (``contract.metrics``) are the ones
 the scaling policy reads: ``infra`` imports them from there too, so the two cannot disagree.
@@ -121,12 +124,15 @@ class CallGauge:
                 return
 
 
-def event_line(cluster: str | None, service: str | None, metric: str, at_ms: int | None = None) -> str | None:
-    """One EMF line counting one event (``FALLBACKS`` or ``REFUSALS``) for an ECS deployment's worker, or None
-    outside a deployment (no ``SIPHON_METRIC_CLUSTER`` / ``_SERVICE``): the reason is in the log either way."""
+def event_line(
+    cluster: str | None, service: str | None, metric: str, at_ms: int | None = None, count: int = 1
+) -> str | None:
+    """One EMF line counting ``count`` events (``FALLBACKS``, ``REFUSALS``, ``CALLER_DROPS``) for an ECS deployment's
+    worker, or None outside a deployment (no ``SIPHON_METRIC_CLUSTER`` / ``_SERVICE``): the reason is in the log
+    either way."""
     if not (cluster and service):
         return None
     dims = dimensions(cluster, service)
     at_ms = int(time.time() * 1000) if at_ms is None else at_ms
-    record = {"_aws": _directive(dims, at_ms, [{"Name": metric, "Unit": "Count"}]), **dims, metric: 1}
+    record = {"_aws": _directive(dims, at_ms, [{"Name": metric, "Unit": "Count"}]), **dims, metric: count}
     return json.dumps(record, separators=(",", ":"))

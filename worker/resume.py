@@ -36,7 +36,7 @@ logger = logging.getLogger("siphon.worker")
 
 TAKEOVER_TIMEOUT = 4.0
 """Seconds a re-dispatched call may wait for an agent before it is ended with a BYE."""
-POLL = 0.1
+POLL = 0.25  # seconds between looks into a room being taken over (at most 16 requests in all)
 ATTR_CONFIG_HASH = "siphon.config_hash"
 
 
@@ -58,7 +58,8 @@ def resume_metadata(raw: str, job_id: str) -> str | None:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-def _caller_present(parts: list[api.ParticipantInfo]) -> bool:
+def caller_present(parts: list[api.ParticipantInfo]) -> bool:
+    """Whether a caller (a SIP participant) is among ``parts``."""
     return any(p.kind == api.ParticipantInfo.Kind.SIP for p in parts)
 
 
@@ -72,6 +73,29 @@ async def participants(lk: api.LiveKitAPI, room: str) -> list[api.ParticipantInf
         raise
 
 
+async def wait_for_agent(lk: api.LiveKitAPI, room: str, before: set[str], started: float) -> bool:
+    """Wait, until ``TAKEOVER_TIMEOUT`` after ``started``, for a new agent (none of ``before``) to publish its
+    configuration in ``room``; False when none did or the caller left. A request that fails (throttled) is retried
+    at the next look."""
+    while time.monotonic() - started < TAKEOVER_TIMEOUT:
+        try:
+            parts = await participants(lk, room)
+        except Exception as err:
+            logger.warning("could not look into a room being taken over", extra={"room": room, "error": str(err)[:200]})
+        else:
+            if not caller_present(parts):
+                return False
+            if any(  # a new agent (none that was here before the dispatch) published its configuration
+                p.kind == api.ParticipantInfo.Kind.AGENT
+                and p.identity not in before
+                and p.attributes.get(ATTR_CONFIG_HASH)
+                for p in parts
+            ):
+                return True
+        await asyncio.sleep(POLL)
+    return False
+
+
 async def take_over(
     lk: api.LiveKitAPI,
     *,
@@ -82,51 +106,58 @@ async def take_over(
     dead_identity: str,
     remove_dead: bool = True,
 ) -> str:
-    """Re-dispatch one call whose agent process died (see the module docstring); the outcome, for the log. An agent
+    """Re-dispatch one call whose agent died (see the module docstring); the outcome, for the log. Never raises and
+    never leaves the caller with no agent: whatever fails, the call is ended with a BYE (``end_call``). An agent
     whose session failed hands its own call over with ``remove_dead=False`` (it leaves by itself)."""
     started = time.monotonic()
-    parts = await participants(lk, room)
-    if not _caller_present(parts):
-        return "no caller in the room: nothing to take over"
-    before = {p.identity for p in parts if p.kind == api.ParticipantInfo.Kind.AGENT} | {dead_identity}
-    resumed = resume_metadata(metadata, job_id)
-    if resumed is None:
-        await hang_up(lk, room)
-        return f"taken over {MAX_RESUMES} times already: call ended (BYE)"
-    dispatch = await lk.agent_dispatch.create_dispatch(
-        api.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=resumed)
-    )
+    try:
+        parts = await participants(lk, room)
+        if not caller_present(parts):
+            return "no caller in the room: nothing to take over"
+        before = {p.identity for p in parts if p.kind == api.ParticipantInfo.Kind.AGENT} | {dead_identity}
+        resumed = resume_metadata(metadata, job_id)
+        if resumed is None:
+            return f"taken over {MAX_RESUMES} times already: " + await end_call(lk, room)
+        dispatch = await lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=resumed)
+        )
+    except Exception as err:  # refused, throttled, unreachable: end the call rather than leave the caller alone
+        return f"take-over failed ({type(err).__name__}: {str(err)[:200]}): " + await end_call(lk, room)
     if dead_identity and remove_dead:
         try:
             await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=dead_identity))
-        except api.TwirpError as err:  # already gone
-            if err.code != "not_found":
-                logger.warning("could not remove the dead agent", extra={"room": room, "error": err.message[:200]})
-    while time.monotonic() - started < TAKEOVER_TIMEOUT:
-        parts = await participants(lk, room)
-        if not _caller_present(parts):
-            return "the caller left during the take-over"
-        if any(  # a new agent (none that was here before the dispatch) published its configuration
-            p.kind == api.ParticipantInfo.Kind.AGENT and p.identity not in before and p.attributes.get(ATTR_CONFIG_HASH)
-            for p in parts
-        ):
-            return f"taken over in {time.monotonic() - started:.2f}s"
-        await asyncio.sleep(POLL)
-    with contextlib.suppress(api.TwirpError):
+        except Exception as err:  # already gone, or the API is busy: it times out by itself
+            if not (isinstance(err, api.TwirpError) and err.code == "not_found"):
+                logger.warning("could not remove the dead agent", extra={"room": room, "error": str(err)[:200]})
+    if await wait_for_agent(lk, room, before, started):
+        return f"taken over in {time.monotonic() - started:.2f}s"
+    with contextlib.suppress(Exception):
         await lk.agent_dispatch.delete_dispatch(dispatch.id, room)
-    await hang_up(lk, room)
-    return f"no agent took the call over within {TAKEOVER_TIMEOUT:g}s: call ended (BYE)"
+    return f"no agent took the call over within {TAKEOVER_TIMEOUT:g}s: " + await end_call(lk, room)
 
 
-async def hang_up(lk: api.LiveKitAPI, room: str) -> str:
-    """Close the room: the bridge hangs the caller up with a BYE (a normal end of the call for the carrier)."""
-    try:
-        await lk.room.delete_room(api.DeleteRoomRequest(room=room))
-    except api.TwirpError as err:
-        if err.code != "not_found":
-            raise
-        return "the room was already gone"
-    return "call ended (BYE)"
+END_TRIES = (0.0, 0.25, 0.5, 1.0, 2.0)
+"""Delays before each attempt to close a room (best effort, within ~4 s: the caller hears the BYE soon after)."""
+
+
+async def end_call(lk: api.LiveKitAPI, room: str) -> str:
+    """Close the room, retried: the bridge hangs the caller up with a BYE (a normal end of the call for the
+    carrier); the outcome, for the log."""
+    error = ""
+    for delay in END_TRIES:
+        await asyncio.sleep(delay)
+        try:
+            await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+        except api.TwirpError as err:
+            if err.code == "not_found":
+                return "the room was already gone"
+            error = f"{err.code}: {err.message[:200]}"
+        except Exception as err:
+            error = f"{type(err).__name__}: {str(err)[:200]}"
+        else:
+            return "call ended (BYE)"
+    logger.error("could not end a call with no agent", extra={"room": room, "error": error})
+    return f"could not end the call ({error})"
 
 
 class CrashWatch:
@@ -164,20 +195,16 @@ class CrashWatch:
             self._api = api.LiveKitAPI()  # LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET: the worker's own
         started = time.monotonic()
         try:  # a process that exits abnormally while its room closes (the caller hung up) held no call any more
-            if not _caller_present(await participants(self._api, room)):
+            if not caller_present(await participants(self._api, room)):
                 logger.info("a job process exited abnormally after its call ended", extra=where)
                 return
         except Exception:
             logger.warning("could not look into the room of a job process that died", extra=where)
         logger.error("job process died during a call; taking the call over", extra=where)
-        try:
-            outcome = await take_over(
-                self._api, agent_name=self._agent_name, room=room, metadata=metadata, job_id=job_id,
-                dead_identity=identity,
-            )  # fmt: skip
-        except Exception as err:
-            logger.exception("taking the call over failed", extra={"room": room, "job_id": job_id})
-            outcome = f"failed: {type(err).__name__}"
+        outcome = await take_over(
+            self._api, agent_name=self._agent_name, room=room, metadata=metadata, job_id=job_id,
+            dead_identity=identity,
+        )  # fmt: skip
         logger.info(
             "call take-over",
             extra={"room": room, "job_id": job_id, "outcome": outcome,

@@ -1,5 +1,5 @@
 """The worker's ``AgentServer``: its job processes (preload, prewarm, warm processes), its capacity gate, the
-watchers of its calls (metric, ECS task protection, crash watch, roster) and the start check of its models."""
+watchers of its calls (metric, ECS task protection, crash watch, call ledger) and the start check of its models."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from worker import turns
 from worker.call import Built, entrypoint, spec_key
 from worker.call_metric import CallGauge
 from worker.models import registry
+from worker.recovery import CallLedger, own_worker_id
 from worker.resume import CrashWatch
-from worker.roster import Roster
 from worker.settings import SettingsError, WorkerSettings
 from worker.task_protection import TaskProtection
 
@@ -137,7 +137,8 @@ def build_server(settings: WorkerSettings | None = None, preload: list[str] | No
             watcher.start()
     server.setup_fnc = prewarm
     CrashWatch(settings.agent_name).attach(server)  # a job process that dies mid-call: its call is taken over
-    Roster(settings.agent_name).attach(server)  # a worker that dies with calls: a living worker takes them over
+    # a worker that dies with calls: whoever sees it die (ECS, the local supervisor) has them taken over
+    CallLedger(settings.agent_name, own_worker_id(settings.worker_id)).attach(server)
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=on_request)
     return server
 

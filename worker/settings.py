@@ -103,6 +103,11 @@ class WorkerSettings(BaseSettings):
     call_protection_minutes: CallProtectionMinutes | None = Field(
         None, description=f"minutes of ECS task protection per renewal while calls run, 1 to {MAX_PROTECTION_MINUTES}"
     )
+    worker_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,128}$",
+        description="this worker's id in its call ledger, e.g. worker-3 (default: its ECS task id, else host.pid)",
+    )
     death_queue_url: str | None = Field(
         None, pattern=r"^https?://\S+$",
         description="URL of the SQS queue that receives the stack's stopped ECS tasks (set by the ECS deployment): "

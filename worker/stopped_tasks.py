@@ -30,12 +30,15 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
+from livekit import api
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract.deployment import DEATH_QUEUE_ENV
+from worker.recovery import Recover, own_worker_id, recover_worker, task_id
+from worker.settings import WorkerSettings
 
 logger = logging.getLogger("siphon.worker")
 
@@ -48,9 +51,6 @@ VISIBILITY_SECONDS = 30
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 """Pauses after consecutive failed receives (then the last one, until a receive succeeds)."""
 _SQS_HOST = re.compile(r"^https://sqs\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/")
-
-Recover = Callable[[str], Awaitable[list[str]]]
-"""Recovers the calls of the worker with this id (an ECS task id); one outcome per call, for the log."""
 
 
 class _Detail(BaseModel):
@@ -88,11 +88,6 @@ class StoppedTask(BaseModel):
     group: str = Field("", description="service:<name> for a service's task")
     stopped_reason: str = ""
     stop_code: str = ""
-
-
-def task_id(task_arn: str) -> str:
-    """The id of an ECS task: the last segment of its ARN (``arn:...:task/<cluster>/<id>``)."""
-    return task_arn.rsplit("/", 1)[-1]
 
 
 def parse_event(body: str) -> StoppedTask | None:
@@ -234,9 +229,19 @@ class StoppedTasks:
         finally:
             loop.close()
 
-    def start(self) -> threading.Thread:
-        """``run_forever`` in a daemon thread (it ends with the process)."""
-        thread = threading.Thread(target=self.run_forever, name="siphon-stopped-tasks", daemon=True)
+    def start(self, own_id: Callable[[], str] | None = None) -> threading.Thread:
+        """``run_forever`` in a daemon thread (it ends with the process); ``own_id``, when given, is asked first, in
+        that thread (it may read the ECS task metadata endpoint), for the id whose events this consumer skips."""
+
+        def run() -> None:
+            if own_id is not None:
+                try:
+                    self.own_id = own_id()
+                except Exception:  # the consumer never stops the worker
+                    logger.exception("could not read this worker's id; the death queue consumer skips no task")
+            self.run_forever()
+
+        thread = threading.Thread(target=run, name="siphon-stopped-tasks", daemon=True)
         thread.start()
         return thread
 
@@ -247,10 +252,6 @@ def livekit_recovery(make_api: Callable[[], Any] | None = None) -> Recover:
     clients: list[Any] = []
 
     async def recover(worker_id: str) -> list[str]:
-        from livekit import api
-
-        from worker.recovery import recover_worker
-
         if not clients:
             clients.append((make_api or api.LiveKitAPI)())  # LIVEKIT_URL, LIVEKIT_API_KEY, LIVEKIT_API_SECRET
         return list(await recover_worker(clients[0], worker_id))
@@ -258,34 +259,16 @@ def livekit_recovery(make_api: Callable[[], Any] | None = None) -> Recover:
     return recover
 
 
-def own_id() -> str:
-    """This worker's id, as its own stopped event would carry it (``worker.recovery.own_worker_id``)."""
-    from worker.recovery import own_worker_id
-
-    return str(own_worker_id(os.environ.get("SIPHON_WORKER_ID")))
-
-
-def attach(server: Any, queue_url: str | None = None) -> StoppedTasks | None:
-    """Consume the death queue once the server runs (its ``worker_started`` event), like ``resume.CrashWatch``;
-    ``queue_url``: default, the worker settings' ``death_queue_url`` (``SIPHON_DEATH_QUEUE_URL``: only ECS
-    deployments set it). None when there is no queue."""
-    if queue_url is None:
-        from worker.settings import WorkerSettings
-
-        queue_url = WorkerSettings.from_env().death_queue_url
-    url = queue_url
-    if not url:
+def attach(server: Any, settings: WorkerSettings | None = None) -> StoppedTasks | None:
+    """Consume the death queue once the server runs (its ``worker_started`` event), like ``resume.CrashWatch``; the
+    queue is the settings' ``death_queue_url`` (``SIPHON_DEATH_QUEUE_URL``: only ECS deployments set it), and the
+    worker's own id (``worker_id``, else its ECS task id: ``worker.recovery.own_worker_id``) is never recovered.
+    None when there is no queue."""
+    settings = settings or WorkerSettings.from_env()
+    if not settings.death_queue_url:
         return None
-    consumer = StoppedTasks(url, livekit_recovery())
-
-    def started() -> None:
-        try:
-            consumer.own_id = own_id()
-        except Exception:  # the consumer must never stop the worker
-            logger.exception("could not read this worker's id; the death queue consumer skips no task")
-        consumer.start()
-
-    server.on("worker_started", started)
+    consumer = StoppedTasks(settings.death_queue_url, livekit_recovery())
+    server.on("worker_started", lambda: consumer.start(lambda: own_worker_id(settings.worker_id)))
     return consumer
 
 

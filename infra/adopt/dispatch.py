@@ -60,6 +60,8 @@ def read_dispatch(agent_metadata: str, rule_metadata: str) -> Layer:
         problem = ""
         if meta.attribute_overrides:
             problem = "header-selected layers (attribute_overrides) are not read back into header_overrides"
+        elif meta.allowed_overrides:
+            problem = "what a caller may choose (allowed_overrides) is not read back into the route"
         elif rule_metadata != agent_metadata:
             problem = "the rule's own metadata differs from its agent's"
         config = meta.agent_config.model_dump(mode="json", exclude_none=True) if meta.agent_config else {}

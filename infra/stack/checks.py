@@ -3,7 +3,9 @@
 Each check mirrors a way a real deployment goes wrong: a route whose agent has no worker (a call
 nobody answers), numbers LiveKit would match ambiguously, rules LiveKit would reject as conflicting
 (both culprits named), unsecured inbound trunks outside `local`, and model specs the worker cannot
-resolve, test models outside `local`, and providers whose credential an agent's ECS workers are not given.
+resolve, test models outside `local`, and providers whose credential an agent's ECS workers are not given; a SIP
+header mapped to an attribute the worker reads as configuration (whoever sends the header would configure the agent),
+and, outside `local`, a provider URL that is not https.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import product
 
-from contract.metadata import AgentConfig
-from contract.models import layer_spec_problems, run_problems
+from contract.metadata import MODEL_KINDS, AgentConfig, AllowedOverrides, ModelSpec
+from contract.models import RunProblem, check_spec, layer_spec_problems, run_problems, url_problems
+from contract.resolve import HEADER_ATTRIBUTE_PREFIX, OVERRIDES_ATTRIBUTE
 from contract.types import LOCAL_ENVIRONMENT as LOCAL
 from infra.ecs.validation import IMAGE_RE
 from infra.stack.model import StackFile
@@ -178,6 +181,74 @@ def _spec_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
         yield from _specs(layer, where)
 
 
+def _allowed(stack: StackFile) -> Iterator[tuple[str, str, AllowedOverrides]]:
+    """Every route's ``allowed_overrides``: ``(where, agent, allowed)``."""
+    routes = [("inbound_routes", k, r.agent, r.allowed_overrides) for k, r in stack.inbound_routes.items()]
+    routes += [("outbound_routes", k, r.agent, r.allowed_overrides) for k, r in stack.outbound_routes.items()]
+    for section, key, agent, allowed in routes:
+        if allowed is not None:
+            yield f"{section}.{key}.allowed_overrides", agent, allowed
+
+
+def _spec_sites(stack: StackFile) -> Iterator[tuple[str, ModelSpec]]:
+    """Every model spec the file declares, with the field it is written at (``<layer>.<kind>``, or
+    ``<route>.allowed_overrides.<kind>.<i>``)."""
+    for where, _, layer in _layers(stack):
+        for kind in MODEL_KINDS:
+            if (spec := getattr(layer, kind)) is not None:
+                yield f"{where}.{kind}", spec
+    for where, _, allowed in _allowed(stack):
+        for kind in MODEL_KINDS:
+            for i, spec in enumerate(allowed.specs(kind)):
+                yield f"{where}.{kind}.{i}", spec
+
+
+def _allowed_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """The specs a route lets a caller choose are ones its agent's workers can run, like any other spec."""
+    for where, agent_key, allowed in _allowed(stack):
+        agent = stack.agents.get(agent_key)
+        keys = agent.ecs.provider_key_secrets if agent and agent.ecs else None
+        for kind in MODEL_KINDS:
+            for i, spec in enumerate(allowed.specs(kind)):
+                if reason := check_spec(kind, spec):
+                    yield f"{where}.{kind}.{i}", f"the worker cannot resolve this {kind} spec: {reason}"
+                    continue
+                if agent is None or not agent.has_worker:
+                    continue  # reported by _agent_problems
+                layer = AgentConfig.model_validate({kind: spec})
+                for problem in run_problems(layer, environment=stack.environment, credentials=keys):
+                    yield f"{where}.{kind}.{i}", _run_message(stack, agent_key, problem)
+
+
+def _url_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """Outside `local`, a provider URL a layer declares is https: the deployment's key travels to it."""
+    if stack.environment == LOCAL:
+        return
+    for field, spec in _spec_sites(stack):
+        for param, why in url_problems(spec):
+            yield f"{field}.{param}", f"outside `{LOCAL}` a provider URL {why}"
+
+
+def _header_mapping_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """No trunk maps a SIP header to a ``siphon.`` attribute the worker reads (``siphon.overrides``, or any other but
+    ``siphon.header.<header>``, whose values only select stack-declared layers): the header's sender would write it."""
+    sections = (("inbound_trunks", stack.inbound_trunks), ("outbound_trunks", stack.outbound_trunks))
+    for section, trunks in sections:
+        for key, trunk in trunks.items():
+            for header, attribute in trunk.headers_to_attributes.items():
+                if attribute.startswith("siphon.") and not attribute.startswith(HEADER_ATTRIBUTE_PREFIX):
+                    what = ("the caller's configuration layer" if attribute == OVERRIDES_ATTRIBUTE
+                            else "an attribute of the worker's own namespace")  # fmt: skip
+                    yield (
+                        f"{section}.{key}.headers_to_attributes.{header}",
+                        f"maps SIP header {header} to {attribute}, {what}: whoever sends the header would write it. "
+                        "To vary the agent by header, declare the layers on the route: header_overrides: "
+                        f"[{{header: {header}, values: {{<value>: {{...}}}}}}] (and allowed_overrides for what a "
+                        "caller may choose); to pass the header on as data, map it outside siphon.* "
+                        f"(e.g. {header}: customer.{header.lower().removeprefix('x-')})",
+                    )
+
+
 def _credential_key(stack: StackFile, variable: str, provider: str) -> str:
     """The config key to hold ``variable``: the one another agent already maps it to, else ``<provider>ApiKey``."""
     for agent in stack.agents.values():
@@ -197,11 +268,16 @@ def _model_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
         keys = agent.ecs.provider_key_secrets if agent.ecs else None
         defaults = where == f"agents.{agent_key}.defaults"
         for problem in run_problems(layer, environment=stack.environment, credentials=keys, defaults=defaults):
-            variable = problem.missing_credential or ""
-            config_key = _credential_key(stack, variable, problem.spec.provider if problem.spec else "")
-            to_add = (f"add `{variable}: {config_key}` under agents.{agent_key}.ecs.provider_key_secrets, and "
-                      f"`pulumi config set --secret {config_key} <key> --stack {stack.environment}`")  # fmt: skip
-            yield f"{where}.{problem.kind}", problem.message(to_add)
+            yield f"{where}.{problem.kind}", _run_message(stack, agent_key, problem)
+
+
+def _run_message(stack: StackFile, agent_key: str, problem: RunProblem) -> str:
+    """What keeps ``agent_key``'s workers from running a model as declared, and the line to add for a key."""
+    variable = problem.missing_credential or ""
+    config_key = _credential_key(stack, variable, problem.spec.provider if problem.spec else "")
+    to_add = (f"add `{variable}: {config_key}` under agents.{agent_key}.ecs.provider_key_secrets, and "
+              f"`pulumi config set --secret {config_key} <key> --stack {stack.environment}`")  # fmt: skip
+    return problem.message(to_add)
 
 
 def _name_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
@@ -218,7 +294,8 @@ def _name_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
 
 
 CHECKS = (_agent_problems, _name_problems, _trunk_reference_problems, _trunk_conflicts, _rule_conflicts,
-          _security_problems, _image_problems, _spec_problems, _model_problems)  # fmt: skip
+          _security_problems, _image_problems, _spec_problems, _model_problems, _allowed_problems, _url_problems,
+          _header_mapping_problems)  # fmt: skip
 
 
 def cross_check(stack: StackFile) -> Iterator[tuple[str, str]]:

@@ -29,7 +29,8 @@ from pydantic import (
 )
 
 from contract.deployment import CallCapacity, max_calls_for, worker_env
-from contract.metadata import AgentConfig, Direction, RouteMetadata
+from contract.metadata import AgentConfig, AllowedOverrides, Direction, RouteMetadata
+from contract.resolve import HEADER_ATTRIBUTE_PREFIX
 from contract.types import (
     DEFAULT_RING_TIMEOUT,
     LOCAL_ENVIRONMENT,
@@ -48,7 +49,7 @@ from infra.livekit.outbound_trunk import OutboundTrunkArgs
 
 Key = str  # a reference to a trunk, agent or route by its key (checked by infra.stack.checks)
 LOCAL_MAX_CALLS = 10  # a local worker process without an ECS size to derive its capacity from
-ATTRIBUTE_PREFIX = "siphon.header."
+ATTRIBUTE_PREFIX = HEADER_ATTRIBUTE_PREFIX
 """A header a route's override reads arrives as ``siphon.header.<header>`` unless its trunk maps it already."""
 
 SECRET_PLACEHOLDER = "[secret from config]"
@@ -227,6 +228,12 @@ SIPHON_CONFIG_KEYS = ("llm", "tts", "stt", "greeting_instructions", "system_inst
 """The keys of SIPHON 0.1.4's ``agent_config``, in the order it writes them."""
 
 
+_ALLOWED_HELP = (
+    "what the caller-sourced layer (the SIP participant's siphon.overrides attribute) may switch to: "
+    "{llm: [...], stt: [...], tts: [...], instructions: false}; default: nothing"
+)
+
+
 class InboundRoute(Model):
     """Calls to ``numbers`` (through ``trunks``) reach ``agent`` with this route's configuration."""
 
@@ -250,6 +257,7 @@ class InboundRoute(Model):
     attributes: dict[AttributeName, str] = Field(default_factory=dict)
     room: RoomTimeouts = Field(default_factory=RoomTimeouts)
     header_overrides: list[HeaderOverride] = Field(default_factory=list, max_length=MAX_HEADER_OVERRIDES)
+    allowed_overrides: AllowedOverrides | None = Field(default=None, description=_ALLOWED_HELP)
     krisp_enabled: bool = False
     media: MediaConfig | None = None
 
@@ -259,14 +267,21 @@ class InboundRoute(Model):
         if not direct and not self.agent:
             raise ValueError("agent: is required (only a direct rule, which dispatches no agent, has none)")
         if ((direct and not self.agent) or self.metadata_format == "none") and (
-            self.agent_config != AgentConfig() or self.context or self.header_overrides
+            self.agent_config != AgentConfig() or self.context or self.header_overrides or self.allowed_overrides
         ):
             why = "a direct rule dispatches no agent" if direct else "metadata_format: none sends no metadata"
-            raise ValueError(f"agent_config, context and header_overrides reach no agent here: {why}")
+            raise ValueError(
+                f"agent_config, context, header_overrides and allowed_overrides reach no agent here: {why}"
+            )
         if self.metadata_format == "siphon" and "agent_config" in self.context:
             raise ValueError("context: with metadata_format: siphon its keys sit beside agent_config: rename that key")
         if self.metadata_format != "siphon-infra" and self.header_overrides:
             raise ValueError("header_overrides need metadata_format: siphon-infra (SIPHON's payload cannot carry them)")
+        if self.metadata_format != "siphon-infra" and self.allowed_overrides:
+            raise ValueError(
+                "allowed_overrides needs metadata_format: siphon-infra (SIPHON's payload cannot carry it; "
+                "without it a caller's siphon.overrides attribute may set nothing)"
+            )
         if self.pin and self.rule is not None:
             raise ValueError(
                 "pin: is not used when rule: is set (the rule's own pin is): move it to rule.pin, or drop rule:"
@@ -320,6 +335,7 @@ class OutboundRoute(Model):
     agent_config: AgentConfig = Field(default_factory=AgentConfig)
     context: Context = Field(default_factory=dict)
     ring_timeout: RingTimeout = Field(default=DEFAULT_RING_TIMEOUT, description="seconds to wait for an answer")
+    allowed_overrides: AllowedOverrides | None = Field(default=None, description=_ALLOWED_HELP)
 
 
 def route_metadata(
@@ -336,6 +352,7 @@ def route_metadata(
         agent_config=layer,
         context=route.context or None,
         attribute_overrides=attribute_overrides,
+        allowed_overrides=route.allowed_overrides,
     )
 
 
