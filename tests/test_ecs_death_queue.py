@@ -32,7 +32,7 @@ from infra.ecs.spec import DEATH_QUEUE_ACTIONS
 from localenv.manager import Endpoints, http_ok
 from localenv.ports import free_tcp_port
 from tests.stack_harness import StackUnderTest
-from tests.test_ecs_helpers import container_env, default_network, full_args, role_statements
+from tests.test_ecs_helpers import assert_nothing_left, container_env, default_network, full_args, role_statements
 from worker.stopped_tasks import StoppedTasks
 
 ACCOUNT = "123456789012"
@@ -139,6 +139,7 @@ def test_the_stack_deploys_its_death_queue_rule_and_worker_permissions_and_destr
         sqs.get_queue_url(QueueName=name)
     with pytest.raises(ClientError, match="ResourceNotFound"):
         events.describe_rule(Name=name)
+    assert_nothing_left()
 
 
 # -- the rule --------------------------------------------------------------------------------------------
@@ -214,8 +215,7 @@ def test_read_reports_a_removed_target_and_update_restores_it(aws):
 def test_a_deleted_queue_reads_as_gone_and_delete_tolerates_what_is_already_gone(aws):
     p, created = create_queue()
     p.delete(created.id, created.outs)
-    assert boto3.client("sqs").list_queues().get("QueueUrls", []) == []
-    assert boto3.client("events").list_rules()["Rules"] == []
+    assert_nothing_left()
     assert p.read(created.id, created.outs).id == ""
     p.delete(created.id, created.outs)
 

@@ -100,7 +100,7 @@ def mutating(calls: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def leftovers() -> dict[str, list[str]]:
-    """Every ECS, IAM, Secrets Manager, Logs, Auto Scaling and ECR object still alive on moto."""
+    """Every ECS, IAM, Secrets Manager, Logs, Auto Scaling, ECR, SQS and EventBridge object still alive on moto."""
     ecs = boto3.client("ecs")
     clusters = ecs.list_clusters()["clusterArns"]
     live_clusters = (
@@ -135,6 +135,8 @@ def leftovers() -> dict[str, list[str]]:
             p["PolicyName"] for p in scaling.describe_scaling_policies(ServiceNamespace="ecs")["ScalingPolicies"]
         ],
         "repositories": [r["repositoryName"] for r in boto3.client("ecr").describe_repositories()["repositories"]],
+        "queues": boto3.client("sqs").list_queues().get("QueueUrls", []),
+        "rules": [r["Name"] for r in boto3.client("events").list_rules()["Rules"]],
     }
 
 

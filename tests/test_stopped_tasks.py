@@ -151,22 +151,24 @@ class FakeServer:
         self.handlers.setdefault(event, []).append(handler)
 
 
-def test_attach_starts_consuming_when_the_worker_has_started_and_not_before(queue):
+def test_attach_starts_consuming_when_the_worker_has_started_and_not_before(aws):
     server = FakeServer()
-    consumer = attach(server, WorkerSettings(death_queue_url=queue["queue_url"], worker_id="this-worker"))
+    unreachable = "http://127.0.0.1:9/123456789012/siphon-test-worker-deaths"  # no long poll held on the shared moto
+    consumer = attach(server, WorkerSettings(death_queue_url=unreachable, worker_id="this-worker"))
     assert consumer is not None
-    assert not any(t.name == "siphon-stopped-tasks" for t in threading.enumerate())
+    assert consumer.queue_url == unreachable
+    assert not [t for t in threading.enumerate() if t.name == "siphon-stopped-tasks"]
     [started] = server.handlers["worker_started"]
     started()
-    try:
-        assert any(t.name == "siphon-stopped-tasks" for t in threading.enumerate())
-        for _ in range(50):
-            if consumer.own_id:
-                break
-            time.sleep(0.02)
-        assert consumer.own_id == "this-worker", "its own stopped event is never acted on"
-    finally:
-        consumer.stop()
+    [thread] = [t for t in threading.enumerate() if t.name == "siphon-stopped-tasks"]
+    for _ in range(100):
+        if consumer.own_id:
+            break
+        time.sleep(0.02)
+    consumer.stop()
+    thread.join(15)
+    assert consumer.own_id == "this-worker", "its own stopped event is never acted on"
+    assert not thread.is_alive()
     assert attach(FakeServer(), WorkerSettings()) is None, "no queue (not on ECS): nothing to consume"
 
 
