@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -196,3 +199,10 @@ def test_a_stopped_task_event_recovers_that_workers_calls_from_its_ledger_on_liv
     assert outcomes == ["recovered ecs-task-1: 1 call(s)"]
     assert ledger_room("ecs-task-1") not in rooms, "the ledger is claimed"
     assert waiting(queue["queue_url"]) == 0
+
+
+def test_the_guard_without_a_queue_says_what_to_set():
+    run = subprocess.run([sys.executable, "-m", "worker.stopped_tasks"], capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k != "SIPHON_DEATH_QUEUE_URL"})  # fmt: skip
+    assert run.returncode == 2
+    assert "no queue: set SIPHON_DEATH_QUEUE_URL or pass --queue-url (the stack output death_queue_url)" in run.stderr
