@@ -1,0 +1,287 @@
+"""LiveKit server API requests per worker per minute, idle and during a burst of calls: the old worker design beside
+the new one, in one run.
+
+LiveKit Cloud allows a project about 1,000 server API requests a minute (docs: shared/reference/livekit.md section
+16); every worker of every agent spends from that one budget. Each worker here runs behind its own counting proxy
+(``localenv/api_proxy.py``: its ``LIVEKIT_URL``, so its job processes' calls are counted too), so its requests are
+its own.
+
+- OLD: the worker of ``--old-ref`` (default 9616c27: the roster beats every 0.5 s), exported with ``git archive`` of
+  worker/ and contract/ and run from there (its working directory and PYTHONPATH, with this checkout's virtualenv);
+- NEW: the worker of ``--new-ref`` (default: this checkout's working tree).
+
+One local environment (Redis, livekit-server, livekit-sip). For each number of workers (``--workers``, default
+1 2 4) both designs' pools grow to that size, then:
+
+- idle: every worker of both designs idles for ``--idle`` seconds (the same window for both), and its requests are
+  scaled to a minute;
+- burst: ``--burst`` simultaneous real inbound calls (sipp through livekit-sip, each held 3 s then hung up) to one
+  design, then to the other (the order alternates): the requests of its workers from the first INVITE until every
+  call ended and every worker is back to no job (plus 3 s for what a worker writes after a call), per call; and per
+  call beyond the same workers' idle rate over the burst's duration.
+
+Every figure is printed with its ratio new / old, measured in the same run.
+
+    PATH=$(python3 -m localenv.tools path):$PATH .venv/bin/python -m bench.api_budget [--idle 60] [--workers 1 2 4]
+        [--burst 20] [--old-ref 9616c27] [--new-ref REF] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from livekit import api
+
+from bench.sip_calls import _route, calls
+from contract.metadata import AgentConfig, RouteMetadata
+from localenv.api_proxy import ApiProxy
+from localenv.manager import Endpoints, LocalEnv
+from tests.test_worker_live import WorkerProc, _active_jobs, start_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+OLD_REF = "9616c27"  # main before the call ledger: worker/roster.py beats every 0.5 s
+NUMBERS = {"old": "+15550300401", "new": "+15550300402"}
+AFTER_CALLS = 3.0  # s counted after the last job ended: what a worker writes once its calls are gone
+WARM = 5.0  # s after workers start before measuring: idle job processes warm up, periodic tasks start
+
+
+def export(ref: str, dest: Path) -> Path:
+    """worker/ and contract/ of ``ref``, extracted into ``dest``; checks that they import from there."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "worker", "contract"], check=True,
+                             capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    probe = "import contract, worker, worker.server; print(contract.__file__, worker.__file__, worker.server.__file__)"
+    where = subprocess.run([sys.executable, "-c", probe], cwd=dest, env={**os.environ, "PYTHONPATH": str(dest)},
+                           check=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+    assert all(Path(p).resolve().is_relative_to(dest.resolve()) for p in where), f"{ref} imports from {where}"
+    return dest
+
+
+@dataclass
+class Member:
+    """One worker of a design and its own proxy."""
+
+    worker: WorkerProc
+    proxy: ApiProxy
+
+
+@dataclass
+class Design:
+    """A worker version under measurement: its code, agent, number and running workers."""
+
+    label: str  # "old" | "new"
+    ref: str
+    code: Path
+    agent: str
+    number: str
+    members: list[Member] = field(default_factory=list)
+
+    def grow(self, ep: Endpoints, logs: Path, n: int) -> None:
+        """Start workers (each behind a new proxy) until ``n`` run."""
+        missing = n - len(self.members)
+        if missing <= 0:
+            return
+        with concurrent.futures.ThreadPoolExecutor(missing) as pool:
+            self.members += list(pool.map(lambda i: self._start(ep, logs, len(self.members) + i), range(missing)))
+
+    def _start(self, ep: Endpoints, logs: Path, i: int) -> Member:
+        proxy = ApiProxy.start(ep.livekit_url)
+        try:
+            log = logs / f"worker-{self.label}-{i + 1}.log"
+            proxied = dataclasses.replace(ep, livekit_url=proxy.url)
+            return Member(start_worker(proxied, log, self.agent, code=self.code, SIPHON_NUM_IDLE_PROCESSES="1"), proxy)
+        except BaseException:
+            proxy.stop()
+            raise
+
+    def stop(self) -> None:
+        for m in self.members:
+            with contextlib.suppress(Exception):
+                m.worker.stop()
+            m.proxy.stop()
+        self.members.clear()
+
+
+@dataclass
+class Idle:
+    """One idle window of one design: requests per minute of each worker, and per method (all workers)."""
+
+    per_worker: list[float]
+    methods: dict[str, float]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.per_worker) / len(self.per_worker)
+
+
+@dataclass
+class Burst:
+    """One burst of calls to one design."""
+
+    calls: int
+    answered: int
+    refused: int
+    lost: int
+    seconds: float
+    requests: int
+    beyond_idle: float  # requests beyond the workers' idle rate over the same duration
+    methods: dict[str, int]
+
+    @property
+    def per_call(self) -> float:
+        return self.requests / self.calls
+
+    @property
+    def beyond_per_call(self) -> float:
+        return self.beyond_idle / self.calls
+
+
+def idle_window(designs: list[Design], seconds: float) -> dict[str, Idle]:
+    """Every worker of every design idles for ``seconds`` (the same window for all)."""
+    mark = time.monotonic()
+    time.sleep(seconds)
+    out = {}
+    for d in designs:
+        scale = 60.0 / seconds
+        methods: collections.Counter[str] = collections.Counter()
+        per_worker = []
+        for m in d.members:
+            counts = m.proxy.counts(since=mark)
+            per_worker.append(sum(counts.values()) * scale)
+            methods.update(counts)
+        out[d.label] = Idle(per_worker, {k: v * scale for k, v in methods.items()})
+    return out
+
+
+def burst(ep: Endpoints, d: Design, size: int, idle: Idle, timeout: float = 120) -> Burst:
+    """``size`` simultaneous calls to ``d``'s number; its workers' requests until every job ended (+AFTER_CALLS)."""
+    mark = time.monotonic()
+    times, refused, lost = calls(ep, d.number, size, together=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_active_jobs(m.worker) for m in d.members):
+        time.sleep(0.2)
+    time.sleep(AFTER_CALLS)
+    seconds = time.monotonic() - mark
+    methods: collections.Counter[str] = collections.Counter()
+    for m in d.members:
+        methods.update(m.proxy.counts(since=mark))
+    requests = sum(methods.values())
+    beyond = requests - sum(idle.per_worker) * seconds / 60.0
+    return Burst(size, len(times), refused, lost, seconds, requests, beyond, dict(methods))
+
+
+def _ratio(new: float, old: float, floor: float = 0.0) -> str:
+    """new / old; none when old is within ``floor`` of zero (a difference of two counts: noise around 0)."""
+    if abs(old) <= floor or old == 0:
+        return "x0" if abs(new) <= floor else f"n/a (old {old:.2f})"
+    return f"x{new / old:.3f}"
+
+
+def _methods(methods: dict[str, float], unit: str) -> str:
+    top = sorted(methods.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{k.removeprefix('livekit.')} {v:.1f}{unit}" for k, v in top) or "none"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--idle", type=float, default=60.0, help="idle window in seconds (scaled to a minute)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="workers per design, increasing")
+    parser.add_argument("--burst", type=int, default=20, help="simultaneous calls per burst")
+    parser.add_argument("--old-ref", default=OLD_REF, help="git ref of the old design's worker")
+    parser.add_argument("--new-ref", default=None, help="git ref of the new design's worker (default: working tree)")
+    parser.add_argument("--quick", action="store_true", help="--idle 20 --workers 1 2 --burst 10")
+    args = parser.parse_args()
+    if args.quick:
+        args.idle, args.workers, args.burst = 20.0, [1, 2], 10
+    if sorted(args.workers) != args.workers:
+        parser.error("--workers must be increasing (the pools grow)")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, LocalEnv.start(Path(tmp) / "env") as env:
+        ep = env.endpoints
+        assert ep is not None
+        os.environ.update(ep.env())  # the bench's own calls (routes, sipp) go straight to livekit-server
+        tag = uuid.uuid4().hex[:4]
+        designs = [
+            Design("old", args.old_ref, export(args.old_ref, Path(tmp) / "old"), f"budget-old-{tag}", NUMBERS["old"]),
+            Design("new", args.new_ref or "working tree",
+                   export(args.new_ref, Path(tmp) / "new") if args.new_ref else ROOT, f"budget-new-{tag}",
+                   NUMBERS["new"]),
+        ]  # fmt: skip
+        route = RouteMetadata(route="budget", direction="inbound", agent_config=AgentConfig(greeting_instructions="Hi"))
+
+        async def routes() -> None:
+            lk = api.LiveKitAPI()
+            try:
+                for d in designs:
+                    await _route(lk, f"budget-{d.label}", d.number, d.agent, route.to_json())
+            finally:
+                await lk.aclose()
+
+        asyncio.run(routes())
+        print(f"old: {designs[0].ref} ({designs[0].code}); new: {designs[1].ref} ({designs[1].code})", flush=True)
+        results: list[tuple[int, dict[str, Idle], dict[str, Burst]]] = []
+        try:
+            for i, n in enumerate(args.workers):
+                for d in designs:
+                    d.grow(ep, env.run_dir, n)
+                time.sleep(WARM)
+                for d in designs:  # warm-up: one call each (a fresh worker's first job pays extra), not counted
+                    calls(ep, d.number, 1, together=False)
+                print(f"{n} worker(s) per design: idle {args.idle:.0f} s ...", flush=True)
+                idle = idle_window(designs, args.idle)
+                for d in designs:
+                    print(f"  idle {d.label}: {_methods(idle[d.label].methods, '/min')}", flush=True)
+                bursts = {}
+                for d in designs if i % 2 == 0 else designs[::-1]:
+                    b = burst(ep, d, args.burst, idle[d.label])
+                    bursts[d.label] = b
+                    print(f"  burst {d.label}: {b.answered}/{b.calls} answered in {b.seconds:.1f} s, "
+                          f"{b.requests} requests: {_methods(dict(b.methods), '')}", flush=True)  # fmt: skip
+                results.append((n, idle, bursts))
+        finally:
+            for d in designs:
+                d.stop()
+    print(_table(results, args.burst))
+    print(f"\nrun time {time.monotonic() - started:.0f} s; old = {designs[0].ref}, new = {designs[1].ref}")
+    return 0
+
+
+def _table(results: list[tuple[int, dict[str, Idle], dict[str, Burst]]], size: int) -> str:
+    out = [
+        "\n| workers | design | idle req/min per worker (min-max) | idle req/min, all workers "
+        f"| burst of {size}: answered/refused/lost | burst s | burst requests | per call | per call beyond idle |",
+        "|" + "---|" * 9,
+    ]
+    for n, idle, bursts in results:
+        for label in ("old", "new"):
+            i, b = idle[label], bursts[label]
+            out.append(
+                f"| {n} | {label} | {i.mean:.1f} ({min(i.per_worker):.1f}-{max(i.per_worker):.1f}) | "
+                f"{sum(i.per_worker):.1f} | {b.answered}/{b.refused}/{b.lost} | {b.seconds:.1f} | {b.requests} | "
+                f"{b.per_call:.2f} | {round(b.beyond_per_call, 2) + 0.0:.2f} |"
+            )
+        i_old, i_new, b_old, b_new = idle["old"], idle["new"], bursts["old"], bursts["new"]
+        out.append(
+            f"| {n} | new / old | {_ratio(i_new.mean, i_old.mean)} | "
+            f"{_ratio(sum(i_new.per_worker), sum(i_old.per_worker))} | | | {_ratio(b_new.requests, b_old.requests)} | "
+            f"{_ratio(b_new.per_call, b_old.per_call)} | {_ratio(b_new.beyond_per_call, b_old.beyond_per_call, 0.1)} |"
+        )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
