@@ -10,15 +10,18 @@ its own.
   worker/ and contract/ and run from there (its working directory and PYTHONPATH, with this checkout's virtualenv);
 - NEW: the worker of ``--new-ref`` (default: this checkout's working tree).
 
-One local environment (Redis, livekit-server, livekit-sip). For each number of workers (``--workers``, default
-1 2 4) both designs' pools grow to that size, then:
+Each design has a local environment of its own (Redis, livekit-server, livekit-sip): the designs run at the same
+time and must not see each other's rooms (the old design's workers watch every agent's rosters, and would take the
+other design's workers for dead ones when a busy worker's beat is late). For each number of workers (``--workers``,
+default 1 2 4) both designs' pools grow to that size, then:
 
 - idle: every worker of both designs idles for ``--idle`` seconds (the same window for both), and its requests are
   scaled to a minute;
 - burst: ``--burst`` simultaneous real inbound calls (sipp through livekit-sip, each held 3 s then hung up) to one
   design, then to the other (the order alternates): the requests of its workers from the first INVITE until every
   call ended and every worker is back to no job (plus 3 s for what a worker writes after a call), per call; and per
-  call beyond the same workers' idle rate over the burst's duration.
+  call beyond the same workers' idle rate over the burst's duration (below 0 when a busy worker's periodic calls
+  slowed down during the burst).
 
 Every figure is printed with its ratio new / old, measured in the same run.
 
@@ -38,6 +41,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -86,27 +90,39 @@ class Design:
     label: str  # "old" | "new"
     ref: str
     code: Path
+    env: LocalEnv  # its own: the designs' workers never see each other's rooms (both may watch every roster)
     agent: str
     number: str
     members: list[Member] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def grow(self, ep: Endpoints, logs: Path, n: int) -> None:
+    @property
+    def ep(self) -> Endpoints:
+        assert self.env.endpoints is not None
+        return self.env.endpoints
+
+    def grow(self, n: int) -> None:
         """Start workers (each behind a new proxy) until ``n`` run."""
         missing = n - len(self.members)
         if missing <= 0:
             return
+        first = len(self.members)
         with concurrent.futures.ThreadPoolExecutor(missing) as pool:
-            self.members += list(pool.map(lambda i: self._start(ep, logs, len(self.members) + i), range(missing)))
+            list(pool.map(lambda i: self._start(first + i), range(missing)))
 
-    def _start(self, ep: Endpoints, logs: Path, i: int) -> Member:
-        proxy = ApiProxy.start(ep.livekit_url)
+    def _start(self, i: int) -> None:
+        proxy = ApiProxy.start(self.ep.livekit_url)
         try:
-            log = logs / f"worker-{self.label}-{i + 1}.log"
-            proxied = dataclasses.replace(ep, livekit_url=proxy.url)
-            return Member(start_worker(proxied, log, self.agent, code=self.code, SIPHON_NUM_IDLE_PROCESSES="1"), proxy)
+            log = self.env.run_dir / f"worker-{self.label}-{i + 1}.log"
+            proxied = dataclasses.replace(self.ep, livekit_url=proxy.url)
+            # start_worker's test settings, but an inbound job waits for its caller as in production (10 s, not 1 s):
+            # on a loaded 2-core box, callers of a burst join late, and a job that gives up hangs its call up.
+            worker = start_worker(proxied, log, self.agent, code=self.code, SIPHON_PARTICIPANT_WAIT="10")
         except BaseException:
             proxy.stop()
             raise
+        with self._lock:
+            self.members.append(Member(worker, proxy))
 
     def stop(self) -> None:
         for m in self.members:
@@ -167,10 +183,10 @@ def idle_window(designs: list[Design], seconds: float) -> dict[str, Idle]:
     return out
 
 
-def burst(ep: Endpoints, d: Design, size: int, idle: Idle, timeout: float = 120) -> Burst:
+def burst(d: Design, size: int, idle: Idle, timeout: float = 120) -> Burst:
     """``size`` simultaneous calls to ``d``'s number; its workers' requests until every job ended (+AFTER_CALLS)."""
     mark = time.monotonic()
-    times, refused, lost = calls(ep, d.number, size, together=True)
+    times, refused, lost = calls(d.ep, d.number, size, together=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_active_jobs(m.worker) for m in d.members):
         time.sleep(0.2)
@@ -185,9 +201,9 @@ def burst(ep: Endpoints, d: Design, size: int, idle: Idle, timeout: float = 120)
 
 
 def _ratio(new: float, old: float, floor: float = 0.0) -> str:
-    """new / old; none when old is within ``floor`` of zero (a difference of two counts: noise around 0)."""
-    if abs(old) <= floor or old == 0:
-        return "x0" if abs(new) <= floor else f"n/a (old {old:.2f})"
+    """new / old; none when old is not above ``floor`` (for a difference of two counts: noise around 0, or below)."""
+    if old <= floor:
+        return "x0" if old == new == 0 else f"n/a (old {old:.2f})"
     return f"x{new / old:.3f}"
 
 
@@ -210,44 +226,40 @@ def main() -> int:
     if sorted(args.workers) != args.workers:
         parser.error("--workers must be increasing (the pools grow)")
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp, LocalEnv.start(Path(tmp) / "env") as env:
-        ep = env.endpoints
-        assert ep is not None
-        os.environ.update(ep.env())  # the bench's own calls (routes, sipp) go straight to livekit-server
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         tag = uuid.uuid4().hex[:4]
+        codes = {"old": export(args.old_ref, Path(tmp) / "old"),
+                 "new": export(args.new_ref, Path(tmp) / "new") if args.new_ref else ROOT}  # fmt: skip
+        envs: dict[str, LocalEnv] = {}
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # one environment per design, started together
+            starting = {label: pool.submit(LocalEnv.start, Path(tmp) / f"env-{label}") for label in codes}
+        failed = [err for f in starting.values() if (err := f.exception()) is not None]
+        for label, f in starting.items():  # each one that started is stopped at the end, also when the other failed
+            if f.exception() is None:
+                envs[label] = stack.enter_context(f.result())
+        if failed:
+            raise failed[0]
         designs = [
-            Design("old", args.old_ref, export(args.old_ref, Path(tmp) / "old"), f"budget-old-{tag}", NUMBERS["old"]),
-            Design("new", args.new_ref or "working tree",
-                   export(args.new_ref, Path(tmp) / "new") if args.new_ref else ROOT, f"budget-new-{tag}",
-                   NUMBERS["new"]),
-        ]  # fmt: skip
-        route = RouteMetadata(route="budget", direction="inbound", agent_config=AgentConfig(greeting_instructions="Hi"))
-
-        async def routes() -> None:
-            lk = api.LiveKitAPI()
-            try:
-                for d in designs:
-                    await _route(lk, f"budget-{d.label}", d.number, d.agent, route.to_json())
-            finally:
-                await lk.aclose()
-
-        asyncio.run(routes())
+            Design(label, ref, codes[label], envs[label], f"budget-{label}-{tag}", NUMBERS[label])
+            for label, ref in (("old", args.old_ref), ("new", args.new_ref or "working tree"))
+        ]
+        asyncio.run(routes(designs))
         print(f"old: {designs[0].ref} ({designs[0].code}); new: {designs[1].ref} ({designs[1].code})", flush=True)
         results: list[tuple[int, dict[str, Idle], dict[str, Burst]]] = []
         try:
             for i, n in enumerate(args.workers):
                 for d in designs:
-                    d.grow(ep, env.run_dir, n)
+                    d.grow(n)
                 time.sleep(WARM)
                 for d in designs:  # warm-up: one call each (a fresh worker's first job pays extra), not counted
-                    calls(ep, d.number, 1, together=False)
+                    calls(d.ep, d.number, 1, together=False)
                 print(f"{n} worker(s) per design: idle {args.idle:.0f} s ...", flush=True)
                 idle = idle_window(designs, args.idle)
                 for d in designs:
                     print(f"  idle {d.label}: {_methods(idle[d.label].methods, '/min')}", flush=True)
                 bursts = {}
                 for d in designs if i % 2 == 0 else designs[::-1]:
-                    b = burst(ep, d, args.burst, idle[d.label])
+                    b = burst(d, args.burst, idle[d.label])
                     bursts[d.label] = b
                     print(f"  burst {d.label}: {b.answered}/{b.calls} answered in {b.seconds:.1f} s, "
                           f"{b.requests} requests: {_methods(dict(b.methods), '')}", flush=True)  # fmt: skip
@@ -258,6 +270,17 @@ def main() -> int:
     print(_table(results, args.burst))
     print(f"\nrun time {time.monotonic() - started:.0f} s; old = {designs[0].ref}, new = {designs[1].ref}")
     return 0
+
+
+async def routes(designs: list[Design]) -> None:
+    """One inbound trunk and dispatch rule per design, to its agent, in its environment."""
+    route = RouteMetadata(route="budget", direction="inbound", agent_config=AgentConfig(greeting_instructions="Hi"))
+    for d in designs:
+        lk = api.LiveKitAPI(d.ep.livekit_url, d.ep.api_key, d.ep.api_secret)
+        try:
+            await _route(lk, f"budget-{d.label}", d.number, d.agent, route.to_json())
+        finally:
+            await lk.aclose()
 
 
 def _table(results: list[tuple[int, dict[str, Idle], dict[str, Burst]]], size: int) -> str:

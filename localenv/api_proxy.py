@@ -261,7 +261,11 @@ class ApiProxy:
             protocols=[upstream.protocol] if upstream.protocol else (), autoping=False, autoclose=False,
             max_msg_size=0, compress=False,
         )  # fmt: skip
-        await client.prepare(request)
+        try:
+            await client.prepare(request)
+        except ConnectionResetError:  # the client gave up before livekit-server accepted: so does the proxy
+            await upstream.close()
+            return web.Response(status=499)  # written nowhere: the connection is gone
         self._sockets.add(client)
         with self._lock:
             self._upgrades[request.path] += 1
