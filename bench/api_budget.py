@@ -17,11 +17,11 @@ default 1 2 4) both designs' pools grow to that size, then:
 
 - idle: every worker of both designs idles for ``--idle`` seconds (the same window for both), and its requests are
   scaled to a minute;
-- burst: ``--burst`` simultaneous real inbound calls (sipp through livekit-sip, each held 3 s then hung up) to one
-  design, then to the other (the order alternates): the requests of its workers from the first INVITE until every
-  call ended and every worker is back to no job (plus 3 s for what a worker writes after a call), per call; and per
-  call beyond the same workers' idle rate over the burst's duration (below 0 when a busy worker's periodic calls
-  slowed down during the burst).
+- burst: ``--burst`` simultaneous real inbound calls (sipp through livekit-sip; each may ring 120 s, is held 3 s
+  once answered, then hung up) to one design, then to the other (the order alternates): the requests of its workers
+  from the first INVITE until every call ended and every worker is back to no job (plus 3 s for what a worker
+  writes after a call), per call; and per call beyond the same workers' idle rate over the burst's duration (below
+  0 when a busy worker's periodic calls slowed down during the burst).
 
 Every figure is printed with its ratio new / old, measured in the same run.
 
@@ -38,6 +38,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -47,10 +48,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf.duration_pb2 import Duration
 from livekit import api
 
-from bench.sip_calls import _route, calls
 from contract.metadata import AgentConfig, RouteMetadata
+from infra import sipp
 from localenv.api_proxy import ApiProxy
 from localenv.manager import Endpoints, LocalEnv
 from tests.test_worker_live import WorkerProc, _active_jobs, start_worker
@@ -58,6 +60,9 @@ from tests.test_worker_live import WorkerProc, _active_jobs, start_worker
 ROOT = Path(__file__).resolve().parent.parent
 OLD_REF = "9616c27"  # main before the call ledger: worker/roster.py beats every 0.5 s
 NUMBERS = {"old": "+15550300401", "new": "+15550300402"}
+RINGING = 120  # s a call may ring (the trunks' ringing_timeout): a burst on a loaded 2-core box is answered slowly,
+# and a refused call would count as a call without its requests
+HOLD = 3.0  # s each answered call is held before the caller hangs up
 AFTER_CALLS = 3.0  # s counted after the last job ended: what a worker writes once its calls are gone
 WARM = 5.0  # s after workers start before measuring: idle job processes warm up, periodic tasks start
 
@@ -166,6 +171,33 @@ class Burst:
         return self.beyond_idle / self.calls
 
 
+async def _route(lk: api.LiveKitAPI, name: str, number: str, agent: str, metadata: str) -> None:
+    info = api.SIPInboundTrunkInfo(name=name, numbers=[number], allowed_addresses=["127.0.0.1/32"],
+                                   ringing_timeout=Duration(seconds=RINGING))  # fmt: skip
+    trunk = await lk.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(trunk=info))
+    rule = api.SIPDispatchRuleInfo(
+        name=name,
+        trunk_ids=[trunk.sip_trunk_id],
+        rule=api.SIPDispatchRule(dispatch_rule_individual=api.SIPDispatchRuleIndividual(room_prefix=name)),
+        room_config=api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name=agent, metadata=metadata)]),
+    )
+    await lk.sip.create_dispatch_rule(api.CreateSIPDispatchRuleRequest(dispatch_rule=rule))
+
+
+def calls(ep: Endpoints, number: str, n: int) -> tuple[int, int, int]:
+    """n simultaneous calls, each held HOLD s once answered: (answered, refused with a SIP status, lost)."""
+    placed = [sipp.place(ep.sip_address, number, caller="+15005550006", hold_s=HOLD, answer_timeout_s=RINGING + 10)
+              for _ in range(n)]  # fmt: skip
+    ends = [c.wait(RINGING + HOLD + 60) for c in placed]
+    answered = sum(1 for e in ends if e.answered_after is not None)
+    refused = [e.reason[:80] for e in ends if e.answered_after is None and re.search(r"\b[3-6]\d\d\b", e.reason)]
+    lost = n - answered - len(refused)
+    if refused or lost:
+        why = collections.Counter(e.reason[:80] for e in ends if e.answered_after is None)
+        print(f"  calls to {number} not answered: {dict(why)}", flush=True)
+    return answered, len(refused), lost
+
+
 def idle_window(designs: list[Design], seconds: float) -> dict[str, Idle]:
     """Every worker of every design idles for ``seconds`` (the same window for all)."""
     mark = time.monotonic()
@@ -186,7 +218,7 @@ def idle_window(designs: list[Design], seconds: float) -> dict[str, Idle]:
 def burst(d: Design, size: int, idle: Idle, timeout: float = 120) -> Burst:
     """``size`` simultaneous calls to ``d``'s number; its workers' requests until every job ended (+AFTER_CALLS)."""
     mark = time.monotonic()
-    times, refused, lost = calls(d.ep, d.number, size, together=True)
+    answered, refused, lost = calls(d.ep, d.number, size)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_active_jobs(m.worker) for m in d.members):
         time.sleep(0.2)
@@ -197,7 +229,7 @@ def burst(d: Design, size: int, idle: Idle, timeout: float = 120) -> Burst:
         methods.update(m.proxy.counts(since=mark))
     requests = sum(methods.values())
     beyond = requests - sum(idle.per_worker) * seconds / 60.0
-    return Burst(size, len(times), refused, lost, seconds, requests, beyond, dict(methods))
+    return Burst(size, answered, refused, lost, seconds, requests, beyond, dict(methods))
 
 
 def _ratio(new: float, old: float, floor: float = 0.0) -> str:
@@ -252,7 +284,7 @@ def main() -> int:
                     d.grow(n)
                 time.sleep(WARM)
                 for d in designs:  # warm-up: one call each (a fresh worker's first job pays extra), not counted
-                    calls(d.ep, d.number, 1, together=False)
+                    calls(d.ep, d.number, 1)
                 print(f"{n} worker(s) per design: idle {args.idle:.0f} s ...", flush=True)
                 idle = idle_window(designs, args.idle)
                 for d in designs:
