@@ -53,9 +53,9 @@ WAIT = 30.0  # upper bound for any single expected event (failure bound, not a p
 HOSTILE_BATCHES = 8  # 5 concurrent calls per batch: more makes job-process teardown flaky on 2 cores
 
 
-def entry_command() -> list[str]:
+def entry_command(dockerfile: Path = DOCKERFILE) -> list[str]:
     """ENTRYPOINT + CMD of worker/Dockerfile, with the image's ``python`` replaced by this interpreter."""
-    text = DOCKERFILE.read_text()
+    text = dockerfile.read_text()
     entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
     argv = entry + cmd
@@ -136,7 +136,9 @@ class WorkerProc(LogWatch):
         return self.proc.returncode
 
 
-def start_worker(ep: Endpoints, log: Path, agent_name: str, **extra_env: str) -> WorkerProc:
+def start_worker(ep: Endpoints, log: Path, agent_name: str, *, code: Path = ROOT, **extra_env: str) -> WorkerProc:
+    """Start the worker of the code in ``code`` (a checkout, or an exported older version of worker/ and contract/:
+    its working directory and PYTHONPATH, as /app is the image's) and wait until it registered."""
     env = {
         **os.environ,
         **ep.env(),
@@ -149,10 +151,12 @@ def start_worker(ep: Endpoints, log: Path, agent_name: str, **extra_env: str) ->
         "SIPHON_RING_TIMEOUT": "5",
         "SIPHON_PARTICIPANT_WAIT": "1",
         "SIPHON_DRAIN_TIMEOUT": "60",
+        "PYTHONPATH": str(code),
         **extra_env,
     }
     out = log.open("wb")
-    proc = subprocess.Popen(entry_command(), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    argv = entry_command(code / "worker" / "Dockerfile")
+    proc = subprocess.Popen(argv, cwd=code, env=env, stdout=out, stderr=subprocess.STDOUT)
     w = WorkerProc(proc, log, agent_name, out)
     try:
         w.wait_for_log('"registered worker"', timeout=60)
