@@ -85,6 +85,7 @@ class ApiProxy:
         self._calls: list[ApiCall] = []
         self._admitted: collections.deque[float] = collections.deque()  # forwarded Twirp calls in the last WINDOW
         self._limit: int | None = None
+        self._refused: set[str] = set()
         self._stall = 0.0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="api-proxy", daemon=True)
@@ -143,6 +144,12 @@ class ApiProxy:
         with self._lock:
             self._limit = rate_per_minute
 
+    def refuse(self, *methods: str) -> None:
+        """Refuse (429) every Twirp call to these methods (``"AgentDispatchService/CreateDispatch"``; the
+        ``livekit.`` package may be left out), whatever the throttle; none: refuse nothing."""
+        with self._lock:
+            self._refused = {m if m.startswith("livekit.") else f"livekit.{m}" for m in methods}
+
     def stall(self, seconds: float) -> None:
         """Hold every Twirp call ``seconds`` before forwarding it (0: none)."""
         with self._lock:
@@ -155,6 +162,7 @@ class ApiProxy:
             self._upgrades.clear()
             self._admitted.clear()
             self._limit = None
+            self._refused = set()
             self._stall = 0.0
 
     def stop(self) -> None:
@@ -214,7 +222,7 @@ class ApiProxy:
         with self._lock:
             while self._admitted and now - self._admitted[0] >= WINDOW:
                 self._admitted.popleft()
-            if self._limit is not None and len(self._admitted) >= self._limit:
+            if method in self._refused or (self._limit is not None and len(self._admitted) >= self._limit):
                 self._calls.append(ApiCall(now, method, 429))
                 return None
             self._admitted.append(now)

@@ -8,6 +8,7 @@ with the local supervisor's death reports (``localenv.deaths``) watching every w
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -17,18 +18,26 @@ from pathlib import Path
 from livekit import api
 
 from contract.resolve import text_sha
+from infra import sipp
+from infra.verify import observe
+from localenv.api_proxy import ApiProxy
 from localenv.manager import Endpoints, LocalEnv
+from tests.caller_audio import spoken_ulaw
 from tests.test_crash_calls import (
+    BYE_BOUND,
     RESUME_MESSAGE,
+    _agents,
     death_watch,
     fault_call,
+    job_pid,
     kill_tree,
+    route,
     serving,
     utterance_shas,
     wait_for,
 )
-from tests.test_worker_live import WorkerProc, start_worker
-from worker.recovery import local_worker_id, recover_worker
+from tests.test_worker_live import CALLER, WAIT, WorkerProc, _inbound_route, start_worker
+from worker.recovery import LEDGER_PREFIX, local_worker_id, recover_worker
 
 
 def _stop_all(workers: list[WorkerProc], dead: list[WorkerProc]) -> None:
@@ -97,7 +106,7 @@ def test_a_job_livekit_re_dispatches_itself_is_a_resumption_and_our_recovery_sta
                     await lk.agent_dispatch.create_dispatch(  # LiveKit's own re-dispatch of the lost job
                         api.CreateAgentDispatchRequest(agent_name=name, room=room, metadata=original.metadata)
                     )
-                    outcome.extend(await recovery)
+                    outcome.extend(await recovery)  # returns once the re-dispatched agent took the call
                     assert len(await lk.agent_dispatch.list_dispatch(room)) == 2, "recovery dispatched a second agent"
                 finally:
                     await lk.aclose()
@@ -114,3 +123,107 @@ def test_a_job_livekit_re_dispatches_itself_is_a_resumption_and_our_recovery_sta
         assert utterance_shas(alive, f.room)[0] == text_sha(RESUME_MESSAGE)  # no greeting: the resume message
     finally:
         _stop_all(workers, dead)
+
+
+def test_a_take_over_the_api_refuses_ends_the_call_with_a_bye(endpoints: Endpoints, tmp_path: Path) -> None:
+    """The job process dies mid-call while LiveKit refuses the re-dispatch (429 on CreateDispatch, at a proxy in
+    front of the API): the take-over fails, and the call is ended with a BYE rather than left with no agent."""
+    with ApiProxy.start(endpoints.livekit_url) as proxy:
+        w = start_worker(endpoints, tmp_path / "refused.log", f"siphon-refused-{uuid.uuid4().hex[:6]}",
+                         LIVEKIT_URL=proxy.url)  # fmt: skip
+        try:
+
+            def refuse_and_kill(room: str, attrs: dict[str, str]) -> None:
+                proxy.refuse("AgentDispatchService/CreateDispatch")
+                os.kill(job_pid(w, room), signal.SIGKILL)
+
+            f = fault_call(endpoints, w.agent_name, "+15550100313", refuse_and_kill, expect="bye")
+            assert f.bye_s is not None and f.bye_s < BYE_BOUND, (f, w.text()[-3000:])
+            assert f.end is not None and f.end.completed, f.end  # the caller got a BYE and answered it
+            assert proxy.counts().get("livekit.AgentDispatchService/CreateDispatch", 0) >= 1, proxy.counts()
+            assert wait_for(lambda: "take-over failed" in w.text() and "call ended (BYE)" in w.text(), 5), w.text()[
+                -3000:
+            ]
+            print(f"BYE after a refused take-over: {f.bye_s:.2f}s")
+        finally:
+            assert w.stop() == 0, w.text()[-3000:]
+
+
+def test_calls_on_two_workers_survive_30_seconds_of_a_throttled_and_stalled_api(
+    endpoints: Endpoints, tmp_path: Path
+) -> None:
+    """Two workers reach LiveKit through a proxy that, for 30 s, answers every API request beyond 10 a minute
+    with 429 and holds the others 10 s, while two calls run and a third arrives. No agent is removed, no call is
+    ended, nothing is taken over, no death is reported; once the API recovers, each worker's call ledger catches
+    up with its calls and a new call is answered."""
+    name = f"siphon-throttle-{uuid.uuid4().hex[:6]}"
+    with ApiProxy.start(endpoints.livekit_url) as proxy:
+        workers = [start_worker(endpoints, tmp_path / f"t{i}.log", name, LIVEKIT_URL=proxy.url) for i in range(2)]
+        deaths = death_watch(endpoints, *workers)
+        number = "+15550100314"
+        trunk_id, rule_id = asyncio.run(_inbound_route(endpoints, name, number, route("throttle", number).to_json()))
+
+        # RTP keeps flowing for 90 s, as from a real phone (the bridge ends a call whose media stops for 30 s)
+        audio = sipp.CallerAudio(spoken_ulaw(tmp_path, "Hello, I am still here.", silence_after_s=90))
+
+        async def scenario() -> None:
+            lk = api.LiveKitAPI(endpoints.livekit_url, endpoints.api_key, endpoints.api_secret)
+            calls: list[sipp.SippCall] = []
+            try:
+                first = sipp.place(endpoints.sip_address, number, caller=CALLER, hold_s=120, audio=audio)
+                calls.append(first)
+                seen = [await observe(lk, first, set(), WAIT)]
+                proxy.throttle(10)
+                proxy.stall(10)
+                throttled_at = time.monotonic()
+                second = sipp.place(endpoints.sip_address, number, caller=CALLER, hold_s=120, audio=audio)
+                calls.append(second)
+                seen.append(await observe(lk, second, {seen[0].room}, WAIT))
+                assert all(s.attributes for s in seen), f"not answered while throttled: {seen}"
+                agents = {s.room: {a.identity for a in await _agents(lk, s.room)} for s in seen}
+                await asyncio.sleep(max(0.0, 30 - (time.monotonic() - throttled_at)))
+                assert any("call ledger write failed" in w.text() for w in workers), "no write met the throttle"
+                for s in seen:  # the same agent, still there; the caller still in the call
+                    assert {a.identity for a in await _agents(lk, s.room)} == agents[s.room], s.room
+                assert all(c.running() for c in calls), "a call ended while the API was throttled"
+                proxy.clear()
+                ledgers = await _ledgered_rooms(lk)
+                deadline = time.monotonic() + 30  # a failed write is retried with backoff (at most 30 s apart)
+                while {s.room for s in seen} - ledgers and time.monotonic() < deadline:
+                    await asyncio.sleep(0.5)
+                    ledgers = await _ledgered_rooms(lk)
+                assert {s.room for s in seen} <= ledgers, f"the call ledgers did not catch up: {ledgers}"
+                third = sipp.place(endpoints.sip_address, number, caller=CALLER, hold_s=120, audio=audio)
+                calls.append(third)
+                after = await observe(lk, third, {s.room for s in seen}, WAIT)
+                assert after.attributes, f"a new call was not answered once the API recovered: {after}"
+                assert all(c.running() for c in calls)
+                for room in [*(s.room for s in seen), after.room]:
+                    await lk.room.delete_room(api.DeleteRoomRequest(room=room))
+                for c in calls:
+                    end = await asyncio.to_thread(c.wait, 15)
+                    assert end.completed, end
+            finally:
+                for c in calls:
+                    if c.running():
+                        c.proc.terminate()
+                await lk.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
+                await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
+                await lk.aclose()
+
+        try:
+            asyncio.run(scenario())
+            assert deaths.reports == [], deaths.reports
+            for w in workers:
+                assert "take-over" not in w.text(), w.text()[-3000:]
+        finally:
+            _stop_all(workers, [])
+
+
+async def _ledgered_rooms(lk: api.LiveKitAPI) -> set[str]:
+    """Every call room named in a call ledger (read directly, not through the proxy)."""
+    rooms: set[str] = set()
+    for r in (await lk.room.list_rooms(api.ListRoomsRequest())).rooms:
+        if r.name.startswith(LEDGER_PREFIX) and r.metadata:
+            rooms |= {c["room"] for c in json.loads(r.metadata).get("calls", [])}
+    return rooms

@@ -52,6 +52,9 @@ LEDGER_TTL = 7 * 24 * 3600  # seconds LiveKit keeps an unchanged, empty ledger r
 WRITE_TIMEOUT = 10.0  # seconds one ledger write may take
 RETRY_MIN, RETRY_MAX = 1.0, 30.0  # backoff of a ledger write that failed (LiveKit throttled or unreachable)
 CLOUD_HOST_SUFFIX = ".livekit.cloud"
+REDISPATCH_WAIT = 20.0
+"""Seconds recovery waits for the agent of a LiveKit that re-dispatches lost jobs itself before it ends the call: it
+must first notice the lost worker (its connection times out), so its agent comes later than one of our take-overs."""
 
 
 def ledger_room(worker_id: str) -> str:
@@ -242,7 +245,7 @@ async def _recover_call(
             return "no worker of the agent is alive: " + await end_call(lk, room)
         if platform_redispatches:  # LiveKit hands the job to another worker itself: never a second agent
             before = {call.get("identity", "")}
-            if await wait_for_agent(lk, room, before, started):
+            if await wait_for_agent(lk, room, before, started, REDISPATCH_WAIT):
                 return f"re-dispatched by LiveKit; taken over in {time.monotonic() - started:.2f}s"
             return "LiveKit re-dispatched it to no agent: " + await end_call(lk, room)
         return await take_over(

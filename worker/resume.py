@@ -73,11 +73,13 @@ async def participants(lk: api.LiveKitAPI, room: str) -> list[api.ParticipantInf
         raise
 
 
-async def wait_for_agent(lk: api.LiveKitAPI, room: str, before: set[str], started: float) -> bool:
-    """Wait, until ``TAKEOVER_TIMEOUT`` after ``started``, for a new agent (none of ``before``) to publish its
-    configuration in ``room``; False when none did or the caller left. A request that fails (throttled) is retried
-    at the next look."""
-    while time.monotonic() - started < TAKEOVER_TIMEOUT:
+async def wait_for_agent(
+    lk: api.LiveKitAPI, room: str, before: set[str], started: float, timeout: float = TAKEOVER_TIMEOUT
+) -> bool:
+    """Wait, until ``timeout`` after ``started``, for a new agent (none of ``before``) to publish its configuration
+    in ``room``; False when none did or the caller left. A request that fails (throttled) is retried at the next
+    look."""
+    while time.monotonic() - started < timeout:
         try:
             parts = await participants(lk, room)
         except Exception as err:

@@ -23,7 +23,7 @@ from livekit.plugins import silero  # noqa: F401  (plugins register at import, o
 from contract import models as specs
 from contract.deployment import DEFAULTS_ENV, ENVIRONMENT_ENV
 from contract.metadata import MODEL_KINDS
-from worker import turns
+from worker import stopped_tasks, turns
 from worker.call import Built, entrypoint, spec_key
 from worker.call_metric import CallGauge
 from worker.models import registry
@@ -138,7 +138,9 @@ def build_server(settings: WorkerSettings | None = None, preload: list[str] | No
     server.setup_fnc = prewarm
     CrashWatch(settings.agent_name).attach(server)  # a job process that dies mid-call: its call is taken over
     # a worker that dies with calls: whoever sees it die (ECS, the local supervisor) has them taken over
-    CallLedger(settings.agent_name, own_worker_id(settings.worker_id)).attach(server)
+    settings = settings.model_copy(update={"worker_id": own_worker_id(settings.worker_id)})
+    CallLedger(settings.agent_name, settings.worker_id or "").attach(server)
+    stopped_tasks.attach(server, settings)  # on ECS: recover the calls of the project's stopped tasks
     server.rtc_session(entrypoint, agent_name=settings.agent_name, on_request=on_request)
     return server
 
