@@ -199,7 +199,12 @@ def calls(ep: Endpoints, number: str, n: int) -> tuple[int, int, int]:
 
 
 def idle_window(designs: list[Design], seconds: float) -> dict[str, Idle]:
-    """Every worker of every design idles for ``seconds`` (the same window for all)."""
+    """Every worker of every design idles for ``seconds`` (the same window for all), from when no job runs (the
+    warm-up calls' jobs have ended and written what they write at their end)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(_active_jobs(m.worker) for d in designs for m in d.members):
+        time.sleep(0.2)
+    time.sleep(AFTER_CALLS)
     mark = time.monotonic()
     time.sleep(seconds)
     out = {}

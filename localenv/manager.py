@@ -263,7 +263,9 @@ class LocalEnv:
         """Clear all moto state (POST /moto-api/reset)."""
         assert self.endpoints is not None
         port = int(self.endpoints.aws_endpoint_url.rsplit(":", 1)[1])
-        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+        conn = http.client.HTTPConnection(
+            LOOPBACK, port, timeout=60
+        )  # a loaded moto with queues and rules resets slowly
         try:
             conn.request("POST", "/moto-api/reset")
             conn.getresponse().read()
