@@ -31,12 +31,10 @@ import pulumi
 from pulumi.dynamic import (
     CheckFailure,
     CheckResult,
-    ConfigureRequest,
     CreateResult,
     DiffResult,
     ReadResult,
     Resource,
-    ResourceProvider,
     UpdateResult,
 )
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -46,7 +44,7 @@ from infra.dynamic import InvalidArguments, is_unknown
 from infra.ecs import components as c
 from infra.ecs import naming
 from infra.ecs import validation as v
-from infra.ecs.aws import Aws, partition, resolve_region
+from infra.ecs.aws import Aws, RegionalProvider, partition
 
 LABEL = "WorkerDeathQueue"
 TARGET_ID = "worker-deaths"
@@ -200,19 +198,10 @@ def _same_json(a: str | None, b: str) -> bool:
         return False
 
 
-class WorkerDeathQueueProvider(ResourceProvider):
+class WorkerDeathQueueProvider(RegionalProvider):
     """CRUD for one stack's death queue: the SQS queue, its policy, the EventBridge rule and its target."""
 
     serialize_as_secret_always = False  # nothing is captured: no attributes, no credentials
-
-    def configure(self, req: ConfigureRequest) -> None:
-        """Remember the stack's ``aws:region`` (provider process only; never pickled)."""
-        self._configured_region = req.config.get("aws:region")
-
-    def _region(self, props: Mapping[str, Any] | None = None) -> str:
-        if props and props.get("region"):
-            return str(props["region"])
-        return resolve_region(getattr(self, "_configured_region", None))
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Validate and normalise; fields unknown during preview are checked at apply time."""

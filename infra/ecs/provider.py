@@ -18,11 +18,9 @@ from typing import Any
 from pulumi.dynamic import (
     CheckFailure,
     CheckResult,
-    ConfigureRequest,
     CreateResult,
     DiffResult,
     ReadResult,
-    ResourceProvider,
     UpdateResult,
 )
 from pydantic import ValidationError
@@ -32,7 +30,7 @@ from infra.dynamic import InvalidArguments, is_unknown
 from infra.ecs import components as c
 from infra.ecs import rollout, spec
 from infra.ecs.args import AgentWorkerArgs
-from infra.ecs.aws import Aws, resolve_region
+from infra.ecs.aws import Aws, RegionalProvider
 from infra.ecs.naming import TAG_SPEC_DIGEST, Names, default_service_name
 
 LABEL = "AgentWorkerDeployment"
@@ -87,19 +85,10 @@ def names_from_state(props: dict[str, Any]) -> Names:
     return Names(props["environment"], props["agent_name"], props["ecs_service_name"], props["cluster_name"])
 
 
-class AgentWorkerProvider(ResourceProvider):
+class AgentWorkerProvider(RegionalProvider):
     """CRUD for one agent worker deployment on ECS Fargate (see ``infra.ecs.resource``)."""
 
     serialize_as_secret_always = False  # nothing is captured: no attributes, no credentials
-
-    def configure(self, req: ConfigureRequest) -> None:
-        """Remember the stack's ``aws:region`` (provider process only; never pickled)."""
-        self._configured_region = req.config.get("aws:region")
-
-    def _region(self, props: dict[str, Any] | None = None) -> str:
-        if props and props.get("region"):
-            return str(props["region"])
-        return resolve_region(getattr(self, "_configured_region", None))
 
     # -- check / diff (no AWS calls) -------------------------------------------------------------------
 
