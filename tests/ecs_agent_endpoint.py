@@ -1,4 +1,5 @@
-"""A local stand-in for the ECS container agent's task scale-in protection endpoint (AWS is the one stand-in).
+"""A local stand-in for the ECS container agent's task scale-in protection endpoint and its task metadata (``/task``:
+the task's ARN) (AWS is the one stand-in).
 
 It answers ``PUT/GET /task-protection/v1/state`` as the agent documents it: ``{"protection": {...}}`` on success,
 or, when told to refuse, an HTTP 400 with ``{"error": {"Code", "Message"}}``. Every PUT body is recorded.
@@ -67,6 +68,14 @@ def agent_endpoint() -> Iterator[AgentEndpoint]:
             self._reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
 
         def do_GET(self) -> None:
+            if self.path.endswith("/task"):  # the task metadata endpoint (ECS_CONTAINER_METADATA_URI_V4)
+                raw = json.dumps({"Cluster": "voice", "TaskARN": TASK_ARN}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+                return
             self._reply(None)
 
         def log_message(self, format: str, *args: Any) -> None:

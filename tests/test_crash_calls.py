@@ -259,6 +259,15 @@ def death_watch(ep: Endpoints, *workers: WorkerProc) -> DeathWatch:
     return deaths
 
 
+def stop_all(workers: list[WorkerProc], dead: list[WorkerProc]) -> None:
+    """Stop the living workers (each exits 0); close the logs of the killed ones."""
+    for w in workers:
+        if w in dead:
+            w.out.close()
+        else:
+            assert w.stop() == 0, w.text()[-3000:]
+
+
 def outcomes(deaths: DeathWatch) -> list[str]:
     """Every call outcome the supervisor's reports gave (once the report is done)."""
     return [o for _, report in deaths.reports for o in report]
@@ -307,11 +316,7 @@ def test_a_worker_killed_with_its_call_while_another_lives_hands_the_call_to_the
         assert f.end is not None and f.end.completed, f.end
         print(f"silence after the worker kill (a second worker alive): {f.silence_s:.2f}s")
     finally:
-        for w in workers:
-            if w not in dead:
-                assert w.stop() == 0, w.text()[-3000:]
-            else:
-                w.out.close()
+        stop_all(workers, dead)
 
 
 def test_the_only_worker_killed_with_a_call_ends_the_call_with_a_bye(endpoints: Endpoints, tmp_path: Path) -> None:
@@ -399,8 +404,4 @@ def test_a_worker_that_dies_without_calls_leaves_the_other_workers_calls_alone(
         assert "take-over" not in alive.text(), alive.text()[-3000:]
         assert f.end is not None and f.end.completed, f.end
     finally:
-        for w in workers:
-            if w not in dead:
-                assert w.stop() == 0, w.text()[-3000:]
-            else:
-                w.out.close()
+        stop_all(workers, dead)

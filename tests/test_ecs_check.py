@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from pulumi.output import Unknown
 
+from infra.dynamic import InvalidArguments
 from infra.ecs import components, rollout
-from infra.ecs.provider import AgentWorkerProvider, InvalidArguments, validate
+from infra.ecs.provider import AgentWorkerProvider, validate
 from infra.ecs.resource import AgentWorkerDeployment
 from tests.test_ecs_helpers import ALL_SECRETS, SECRET_OPENAI, full_args, recorded_calls
 

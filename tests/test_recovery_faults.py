@@ -33,19 +33,12 @@ from tests.test_crash_calls import (
     kill_tree,
     route,
     serving,
+    stop_all,
     utterance_shas,
     wait_for,
 )
 from tests.test_worker_live import CALLER, WAIT, WorkerProc, _inbound_route, start_worker
 from worker.recovery import LEDGER_PREFIX, local_worker_id, recover_worker
-
-
-def _stop_all(workers: list[WorkerProc], dead: list[WorkerProc]) -> None:
-    for w in workers:
-        if w in dead:
-            w.out.close()
-        else:
-            assert w.stop() == 0, w.text()[-3000:]
 
 
 def test_a_livekit_server_paused_for_5_seconds_during_a_call_harms_no_call(
@@ -76,7 +69,7 @@ def test_a_livekit_server_paused_for_5_seconds_during_a_call_harms_no_call(
         for w in workers:
             assert "take-over" not in w.text() and all(p.poll() is None for p in [w.proc]), w.text()[-3000:]
     finally:
-        _stop_all(workers, [])
+        stop_all(workers, [])
 
 
 def test_a_job_livekit_re_dispatches_itself_is_a_resumption_and_our_recovery_stands_down(
@@ -122,7 +115,7 @@ def test_a_job_livekit_re_dispatches_itself_is_a_resumption_and_our_recovery_sta
         assert wait_for(lambda: text_sha(RESUME_MESSAGE) in utterance_shas(alive, f.room)), alive.text()[-3000:]
         assert utterance_shas(alive, f.room)[0] == text_sha(RESUME_MESSAGE)  # no greeting: the resume message
     finally:
-        _stop_all(workers, dead)
+        stop_all(workers, dead)
 
 
 def test_a_take_over_the_api_refuses_ends_the_call_with_a_bye(endpoints: Endpoints, tmp_path: Path) -> None:
@@ -217,7 +210,7 @@ def test_calls_on_two_workers_survive_30_seconds_of_a_throttled_and_stalled_api(
             for w in workers:
                 assert "take-over" not in w.text(), w.text()[-3000:]
         finally:
-            _stop_all(workers, [])
+            stop_all(workers, [])
 
 
 async def _ledgered_rooms(lk: api.LiveKitAPI) -> set[str]:

@@ -483,3 +483,16 @@ def test_a_route_uses_every_trunk_serving_its_numbers_in_the_stack_files_order()
     plan = compile_stack(stack, "stacks/case.yaml", lines, CONFIG)
     assert plan.inbound_routes["sales"].trunks == ["backup", "main"]
     assert plan.inbound_routes["support"].trunks == ["main"]
+
+
+def test_the_death_queue_of_a_stack_is_checked_by_validate_as_its_resource_checks_it():
+    """The stack's death queue (one per stack with ECS agents) is compiled with the rest: more ECS services than one
+    queue's rule may list is refused by validate at the agents, not at preview."""
+    doc = copy.deepcopy(PROD)
+    for i in range(101):
+        doc["agents"][f"extra-{i}"] = copy.deepcopy(doc["agents"]["sales-agent"])
+    problems = _prod_problems(doc)
+    assert [(p.field, "at most 100" in p.message and "split the agents" in p.message) for p in problems] == [
+        ("agents", True)
+    ], problems
+    assert _prod_problems(copy.deepcopy(PROD)) == []

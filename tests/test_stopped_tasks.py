@@ -16,8 +16,9 @@ import boto3
 import pytest
 from livekit import api
 
+from tests.ecs_agent_endpoint import TASK_ARN, agent_endpoint
 from tests.test_ecs_death_queue import create_queue, put_task_event, task_event
-from worker.recovery import CallLedger, ledger_room
+from worker.recovery import METADATA_URI_ENV, CallLedger, ledger_room, own_worker_id, task_id
 from worker.settings import WorkerSettings
 from worker.stopped_tasks import StoppedTask, StoppedTasks, attach, livekit_recovery, parse_event
 
@@ -206,3 +207,17 @@ def test_the_guard_without_a_queue_says_what_to_set():
                          env={k: v for k, v in os.environ.items() if k != "SIPHON_DEATH_QUEUE_URL"})  # fmt: skip
     assert run.returncode == 2
     assert "no queue: set SIPHON_DEATH_QUEUE_URL or pass --queue-url (the stack output death_queue_url)" in run.stderr
+
+
+def test_a_worker_on_ecs_is_known_by_the_task_id_its_stopped_event_names(monkeypatch):
+    """On ECS the worker reads its task's ARN from the task metadata endpoint: its call ledger is named by the same
+    id that ECS's task-stopped event carries, so the event leads recovery to that worker's calls."""
+    with agent_endpoint() as ecs:
+        monkeypatch.setenv(METADATA_URI_ENV, ecs.uri)
+        own = own_worker_id(None)
+    detail = json.loads(task_event(cluster="voice", task=TASK_ARN.rsplit("/", 1)[1]))
+    event = {"source": "aws.ecs", "detail-type": "ECS Task State Change", "detail": detail}
+    stopped = parse_event(json.dumps(event))
+    assert stopped is not None and own == stopped.task_id == task_id(TASK_ARN)
+    assert ledger_room(own) == ledger_room(stopped.task_id)
+    assert own_worker_id("worker-7") == "worker-7", "SIPHON_WORKER_ID wins"

@@ -29,7 +29,7 @@ from contract.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind,
 from contract.resolve import SipFacts, call_layers, caller_drops, is_caller_drop, resolve_call
 from worker import call_metric, end_call, turns
 from worker.models import registry
-from worker.resume import ATTR_CONFIG_HASH, take_over
+from worker.resume import ATTR_CONFIG_HASH, hang_up, take_over
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger("siphon.worker")
@@ -120,10 +120,7 @@ async def _hang_up(ctx: JobContext, reason: str) -> None:
     """End the job and its call: the room is closed, so livekit-sip refuses a still-ringing INVITE with 486 (on which
     a carrier fails over) or hangs up an answered call; never a caller left in silence."""
     ctx.shutdown(reason=reason)  # first, so that the job ends for this reason, not for the room it closes
-    try:  # the job waits for its entrypoint to return before it leaves the room
-        await ctx.api.room.delete_room(api.DeleteRoomRequest(room=ctx.room.name))
-    except Exception as err:  # the room may already be gone (the caller hung up)
-        logger.warning("could not close the room", extra={"room": ctx.room.name, "error": type(err).__name__})
+    await hang_up(ctx.api, ctx.room.name)  # the job waits for its entrypoint to return before it leaves the room
 
 
 async def _refuse(ctx: JobContext, settings: WorkerSettings, reason: str, *, hang_up: bool) -> None:

@@ -23,7 +23,7 @@ recovered once), and then, for each call still holding a caller:
   own recovery stands down, so a call never gets two agents;
 - elsewhere (open-source livekit-server never re-dispatches) it takes the call over as for a dead job process
   (``worker.resume.take_over``), or, when the reporter knows no worker of the agent is left, ends it at once;
-- whatever fails on the way, the call is ended with a BYE (``worker.resume.end_call``): never a caller in a room
+- whatever fails on the way, the call is ended with a BYE (``worker.resume.hang_up``): never a caller in a room
   with no agent.
 """
 
@@ -43,7 +43,7 @@ from urllib.parse import urlparse
 
 from livekit import api
 
-from worker.resume import caller_present, end_call, participants, take_over, wait_for_agent
+from worker.resume import caller_present, hang_up, participants, take_over, wait_for_agent
 
 logger = logging.getLogger("siphon.worker")
 
@@ -123,7 +123,6 @@ class CallLedger:
         self._written: list[Call] = []  # nothing recorded is the same as no calls: an idle worker writes nothing
         self._exists = False  # whether this process has created its ledger room
         self._task: asyncio.Task[None] | None = None
-        self.writes = 0
 
     def attach(self, server: Any) -> None:
         """Start once the server runs; on a clean stop the ledger room is deleted."""
@@ -176,7 +175,6 @@ class CallLedger:
                     raise
                 await lk.room.create_room(create)
         self._written = calls
-        self.writes += 1
 
 
 def _short(err: BaseException) -> str:
@@ -242,18 +240,18 @@ async def _recover_call(
         if not caller_present(await participants(lk, room)):
             return "no caller in the room"
         if agent_alive is False:
-            return "no worker of the agent is alive: " + await end_call(lk, room)
+            return "no worker of the agent is alive: " + await hang_up(lk, room)
         if platform_redispatches:  # LiveKit hands the job to another worker itself: never a second agent
             before = {call.get("identity", "")}
             if await wait_for_agent(lk, room, before, started, REDISPATCH_WAIT):
                 return f"re-dispatched by LiveKit; taken over in {time.monotonic() - started:.2f}s"
-            return "LiveKit re-dispatched it to no agent: " + await end_call(lk, room)
+            return "LiveKit re-dispatched it to no agent: " + await hang_up(lk, room)
         return await take_over(
             lk, agent_name=agent, room=room, metadata=await _dispatch_metadata(lk, room, call.get("dispatch", "")),
             job_id=call.get("job", ""), dead_identity=call.get("identity", ""),
         )  # fmt: skip
     except Exception as err:  # a take-over the API refused: the caller is never left with no agent
-        return f"take-over failed ({_short(err)}): " + await end_call(lk, room)
+        return f"take-over failed ({_short(err)}): " + await hang_up(lk, room)
 
 
 async def _dispatch_metadata(lk: api.LiveKitAPI, room: str, dispatch_id: str) -> str:

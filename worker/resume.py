@@ -109,7 +109,7 @@ async def take_over(
     remove_dead: bool = True,
 ) -> str:
     """Re-dispatch one call whose agent died (see the module docstring); the outcome, for the log. Never raises and
-    never leaves the caller with no agent: whatever fails, the call is ended with a BYE (``end_call``). An agent
+    never leaves the caller with no agent: whatever fails, the call is ended with a BYE (``hang_up``). An agent
     whose session failed hands its own call over with ``remove_dead=False`` (it leaves by itself)."""
     started = time.monotonic()
     try:
@@ -119,12 +119,12 @@ async def take_over(
         before = {p.identity for p in parts if p.kind == api.ParticipantInfo.Kind.AGENT} | {dead_identity}
         resumed = resume_metadata(metadata, job_id)
         if resumed is None:
-            return f"taken over {MAX_RESUMES} times already: " + await end_call(lk, room)
+            return f"taken over {MAX_RESUMES} times already: " + await hang_up(lk, room)
         dispatch = await lk.agent_dispatch.create_dispatch(
             api.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=resumed)
         )
     except Exception as err:  # refused, throttled, unreachable: end the call rather than leave the caller alone
-        return f"take-over failed ({type(err).__name__}: {str(err)[:200]}): " + await end_call(lk, room)
+        return f"take-over failed ({type(err).__name__}: {str(err)[:200]}): " + await hang_up(lk, room)
     if dead_identity and remove_dead:
         try:
             await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=dead_identity))
@@ -135,14 +135,14 @@ async def take_over(
         return f"taken over in {time.monotonic() - started:.2f}s"
     with contextlib.suppress(Exception):
         await lk.agent_dispatch.delete_dispatch(dispatch.id, room)
-    return f"no agent took the call over within {TAKEOVER_TIMEOUT:g}s: " + await end_call(lk, room)
+    return f"no agent took the call over within {TAKEOVER_TIMEOUT:g}s: " + await hang_up(lk, room)
 
 
 END_TRIES = (0.0, 0.25, 0.5, 1.0, 2.0)
 """Delays before each attempt to close a room (best effort, within ~4 s: the caller hears the BYE soon after)."""
 
 
-async def end_call(lk: api.LiveKitAPI, room: str) -> str:
+async def hang_up(lk: api.LiveKitAPI, room: str) -> str:
     """Close the room, retried: the bridge hangs the caller up with a BYE (a normal end of the call for the
     carrier); the outcome, for the log."""
     error = ""
@@ -158,7 +158,7 @@ async def end_call(lk: api.LiveKitAPI, room: str) -> str:
             error = f"{type(err).__name__}: {str(err)[:200]}"
         else:
             return "call ended (BYE)"
-    logger.error("could not end a call with no agent", extra={"room": room, "error": error})
+    logger.error("could not end a call: its room stays open", extra={"room": room, "error": error})
     return f"could not end the call ({error})"
 
 

@@ -229,19 +229,9 @@ class StoppedTasks:
         finally:
             loop.close()
 
-    def start(self, own_id: Callable[[], str] | None = None) -> threading.Thread:
-        """``run_forever`` in a daemon thread (it ends with the process); ``own_id``, when given, is asked first, in
-        that thread (it may read the ECS task metadata endpoint), for the id whose events this consumer skips."""
-
-        def run() -> None:
-            if own_id is not None:
-                try:
-                    self.own_id = own_id()
-                except Exception:  # the consumer never stops the worker
-                    logger.exception("could not read this worker's id; the death queue consumer skips no task")
-            self.run_forever()
-
-        thread = threading.Thread(target=run, name="siphon-stopped-tasks", daemon=True)
+    def start(self) -> threading.Thread:
+        """``run_forever`` in a daemon thread (it ends with the process)."""
+        thread = threading.Thread(target=self.run_forever, name="siphon-stopped-tasks", daemon=True)
         thread.start()
         return thread
 
@@ -267,8 +257,8 @@ def attach(server: Any, settings: WorkerSettings | None = None) -> StoppedTasks 
     settings = settings or WorkerSettings.from_env()
     if not settings.death_queue_url:
         return None
-    consumer = StoppedTasks(settings.death_queue_url, livekit_recovery())
-    server.on("worker_started", lambda: consumer.start(lambda: own_worker_id(settings.worker_id)))
+    consumer = StoppedTasks(settings.death_queue_url, livekit_recovery(), own_id=own_worker_id(settings.worker_id))
+    server.on("worker_started", consumer.start)
     return consumer
 
 

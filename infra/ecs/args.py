@@ -138,7 +138,7 @@ class EcsWorkerSettings(_Model):
     log_retention_days: int = 30
     ecr_repository: EcrRepository | None = None
     task_role_statements: list[PolicyStatement] = Field(default_factory=list, max_length=20)
-    tags: dict[str, str] = Field(default_factory=dict, max_length=40)
+    tags: v.Tags = Field(default_factory=dict)
     wait_for_steady_state: bool = False
     steady_state_timeout_seconds: int = Field(900, ge=10, le=3600)
 
@@ -173,16 +173,6 @@ class EcsWorkerSettings(_Model):
     def _extra_env(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
             _check_env_name(name)
-        return value
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, val in value.items():
-            if not v.TAG_KEY_RE.match(key) or key.lower().startswith(("aws:", "siphon:")):
-                raise ValueError(f"{key!r} is not an allowed tag key (1-128 characters; aws: and siphon: are reserved)")
-            if len(val) > 256:
-                raise ValueError(f"value of {key!r} is longer than 256 characters")
         return value
 
     @model_validator(mode="after")

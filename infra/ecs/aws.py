@@ -9,30 +9,15 @@ unimplemented actions with HTTP 500, which botocore would otherwise retry.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from pulumi.dynamic import ConfigureRequest, ResourceProvider
 
 
 class RegionError(RuntimeError):
     """No AWS region configured."""
-
-
-class RegionalProvider(ResourceProvider):
-    """A dynamic provider of AWS resources in the stack's region (``aws:region``, else the environment's)."""
-
-    def configure(self, req: ConfigureRequest) -> None:
-        """Remember the stack's ``aws:region`` (provider process only; never pickled)."""
-        self._configured_region = req.config.get("aws:region")
-
-    def _region(self, props: Mapping[str, Any] | None = None) -> str:
-        if props and props.get("region"):
-            return str(props["region"])
-        return resolve_region(getattr(self, "_configured_region", None))
 
 
 def resolve_region(configured: str | None) -> str:

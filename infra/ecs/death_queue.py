@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from collections.abc import Set as AbstractSet
 from typing import Any, Self
 
 import pulumi
 from pulumi.dynamic import (
-    CheckFailure,
     CheckResult,
     CreateResult,
     DiffResult,
@@ -37,14 +35,15 @@ from pulumi.dynamic import (
     Resource,
     UpdateResult,
 )
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from contract.types import EcsEnvironmentName, Model, describe_error, describe_errors
+from contract.types import EcsEnvironmentName, Model
 from infra.dynamic import InvalidArguments, is_unknown
 from infra.ecs import components as c
 from infra.ecs import naming
 from infra.ecs import validation as v
-from infra.ecs.aws import Aws, RegionalProvider, partition
+from infra.ecs.aws import Aws, partition
+from infra.ecs.base import RegionalProvider
 
 LABEL = "WorkerDeathQueue"
 TARGET_ID = "worker-deaths"
@@ -53,6 +52,8 @@ DEFAULT_RETENTION_SECONDS = 900
 DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 30
 LONG_POLL_SECONDS = 20
 """The queue's default receive wait (the workers ask for it too)."""
+MAX_SERVICES = 100
+"""ECS services one death queue reports (the services of one stack)."""
 PATTERN_LIMIT = 2048
 """Characters an EventBridge event pattern may have (AWS's default quota)."""
 _LONGEST_REGION = "ap-southeast-2"  # sizes the pattern before the region is known
@@ -64,7 +65,7 @@ class DeathQueueArgs(Model):
     stack: str = Field(pattern=v.STACK_RE.pattern)
     environment: EcsEnvironmentName
     cluster_name: str = Field(pattern=v.CLUSTER_OR_SERVICE_RE.pattern)
-    service_names: list[str] = Field(min_length=1, max_length=100, description="the ECS services of the stack")
+    service_names: list[str] = Field(min_length=1, description="the ECS services of the stack")
     message_retention_seconds: int = Field(
         DEFAULT_RETENTION_SECONDS, ge=60, le=1_209_600, description="how long an unhandled death is kept"
     )
@@ -72,27 +73,22 @@ class DeathQueueArgs(Model):
         DEFAULT_VISIBILITY_TIMEOUT_SECONDS, ge=5, le=43_200,
         description="how long a received death stays hidden from the other workers (extended while it is handled)",
     )  # fmt: skip
-    tags: dict[str, str] = Field(default_factory=dict, max_length=40)
+    tags: v.Tags = Field(default_factory=dict)
 
     @field_validator("service_names")
     @classmethod
     def _services(cls, value: list[str]) -> list[str]:
+        if len(value) > MAX_SERVICES:
+            raise ValueError(
+                f"{len(value)} ECS services: one stack's death queue reports at most {MAX_SERVICES}; "
+                "split the agents over two stacks (environments)"
+            )
         bad = [s for s in value if not v.CLUSTER_OR_SERVICE_RE.match(s)]
         if bad:
             raise ValueError(f"not ECS service names: {', '.join(map(repr, bad))}")
         if len(set(value)) != len(value):
             raise ValueError("lists a service twice")
         return sorted(value)
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, val in value.items():
-            if not v.TAG_KEY_RE.match(key) or key.lower().startswith(("aws:", "siphon:")):
-                raise ValueError(f"{key!r} is not an allowed tag key (1-128 characters; aws: and siphon: are reserved)")
-            if len(val) > 256:
-                raise ValueError(f"value of {key!r} is longer than 256 characters")
-        return value
 
     @model_validator(mode="after")
     def _pattern_fits(self) -> Self:
@@ -173,22 +169,10 @@ def queue_settings(args: DeathQueueArgs) -> dict[str, str]:
     }
 
 
-def _who(props: Mapping[str, Any]) -> str:
-    env = props.get("environment")
-    return f"{LABEL} (environment {env!r})" if isinstance(env, str) else LABEL
-
-
-def _body(props: Mapping[str, Any], skip: AbstractSet[str] = frozenset()) -> dict[str, Any]:
-    return {k: val for k, val in props.items() if k != "__provider" and k not in OUTPUT_KEYS and k not in skip}
-
-
 def validate(props: Mapping[str, Any]) -> DeathQueueArgs:
     """The arguments as a model, or InvalidArguments naming the resource and each field."""
-    try:
-        return DeathQueueArgs.model_validate(_body(props))
-    except ValidationError as e:
-        lines = [f"  {field}: {reason}" for field, reason in describe_errors(e)]
-        raise InvalidArguments(f"invalid {_who(props)}:\n" + "\n".join(lines)) from None
+    args: DeathQueueArgs = WorkerDeathQueueProvider.validated(props)
+    return args
 
 
 def _same_json(a: str | None, b: str) -> bool:
@@ -202,22 +186,12 @@ class WorkerDeathQueueProvider(RegionalProvider):
     """CRUD for one stack's death queue: the SQS queue, its policy, the EventBridge rule and its target."""
 
     serialize_as_secret_always = False  # nothing is captured: no attributes, no credentials
+    ARGS, LABEL, WHO, DECLARED, OUTPUT_KEYS = DeathQueueArgs, LABEL, "environment", DECLARED, OUTPUT_KEYS
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Validate and normalise; fields unknown during preview are checked at apply time."""
-        unknown = {k for k, val in news.items() if k in DECLARED and is_unknown(val)}
-        body = _body(news, unknown)
-        try:
-            args = DeathQueueArgs.model_validate(body)
-        except ValidationError as e:
-            failures = []
-            for err in e.errors(include_url=False):
-                loc = err["loc"]
-                if unknown and (not loc or loc[0] in unknown):
-                    continue
-                field, reason = describe_error(err)
-                top = field.split(".")[0]
-                failures.append(CheckFailure(top if top in DECLARED else "", f"{_who(news)}: {field}: {reason}"))
+        args, _, unknown, failures = self.checked(news, set(DECLARED))
+        if args is None:
             return CheckResult(news, failures)
         normalised: dict[str, Any] = args.model_dump(mode="json")
         normalised.update({k: news[k] for k in unknown})
@@ -229,8 +203,7 @@ class WorkerDeathQueueProvider(RegionalProvider):
         if olds.get("drift"):
             changed.append("drift")
         replaces = [k for k in REPLACE_FIELDS if k in changed]
-        configured = getattr(self, "_configured_region", None)
-        if configured and olds.get("region") and configured != olds["region"]:
+        if self._region_moved(olds):
             changed.append("region")
             replaces.append("region")
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)

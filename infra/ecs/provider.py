@@ -12,25 +12,23 @@ value, or anything it can be recovered from, ever being stored.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Set as AbstractSet
 from typing import Any
 
 from pulumi.dynamic import (
-    CheckFailure,
     CheckResult,
     CreateResult,
     DiffResult,
     ReadResult,
     UpdateResult,
 )
-from pydantic import ValidationError
 
-from contract.types import SECRET_FIELDS, describe_error, describe_errors
-from infra.dynamic import InvalidArguments, is_unknown
+from contract.types import SECRET_FIELDS
+from infra.dynamic import is_unknown
 from infra.ecs import components as c
 from infra.ecs import rollout, spec
 from infra.ecs.args import AgentWorkerArgs
-from infra.ecs.aws import Aws, RegionalProvider
+from infra.ecs.aws import Aws
+from infra.ecs.base import RegionalProvider
 from infra.ecs.naming import TAG_SPEC_DIGEST, Names, default_service_name
 
 LABEL = "AgentWorkerDeployment"
@@ -62,22 +60,10 @@ OUTPUT_KEYS = (
 )
 
 
-def _who(props: dict[str, Any]) -> str:
-    name = props.get("agent_name")
-    return f"{LABEL} (agent_name {name!r})" if isinstance(name, str) else LABEL
-
-
-def _body(props: dict[str, Any], skip: AbstractSet[str] = frozenset()) -> dict[str, Any]:
-    return {k: v for k, v in props.items() if k != "__provider" and k not in OUTPUT_KEYS and k not in skip}
-
-
 def validate(props: dict[str, Any]) -> AgentWorkerArgs:
     """The arguments as a model, or InvalidArguments listing every problem (never quoting a value)."""
-    try:
-        return AgentWorkerArgs.model_validate(_body(props))
-    except ValidationError as e:
-        lines = [f"  {field}: {reason}" for field, reason in describe_errors(e)]
-        raise InvalidArguments(f"invalid {_who(props)}:\n" + "\n".join(lines)) from None
+    args: AgentWorkerArgs = AgentWorkerProvider.validated(props)
+    return args
 
 
 def names_from_state(props: dict[str, Any]) -> Names:
@@ -89,26 +75,14 @@ class AgentWorkerProvider(RegionalProvider):
     """CRUD for one agent worker deployment on ECS Fargate (see ``infra.ecs.resource``)."""
 
     serialize_as_secret_always = False  # nothing is captured: no attributes, no credentials
+    ARGS, LABEL, WHO, DECLARED, OUTPUT_KEYS = AgentWorkerArgs, LABEL, "agent_name", DECLARED, OUTPUT_KEYS
 
     # -- check / diff (no AWS calls) -------------------------------------------------------------------
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Validate and normalise (defaults filled in); fields unknown during preview are checked at apply time."""
-        unknown = {k for k, val in news.items() if k in DECLARED and is_unknown(val)}
-        body = _body(news, unknown)
-        try:
-            args = AgentWorkerArgs.model_validate(body)
-        except ValidationError as e:
-            failures = []
-            for err in e.errors(include_url=False):
-                loc = err["loc"]
-                if unknown and (not loc or loc[0] in unknown):
-                    continue  # missing because unknown, or a cross-field rule involving an unknown
-                field, reason = describe_error(err)
-                top = field.split(".")[0]
-                failures.append(
-                    CheckFailure(top if top in DECLARED or top in news else "", f"{_who(news)}: {field}: {reason}")
-                )
+        args, body, unknown, failures = self.checked(news, {*DECLARED, *news})
+        if args is None:
             return CheckResult(news, failures)
         normalised: dict[str, Any] = args.public_fields()
         for key in SECRET_FIELDS:
@@ -131,8 +105,7 @@ class AgentWorkerProvider(RegionalProvider):
             and (service_name or default_service_name(str(environment), str(agent))) != olds["ecs_service_name"]
         ):
             replaces.append("service_name")
-        configured = getattr(self, "_configured_region", None)
-        if configured and olds.get("region") and configured != olds["region"]:
+        if self._region_moved(olds):
             changed.append("region")
             replaces.append("region")
         return DiffResult(changes=bool(changed), replaces=replaces, delete_before_replace=True)

@@ -6,6 +6,9 @@ Agent and environment names are ``contract.types`` types (shared with the stack 
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 
 from contract.deployment import (
     AGENT_NAME_ENV,
@@ -78,3 +81,17 @@ def fargate_size_error(cpu: int, memory: int) -> str | None:
 def reserved_env_name(name: str) -> bool:
     """True for names the deployment sets itself (worker defaults, ``LIVEKIT_*``, ``AWS_*``, ``ECS_*``)."""
     return name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES)
+
+
+def check_tags(value: dict[str, str]) -> dict[str, str]:
+    """User tags of an AWS resource: keys AWS accepts, not in the reserved ``aws:`` and ``siphon:`` namespaces."""
+    for key, val in value.items():
+        if not TAG_KEY_RE.match(key) or key.lower().startswith(("aws:", "siphon:")):
+            raise ValueError(f"{key!r} is not an allowed tag key (1-128 characters; aws: and siphon: are reserved)")
+        if len(val) > 256:
+            raise ValueError(f"value of {key!r} is longer than 256 characters")
+    return value
+
+
+Tags = Annotated[dict[str, str], Field(max_length=40), AfterValidator(check_tags)]
+"""User tags of an AWS resource (at most 40: AWS allows 50, the stack adds its own)."""

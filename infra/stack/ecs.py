@@ -34,17 +34,9 @@ def _livekit_secret(found: dict[str, Any], name: str) -> pulumi.Output[str]:
 
 
 def death_queue(plan: Plan, opts: pulumi.ResourceOptions) -> WorkerDeathQueue:
-    """Declare the stack's death queue: the stopped tasks of its agents' ECS services (the plan has some)."""
-    workers = [w.args for w in plan.workers.values()]
-    clusters = sorted({w.cluster_name for w in workers})
-    assert len(clusters) == 1, f"one ECS cluster per stack (aws.cluster), found {clusters}"
-    args = {
-        "stack": pulumi.get_stack(),
-        "environment": plan.environment,
-        "cluster_name": clusters[0],
-        "service_names": sorted(w.effective_service_name for w in workers),
-    }
-    return WorkerDeathQueue("worker-deaths", args, opts)
+    """Declare the stack's death queue as planned (the stopped tasks of its agents' ECS services)."""
+    assert plan.death_queue is not None, "a plan with ECS workers has a death queue"
+    return WorkerDeathQueue("worker-deaths", {**plan.death_queue.model_dump(), "stack": pulumi.get_stack()}, opts)
 
 
 def agent_deployment(

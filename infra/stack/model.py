@@ -49,8 +49,6 @@ from infra.livekit.outbound_trunk import OutboundTrunkArgs
 
 Key = str  # a reference to a trunk, agent or route by its key (checked by infra.stack.checks)
 LOCAL_MAX_CALLS = 10  # a local worker process without an ECS size to derive its capacity from
-ATTRIBUTE_PREFIX = HEADER_ATTRIBUTE_PREFIX
-"""A header a route's override reads arrives as ``siphon.header.<header>`` unless its trunk maps it already."""
 
 SECRET_PLACEHOLDER = "[secret from config]"
 """Stands for a config secret in the arguments; the program passes the config value (a Pulumi secret)."""
@@ -439,7 +437,7 @@ class StackFile(Model):
         for key, route in self.inbound_routes.items():
             declared = {h.lower(): a for t in reversed(self.route_trunks[key]) if t in self.inbound_trunks
                         for h, a in self.inbound_trunks[t].headers_to_attributes.items()}  # fmt: skip
-            out[key] = {o.header: declared.get(o.header.lower(), ATTRIBUTE_PREFIX + o.header.lower())
+            out[key] = {o.header: declared.get(o.header.lower(), HEADER_ATTRIBUTE_PREFIX + o.header.lower())
                         for o in route.header_overrides}  # fmt: skip
         return out
 

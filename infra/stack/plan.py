@@ -16,10 +16,10 @@ default VPC's subnets.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -33,6 +33,9 @@ from infra.livekit.outbound_trunk import OutboundTrunkArgs
 from infra.stack.checks import cross_check
 from infra.stack.load import Problem, StackFileError, _line_of, load, read_text, yaml_problem
 from infra.stack.model import InboundRoute, StackFile, route_metadata
+
+if TYPE_CHECKING:
+    from infra.ecs.death_queue import DeathQueueArgs
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,8 @@ class Plan:
     inbound_routes: dict[str, Route] = field(default_factory=dict)
     outbound_routes: dict[str, OutboundCall] = field(default_factory=dict)
     workers: dict[str, Worker] = field(default_factory=dict)
+    death_queue: DeathQueueArgs | None = None
+    """The stack's death queue (``infra.ecs.death_queue``), when it has ECS workers."""
 
     def routing(self) -> list[RoutingRow]:
         """One row per inbound route and number it answers, then one per outbound route."""
@@ -312,7 +317,21 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
         if worker is not None:
             plan.workers[key] = Worker(worker, dict(agent.ecs.provider_key_secrets), not stack.aws.subnets, not url,
                                        stack.aws.region)  # fmt: skip
+    if plan.workers:  # their stopped tasks reach the living workers through the stack's death queue
+        return replace(plan, death_queue=_build(partial(_death_queue, stack, plan.workers), "agents", [], problems))
     return plan
+
+
+def _death_queue(stack: StackFile, workers: dict[str, Worker]) -> DeathQueueArgs:
+    """The death queue's arguments: the stack (named as its environment, as ``stacks/Pulumi.<env>.yaml`` is), its
+    cluster and its agents' services."""
+    from infra.ecs.death_queue import DeathQueueArgs  # imported only for stacks with ECS agents (it needs boto3)
+
+    (cluster,) = {w.args.cluster_name for w in workers.values()}  # one aws.cluster per stack
+    return DeathQueueArgs(
+        stack=stack.environment, environment=stack.environment, cluster_name=cluster,
+        service_names=sorted(w.args.effective_service_name for w in workers.values()),
+    )  # fmt: skip
 
 
 def compile_stack(
