@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -220,3 +221,29 @@ async def _ledgered_rooms(lk: api.LiveKitAPI) -> set[str]:
         if r.name.startswith(LEDGER_PREFIX) and r.metadata:
             rooms |= {c["room"] for c in json.loads(r.metadata).get("calls", [])}
     return rooms
+
+
+def test_a_take_over_throttled_for_a_moment_is_retried_and_the_call_resumes(
+    endpoints: Endpoints, tmp_path: Path
+) -> None:
+    """The job process dies while LiveKit throttles the re-dispatch (429) for about half a second: the re-dispatch is
+    retried, and the call is resumed by a new agent instead of being ended."""
+    with ApiProxy.start(endpoints.livekit_url) as proxy:
+        w = start_worker(endpoints, tmp_path / "throttled.log", f"siphon-retry-{uuid.uuid4().hex[:6]}",
+                         LIVEKIT_URL=proxy.url)  # fmt: skip
+        try:
+
+            def throttle_then_kill(room: str, attrs: dict[str, str]) -> None:
+                proxy.refuse("AgentDispatchService/CreateDispatch")
+                threading.Timer(0.5, proxy.refuse).start()  # throttled for a moment only
+                os.kill(job_pid(w, room), signal.SIGKILL)
+
+            f = fault_call(endpoints, w.agent_name, "+15550100315", throttle_then_kill, expect="resume")
+            assert f.bye_s is None, (f, w.text()[-3000:])
+            assert f.resumed is not None and f.silence_s is not None, (f, w.text()[-3000:])
+            refused = [c for c in proxy.calls() if c.method.endswith("/CreateDispatch") and c.status == 429]
+            assert refused, "the re-dispatch was never throttled"
+            assert "re-dispatch failed; retrying" in w.text(), w.text()[-3000:]
+            print(f"silence after a throttled take-over: {f.silence_s:.2f}s")
+        finally:
+            assert w.stop() == 0, w.text()[-3000:]

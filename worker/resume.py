@@ -28,6 +28,7 @@ import logging
 import time
 from typing import Any
 
+import aiohttp
 from livekit import api
 
 from contract.metadata import MAX_RESUMES
@@ -120,8 +121,8 @@ async def take_over(
         resumed = resume_metadata(metadata, job_id)
         if resumed is None:
             return f"taken over {MAX_RESUMES} times already: " + await hang_up(lk, room)
-        dispatch = await lk.agent_dispatch.create_dispatch(
-            api.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=resumed)
+        dispatch = await _create_dispatch(
+            lk, api.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=resumed)
         )
     except Exception as err:  # refused, throttled, unreachable: end the call rather than leave the caller alone
         return f"take-over failed ({type(err).__name__}: {str(err)[:200]}): " + await hang_up(lk, room)
@@ -136,6 +137,31 @@ async def take_over(
     with contextlib.suppress(Exception):
         await lk.agent_dispatch.delete_dispatch(dispatch.id, room)
     return f"no agent took the call over within {TAKEOVER_TIMEOUT:g}s: " + await hang_up(lk, room)
+
+
+DISPATCH_RETRIES = (0.25, 0.5, 1.0)
+"""Pauses before each retry of a re-dispatch that failed for a reason that may pass (throttled, a server error, a
+timeout): the call is ended only after them, under 2 s in all."""
+
+
+def _may_pass(err: BaseException) -> bool:
+    """Throttled (429), a server error (5xx), a timeout or a lost connection: worth one more try."""
+    if isinstance(err, api.TwirpError):
+        return err.status == 429 or err.status >= 500
+    return isinstance(err, TimeoutError | OSError | aiohttp.ClientError)
+
+
+async def _create_dispatch(lk: api.LiveKitAPI, request: api.CreateAgentDispatchRequest) -> api.AgentDispatch:
+    """``CreateDispatch``, retried after ``DISPATCH_RETRIES`` while it fails for a reason that may pass."""
+    for pause in DISPATCH_RETRIES:
+        try:
+            return await lk.agent_dispatch.create_dispatch(request)
+        except Exception as err:
+            if not _may_pass(err):
+                raise
+            logger.warning("re-dispatch failed; retrying", extra={"room": request.room, "error": str(err)[:200]})
+        await asyncio.sleep(pause)
+    return await lk.agent_dispatch.create_dispatch(request)
 
 
 END_TRIES = (0.0, 0.25, 0.5, 1.0, 2.0)
