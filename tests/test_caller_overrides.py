@@ -288,7 +288,7 @@ def test_the_same_layer_in_dispatch_metadata_from_code_is_used(
 
     async def scenario() -> tuple[CallResult, bool]:
         r = await run_call(endpoints, worker.agent_name, meta, participant=sip_attributes(), keep=True)
-        asked = await _wait_requests(attacker, before)
+        asked = await _wait_requests(attacker, before, "/chat/completions")
         room = next((rec["room"] for rec in map(_json, worker.text().splitlines())
                      if rec.get("config_hash") == r.attributes.get("siphon.config_hash")), None)  # fmt: skip
         if room:
@@ -305,7 +305,8 @@ def test_the_same_layer_in_dispatch_metadata_from_code_is_used(
     assert r.attributes["siphon.warnings"] == "0"
     assert asked, f"the LLM our code named was not asked\n{worker.text()[-3000:]}"
     chats = [q for q in attacker.requests()[before:] if q.path == "/v1/chat/completions"]
-    assert chats and HOSTILE["system_instructions"] in json.dumps(chats[0].body)
+    assert chats, [q.path for q in attacker.requests()[before:]]
+    assert HOSTILE["system_instructions"] in json.dumps(chats[0].body)
     assert chats[0].headers["authorization"].startswith("Bearer sk-deployment-")
 
 
@@ -317,11 +318,12 @@ def _json(line: str) -> dict[str, Any]:
     return rec if isinstance(rec, dict) else {}
 
 
-async def _wait_requests(server: OpenAIStandIn, before: int, timeout: float = WAIT) -> bool:
+async def _wait_requests(server: OpenAIStandIn, before: int, path: str | None = None, timeout: float = WAIT) -> bool:
+    """Whether a request (to ``path`` only, if given) arrives after the first ``before`` of all requests."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while loop.time() < end:
-        if len(server.requests()) > before:
+        if any(path is None or q.path == "/v1" + path for q in server.requests()[before:]):
             return True
         await asyncio.sleep(0.2)
     return False
