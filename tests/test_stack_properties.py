@@ -22,6 +22,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from contract.deployment import max_calls_for
 from infra import cli
 from infra.ecs.provider import AgentWorkerProvider
 from infra.livekit.provider import DispatchRuleProvider, InboundTrunkProvider, OutboundTrunkProvider
@@ -78,9 +79,10 @@ def stack_files(draw: st.DrawFn) -> dict[str, Any]:
     agents: dict[str, Any] = {}
     for i in range(draw(st.integers(1, 3))):
         agent: dict[str, Any] = {"defaults": LOCAL_MODELS | _layer(draw, True) if local else dict(CLOUD_MODELS)}
-        where = draw(st.sampled_from(["ecs", "local", "both"]))
+        where = draw(st.sampled_from(["ecs", "local", "both"] if local else ["ecs", "both"]))  # local: only in `local`
+        cpu, memory = draw(st.sampled_from([(256, 512), (1024, 2048), (2048, 4096)]))
         if where in ("ecs", "both"):
-            agent["ecs"] = {"image": IMAGE, "cpu": 256, "memory": 512}
+            agent["ecs"] = {"image": IMAGE, "cpu": cpu, "memory": memory}
             if not local:
                 agent["ecs"]["provider_key_secrets"] = dict(CLOUD_KEYS)
         if where in ("local", "both"):
@@ -93,7 +95,7 @@ def stack_files(draw: st.DrawFn) -> dict[str, Any]:
                 {"ecr_repository": {"scan_on_push": False}, "cpu_architecture": "ARM64", "log_retention_days": 7},
             ])))  # fmt: skip
         if draw(st.booleans()):
-            agent["max_calls"] = draw(st.integers(1, 20))
+            agent["max_calls"] = draw(st.integers(1, max_calls_for(cpu, memory) if "ecs" in agent else 20))
         agents[f"agent-{i}"] = agent
     doc["agents"] = agents
 
@@ -149,7 +151,9 @@ def stack_files(draw: st.DrawFn) -> dict[str, Any]:
             route.update(draw(st.sampled_from([{"hide_phone_number": True}, {"krisp_enabled": True},
                                                {"media": {"media_timeout": 30}}, {"name": f"custom-{key}"}])))  # fmt: skip
         routes[f"route-{key}"] = route
-    if draw(st.booleans()):  # a direct rule: one room, no agent
+    first = routes[f"route-{sorted(trunks)[0]}"]
+    pinned = first.get("pin") or first.get("rule", {}).get("pin")  # an open lobby beside it would bypass the PIN
+    if not pinned and draw(st.booleans()):  # a direct rule: one room, no agent
         routes["lobby"] = {"rule": {"type": "direct", "room_name": "lobby"}, "trunks": [sorted(trunks)[0]],
                            "caller_numbers": ["+14155550199"]}  # fmt: skip
     doc["inbound_routes"] = routes

@@ -145,7 +145,7 @@ PREVIEW_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
     ("agent-name-too-long-for-ecs", [_rename_agent("customer-support-agent-for-the-emea-region")],
      "agents.customer-support-agent-for-the-emea-region", "must fit 64 characters"),
     ("agent-name-livekit-accepts-ecs-refuses", [_rename_agent("Support_Agent")], "agents.Support_Agent", "on ECS"),
-    ("fargate-memory-for-cpu", [_set("agents.support-agent.ecs.memory", 4096)], "agents.support-agent.ecs.memory",
+    ("fargate-memory-for-cpu", [_set("agents.sales-agent.ecs.memory", 4096)], "agents.sales-agent.ecs.memory",
      "not allowed with cpu 256 on Fargate (one of 512, 1024, 2048)"),
     ("fargate-cpu", [_set("agents.support-agent.ecs.cpu", 300)], "agents.support-agent.ecs.cpu", "not a Fargate cpu value"),
     ("ecs-settings-bag-is-gone", [_set("agents.support-agent.ecs.settings", {"desired_count": 0})],
@@ -178,6 +178,22 @@ PREVIEW_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
      "inbound_routes.support", "LiveKit's limit"),
     ("unset-trunk-secret", [_set("inbound_trunks.partners.auth_password_secret", "partnersPassword")],
      "inbound_trunks.partners.auth_password_secret", "pulumi config set --secret partnersPassword"),
+    # #32: files validate passed that broke after `up`; each refused at its field with what to write instead.
+    ("local-worker-outside-local", [_set("environment", "dev"), _set("agents.sales-agent.ecs", _DELETE)],
+     "agents.sales-agent.local", "add `ecs: {image: <repository>@sha256:<digest>}` under agents.sales-agent"),
+    ("max-calls-above-the-task-size", [_set("agents.support-agent.max_calls", 40)], "agents.support-agent.max_calls",
+     "lower max_calls to 16, or give the task cpu: 8192 and memory: 16384"),
+    ("routed-agent-with-no-task", [_set("agents.sales-agent.ecs.desired_count", 0), _set("agents.sales-agent.local", _DELETE)],
+     "agents.sales-agent.ecs.desired_count", "route(s) sales send calls to this agent"),
+    ("one-object-adopted-twice", [_set("inbound_trunks.main.adopt_id", "ST_abc"), _set("inbound_trunks.partners.adopt_id", "ST_abc")],
+     "inbound_trunks.partners.adopt_id", "also adopted by inbound_trunks.main"),
+    ("trunk-adopted-by-a-route", [_set("outbound_trunks.carrier.adopt_id", "ST_abc"), _set("inbound_routes.sales.adopt_id", "ST_abc")],
+     "inbound_routes.sales.adopt_id", "a dispatch rule id starts with SDR_"),
+    ("rule-id-adopted-by-a-trunk", [_set("inbound_trunks.main.adopt_id", "SDR_abc")],
+     "inbound_trunks.main.adopt_id", "is a dispatch rule id: a trunk id starts with ST_"),
+    ("pin-route-beside-an-open-route", [_set("inbound_routes.sales.numbers", []), _set("inbound_routes.sales.trunks", ["main"]),
+                                        _set("inbound_routes.support.pin", "4321")],
+     "inbound_routes.support.pin", "presses # alone reaches 'sales'"),
     ("unset-model-key-secret", [_set("agents.support-agent.ecs.provider_key_secrets", {"OPENAI_API_KEY": "openaiApiKey"})],
      "agents.support-agent.ecs.provider_key_secrets.OPENAI_API_KEY", "pulumi config set --secret openaiApiKey"),
 ]  # fmt: skip
@@ -496,3 +512,26 @@ def test_the_death_queue_of_a_stack_is_checked_by_validate_as_its_resource_check
         ("agents", True)
     ], problems
     assert _prod_problems(copy.deepcopy(PROD)) == []
+
+
+def test_a_pin_route_on_its_own_number_beside_open_routes_is_valid():
+    """LiveKit ranks an open rule naming a number before a PIN rule naming none, so a PIN-protected catch-all
+    beside open routes on their own numbers protects what it answers: no problem."""
+    doc = copy.deepcopy(BASE)
+    _set("inbound_routes.partners.pin", "2468")(doc)
+    assert _problems(doc) == []
+    _set("inbound_routes.partners.numbers", [])(doc)
+    _set("inbound_routes.partners.trunks", ["main"])(doc)
+    assert _problems(doc) == []
+
+
+def test_every_problem_of_a_file_comes_in_one_round():
+    """A cross-check problem (an unknown agent) does not hide a problem of the resources' arguments (a cluster name
+    ECS refuses) or an unset secret: all three are reported together."""
+    doc = copy.deepcopy(BASE)
+    for mutate in (_set("inbound_routes.sales.agent", "nobody"), _set("aws.cluster", "my cluster"),
+                   _set("inbound_trunks.partners.auth_password_secret", "partnersPassword")):  # fmt: skip
+        mutate(doc)
+    fields = {p.field for p in _problems(doc)}
+    assert {"inbound_routes.sales.agent", "aws.cluster",
+            "inbound_trunks.partners.auth_password_secret"} <= fields, fields  # fmt: skip

@@ -276,6 +276,21 @@ class AgentWorkerArgs(EcsWorkerSettings):
         return value
 
     @model_validator(mode="after")
+    def _capacity_fits_the_task(self) -> Self:
+        """A declared ``max_calls`` is at most what the task's size holds (``contract.deployment.max_calls_for``): a
+        task given more calls than its CPU and memory hold is killed with every call on it."""
+        holds = max_calls_for(self.cpu, self.memory)
+        if self.max_calls is None or self.max_calls <= holds:
+            return self
+        size = v.smallest_fargate_size(lambda cpu, memory: max_calls_for(cpu, memory) >= (self.max_calls or 0))
+        bigger = f", or give the task cpu: {size[0]} and memory: {size[1]}" if size else ""
+        raise ValueError(
+            f"max_calls: {self.max_calls} calls at once do not fit a task of cpu {self.cpu} and memory {self.memory}, "
+            f"which holds {holds} (a call's job takes about 128 cpu units and 256 MiB): lower max_calls to {holds}"
+            f"{bigger}"
+        )
+
+    @model_validator(mode="after")
     def _no_clash(self) -> AgentWorkerArgs:
         clash = sorted(set(self.extra_env) & set(self.provider_keys))
         if clash:

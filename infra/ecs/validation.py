@@ -6,6 +6,7 @@ Agent and environment names are ``contract.types`` types (shared with the stack 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated
 
 from pydantic import AfterValidator, Field
@@ -61,6 +62,12 @@ RESERVED_ENV_PREFIXES = ("LIVEKIT_", "AWS_", "ECS_")
 RESERVED_ENV_NAMES = frozenset({AGENT_NAME_ENV, ENVIRONMENT_ENV, DRAIN_TIMEOUT_ENV, MAX_JOBS_ENV, METRIC_CLUSTER_ENV,
                                 METRIC_SERVICE_ENV, CALL_PROTECTION_ENV, DEATH_QUEUE_ENV,
                                 *DEFAULTS_ENV.values()})  # fmt: skip
+
+
+def smallest_fargate_size(fits: Callable[[int, int], bool]) -> tuple[int, int] | None:
+    """The smallest Fargate ``(cpu, memory)`` for which ``fits(cpu, memory)``, or None."""
+    sizes = sorted((cpu, memory) for cpu, memories in FARGATE_SIZES.items() for memory in memories)
+    return next((size for size in sizes if fits(*size)), None)
 
 
 def fargate_size_error(cpu: int, memory: int) -> str | None:

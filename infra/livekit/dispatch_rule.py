@@ -84,6 +84,21 @@ class RoomConfig(RoomTimeouts):
         return self
 
 
+_RULE_RANK = {"direct": 0, "individual": 1, "callee": 2}
+
+
+def rule_priority(rule_type: str, pin: str, *, any_caller: bool, any_number: bool) -> int:
+    """LiveKit's ranking of the dispatch rules a call matches (``DispatchRulePriority`` in livekit/protocol
+    ``sip/sip.go``; lower ranks first): a PIN-protected rule before every open one, then direct, individual, callee;
+    1,000 behind for matching any caller, and again for any called number. A rule naming the call's trunk beats every
+    rule naming none, whatever their rank; a tie goes to the lower room name.
+
+    The first pass over an inbound call ranks the PIN rules and the open ones together: when a PIN rule wins, the
+    caller is asked for a PIN, and a caller who enters none (``#`` alone) is matched again among the open rules only.
+    """
+    return _RULE_RANK[rule_type] + (0 if pin else 100) + 1000 * any_caller + 1000 * any_number
+
+
 class DispatchRuleArgs(Model):
     """A dispatch rule: which inbound calls go to which room, with which agents."""
 

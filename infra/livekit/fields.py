@@ -104,6 +104,29 @@ CodecName = Annotated[str, AfterValidator(_codec)]
 Pin = Annotated[str, AfterValidator(_pin)]
 RoomName = Annotated[str, AfterValidator(_room)]
 
+ID_PREFIXES = {"trunk": "ST_", "dispatch rule": "SDR_"}
+"""How LiveKit's ids of each kind begin (inbound and outbound trunks share ``ST_``)."""
+_ID_RE = re.compile(r"^[A-Z]+_\w+$")
+
+
+def _id_of(kind: str) -> AfterValidator:
+    """A LiveKit id of ``kind`` (or empty): the message names the kind an id of another kind belongs to."""
+    prefix = ID_PREFIXES[kind]
+
+    def check(value: str) -> str:
+        if not value or (value.startswith(prefix) and _ID_RE.match(value)):
+            return value
+        other = next((k for k, p in ID_PREFIXES.items() if value.startswith(p) and k != kind), None)
+        what = f"is a {other} id" if other else "is not a LiveKit id"
+        listing = "lk sip inbound list / lk sip outbound list" if kind == "trunk" else "lk sip dispatch list"
+        raise ValueError(f"{what}: a {kind} id starts with {prefix} (`{listing}` shows them; import writes them)")
+
+    return AfterValidator(check)
+
+
+TrunkId = Annotated[str, _id_of("trunk")]
+DispatchRuleId = Annotated[str, _id_of("dispatch rule")]
+
 
 MAX_MEDIA_TIMEOUT = 600.0  # LiveKit: "media_timeout must not exceed 10m0s"
 

@@ -18,6 +18,7 @@ from contract.models import RunProblem, check_spec, layer_spec_problems, run_pro
 from contract.resolve import HEADER_ATTRIBUTE_PREFIX, OVERRIDES_ATTRIBUTE
 from contract.types import LOCAL_ENVIRONMENT as LOCAL
 from infra.ecs.validation import IMAGE_RE
+from infra.livekit.dispatch_rule import rule_priority
 from infra.stack.model import StackFile
 
 
@@ -113,6 +114,57 @@ def _rule_conflicts(stack: StackFile) -> Iterator[tuple[str, str]]:
                     ),
                 )
                 break
+
+
+_ANY = "\0any"  # a caller or called number no route names
+
+
+def _pin_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """A PIN protects its route only if no open route answers the same calls: LiveKit ranks the PIN rule first and
+    asks every caller for the PIN, and a caller who enters none (``#`` alone) reaches the open route
+    (``infra.livekit.dispatch_rule.rule_priority``). Checked on every call a PIN route can match: each of its trunks
+    (all, for a route naming none) x caller x called number, where the PIN route or another PIN route wins."""
+    pins = [k for k, r in stack.inbound_routes.items() if r.pin_code]
+    if not pins:
+        return
+    callers = [*sorted({n for r in stack.inbound_routes.values() for n in r.caller_numbers}), _ANY]
+    called = [*sorted({n for r in stack.inbound_routes.values() for n in r.numbers}), _ANY]
+
+    def matches(key: str, trunk: str, caller: str, number: str) -> bool:
+        route = stack.inbound_routes[key]
+        return ((not stack.route_trunks[key] or trunk in stack.route_trunks[key])
+                and (not route.caller_numbers or caller in route.caller_numbers)
+                and (not route.numbers or number in route.numbers))  # fmt: skip
+
+    def rank(key: str) -> tuple[bool, int, str]:
+        route = stack.inbound_routes[key]
+        priority = rule_priority(route.rule.type if route.rule else "individual", route.pin_code,
+                                 any_caller=not route.caller_numbers, any_number=not route.numbers)  # fmt: skip
+        return not stack.route_trunks[key], priority, key  # a rule naming the trunk first; then LiveKit's rank
+
+    reported: set[tuple[str, str]] = set()
+    for key in pins:
+        cells = product(stack.route_trunks[key] or list(stack.inbound_trunks),
+                        stack.inbound_routes[key].caller_numbers or callers,
+                        stack.inbound_routes[key].numbers or called)  # fmt: skip
+        for trunk, caller, number in cells:
+            matching = [k for k in stack.inbound_routes if matches(k, trunk, caller, number)]
+            winner = min(matching, key=rank)
+            open_routes = [k for k in matching if not stack.inbound_routes[k].pin_code]
+            if not stack.inbound_routes[winner].pin_code or not open_routes:
+                continue
+            other = min(open_routes, key=rank)
+            if (winner, other) in reported:
+                continue
+            reported.add((winner, other))
+            number_part = f"to {number}" if number != _ANY else "to any number"
+            what = " ".join(
+                p for p in (number_part, f"from {caller}" if caller != _ANY else "", f"on trunk {trunk}") if p
+            )
+            message = (f"inbound route {other!r} answers the same calls ({what}) with no PIN: LiveKit asks every such "
+                       f"caller for this PIN first, and one who presses # alone reaches {other!r}, so the PIN protects "
+                       f"nothing; give this route its own number (or trunk), or a PIN to {other!r} too")  # fmt: skip
+            yield f"inbound_routes.{winner}.pin", message
 
 
 def _security_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
@@ -293,9 +345,53 @@ def _name_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
                 yield f"{section}.{key}.name", f"LiveKit name {name!r} is also {section}.{other}'s: names are unique"
 
 
-CHECKS = (_agent_problems, _name_problems, _trunk_reference_problems, _trunk_conflicts, _rule_conflicts,
-          _security_problems, _image_problems, _spec_problems, _model_problems, _allowed_problems, _url_problems,
-          _header_mapping_problems)  # fmt: skip
+def _worker_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """Every agent has a worker that runs in the stack's environment: outside `local` only ECS runs one (a ``local:``
+    stanza is what ``siphon-infra import`` writes for the user to complete); an ECS service with no task and no
+    autoscaling answers none of the calls its routes send."""
+    routes = [(k, r.agent) for k, r in stack.inbound_routes.items() if r.agent]
+    routes += [(k, r.agent) for k, r in stack.outbound_routes.items()]
+    for key, agent in stack.agents.items():
+        if not stack.is_local and agent.ecs is None:
+            where = f"agents.{key}.local" if agent.local is not None else f"agents.{key}"
+            yield where, (f"no worker runs in `{stack.environment}`: a `local:` worker runs only in `{LOCAL}`; add "
+                          f"`ecs: {{image: <repository>@sha256:<digest>}}` under agents.{key} (`./dev image` builds "
+                          "the image and prints its digest)")  # fmt: skip
+        elif agent.ecs is not None and agent.ecs.desired_count == 0 and agent.ecs.autoscaling is None:
+            sending = sorted(route for route, agent_key in routes if agent_key == key)
+            if not sending or (stack.is_local and agent.local is not None):
+                continue  # no calls for it, or the local worker processes answer them
+            message = (f"0 tasks and no autoscaling, yet route(s) {', '.join(sending)} send calls to this agent: no "
+                       "worker would answer them; set desired_count: 1 (or more), or autoscaling: {min_count: 1, "
+                       "max_count: <n>}")  # fmt: skip
+            yield f"agents.{key}.ecs.desired_count", message
+
+
+def _adopt_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """Each LiveKit object is adopted by one entry: two entries with one ``adopt_id`` would overwrite each other's
+    object (trunk ids, inbound and outbound alike, start with ST_; dispatch rule ids with SDR_)."""
+    seen: dict[str, str] = {}
+    entries = [("inbound_trunks", k, e.adopt_id) for k, e in stack.inbound_trunks.items()]
+    entries += [("outbound_trunks", k, e.adopt_id) for k, e in stack.outbound_trunks.items()]
+    entries += [("inbound_routes", k, e.adopt_id) for k, e in stack.inbound_routes.items()]
+    for section, key, adopt_id in entries:
+        if not adopt_id:
+            continue
+        other = seen.setdefault(adopt_id, f"{section}.{key}")
+        if other != f"{section}.{key}":
+            yield (
+                f"{section}.{key}.adopt_id",
+                (
+                    f"{adopt_id} is also adopted by {other}: one LiveKit object, two entries, and each `up` would "
+                    "overwrite the other's settings; keep one entry for it (remove the other, or drop its adopt_id to "
+                    "create a new object)"
+                ),
+            )
+
+
+CHECKS = (_agent_problems, _worker_problems, _adopt_problems, _name_problems, _trunk_reference_problems,
+          _trunk_conflicts, _rule_conflicts, _pin_problems, _security_problems, _image_problems, _spec_problems,
+          _model_problems, _allowed_problems, _url_problems, _header_mapping_problems)  # fmt: skip
 
 
 def cross_check(stack: StackFile) -> Iterator[tuple[str, str]]:

@@ -43,7 +43,7 @@ from contract.types import (
 )
 from infra.ecs.args import AgentWorkerArgs, EcsWorkerSettings
 from infra.livekit.dispatch_rule import DispatchRuleArgs, RoomTimeouts, Rule
-from infra.livekit.fields import E164, AttributeName, HeaderName, MediaConfig, Model, Pin
+from infra.livekit.fields import E164, AttributeName, DispatchRuleId, HeaderName, MediaConfig, Model, Pin, TrunkId
 from infra.livekit.inbound_trunk import InboundTrunkArgs
 from infra.livekit.outbound_trunk import OutboundTrunkArgs
 
@@ -80,8 +80,8 @@ class _SecretPassword(Model):
     name: str = Field(
         default="", max_length=256, exclude=True, description="LiveKit object name (default: <environment>-<key>)"
     )
-    adopt_id: str = Field(
-        default="", pattern=r"^$|^ST_\w+$", exclude=True,
+    adopt_id: TrunkId = Field(
+        default="", exclude=True,
         description="LiveKit id to adopt on the first up, for a name other objects share (written by import)",
     )  # fmt: skip
 
@@ -236,8 +236,8 @@ class InboundRoute(Model):
     """Calls to ``numbers`` (through ``trunks``) reach ``agent`` with this route's configuration."""
 
     name: str = Field(default="", max_length=256, description="LiveKit rule name (default: <environment>-<key>)")
-    adopt_id: str = Field(
-        default="", pattern=r"^$|^SDR_\w+$",
+    adopt_id: DispatchRuleId = Field(
+        default="",
         description="LiveKit id to adopt on the first up, for a name other rules share (written by import)",
     )  # fmt: skip
     numbers: list[E164] = Field(default_factory=list, description="called numbers (empty: every number)")

@@ -297,7 +297,9 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
             plan.inbound_routes[key] = Route(rule, trunks, route.adopt_id, route.agent, agents.get(route.agent, ""))
 
     for key, out_route in stack.outbound_routes.items():
-        out_trunk = stack.outbound_trunks[out_route.trunk]
+        out_trunk = stack.outbound_trunks.get(out_route.trunk)
+        if out_trunk is None:
+            continue  # reported by the cross-checks
         plan.outbound_routes[key] = OutboundCall(
             trunk=out_route.trunk,
             caller_ids=list(out_route.caller_ids or out_trunk.numbers),
@@ -338,13 +340,19 @@ def compile_stack(
     stack: StackFile, file: str, lines: dict[tuple[str, ...], int], config: StackConfig | None = None
 ) -> Plan:
     """The plan of a parsed stack file, or StackFileError listing every problem with its line."""
-    found = list(cross_check(stack))
-    if not found:
-        found += _secret_problems(stack, config or StackConfig())
-        plan = _plan(stack, config or StackConfig(), found)
+    crossed = list(cross_check(stack))
+    later: list[tuple[str, str]] = list(_secret_problems(stack, config or StackConfig()))
+    plan = _plan(stack, config or StackConfig(), later)
+    # All problems in one round: the arguments' own, except where a cross-check already spoke of the same field.
+    found = crossed + [(f, m) for f, m in later if not any(_related(f, c) for c, _ in crossed)]
     if found:  # a stack-wide field (aws.*, livekit.url) feeds every agent's arguments: say each problem once
         raise StackFileError([Problem(file, _line_of(lines, f), f, m) for f, m in dict.fromkeys(found)])
     return plan
+
+
+def _related(field_path: str, other: str) -> bool:
+    """One field is the other or holds it (``agents.a.defaults`` and ``agents.a.defaults.llm``)."""
+    return field_path == other or field_path.startswith(other + ".") or other.startswith(field_path + ".")
 
 
 def plan_file(path: Path, *, secrets: bool = True) -> Plan:
