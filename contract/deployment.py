@@ -1,6 +1,6 @@
 """What a deployment tells a worker: the variables it reads, its call capacity and health port, and the one function
 that builds its environment (``worker_env``: the ECS task definition, the stack's local worker processes and the
-rehearsal's containers all call it; ``worker.settings.WorkerSettings`` reads it back).
+rehearsal's containers all call it; ``contract.settings.WorkerSettings`` reads it back).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ CALL_PROTECTION_ENV = "SIPHON_CALL_PROTECTION_MINUTES"  # ECS task scale-in prot
 HTTP_PORT_ENV = "SIPHON_HTTP_PORT"  # the worker's health server
 HTTP_HOST_ENV = "SIPHON_HTTP_HOST"
 DEATH_QUEUE_ENV = "SIPHON_DEATH_QUEUE_URL"  # SQS queue of the stack's stopped ECS tasks (worker.stopped_tasks)
+AGENT_URI_ENV = "ECS_AGENT_URI"  # set by the ECS container agent in every task's containers
+DEFAULT_METRIC_INTERVAL = 15.0  # seconds between call-metric lines (SIPHON_METRIC_INTERVAL, worker.call_metric)
 
 MAX_PROTECTION_MINUTES = 2880  # ECS's limit for one task protection period (48 h)
 CallProtectionMinutes = Annotated[int, Field(ge=1, le=MAX_PROTECTION_MINUTES)]

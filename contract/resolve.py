@@ -2,7 +2,7 @@
 
 Layers, lowest first:
 
-1. **worker defaults**: the worker's environment (``worker.settings.WorkerSettings``), else ``BUILTIN_DEFAULTS``
+1. **worker defaults**: the worker's environment (``contract.settings.WorkerSettings``), else ``BUILTIN_DEFAULTS``
    (its instructions; its offline models only in the ``local`` environment: elsewhere a worker must be given its
    models);
 2. **route**: ``agent_config`` of the job metadata (the dispatch rule's agent metadata, or the outbound

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from contract.metrics import dimensions
+from contract.settings import SettingsError, WorkerSettings
 from worker.call_metric import CallGauge
-from worker.settings import SettingsError, WorkerSettings
 
 
 def test_a_line_is_cloudwatch_embedded_metric_format_under_the_services_dimensions() -> None:

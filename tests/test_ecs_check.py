@@ -57,6 +57,13 @@ INVALID = [
         "is reserved",
     ),  # the calls scaling policy reads it
     ("extra_env", {"extra_env": {"OPENAI_API_KEY": "x"}}, "also set in provider_keys"),
+    # #32: what the worker's own settings refuse, read from the container's environment, stops every task at start
+    ("extra_env", {"extra_env": {"SIPHON_HTTP_PORT": "eighty"}}, "SIPHON_HTTP_PORT: Input should be a valid integer"),
+    ("extra_env", {"extra_env": {"SIPHON_AUDIO_TIMEOUT": "500"}}, "SIPHON_AUDIO_TIMEOUT: Input should be less than"),
+    ("extra_env", {"extra_env": {"SIPHON_DRAIN_TIMOUT": "60"}}, "did you mean SIPHON_DRAIN_TIMEOUT"),
+    ("extra_env", {"extra_env": {"SIPHON_HTTP_PORT": "9000"}}, "health check probes 127.0.0.1:8081"),
+    ("extra_env", {"extra_env": {"SIPHON_HTTP_HOST": "10.0.0.7"}}, "health check probes 127.0.0.1:8081"),
+    ("max_calls", {"cpu": 512, "memory": 1024, "max_calls": 9}, "lower max_calls to 4, or give the task cpu: 2048"),
     ("stop_timeout_seconds", {"stop_timeout_seconds": 300}, "less than or equal to 120"),
     ("health_check", {"health_check": {"command": ["echo", "ok"]}}, "CMD"),
     ("deployment", {"deployment": {"min_healthy_percent": 100, "max_percent": 100}}, "max_percent"),
@@ -269,3 +276,17 @@ def test_rollout_state_without_rollout_state_field():
     one = svc({"status": "PRIMARY", "taskDefinition": TD, "runningCount": 2, "desiredCount": 2})
     assert rollout.rollout_state(one, TD) == "done"
     assert rollout.rollout_state(one, OLD) == "pending"
+
+
+def test_a_health_server_moved_where_a_custom_health_check_probes_is_accepted():
+    """Moving the health server is fine when the health check follows it (the stack declares both)."""
+    command = ["CMD-SHELL", "python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:9000/')\""]
+    result = AgentWorkerProvider().check({}, {**args(extra_env={"SIPHON_HTTP_PORT": "9000"},
+                                                     health_check={"command": command}), "__provider": "x"})  # fmt: skip
+    assert not result.failures, result.failures
+
+
+def test_worker_settings_in_extra_env_that_the_worker_accepts_are_accepted():
+    result = AgentWorkerProvider().check({}, {**args(extra_env={"SIPHON_AUDIO_TIMEOUT": "30", "LOG_LEVEL": "debug"}),
+                                              "__provider": "x"})  # fmt: skip
+    assert not result.failures, result.failures

@@ -194,6 +194,10 @@ PREVIEW_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
     ("pin-route-beside-an-open-route", [_set("inbound_routes.sales.numbers", []), _set("inbound_routes.sales.trunks", ["main"]),
                                         _set("inbound_routes.support.pin", "4321")],
      "inbound_routes.support.pin", "presses # alone reaches 'sales'"),
+    ("extra-env-the-worker-refuses", [_set("agents.sales-agent.ecs.extra_env", {"SIPHON_PARTICIPANT_WAIT": "-1"})],
+     "agents.sales-agent.ecs.extra_env", "SIPHON_PARTICIPANT_WAIT: Input should be greater than 0"),
+    ("extra-env-moves-the-probed-port", [_set("agents.sales-agent.ecs.extra_env", {"SIPHON_HTTP_PORT": "9000"})],
+     "agents.sales-agent.ecs.extra_env", "set health_check.command to probe where the server listens"),
     ("unset-model-key-secret", [_set("agents.support-agent.ecs.provider_key_secrets", {"OPENAI_API_KEY": "openaiApiKey"})],
      "agents.support-agent.ecs.provider_key_secrets.OPENAI_API_KEY", "pulumi config set --secret openaiApiKey"),
 ]  # fmt: skip

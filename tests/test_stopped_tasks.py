@@ -16,10 +16,10 @@ import boto3
 import pytest
 from livekit import api
 
+from contract.settings import WorkerSettings
 from tests.ecs_agent_endpoint import TASK_ARN, agent_endpoint
 from tests.test_ecs_death_queue import create_queue, put_task_event, task_event
 from worker.recovery import METADATA_URI_ENV, CallLedger, ledger_room, own_worker_id, task_id
-from worker.settings import WorkerSettings
 from worker.stopped_tasks import StoppedTask, StoppedTasks, attach, livekit_recovery, parse_event
 
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import pytest
 
 from contract.deployment import CALL_PROTECTION_ENV
+from contract.settings import SettingsError, WorkerSettings
 from tests.ecs_agent_endpoint import agent_endpoint
-from worker.settings import SettingsError, WorkerSettings
 from worker.task_protection import TaskProtection, agent_put
 
 

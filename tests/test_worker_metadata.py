@@ -1,4 +1,4 @@
-"""contract.metadata / contract.resolve / contract.models / worker.settings: schema, SIPHON compatibility, merge rule, hostile input.
+"""contract.metadata / contract.resolve / contract.models / contract.settings: schema, SIPHON compatibility, merge rule, hostile input.
 
 Pure logic, no servers. HOSTILE_CASES is reused by the live worker tests (tests/test_worker_live.py).
 """
@@ -38,9 +38,9 @@ from contract.resolve import (
     resolve_call,
     worker_defaults,
 )
+from contract.settings import SettingsError, WorkerSettings
 from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
 from worker.models import registry
-from worker.settings import SettingsError, WorkerSettings
 
 SIPHON_INBOUND_DEFAULTS = {
     "agent_config": {"llm": None, "tts": None, "stt": None, "greeting_instructions": None, "system_instructions": None},
@@ -228,7 +228,7 @@ def test_published_json_schema_is_up_to_date() -> None:
 
 def test_metadata_module_is_import_light() -> None:
     code = (
-        "import sys, contract.metadata, contract.resolve, contract.models, worker.settings, worker.models.registry;"
+        "import sys, contract.metadata, contract.resolve, contract.models, contract.settings, worker.models.registry;"
         "bad = [m for m in sys.modules if m.startswith(('livekit', 'pulumi', 'infra'))];"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -27,10 +27,10 @@ from pydantic_core import to_jsonable_python
 from contract import metrics
 from contract.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
 from contract.resolve import SipFacts, call_layers, caller_drops, is_caller_drop, resolve_call
+from contract.settings import WorkerSettings
 from worker import call_metric, end_call, turns
 from worker.models import registry
 from worker.resume import ATTR_CONFIG_HASH, hang_up, take_over
-from worker.settings import WorkerSettings
 
 logger = logging.getLogger("siphon.worker")
 

@@ -29,9 +29,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
+from contract.deployment import DEFAULT_METRIC_INTERVAL
 from contract.metrics import ACTIVE, NAMESPACE, UTILIZATION, dimensions
-
-DEFAULT_INTERVAL = 15.0  # WorkerSettings.metric_interval (SIPHON_METRIC_INTERVAL)
 
 
 def _directive(dims: Mapping[str, str], at_ms: int, metrics: list[dict[str, str]]) -> dict[str, object]:
@@ -64,7 +63,7 @@ class CallGauge:
         self,
         dims: Mapping[str, str],
         capacity: int,
-        interval: float = DEFAULT_INTERVAL,
+        interval: float = DEFAULT_METRIC_INTERVAL,
         out: TextIO | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -83,7 +82,7 @@ class CallGauge:
         cls, cluster: str | None, service: str | None, capacity: int | None, interval: float
     ) -> CallGauge | None:
         """The gauge an ECS deployment asks for (``SIPHON_METRIC_CLUSTER`` and ``_SERVICE`` set, and a capacity),
-        else None. The worker's settings (``worker.settings.WorkerSettings``) read and check the variables."""
+        else None. The worker's settings (``contract.settings.WorkerSettings``) read and check the variables."""
         if not (cluster and service and capacity):
             return None
         return cls(dimensions(cluster, service), capacity, interval)

@@ -6,7 +6,7 @@ Run (locally and in the image, the same command)::
     python -m worker.main dev        # development mode
 
 Environment: ``LIVEKIT_URL``, ``LIVEKIT_API_KEY``, ``LIVEKIT_API_SECRET``, ``SIPHON_AGENT_NAME`` (or
-``LIVEKIT_AGENT_NAME``), and the ``SIPHON_*`` settings documented on ``worker.settings.WorkerSettings``.
+``LIVEKIT_AGENT_NAME``), and the ``SIPHON_*`` settings documented on ``contract.settings.WorkerSettings``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import warnings
 
 from livekit.agents import cli
 
+from contract.settings import WorkerSettings
 from worker.server import build_server, check_default_models
-from worker.settings import WorkerSettings
 
 
 def main() -> None:

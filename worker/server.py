@@ -23,13 +23,13 @@ from livekit.plugins import silero  # noqa: F401  (plugins register at import, o
 from contract import models as specs
 from contract.deployment import DEFAULTS_ENV, ENVIRONMENT_ENV
 from contract.metadata import MODEL_KINDS
+from contract.settings import SettingsError, WorkerSettings
 from worker import stopped_tasks, turns
 from worker.call import Built, entrypoint, spec_key
 from worker.call_metric import CallGauge
 from worker.models import registry
 from worker.recovery import CallLedger, own_worker_id
 from worker.resume import CrashWatch
-from worker.settings import SettingsError, WorkerSettings
 from worker.task_protection import TaskProtection
 
 logger = logging.getLogger("siphon.worker")

@@ -37,8 +37,8 @@ from livekit import api
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract.deployment import DEATH_QUEUE_ENV
+from contract.settings import WorkerSettings
 from worker.recovery import Recover, own_worker_id, recover_worker, task_id
-from worker.settings import WorkerSettings
 
 logger = logging.getLogger("siphon.worker")
 

@@ -31,7 +31,6 @@ from typing import Any
 
 logger = logging.getLogger("siphon.worker")
 
-AGENT_URI_ENV = "ECS_AGENT_URI"  # set by the ECS container agent in every task's containers
 STATE_PATH = "/task-protection/v1/state"
 
 Put = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]

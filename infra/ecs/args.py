@@ -11,9 +11,18 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from contract.deployment import DEFAULT_HTTP_PORT, CallCapacity, CallProtectionMinutes, max_calls_for
+from contract.deployment import (
+    DEFAULT_HTTP_PORT,
+    HTTP_HOST_ENV,
+    HTTP_PORT_ENV,
+    CallCapacity,
+    CallProtectionMinutes,
+    max_calls_for,
+    worker_env,
+)
 from contract.metadata import AgentConfig
 from contract.models import run_problems
+from contract.settings import WorkerSettings, settings_problems
 from contract.types import SECRET_FIELDS, AgentName, EcsEnvironmentName
 from contract.types import Model as _Model
 from infra.ecs import naming
@@ -24,6 +33,7 @@ LIVEKIT_SECRET_ENV = {"livekit_api_key": "LIVEKIT_API_KEY", "livekit_api_secret"
 
 DEFAULT_CALL_PROTECTION_MINUTES = 60
 
+PROBED_HOSTS = ("", "0.0.0.0", "127.0.0.1", "::")  # where the default health check reaches it
 DEFAULT_HEALTH_COMMAND = [
     "CMD-SHELL",
     f"python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{DEFAULT_HTTP_PORT}/', timeout=4)\""
@@ -291,6 +301,27 @@ class AgentWorkerArgs(EcsWorkerSettings):
         )
 
     @model_validator(mode="after")
+    def _worker_starts(self) -> Self:
+        """The worker starts with the environment this deployment gives its container (``extra_env`` included), as
+        its own settings read it (``contract.settings``), and its health server listens where the health check
+        probes."""
+        if not self.extra_env:
+            return self  # only the deployment's own variables: its fields check them
+        environ = {**self.worker_environment, **dict.fromkeys(self.secret_names, "[secret]")}
+        if problems := settings_problems(environ):
+            raise ValueError("extra_env: the worker would stop at start: " + "; ".join(problems))
+        settings = WorkerSettings.from_env(environ)
+        probed = self.health_check is not None and self.health_check.command == DEFAULT_HEALTH_COMMAND
+        if probed and (settings.http_port != DEFAULT_HTTP_PORT or settings.http_host not in PROBED_HOSTS):
+            where = f"{settings.http_host or '*'}:{settings.http_port}"
+            raise ValueError(
+                f"extra_env: {HTTP_PORT_ENV}/{HTTP_HOST_ENV} move the worker's health server to {where}, but the "
+                f"health check probes 127.0.0.1:{DEFAULT_HTTP_PORT}: every task would be marked unhealthy and "
+                "replaced; drop them, or set health_check.command to probe where the server listens"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _no_clash(self) -> AgentWorkerArgs:
         clash = sorted(set(self.extra_env) & set(self.provider_keys))
         if clash:
@@ -299,6 +330,35 @@ class AgentWorkerArgs(EcsWorkerSettings):
             missing = "death_queue_arn" if self.death_queue_arn is None else "death_queue_url"
             raise ValueError(f"{missing}: death_queue_url and death_queue_arn go together: set {missing} too")
         return self
+
+    @property
+    def worker_environment(self) -> dict[str, str]:
+        """The plain (non-secret) environment of the worker's container: ``extra_env`` under what the deployment
+        sets (``contract.deployment.worker_env``)."""
+        return {
+            **self.extra_env,
+            "LIVEKIT_URL": self.livekit_url,
+            **worker_env(
+                agent_name=self.agent_name,
+                environment=self.environment,
+                defaults=self.worker,
+                max_calls=self.effective_max_calls,
+                # Drain running calls within the SIGTERM-to-SIGKILL grace ECS gives the container (leave time to exit).
+                drain_timeout=max(self.stop_timeout_seconds - 10, 1),
+                # The worker publishes its call load under the service's names: the calls scaling policy reads it.
+                metric_cluster=self.cluster_name,
+                metric_service=self.effective_service_name,
+                # The worker protects its task while it holds calls (task_policy allows it).
+                call_protection_minutes=self.call_protection_minutes,
+                # The worker recovers the calls of the stack's stopped tasks (task_policy lets it read this queue).
+                death_queue_url=self.death_queue_url,
+            ),
+        }
+
+    @property
+    def secret_names(self) -> list[str]:
+        """The variables the container gets from Secrets Manager (the LiveKit credentials, the provider keys)."""
+        return [*LIVEKIT_SECRET_ENV.values(), *self.provider_keys]
 
     @property
     def effective_max_calls(self) -> int:

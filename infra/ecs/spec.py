@@ -6,7 +6,6 @@ import hashlib
 import json
 from typing import Any
 
-from contract.deployment import worker_env
 from infra.ecs import naming
 from infra.ecs import validation as v
 from infra.ecs.args import AgentWorkerArgs
@@ -35,27 +34,8 @@ def tag_list(t: dict[str, str], key: str = "Key", value: str = "Value") -> list[
 
 
 def container_environment(args: AgentWorkerArgs) -> dict[str, str]:
-    """Plain (non-secret) environment of the worker container."""
-    n = names(args)
-    return {
-        **args.extra_env,
-        "LIVEKIT_URL": args.livekit_url,
-        **worker_env(
-            agent_name=args.agent_name,
-            environment=args.environment,
-            defaults=args.worker,
-            max_calls=args.effective_max_calls,
-            # Drain running calls within the SIGTERM-to-SIGKILL grace ECS gives the container (leave time to exit).
-            drain_timeout=max(args.stop_timeout_seconds - 10, 1),
-            # The worker publishes its call load under the service's names: the calls scaling policy reads it.
-            metric_cluster=n.cluster_name,
-            metric_service=n.service_name,
-            # The worker protects its task while it holds calls (task_policy allows it).
-            call_protection_minutes=args.call_protection_minutes,
-            # The worker recovers the calls of the stack's stopped tasks (task_policy lets it read this queue).
-            death_queue_url=args.death_queue_url,
-        ),
-    }
+    """Plain (non-secret) environment of the worker container (``AgentWorkerArgs.worker_environment``)."""
+    return args.worker_environment
 
 
 def image_reference(args: AgentWorkerArgs, repository_uri: str | None) -> str:

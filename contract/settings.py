@@ -3,15 +3,22 @@ and a deployment sets them with ``contract.deployment.worker_env``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from difflib import get_close_matches
 from typing import Any, Literal
 
 from pydantic import AliasChoices, AliasGenerator, Field, PrivateAttr, ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.providers.env import parse_env_vars
 
 from contract.deployment import (
     AGENT_NAME_ENV,
+    AGENT_URI_ENV,
     DEFAULT_HTTP_PORT,
+    DEFAULT_METRIC_INTERVAL,
     DEFAULTS_ENV,
     MAX_CALLS_LIMIT,
     MAX_PROTECTION_MINUTES,
@@ -29,8 +36,6 @@ from contract.types import (
     RingTimeout,
     describe_errors,
 )
-from worker.call_metric import DEFAULT_INTERVAL as DEFAULT_METRIC_INTERVAL
-from worker.task_protection import AGENT_URI_ENV
 
 WARM_PROCESSES = 8
 """Idle job processes a worker with a capacity keeps warm by default. livekit-agents initializes at most one job
@@ -38,7 +43,37 @@ process per core at a time, so a burst beyond the warm ones waits for them in tu
 stock); an idle process, forked from the preloaded forkserver, holds about 27 MiB of its own (PSS)."""
 
 
-class _DefaultsFromEnv(BaseSettings, AgentConfig):
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("siphon_worker_environ", default=None)
+"""The environment settings are read from: ``None``, the process's; else a given one (``settings_problems``)."""
+
+
+class _Environ(EnvSettingsSource):
+    """pydantic-settings' environment source, reading ``_ENVIRON`` when one is given."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        given = _ENVIRON.get()
+        if given is None:
+            return super()._load_env_vars()
+        return parse_env_vars(given, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+class _FromEnviron(BaseSettings):
+    """Settings read from the environment only (no init values, files or secrets directories)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment (``_Environ``) after init values, as pydantic-settings orders them."""
+        return init_settings, _Environ(settings_cls)
+
+
+class _DefaultsFromEnv(_FromEnviron, AgentConfig):
     """The default layer as the environment sets it (``DEFAULTS_ENV``; provider dicts as JSON)."""
 
     model_config = SettingsConfigDict(
@@ -50,7 +85,7 @@ class SettingsError(SystemExit):
     """A worker setting in the environment is invalid: the worker stops at start with this message (exit 1)."""
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(_FromEnviron):
     """The worker's own settings, read from its environment (as the deployment sets it) when it starts.
 
     Each field is the variable ``SIPHON_<FIELD>`` (the agent name also ``LIVEKIT_AGENT_NAME``); the default
@@ -142,13 +177,46 @@ class WorkerSettings(BaseSettings):
         return self._defaults
 
     @classmethod
-    def from_env(cls) -> WorkerSettings:
-        """Read the environment; raise ``SettingsError`` naming each invalid variable and what to write."""
-        try:
-            return cls()
-        except ValidationError as e:
-            problems = "".join(f"\n  {_problem(loc, message)}" for loc, message in describe_errors(e))
-            raise SettingsError(f"invalid worker settings:{problems}") from None
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+        """Read the process's environment (or ``environ``); raise ``SettingsError`` naming each invalid variable and
+        what to write."""
+        problems = []
+        with _reading(environ):
+            try:
+                settings = cls()
+            except ValidationError as e:
+                problems = [_problem(loc, message) for loc, message in describe_errors(e)]
+        if problems:
+            raise SettingsError("invalid worker settings:" + "".join(f"\n  {p}" for p in problems))
+        return settings
+
+
+def settings_problems(environ: Mapping[str, str]) -> list[str]:
+    """What keeps a worker whose environment is exactly ``environ`` from starting (``VARIABLE: message; expected:
+    ...``, as it would stop with), and each ``SIPHON_`` variable that no setting reads (a misspelt name is ignored,
+    so the setting it meant silently keeps its default). Deployments check their environment with this."""
+    unread = [_unread(name) for name in sorted(environ) if name.startswith("SIPHON_") and name not in SETTING_ENV]
+    try:
+        WorkerSettings.from_env(environ)
+    except SettingsError as e:
+        return [line.strip() for line in str(e).splitlines()[1:]] + unread
+    return unread
+
+
+def _unread(name: str) -> str:
+    close = get_close_matches(name, SETTING_ENV, n=1)
+    return f"{name}: no worker setting has this name, so it would be ignored" + (
+        f"; did you mean {close[0]}?" if close else f" (the settings: {', '.join(SETTING_ENV)})"
+    )
+
+
+@contextmanager
+def _reading(environ: Mapping[str, str] | None) -> Iterator[None]:
+    token = _ENVIRON.set(environ)
+    try:
+        yield
+    finally:
+        _ENVIRON.reset(token)
 
 
 def _problem(loc: str, message: str) -> str:
@@ -159,3 +227,8 @@ def _problem(loc: str, message: str) -> str:
     if info is None:  # a default-layer variable, or an alias
         info = AgentConfig.model_fields.get({v: k for k, v in DEFAULTS_ENV.items()}.get(name, ""))
     return f"{variable}: {message}" + (f"; expected: {info.description}" if info and info.description else "")
+
+
+_OWN = {f"SIPHON_{name.upper()}" for name in WorkerSettings.model_fields if name != "ecs_agent_uri"}
+SETTING_ENV: tuple[str, ...] = tuple(sorted(_OWN | set(DEFAULTS_ENV.values())))
+"""Every ``SIPHON_`` variable a worker reads."""
