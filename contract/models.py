@@ -15,7 +15,10 @@ Stack validation checks specs here (``check_spec``, ``run_problems``); the worke
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+import json
+import os
+import tempfile
+from collections.abc import Collection, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +124,19 @@ PROVIDERS: dict[ModelKind, dict[str, Provider]] = {
     },
 }
 """Every provider the worker knows, per kind. Adding a provider = one line here."""
+
+FILE_CREDENTIALS: frozenset[str] = frozenset({"GOOGLE_APPLICATION_CREDENTIALS"})
+"""The credential variables of ``PROVIDERS`` that their plugin reads as the path of a file (Google's Application
+Default Credentials: a service account's key file). A deployment gives each one as the file's text (ECS injects a
+secret as the variable's text, and ``provider_key_secrets`` names a config secret set from the file); the worker
+writes that text to a private file at start and points the variable at it (``write_file_credentials``)."""
+
+FILE_CREDENTIAL_HOW = (
+    'give the key file\'s JSON text (a deployment: `pulumi config set --secret googleCredentials "$(cat key.json)"`, '
+    "that key named under provider_key_secrets) or the path of a key file the worker can read"
+)
+"""What to give a ``FILE_CREDENTIALS`` variable (in the worker's start-up message)."""
+
 
 ROUTING_PARAMS: frozenset[str] = frozenset({
     "api_key", "credentials", "credentials_info", "credentials_file", "voice_cloning_key",  # which credential
@@ -236,6 +252,45 @@ def missing_credential(norm: NormalizedSpec, given: Collection[str]) -> str | No
     """The variable a worker given only the variables ``given`` lacks to build ``norm``, or None."""
     needed = credential_variables(norm)
     return needed[0] if needed and not set(needed) & set(given) else None
+
+
+class CredentialError(ValueError):
+    """``FILE_CREDENTIALS`` variables whose value is neither an existing file nor a key file's JSON text."""
+
+
+def write_file_credentials(environ: MutableMapping[str, str]) -> dict[str, str]:
+    """For each ``FILE_CREDENTIALS`` variable of ``environ`` whose value is a key file's JSON text, not the path of an
+    existing file: write the text to a file only its owner may read (0600, in a new 0700 directory from
+    ``tempfile.mkdtemp``) and point the variable at it. A path to an existing file, and an unset or empty variable,
+    are left as they are. Returns ``{variable: path}`` of the files written. Raises ``CredentialError`` naming every
+    variable that is neither (never its value), before anything is written."""
+    texts: dict[str, str] = {}
+    problems: list[str] = []
+    for name in sorted(FILE_CREDENTIALS):
+        value = environ.get(name, "")
+        if not value or os.path.isfile(value):
+            continue
+        try:
+            is_object = isinstance(json.loads(value), dict)
+        except ValueError:
+            is_object = False
+        if is_object:
+            texts[name] = value
+        else:
+            problems.append(f"{name}: neither the path of an existing file nor a key file's JSON text; "
+                            f"{FILE_CREDENTIAL_HOW}")  # fmt: skip
+    if problems:
+        raise CredentialError("\n".join(problems))
+    written: dict[str, str] = {}
+    directory = tempfile.mkdtemp(prefix="siphon-credentials-") if texts else ""
+    for name, text in texts.items():
+        path = os.path.join(directory, f"{name.lower()}.json")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            f.write(text)
+        environ[name] = written[name] = path
+    return written
 
 
 def is_offline(norm: NormalizedSpec) -> bool:

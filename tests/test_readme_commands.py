@@ -69,6 +69,9 @@ NOT_HERE: dict[str, str] = {
     "pulumi config set --secret livekit:apiSecret ...": "a template for a real environment's secret",
     "pulumi config set --secret carrierInboundPassword ...": "a template for a real environment's secret",
     "pulumi config set --secret <key> <value> --stack <env>": "a template (placeholders)",
+    'pulumi config set --secret googleCredentials "$(cat key.json)" --stack <env>':
+        "a template for a real environment's secret (a Google key file); tests/test_file_credentials.py gives the "
+        "worker such a file's text",
     "pulumi stack init <env>": "a template (placeholders)",
     "pulumi up &": "the pitfall the README warns about, not a command to run",
     "uv run python -m bench.sip_deploy [N ...]": "a benchmark of several minutes (bench/, not a test)",

@@ -1,6 +1,6 @@
 """The worker image, built here and run: it answers a real SIP call, runs as non-root, answers its health check,
-drains a running call on SIGTERM, holds no secrets and no test code, and builds every registered model provider
-without the network.
+drains a running call on SIGTERM, holds no secrets and no test code, builds every registered model provider
+without the network, and at start writes a credential given as a key file's text to a private file its plugins load.
 
 The image is built with ``localenv.image.build`` (what ``./dev image`` runs: docker if its engine runs, else
 podman on the base ``./dev setup`` made from Debian packages; layer-cached, so a warm build only checks its
@@ -301,6 +301,82 @@ def test_the_image_builds_every_registered_model_provider_from_each_credential_w
         f"{len(providers)} providers from {len(rows)} credentials, {sum(r['seconds'] for r in rows):.1f}s building, "
         f"{took:.1f}s container run"
     )
+
+
+# Run inside the image (``python -c``, no network), as the worker starts on ECS: GOOGLE_APPLICATION_CREDENTIALS holds a
+# service account key's text (as ECS injects a secret) and Google STT and TTS are the default models. The worker's own
+# start-up (worker.main.start_up) writes the file and builds the defaults; then the plugins make their clients, which
+# load their credential from the variable (no credential passed: google.auth's default), and google.auth.default
+# itself. The audit hook records every connection and name lookup (a credential that did not load from the file
+# would send google.auth to the metadata server).
+FILE_CREDENTIAL_START = r"""
+import sys
+
+NET = {"socket.connect", "socket.getaddrinfo", "socket.gethostbyname", "socket.gethostbyname_ex",
+       "socket.gethostbyaddr", "socket.sendto", "socket.sendmsg"}
+net = []
+sys.addaudithook(lambda event, args: net.append(f"{event} {args!r}"[:200]) if event in NET else None)
+
+import asyncio, json, os, stat
+
+VARIABLE = "GOOGLE_APPLICATION_CREDENTIALS"
+given = os.environ[VARIABLE]
+
+from worker.main import start_up
+
+settings, plugins = start_up()
+path = os.environ[VARIABLE]
+with open(path) as f:
+    same = f.read() == given
+file, folder = os.stat(path), os.stat(os.path.dirname(path))
+
+import google.auth
+from contract.models import parse_spec
+from worker.models.registry import build
+
+stt, tts = build(parse_spec("stt", settings.defaults.stt)), build(parse_spec("tts", settings.defaults.tts))
+
+
+async def clients():
+    return {"stt": await stt._create_client(timeout=5), "tts": tts._ensure_client()}
+
+
+loaded = {kind: getattr(client.transport._credentials, "service_account_email", None)
+          for kind, client in asyncio.run(clients()).items()}
+adc, project = google.auth.default()
+loaded["google.auth.default"] = adc.service_account_email
+print(json.dumps({"plugins": plugins, "components": [type(stt).__module__, type(tts).__module__],
+                  "path": path, "same_text": same, "mode": stat.S_IMODE(file.st_mode), "uid": file.st_uid,
+                  "folder_mode": stat.S_IMODE(folder.st_mode), "loaded": loaded, "project": project, "network": net}))
+"""
+
+
+def test_the_image_writes_a_file_credential_given_as_text_to_a_private_file_google_stt_and_tts_load_it_offline(
+    built: worker_image.BuiltImage,
+) -> None:
+    """ECS injects a secret as the variable's text; Google's plugins read GOOGLE_APPLICATION_CREDENTIALS as a path.
+    The worker's start-up in the image, with no network, points the variable at a 0600 file (in a 0700 directory,
+    owned by the worker's user) holding exactly the text given, builds Google STT and TTS as its default models, and
+    the plugins' clients load the service account from that file without a connection or a name lookup."""
+    from tests.test_file_credentials import EMAIL, service_account_text
+
+    text = service_account_text()
+    settings = {"SIPHON_ENVIRONMENT": "prod", "SIPHON_DEFAULT_LLM": "openai/gpt-4.1-mini",
+                "SIPHON_DEFAULT_STT": "google", "SIPHON_DEFAULT_TTS": "google", "OPENAI_API_KEY": "sk-dummy"}  # fmt: skip
+    argv = [built.engine, "run", "--rm", "--network", "none", "-e", "GOOGLE_APPLICATION_CREDENTIALS",
+            *(a for k, v in settings.items() for a in ("-e", f"{k}={v}")), "--entrypoint", "python", built.ref,
+            "-c", FILE_CREDENTIAL_START]  # fmt: skip
+    run = subprocess.run(argv, env={**worker_image.engine_env(), "GOOGLE_APPLICATION_CREDENTIALS": text},
+                         capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert text not in run.stdout + run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["plugins"] == ["livekit.plugins.google", "livekit.plugins.openai"], report
+    assert report["components"] == ["livekit.plugins.google.stt", "livekit.plugins.google.tts"], report
+    assert report["path"].startswith("/tmp/siphon-credentials-") and report["same_text"] is True, report
+    assert (report["mode"], report["folder_mode"], report["uid"]) == (0o600, 0o700, 10001), report
+    assert report["loaded"] == {"stt": EMAIL, "tts": EMAIL, "google.auth.default": EMAIL}, report
+    assert report["project"] == "siphon-dummy" and report["network"] == [], report
 
 
 # Inside the image: build each (kind, spec) with exactly the credential variables its agent's ECS deployment
