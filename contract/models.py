@@ -15,11 +15,15 @@ Stack validation checks specs here (``check_spec``, ``run_problems``); the worke
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
 import tempfile
-from collections.abc import Collection, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Collection, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from difflib import get_close_matches
+from functools import cache
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -181,6 +185,44 @@ EXAMPLE_SPECS: dict[ModelKind, str] = {
 
 LOCAL_DEFAULTS: dict[ModelKind, str] = {"llm": "local/scripted", "stt": "local/silent", "tts": "local/espeak-ng"}
 """The offline last resort when even the worker's configured default cannot be built."""
+
+
+def constructor(entry: Provider) -> Callable[..., Any]:
+    """The provider's constructor: ``entry.factory`` in ``entry.module``, imported (``ImportError`` when its plugin
+    is not installed here). The worker builds models with it and validate reads its signature."""
+    target: Any = importlib.import_module(entry.module)
+    for part in entry.factory.split("."):
+        target = getattr(target, part)
+    return target  # type: ignore[no-any-return]
+
+
+@cache
+def constructor_params(kind: ModelKind, provider: str) -> frozenset[str] | None:
+    """The keyword parameters the provider's constructor takes; None when it takes any (``**kwargs``) or its plugin
+    is not installed in this environment (the image installs every one: see ``tests/test_packaging.py``)."""
+    try:
+        signature = inspect.signature(constructor(PROVIDERS[kind][provider]))
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    return frozenset(name for name, p in signature.parameters.items() if p.kind in kinds and name != "self")
+
+
+def parameter_problems(norm: NormalizedSpec) -> Iterator[tuple[str, str]]:
+    """``(param, why)`` for each parameter of a provider dict that its plugin's constructor does not take (the worker
+    would fail to build it, and fall back or refuse the call); nothing when the constructor's parameters cannot be
+    read here (``constructor_params``)."""
+    taken = constructor_params(norm.kind, norm.provider)
+    if taken is None:
+        return
+    entry = PROVIDERS[norm.kind][norm.provider]
+    for param in sorted(set(norm.params) - taken):
+        close = get_close_matches(param, sorted(taken), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        yield param, (f"{entry.module}.{entry.factory} takes no parameter {param!r}: {hint}it takes "
+                      f"{', '.join(sorted(taken))}")  # fmt: skip
 
 
 def known_providers(kind: ModelKind) -> list[str]:

@@ -12,7 +12,6 @@ receive nothing.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import json
 import re
@@ -29,7 +28,7 @@ from livekit import api
 
 from contract import metrics
 from contract.metadata import AgentConfig, AllowedOverrides, CallMetadata, RouteMetadata, parse_metadata
-from contract.models import NOT_ROUTING_PARAMS, PROVIDERS, ROUTING_NAME, ROUTING_PARAMS, URL_PARAMS
+from contract.models import NOT_ROUTING_PARAMS, PROVIDERS, ROUTING_NAME, ROUTING_PARAMS, URL_PARAMS, constructor
 from contract.resolve import BUILTIN_DEFAULTS, OVERRIDES_ATTRIBUTE, caller_drops, resolve_call, text_sha
 from infra import sipp
 from infra.verify import Observation, observe
@@ -50,11 +49,7 @@ ROUTE_INSTRUCTIONS = "You are the route's agent: answer billing questions only."
 
 
 def _factory(kind: str, name: str) -> Callable[..., Any]:
-    entry = PROVIDERS[kind][name]  # type: ignore[index]
-    target: Any = importlib.import_module(entry.module)
-    for part in entry.factory.split("."):
-        target = getattr(target, part)
-    return target  # type: ignore[no-any-return]
+    return constructor(PROVIDERS[kind][name])  # type: ignore[index]
 
 
 PLUGINS = [(kind, name) for kind, table in PROVIDERS.items() for name, p in table.items() if not p.offline]

@@ -198,6 +198,10 @@ PREVIEW_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
      "agents.sales-agent.ecs.extra_env", "SIPHON_PARTICIPANT_WAIT: Input should be greater than 0"),
     ("extra-env-moves-the-probed-port", [_set("agents.sales-agent.ecs.extra_env", {"SIPHON_HTTP_PORT": "9000"})],
      "agents.sales-agent.ecs.extra_env", "set health_check.command to probe where the server listens"),
+    ("provider-dict-parameter-the-plugin-lacks", [_set("agents.sales-agent.defaults.tts", {"provider": "local", "model": "espeak-ng", "sped": 1.2})],
+     "agents.sales-agent.defaults.tts.sped", "takes no parameter 'sped': did you mean speed?"),
+    ("allowed-override-parameter-the-plugin-lacks", [_set("inbound_routes.support.allowed_overrides", {"llm": [{"provider": "openai", "model": "gpt-4.1-mini", "temprature": 0.2}]})],
+     "inbound_routes.support.allowed_overrides.llm.0.temprature", "did you mean temperature?"),
     ("unset-model-key-secret", [_set("agents.support-agent.ecs.provider_key_secrets", {"OPENAI_API_KEY": "openaiApiKey"})],
      "agents.support-agent.ecs.provider_key_secrets.OPENAI_API_KEY", "pulumi config set --secret openaiApiKey"),
 ]  # fmt: skip

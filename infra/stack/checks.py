@@ -13,8 +13,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import product
 
-from contract.metadata import MODEL_KINDS, AgentConfig, AllowedOverrides, ModelSpec
-from contract.models import RunProblem, check_spec, layer_spec_problems, run_problems, url_problems
+from contract.metadata import MODEL_KINDS, AgentConfig, AllowedOverrides, ModelKind, ModelSpec, ProviderSpec
+from contract.models import (
+    RunProblem,
+    SpecError,
+    check_spec,
+    layer_spec_problems,
+    parameter_problems,
+    parse_spec,
+    run_problems,
+    url_problems,
+)
 from contract.resolve import HEADER_ATTRIBUTE_PREFIX, OVERRIDES_ATTRIBUTE
 from contract.types import LOCAL_ENVIRONMENT as LOCAL
 from infra.ecs.validation import IMAGE_RE
@@ -242,17 +251,17 @@ def _allowed(stack: StackFile) -> Iterator[tuple[str, str, AllowedOverrides]]:
             yield f"{section}.{key}.allowed_overrides", agent, allowed
 
 
-def _spec_sites(stack: StackFile) -> Iterator[tuple[str, ModelSpec]]:
+def _spec_sites(stack: StackFile) -> Iterator[tuple[str, ModelKind, ModelSpec]]:
     """Every model spec the file declares, with the field it is written at (``<layer>.<kind>``, or
-    ``<route>.allowed_overrides.<kind>.<i>``)."""
+    ``<route>.allowed_overrides.<kind>.<i>``) and its kind."""
     for where, _, layer in _layers(stack):
         for kind in MODEL_KINDS:
             if (spec := getattr(layer, kind)) is not None:
-                yield f"{where}.{kind}", spec
+                yield f"{where}.{kind}", kind, spec
     for where, _, allowed in _allowed(stack):
         for kind in MODEL_KINDS:
             for i, spec in enumerate(allowed.specs(kind)):
-                yield f"{where}.{kind}.{i}", spec
+                yield f"{where}.{kind}.{i}", kind, spec
 
 
 def _allowed_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
@@ -272,11 +281,25 @@ def _allowed_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
                     yield f"{where}.{kind}.{i}", _run_message(stack, agent_key, problem)
 
 
+def _parameter_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
+    """Every parameter a provider dict gives is one its plugin's constructor takes (read from the constructor's
+    signature through the registry, ``contract.models.parameter_problems``): the worker builds the model with them."""
+    for field, kind, spec in _spec_sites(stack):
+        if not isinstance(spec, ProviderSpec):
+            continue
+        try:
+            norm = parse_spec(kind, spec)
+        except SpecError:
+            continue  # reported by _spec_problems
+        for param, why in parameter_problems(norm):
+            yield f"{field}.{param}", why
+
+
 def _url_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
     """Outside `local`, a provider URL a layer declares is https: the deployment's key travels to it."""
     if stack.environment == LOCAL:
         return
-    for field, spec in _spec_sites(stack):
+    for field, _, spec in _spec_sites(stack):
         for param, why in url_problems(spec):
             yield f"{field}.{param}", f"outside `{LOCAL}` a provider URL {why}"
 
@@ -391,7 +414,7 @@ def _adopt_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
 
 CHECKS = (_agent_problems, _worker_problems, _adopt_problems, _name_problems, _trunk_reference_problems,
           _trunk_conflicts, _rule_conflicts, _pin_problems, _security_problems, _image_problems, _spec_problems,
-          _model_problems, _allowed_problems, _url_problems, _header_mapping_problems)  # fmt: skip
+          _model_problems, _allowed_problems, _parameter_problems, _url_problems, _header_mapping_problems)  # fmt: skip
 
 
 def cross_check(stack: StackFile) -> Iterator[tuple[str, str]]:

@@ -18,6 +18,7 @@ from contract.models import (
     PROVIDERS,
     NormalizedSpec,
     SpecError,
+    constructor,
     is_offline,
     offline_refusal,
     parse_spec,
@@ -61,10 +62,7 @@ def build(norm: NormalizedSpec) -> Any:
     if norm.variant and variant_param:
         kwargs[variant_param] = norm.variant
     try:
-        target: Any = importlib.import_module(entry.module)
-        for part in entry.factory.split("."):
-            target = getattr(target, part)
-        return target(**kwargs)
+        return constructor(entry)(**kwargs)
     except Exception as err:  # a bad parameter or a plugin error must never take the call down
         raise SpecUnavailable(f"{norm.label}: {type(err).__name__}: {str(err)[:200]}") from err
 
