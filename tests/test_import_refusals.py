@@ -110,4 +110,5 @@ def test_outside_local_the_import_says_what_to_fill_in(clean_livekit, tmp_path, 
     assert "  sales:\n" in text and "rule:" not in text, "the default rule is not written"
     fill_in = output.split("fill in")[-1]
     assert "agents.sales-agent.defaults" in fill_in, output
+    assert "agents.sales-agent.local" in fill_in and "add `ecs: {image:" in fill_in, "the worker stanza to complete"
     assert "inbound_trunks.main" in fill_in and "allowed_addresses" in fill_in, output
