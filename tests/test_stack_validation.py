@@ -202,6 +202,8 @@ PREVIEW_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
      "agents.sales-agent.defaults.tts.sped", "takes no parameter 'sped': did you mean speed?"),
     ("allowed-override-parameter-the-plugin-lacks", [_set("inbound_routes.support.allowed_overrides", {"llm": [{"provider": "openai", "model": "gpt-4.1-mini", "temprature": 0.2}]})],
      "inbound_routes.support.allowed_overrides.llm.0.temprature", "did you mean temperature?"),
+    ("unset-key-file-secret", [_set("agents.support-agent.ecs.provider_key_secrets", {"GOOGLE_APPLICATION_CREDENTIALS": "googleCredentials"})],
+     "agents.support-agent.ecs.provider_key_secrets.GOOGLE_APPLICATION_CREDENTIALS", 'pulumi config set --secret googleCredentials "$(cat key.json)"'),
     ("unset-model-key-secret", [_set("agents.support-agent.ecs.provider_key_secrets", {"OPENAI_API_KEY": "openaiApiKey"})],
      "agents.support-agent.ecs.provider_key_secrets.OPENAI_API_KEY", "pulumi config set --secret openaiApiKey"),
 ]  # fmt: skip

@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from contract.metadata import AgentConfig
+from contract.models import FILE_CREDENTIALS
 from contract.types import Model, describe_error, describe_errors
 from infra.ecs.args import AgentWorkerArgs
 from infra.livekit.dispatch_rule import AgentDispatch, DispatchRuleArgs
@@ -246,7 +247,11 @@ def _secret_problems(stack: StackFile, config: StackConfig) -> Iterator[tuple[st
         for key, trunk in trunks.items()
         if trunk.auth_password_secret
     ] + [
-        (f"agents.{key}.ecs.provider_key_secrets.{env}", secret, "<value>")
+        (
+            f"agents.{key}.ecs.provider_key_secrets.{env}",
+            secret,
+            '"$(cat key.json)"' if env in FILE_CREDENTIALS else "<value>",
+        )  # a key file: its text
         for key, agent in stack.agents.items()
         for env, secret in (agent.ecs.provider_key_secrets.items() if agent.ecs else [])
     ]
