@@ -23,6 +23,7 @@ import yaml
 from infra.sipp import dtmf_pcaps, scenario
 from infra.stack.load import StackFileError
 from infra.stack.plan import plan_file
+from localenv.manager import Endpoints
 from localenv.rehearse import OUTSIDER_ADDRESS, _own_processes, model_problems
 
 pytestmark = pytest.mark.engine
@@ -203,29 +204,67 @@ def test_a_header_the_trunk_does_not_map_still_selects_its_layer_and_a_pin_route
     assert without and without[0][7] == "ok" and "no agent answered" in without[0][5], report
 
 
-def test_a_pin_route_sharing_its_number_with_an_open_route_fails_naming_both_where_validate_passes(
+def test_a_pin_route_sharing_its_number_with_an_open_route_is_refused_before_anything_is_deployed(
     tmp_path: Path,
 ) -> None:
-    """The author means +14155550102 to need a PIN (sales-eu) but also gives the number an open route. validate
-    passes it (different PINs do not conflict), and the stack's routing table shows only one of the two routes.
-    LiveKit reads it differently: a call keying in only # is answered by the open route's agent, and a call keying in
-    nothing is held at the PIN prompt, so the open route never answers as declared."""
+    """The author means +14155550102 to need a PIN (sales-eu) but also gives the number an open route. The
+    rehearsal used to find it on real calls (a call keying in only # reached the open route); validate now refuses
+    it at the PIN, naming the open route, by LiveKit's own ranking (``test_livekit_ranks_...`` below shows that
+    ranking on the real bridge), and the rehearsal stops at validate."""
 
     def seed(doc: dict[str, Any]) -> None:
         doc["inbound_routes"]["sales-eu"]["pin"] = "4321"
         doc["inbound_routes"]["sales-eu-open"] = {"numbers": ["+14155550102"], "agent": "sales-agent"}
 
     path = copy_of_dev(tmp_path, seed)
-    plan_file(path, secrets=False)  # validate passes
+    with pytest.raises(StackFileError) as refused:
+        plan_file(path, secrets=False)
+    (problem,) = [p for p in refused.value.problems if p.field == "inbound_routes.sales-eu.pin"]
+    assert "'sales-eu-open'" in problem.message and "presses # alone" in problem.message, problem
     run = rehearse("dev", "--file", str(path))
-    report = run.stdout
-    assert run.returncode == 1, report + run.stderr
-    failed = report.split("## Failed", 1)[1].split("\n## ", 1)[0]
-    assert "pin route `sales-eu`, number +14155550102" in failed, report
-    assert "answered a call that keyed in no PIN" in failed, report
-    assert "inbound route `sales-eu-open`, number +14155550102" in failed, report
-    rows = call_rows(report)
-    assert all(r[7] == "ok" for r in rows if r[1] not in ("sales-eu", "sales-eu-open")), report
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "inbound_routes.sales-eu.pin" in run.stdout + run.stderr
+
+
+def test_livekit_ranks_a_pin_rule_first_and_gives_a_caller_keying_only_hash_to_the_open_rule(
+    clean_livekit: Endpoints,
+) -> None:
+    """The ranking validate checks PIN routes with (``infra.livekit.dispatch_rule.rule_priority``), on the real
+    bridge: with a PIN rule and an open rule on one trunk and number, a caller who keys in the PIN reaches the PIN
+    rule's room, and one who keys in only # reaches the open rule's room."""
+    import asyncio
+
+    from livekit import api
+
+    from infra import sipp
+    from infra.verify import observe
+
+    ep = clean_livekit
+    number = "+15550100377"
+
+    async def run() -> dict[str, str]:
+        lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
+        try:
+            trunk = await lk.sip.create_inbound_trunk(api.CreateSIPInboundTrunkRequest(trunk=api.SIPInboundTrunkInfo(
+                name="pin-ranking", numbers=[number], allowed_addresses=["127.0.0.1/32"])))  # fmt: skip
+            rules = {}
+            for kind, pin in (("pin", "4321"), ("open", "")):
+                rule = await lk.sip.create_dispatch_rule(api.CreateSIPDispatchRuleRequest(
+                    dispatch_rule=api.SIPDispatchRuleInfo(name=f"{kind}-ranking", trunk_ids=[trunk.sip_trunk_id],
+                        numbers=[number], rule=api.SIPDispatchRule(dispatch_rule_individual=api.SIPDispatchRuleIndividual(
+                            room_prefix=f"{kind}-ranking", pin=pin)))))  # fmt: skip
+                rules[rule.sip_dispatch_rule_id] = kind
+            reached = {}
+            for keys in ("4321#", "#"):
+                call = sipp.place(ep.sip_address, number, caller="+15550109001", dtmf=keys, hold_s=12)
+                seen = await observe(lk, call, set(), 10)
+                reached[keys] = rules.get(seen.rule_id, seen.rule_id or "no room")
+                await asyncio.to_thread(call.wait, 30)
+            return reached
+        finally:
+            await lk.aclose()
+
+    assert asyncio.run(run()) == {"4321#": "pin", "#": "open"}
 
 
 # ------------------------------------------------------------------------------------------------ Ctrl-C
