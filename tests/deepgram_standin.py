@@ -167,8 +167,9 @@ class _Transcriber:
         self.window = int(conn.sample_rate * WINDOW_S) * 2 * conn.channels
         self.interims, self.vad_events = q.get("interim_results") == "true", q.get("vad_events") == "true"
         self.punctuate = q.get("punctuate") == "true"
-        self.endpointing = q.get("endpointing", str(DEFAULT_ENDPOINTING_MS)) != "false"
-        endpoint_ms = int(q["endpointing"]) if q.get("endpointing", "false") != "false" else DEFAULT_ENDPOINTING_MS
+        endpointing = q.get("endpointing", "")
+        self.endpointing = endpointing != "false"  # false: finals without speech_final
+        endpoint_ms = int(endpointing) if endpointing.isdigit() else DEFAULT_ENDPOINTING_MS
         self.endpoint_s = max(endpoint_ms, min_silence_ms) / 1000
         self.utterance_end_s = int(q["utterance_end_ms"]) / 1000 if "utterance_end_ms" in q else None
         self.model = q.get("model", "base")
@@ -431,7 +432,7 @@ class DeepgramStandIn:
             return self._refusal(conn, 400, "This stand-in decodes raw audio only: encoding=linear16 and sample_rate.")
         with self._lock:
             close = self._close.take()
-        ws = web.WebSocketResponse(autoping=True)
+        ws = web.WebSocketResponse(timeout=2.0)  # how long a close waits for the client's answer
         ws.headers["dg-request-id"] = conn.request_id
         await ws.prepare(request)
         with self._lock:
@@ -447,12 +448,12 @@ class DeepgramStandIn:
         for m in messages:
             if m["type"] == "Results" and m["is_final"] and m["channel"]["alternatives"][0]["transcript"]:
                 await asyncio.sleep(self.final_delay_s)
+            with self._lock:  # before the send: once the client has it, the record shows it
+                conn.sent.append(m)
             try:
                 await ws.send_str(json.dumps(m))
             except ConnectionError:  # the client went away meanwhile; its close is read next
                 return
-            with self._lock:
-                conn.sent.append(m)
 
     async def _server_close(self, ws: web.WebSocketResponse, conn: Connection, code: int, reason: str) -> None:
         with self._lock:

@@ -134,13 +134,20 @@ def test_speech_started_and_interim_results_come_before_the_final_and_the_end_of
 
 
 def test_the_scripted_transcripts_are_given_in_turn_one_per_utterance_and_cycle(speech):
+    """Three utterances (the sentence's comma pauses are no ends), three finals."""
+    expected = ["Where is my parcel?", "Thank you.", "Where is my parcel?"]
+
     async def scenario(standin: DeepgramStandIn) -> list[stt.SpeechEvent]:
         async with plugin_stream(standin) as (stream, _):
             push(stream, (speech + silence(1.0)) * 3)
-            return await events_until(stream, EventKind.FINAL_TRANSCRIPT, count=3)
+            events = await events_until(stream, EventKind.FINAL_TRANSCRIPT, count=3)
+            stream.end_input()
+            await until(lambda: closed(standin))
+            return events
 
-    with DeepgramStandIn(["Where is my parcel?", "Thank you."]) as standin:
-        assert finals(asyncio.run(scenario(standin))) == ["Where is my parcel?", "Thank you.", "Where is my parcel?"]
+    with DeepgramStandIn(expected[:2]) as standin:
+        assert finals(asyncio.run(scenario(standin))) == expected
+        assert [t for t in standin.connections()[0].finals if t] == expected
 
 
 def test_the_final_carries_word_timings_within_the_spoken_audio(standin, speech):
