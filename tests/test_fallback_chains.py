@@ -8,17 +8,23 @@ it cannot build. Validation of each entry at its own field is in ``tests/test_st
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
+from livekit.agents import llm, stt, tts
 from pydantic import ValidationError
 
 from contract.deployment import defaults_env
 from contract.metadata import AgentConfig, AllowedOverrides, CallMetadata, parse_agent_config, parse_metadata
 from contract.models import chain_label
 from contract.resolve import BUILTIN_DEFAULTS, OVERRIDES_ATTRIBUTE, merge_layers, requested_models, resolve_call
-from contract.settings import WorkerSettings
+from contract.settings import SettingsError, WorkerSettings
+from tests.openai_standin import OpenAIStandIn
+from worker import turns
+from worker.models import registry
+from worker.models.offline import ScriptedLLM
 
 PRIMARY, SECOND = "openai/gpt-4.1-mini", "anthropic/claude-haiku-4-5"
 SIP = {"sip.phoneNumber": "+15550100001", "sip.trunkPhoneNumber": "+15550100100", "sip.callStatus": "active"}
@@ -125,3 +131,109 @@ def test_a_caller_chain_with_no_allowed_entry_leaves_the_lower_layers_spec() -> 
 def test_a_caller_chain_reduced_to_one_allowed_entry_is_that_spec() -> None:
     meta = CallMetadata(route="r", allowed_overrides=AllowedOverrides(llm=[SECOND]))
     assert _caller(meta, {"llm": [PRIMARY, SECOND]}).merged.config.llm == SECOND
+
+
+# ------------------------------------------------------------------------------------------ worker
+
+
+CLOSED = "http://127.0.0.1:9/v1"  # nothing listens: the connection is refused
+
+
+def test_a_chain_whose_first_entry_lacks_its_credential_is_served_by_the_next_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    r = registry.resolve("llm", [SECOND, "local/scripted"], None, offline=True)
+    assert isinstance(r.component, ScriptedLLM)
+    assert (r.label, r.requested) == ("local/scripted", f"{SECOND} > local/scripted")
+    assert r.fallback_reason is not None and SECOND in r.fallback_reason and "ANTHROPIC_API_KEY" in r.fallback_reason
+
+
+def test_the_entries_that_can_be_built_are_served_by_the_kinds_fallback_adapter_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    r = registry.resolve("llm", [SECOND, PRIMARY, "local/scripted"], None, offline=True)
+    assert isinstance(r.component, llm.FallbackAdapter)
+    assert r.label == f"{PRIMARY} > local/scripted" and [label for label, _ in r.entries] == [PRIMARY, "local/scripted"]
+    assert "ANTHROPIC_API_KEY" in (r.fallback_reason or "")
+
+
+def test_a_chain_none_of_whose_entries_can_be_built_falls_back_to_the_agents_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("GROQ_API_KEY", raising=False)
+    r = registry.resolve("llm", [SECOND, "groq/llama-3.3"], "local/scripted", offline=True)
+    assert r.label == "local/scripted" and "ANTHROPIC_API_KEY" in (r.fallback_reason or "")
+    assert "GROQ_API_KEY" in (r.fallback_reason or "")
+
+
+def test_an_stt_chain_streams_its_non_streaming_entry_with_the_vad(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    vad = turns.session_options(AgentConfig())["vad"]
+    r = registry.resolve("stt", ["openai/whisper-1", "local/silent"], None, offline=True, vad=vad)
+    assert isinstance(r.component, stt.FallbackAdapter)
+    assert isinstance(r.entries[0][1], stt.StreamAdapter) and r.label == "openai/whisper-1 > local/silent"
+
+
+def test_a_tts_chain_is_served_by_the_tts_fallback_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    r = registry.resolve("tts", ["openai/gpt-4o-mini-tts", "local/espeak-ng"], None, offline=True)
+    assert isinstance(r.component, tts.FallbackAdapter) and r.label == "openai/gpt-4o-mini-tts > local/espeak-ng"
+
+
+async def _answer(component: llm.LLM) -> str:
+    ctx = llm.ChatContext()
+    ctx.add_message(role="user", content="What is my balance?")
+    text = ""
+    async with component.chat(chat_ctx=ctx) as stream:
+        async for chunk in stream:
+            text += (chunk.delta.content or "") if chunk.delta else ""
+    return text
+
+
+def test_a_refused_first_entry_is_answered_by_the_second_and_the_switch_is_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real openai plugins: the first at a port nobody listens on, the second at the loopback stand-in."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+
+    async def scenario(base_url: str) -> tuple[str, list[str]]:
+        chain = [{"provider": "openai", "model": "gpt-4.1-mini", "base_url": CLOSED},
+                 {"provider": "openai", "model": "gpt-4o", "base_url": base_url}]  # fmt: skip
+        r = registry.resolve("llm", chain, None, offline=False)
+        served: list[str] = []
+        stop = registry.watch_serving(r, served.append)
+        try:
+            return await _answer(r.component), served
+        finally:
+            stop()
+            for _, entry in r.entries:
+                await entry.aclose()
+            await r.component.aclose()
+
+    with OpenAIStandIn(reply=lambda body, n: "Your balance is twelve dollars.") as standin:
+        answer, served = asyncio.run(scenario(standin.base_url))
+        models = [q.body["model"] for q in standin.requests("/chat/completions") if q.body]
+    assert answer == "Your balance is twelve dollars."
+    assert served == ["openai/gpt-4o"] and models == ["gpt-4o"]
+
+
+def test_the_worker_refuses_to_start_when_an_entry_of_its_default_chain_cannot_be_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.server import check_default_models
+
+    env = {"SIPHON_ENVIRONMENT": "prod", "SIPHON_DEFAULT_LLM": json.dumps([PRIMARY, SECOND]),
+           "SIPHON_DEFAULT_STT": "deepgram/nova-3:en", "SIPHON_DEFAULT_TTS": "cartesia/sonic-2",
+           "OPENAI_API_KEY": "sk-dummy", "DEEPGRAM_API_KEY": "dg-dummy", "CARTESIA_API_KEY": "ca-dummy"}  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(SettingsError) as err:
+        check_default_models(WorkerSettings.from_env())
+    assert "SIPHON_DEFAULT_LLM entry 1: credential missing: set ANTHROPIC_API_KEY" in str(err.value)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "an-dummy")
+    assert "livekit.plugins.anthropic" in check_default_models(WorkerSettings.from_env())
