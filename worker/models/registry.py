@@ -142,7 +142,7 @@ def resolve(kind: ModelKind, spec: object, default: object, *, offline: bool, va
             try:
                 built.append((norm.label, build(norm)))
             except SpecUnavailable as err:
-                reasons.append(prefix + str(err).removeprefix(f"{norm.label}: "))
+                reasons.append(prefix + str(err).removeprefix(f"{norm.label}: ") if prefix else str(err))
         if not built:
             continue
         try:
