@@ -119,6 +119,8 @@ def _publish_serving(ctx: JobContext, models: dict[ModelKind, registry.Resolved]
     agent's ``siphon.<kind>_serving`` attribute (absent: the chain's first entry serves); stops at the job's end."""
     tasks: set[asyncio.Task[None]] = set()
     for kind, resolved in models.items():
+        if len(resolved.entries) < 2:
+            continue  # one component: nothing switches
 
         def report(label: str, kind: ModelKind = kind) -> None:
             logger.warning("fallback chain switched", extra={"room": ctx.room.name, "kind": kind, "serving": label})
