@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -146,6 +147,52 @@ ModelSpec = SpecString | ProviderSpec
 """A model spec: a LiveKit model string or a SIPHON provider dict."""
 _SPEC_HELP = 'a model string provider[/model][:variant] or a provider object {"provider": ..., "model": ...}'
 
+MAX_CHAIN_ENTRIES = 4
+"""The most specs a fallback chain lists (each one tried in turn costs a failing provider's timeout first)."""
+_CHAIN_HELP = f"a fallback chain of 2 to {MAX_CHAIN_ENTRIES} tried in order"
+
+
+def _each_entry_once(chain: list[ModelSpec]) -> list[ModelSpec]:
+    seen: list[object] = []
+    for i, spec in enumerate(chain):
+        value = spec.model_dump() if isinstance(spec, ProviderSpec) else spec
+        if value in seen:
+            raise ValueError(f"entry {i} repeats entry {seen.index(value)}: a chain tries each spec once, list it once")
+        seen.append(value)
+    return chain
+
+
+ModelChain = Annotated[
+    list[ModelSpec], Field(min_length=2, max_length=MAX_CHAIN_ENTRIES), AfterValidator(_each_entry_once)
+]
+"""A fallback chain: 2 to ``MAX_CHAIN_ENTRIES`` specs of one kind, tried in order (livekit-agents' ``FallbackAdapter``:
+the first that answers serves)."""
+
+
+def _one_entry_is_the_spec(value: object) -> object:
+    if isinstance(value, list) and not value:
+        raise ValueError(f"an empty list names no model: write one spec, a list of 2 to {MAX_CHAIN_ENTRIES} (a "
+                         "fallback chain), or leave the field out to inherit it")  # fmt: skip
+    return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+LayerSpec = Annotated[ModelSpec | ModelChain, BeforeValidator(_one_entry_is_the_spec)]
+"""What a configuration layer gives one model kind: a spec, or a fallback chain (``ModelChain``; a list of one spec
+is that spec). The merge rule treats a chain as one value: a higher layer's spec or chain replaces it whole."""
+
+
+def chain_entries(value: ModelSpec | list[ModelSpec]) -> list[ModelSpec]:
+    """The specs of a layer's model kind, in the order they are tried: a chain's entries, or the one spec."""
+    return list(value) if isinstance(value, list) else [value]
+
+
+def entry_fields(kind: ModelKind, value: ModelSpec | list[ModelSpec]) -> list[tuple[str, ModelSpec]]:
+    """``(field, spec)`` for each spec of a layer's model kind: the field is ``kind`` for one spec and
+    ``kind.<i>`` for a chain's entries (where validate reports a problem of that entry)."""
+    if isinstance(value, list):
+        return [(f"{kind}.{i}", spec) for i, spec in enumerate(value)]
+    return [(kind, value)]
+
 
 class AgentConfig(TurnTaking):
     """One configuration layer (SIPHON's ``agent_config``): models, instructions, greeting, turn-taking
@@ -155,9 +202,15 @@ class AgentConfig(TurnTaking):
     applies to the empty string and to blank instructions: they inherit too (see ``contract.resolve``).
     """
 
-    llm: ModelSpec | None = Field(default=None, description=f"LLM: {_SPEC_HELP}, e.g. openai/gpt-4.1-mini")
-    stt: ModelSpec | None = Field(default=None, description=f"STT: {_SPEC_HELP}, e.g. deepgram/nova-3:en")
-    tts: ModelSpec | None = Field(default=None, description=f"TTS: {_SPEC_HELP}, e.g. cartesia/sonic-2:<voice>")
+    llm: LayerSpec | None = Field(
+        default=None, description=f"LLM: {_SPEC_HELP} (or a list of them, {_CHAIN_HELP}), e.g. openai/gpt-4.1-mini"
+    )
+    stt: LayerSpec | None = Field(
+        default=None, description=f"STT: {_SPEC_HELP} (or a list of them, {_CHAIN_HELP}), e.g. deepgram/nova-3:en"
+    )
+    tts: LayerSpec | None = Field(
+        default=None, description=f"TTS: {_SPEC_HELP} (or a list of them, {_CHAIN_HELP}), e.g. cartesia/sonic-2:<voice>"
+    )
     system_instructions: Instructions | None = Field(
         default=None, description=f"The agent's instructions, at most {MAX_INSTRUCTIONS_CHARS} characters."
     )
@@ -390,6 +443,8 @@ def _error_detail(err: ValidationError) -> str:
 
 
 def _strip_secret_params(spec: object, path: str, warnings: list[MetadataWarning]) -> object:
+    if isinstance(spec, list) and len(spec) <= MAX_CHAIN_ENTRIES:  # a chain: each entry (a longer one is refused)
+        return [_strip_secret_params(entry, f"{path}.{i}", warnings) for i, entry in enumerate(spec)]
     if not isinstance(spec, dict):
         return spec
     secret = [k for k in spec if isinstance(k, str) and k != "provider" and _SECRET_KEY.search(k)]

@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from contract.metadata import MODEL_KINDS, AgentConfig, ModelKind, ModelSpec, ProviderSpec
+from contract.metadata import MODEL_KINDS, AgentConfig, ModelKind, ModelSpec, ProviderSpec, chain_entries, entry_fields
 from contract.types import LOCAL_ENVIRONMENT
 
 _SPEC: TypeAdapter[ModelSpec] = TypeAdapter(ModelSpec)
@@ -254,12 +254,32 @@ def parse_spec(kind: ModelKind, spec: object) -> NormalizedSpec:
         norm = NormalizedSpec(kind, provider.lower(), model or None, variant or None)
     entry = PROVIDERS[kind].get(norm.provider)
     if entry is None:
-        raise SpecError(f"unknown {kind} provider {norm.provider!r} (known: {', '.join(known_providers(kind))})")
+        other = [k for k in MODEL_KINDS if norm.provider in PROVIDERS[k]]
+        hint = f"; {norm.provider} is a provider of {' and '.join(other)}: is this spec under the right kind?"
+        hint = hint if other else ""
+        raise SpecError(f"unknown {kind} provider {norm.provider!r} (known: {', '.join(known_providers(kind))}){hint}")
     if entry.models and (norm.model or entry.default_model) not in entry.models:
         raise SpecError(f"unknown {norm.provider} {kind} model {norm.model!r} (known: {', '.join(entry.models)})")
     if norm.variant and entry.variant_for(kind) is None:
         raise SpecError(f"{norm.provider} {kind} model strings take no ':variant' suffix")
     return norm
+
+
+CHAIN_SEPARATOR = " > "
+"""Between the labels of a fallback chain's entries, in the order they are tried (``chain_label``)."""
+
+
+def chain_label(kind: ModelKind, value: ModelSpec | list[ModelSpec]) -> str | None:
+    """The label of a layer's model kind: a spec's label, or a chain's entry labels in order
+    (``openai/gpt-4.1-mini > anthropic/claude-haiku-4-5``); entries that do not parse are left out (the worker skips
+    them, and says why); None when none parses."""
+    labels = []
+    for spec in chain_entries(value):
+        try:
+            labels.append(parse_spec(kind, spec).label)
+        except SpecError:
+            continue
+    return CHAIN_SEPARATOR.join(labels) or None
 
 
 def routing_params(spec: object) -> list[str]:
@@ -352,6 +372,7 @@ class RunProblem:
     kind: ModelKind
     spec: NormalizedSpec | None  # None: the kind is unset in a default layer
     missing_credential: str | None = None  # the variable to give the worker; None with a spec: a test model
+    field: str = ""  # where in the layer: the kind, or ``kind.<i>`` for a chain's entry (``entry_fields``)
 
     def message(self, where_keys: str) -> str:
         """The problem in words; ``where_keys`` says where credentials are declared (stack file or arguments)."""
@@ -371,19 +392,20 @@ def run_problems(
     the worker), a provider whose credential is not among them. Specs that do not parse are left to ``check_spec``."""
     local = environment == LOCAL_ENVIRONMENT
     for kind in MODEL_KINDS:
-        spec = getattr(layer, kind)
-        if spec is None:
+        value = getattr(layer, kind)
+        if value is None:
             if defaults and not local:
-                yield RunProblem(kind, None)
+                yield RunProblem(kind, None, field=kind)
             continue
-        try:
-            norm = parse_spec(kind, spec)
-        except SpecError:
-            continue
-        if is_offline(norm) and not local:
-            yield RunProblem(kind, norm)
-        elif credentials is not None and (variable := missing_credential(norm, credentials)):
-            yield RunProblem(kind, norm, variable)
+        for field_, spec in entry_fields(kind, value):  # a chain: every entry, as one spec
+            try:
+                norm = parse_spec(kind, spec)
+            except SpecError:
+                continue
+            if is_offline(norm) and not local:
+                yield RunProblem(kind, norm, field=field_)
+            elif credentials is not None and (variable := missing_credential(norm, credentials)):
+                yield RunProblem(kind, norm, variable, field=field_)
 
 
 def can_resolve(kind: ModelKind, spec: object) -> bool:
@@ -407,9 +429,11 @@ def check_spec(kind: ModelKind, spec: object) -> str | None:
     return None
 
 
-def layer_spec_problems(layer: AgentConfig) -> Iterator[tuple[ModelKind, str]]:
-    """``(kind, reason)`` for each model spec a configuration layer sets that the worker cannot resolve."""
+def layer_spec_problems(layer: AgentConfig) -> Iterator[tuple[ModelKind, str, str]]:
+    """``(kind, field, reason)`` for each model spec a configuration layer sets that the worker cannot resolve; a
+    chain's entries each at their own field (``kind.<i>``: ``entry_fields``)."""
     for kind in MODEL_KINDS:
-        spec = getattr(layer, kind)
-        if spec is not None and (reason := check_spec(kind, spec)):
-            yield kind, reason
+        value = getattr(layer, kind)
+        for field_, spec in entry_fields(kind, value) if value is not None else []:
+            if reason := check_spec(kind, spec):
+                yield kind, field_, reason

@@ -26,7 +26,9 @@ Merge rule (``merge_layers``), per field of ``AgentConfig``, SIPHON's truthy-win
 - booleans (``send_greeting``) are set when not ``None``: an explicit ``false`` wins (the one way to switch
   a default off);
 - model specs are replaced **whole**: a provider dict is not merged key by key with the layer below;
-  parameters it leaves out take the plugin's defaults, not the lower layer's.
+  parameters it leaves out take the plugin's defaults, not the lower layer's. A fallback chain
+  (``contract.metadata.ModelChain``) is one value too: a higher layer's spec or chain replaces a lower layer's
+  spec or chain whole, never entry by entry.
 
 Direction, numbers and trunk come from the SIP participant's attributes when one is in the room
 (``sip.phoneNumber``, ``sip.trunkPhoneNumber``, ``sip.trunkID``, ``sip.callStatus``), else from metadata.
@@ -53,9 +55,17 @@ from contract.metadata import (
     Direction,
     MetadataWarning,
     ModelKind,
+    ModelSpec,
     parse_agent_config,
 )
-from contract.models import LOCAL_DEFAULTS, SpecError, parse_spec, routing_params, without_routing_params
+from contract.models import (
+    LOCAL_DEFAULTS,
+    SpecError,
+    chain_label,
+    parse_spec,
+    routing_params,
+    without_routing_params,
+)
 
 LayerName = Literal["default", "route", "call"]
 ATTR_PREFIX = "siphon."
@@ -139,13 +149,38 @@ def attribute_layer(
     return merge_layers(*chosen).config if chosen else None
 
 
+def _caller_value(
+    kind: ModelKind,
+    value: ModelSpec | list[ModelSpec],
+    allowed: AllowedOverrides,
+    where: str,
+    warnings: list[MetadataWarning],
+) -> ModelSpec | list[ModelSpec] | None:
+    """What a caller-sourced model kind keeps: one spec as ``_caller_spec`` chooses it; a chain's entries each
+    chosen so (at ``where.<i>``), those not allowed dropped, in order and once each; None when nothing is left."""
+    if not isinstance(value, list):
+        return _caller_spec(kind, value, allowed, where, warnings)
+    kept: list[ModelSpec] = []
+    for i, spec in enumerate(value):
+        choice = _caller_spec(kind, spec, allowed, f"{where}.{i}", warnings, in_chain=True)
+        if choice is not None and choice not in kept:
+            kept.append(choice)
+    return kept if len(kept) > 1 else (kept[0] if kept else None)
+
+
 def _caller_spec(
-    kind: ModelKind, spec: object, allowed: AllowedOverrides, where: str, warnings: list[MetadataWarning]
-) -> object | None:
+    kind: ModelKind,
+    spec: ModelSpec,
+    allowed: AllowedOverrides,
+    where: str,
+    warnings: list[MetadataWarning],
+    *,
+    in_chain: bool = False,
+) -> ModelSpec | None:
     """The spec a caller-sourced ``spec`` chooses among ``allowed`` (by label: the listed spec, whole), or None."""
     if dropped := routing_params(spec):
         warnings.append(MetadataWarning("routing_param", where, "dropped (caller-sourced): " + ", ".join(dropped)))
-        spec = without_routing_params(spec)  # type: ignore[arg-type]
+        spec = without_routing_params(spec)
     choices = allowed.specs(kind)
     try:
         label = parse_spec(kind, spec).label
@@ -160,7 +195,8 @@ def _caller_spec(
     listed = ", ".join(parse_spec(kind, c).label for c in choices if c is not None and _parses(kind, c))
     why = f"not among the route's allowed_overrides.{kind} ({listed})" if listed else (
         f"the route's allowed_overrides.{kind} lists nothing a caller may choose")  # fmt: skip
-    warnings.append(MetadataWarning("not_allowed", where, f"{why}; the lower layers' {kind} applies"))
+    then = "dropped from the caller's chain" if in_chain else f"the lower layers' {kind} applies"
+    warnings.append(MetadataWarning("not_allowed", where, f"{why}; {then}"))
     return None
 
 
@@ -175,9 +211,10 @@ def _parses(kind: ModelKind, spec: object) -> bool:
 def caller_layer(
     layer: AgentConfig, allowed: AllowedOverrides | None, *, path: str = OVERRIDES_ATTRIBUTE
 ) -> tuple[AgentConfig | None, tuple[MetadataWarning, ...]]:
-    """What a caller-sourced ``layer`` may set: each model spec it names without its ``ROUTING_PARAMS``, and only when
-    its label is one of ``allowed`` (the listed spec then applies, whole); its instructions only when ``allowed`` says
-    so; nothing else. Whatever is dropped is warned about (codes in ``CALLER_DROP_CODES``, never the value)."""
+    """What a caller-sourced ``layer`` may set: each model spec it names (each entry of a fallback chain alike) without
+    its ``ROUTING_PARAMS``, and only when its label is one of ``allowed`` (the listed spec then applies, whole); its
+    instructions only when ``allowed`` says so; nothing else. Whatever is dropped is warned about (codes in
+    ``CALLER_DROP_CODES``, never the value)."""
     allowed = allowed or AllowedOverrides()
     warnings: list[MetadataWarning] = []
     kept: dict[str, object] = {}
@@ -188,7 +225,7 @@ def caller_layer(
         where = f"{path}.{name}"
         if name in MODEL_KINDS:
             kind: ModelKind = name  # type: ignore[assignment]
-            if (choice := _caller_spec(kind, value, allowed, where, warnings)) is not None:
+            if (choice := _caller_value(kind, value, allowed, where, warnings)) is not None:
                 kept[name] = choice
         elif name in INSTRUCTION_FIELDS and allowed.instructions:
             kept[name] = value
@@ -389,17 +426,14 @@ def text_sha(text: str | None) -> str | None:
 
 
 def requested_models(config: AgentConfig) -> dict[ModelKind, str]:
-    """The label of each model kind a merged configuration asks for (kinds it leaves unset, or sets to a spec that
-    does not parse, are left out: the worker then falls back, and says why)."""
+    """The label of each model kind a merged configuration asks for (a chain's: its entries' labels in order,
+    ``contract.models.chain_label``; kinds it leaves unset, or sets to specs none of which parses, are left out: the
+    worker then falls back, and says why)."""
     labels: dict[ModelKind, str] = {}
     for kind in MODEL_KINDS:
-        spec = getattr(config, kind)
-        if spec is None:
-            continue
-        try:
-            labels[kind] = parse_spec(kind, spec).label
-        except SpecError:
-            continue
+        value = getattr(config, kind)
+        if value is not None and (label := chain_label(kind, value)):
+            labels[kind] = label
     return labels
 
 

@@ -208,7 +208,7 @@ _INTERNAL_LOC = (
     "function-", "tagged-union", "constrained-", "json-or-python", "lax-or-strict", "chain[", "union[",
     "is-instance[", "literal[", "nullable", "[key]",
 )  # fmt: skip
-_FIELD_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_FIELD_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[0-9]+)?$")  # a field, or an entry of a list field
 
 
 def describe_error(err: Any) -> tuple[str, str]:
@@ -244,11 +244,11 @@ def _closest_union_branch(errors: list[Any]) -> list[Any]:
     dict, the string member's "should be a valid string" is noise that hides the real reason.
     """
     members: dict[tuple[Any, ...], dict[str, list[Any]]] = {}
-    for e in errors:
+    for e in errors:  # at every union of the path (a union inside a union's member: a fallback chain's entry)
         loc = e["loc"]
-        i = next((n for n, p in enumerate(loc) if isinstance(p, str) and p.startswith(_INTERNAL_LOC)), None)
-        if i is not None:
-            members.setdefault(tuple(loc[:i]), {}).setdefault(str(loc[i]), []).append(e)
+        for i, part in enumerate(loc):
+            if isinstance(part, str) and part.startswith(_INTERNAL_LOC):
+                members.setdefault(tuple(loc[:i]), {}).setdefault(part, []).append(e)
     noise: set[int] = set()
     for by_member in members.values():
         mismatched = [m for m, errs in by_member.items() if all(x["type"] in _TYPE_MISMATCH for x in errs)]

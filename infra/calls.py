@@ -60,8 +60,8 @@ def _request(**kwargs: Any) -> CallRequest:
         req = CallRequest.model_validate(kwargs)
     except ValidationError as e:
         raise CallError("; ".join(f"{f}: {m}" for f, m in describe_errors(e))) from None
-    for kind, reason in layer_spec_problems(req.overrides or AgentConfig()):
-        raise CallError(f"overrides.{kind}: the worker cannot resolve this spec: {reason}")
+    for _, field, reason in layer_spec_problems(req.overrides or AgentConfig()):
+        raise CallError(f"overrides.{field}: the worker cannot resolve this spec: {reason}")
     return req
 
 

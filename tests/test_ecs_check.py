@@ -13,7 +13,7 @@ from infra.dynamic import InvalidArguments
 from infra.ecs import components, rollout
 from infra.ecs.provider import AgentWorkerProvider, validate
 from infra.ecs.resource import AgentWorkerDeployment
-from tests.test_ecs_helpers import ALL_SECRETS, SECRET_OPENAI, full_args, recorded_calls
+from tests.test_ecs_helpers import ALL_SECRETS, SECRET_OPENAI, WORKER_MODELS, full_args, recorded_calls
 
 SUBNETS = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
 SG = "sg-0123456789abcdef0"
@@ -75,6 +75,12 @@ INVALID = [
     ("tags", {"tags": {"aws:owner": "me"}}, "reserved"),
     ("unexpected", {"unexpected": 1}, "unknown field"),
     ("livekit_api_key", {"livekit_api_key": None}, "valid string"),
+    # #31: a fallback chain's every entry is run as one spec is: its provider's key is given too
+    (
+        "worker",
+        {"worker": {**WORKER_MODELS, "llm": ["openai/gpt-4o-mini", "anthropic/claude-haiku-4-5"]}},
+        "worker.llm.1: anthropic/claude-haiku-4-5 needs ANTHROPIC_API_KEY",
+    ),
 ]
 
 

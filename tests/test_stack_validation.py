@@ -306,11 +306,56 @@ MODEL_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
      "outbound_routes.appointment-reminders.allowed_overrides.llm.0", "needs ANTHROPIC_API_KEY"),
     ("allowed-unknown-provider", [_set("inbound_routes.sales-us.allowed_overrides", {"stt": ["nobody/x"]})],
      "inbound_routes.sales-us.allowed_overrides.stt.0", "unknown stt provider 'nobody'"),
+    # Fallback chains (#31): every entry is checked as one spec is, at its own field.
+    ("chain-second-provider-key-not-declared", [_set("agents.support-agent.defaults.llm", [_OPENAI, "anthropic/claude-haiku-4-5"])],
+     "agents.support-agent.defaults.llm.1",
+     "add `ANTHROPIC_API_KEY: anthropicApiKey` under agents.support-agent.ecs.provider_key_secrets"),
+    ("chain-unknown-provider-first", [_set("inbound_routes.sales-us.agent_config.stt", ["nobody/x", "deepgram/nova-3:en"])],
+     "inbound_routes.sales-us.agent_config.stt.0", "unknown stt provider 'nobody'"),
+    ("chain-entry-of-another-kind", [_set("agents.sales-agent.defaults.llm", [_OPENAI, "cartesia/sonic-2"])],
+     "agents.sales-agent.defaults.llm.1", "cartesia is a provider of stt and tts: is this spec under the right kind?"),
+    ("chain-entry-variant-the-provider-lacks", [_set("agents.sales-agent.defaults.tts", ["cartesia/sonic-2", "deepgram/aura-2:x"])],
+     "agents.sales-agent.defaults.tts.1", "deepgram tts model strings take no ':variant' suffix"),
+    ("chain-test-model-entry", [_set("outbound_routes.appointment-reminders.agent_config.tts", ["cartesia/sonic-2", "local/espeak-ng"])],
+     "outbound_routes.appointment-reminders.agent_config.tts.1", "local/espeak-ng is an offline test model"),
+    ("chain-header-layer-entry-without-key", [_set("inbound_routes.support.header_overrides.0.values.gold.tts",
+                                                   ["cartesia/sonic-2", {"provider": "elevenlabs", "model": "eleven_flash_v2_5"}])],
+     "inbound_routes.support.header_overrides.0.values.gold.tts.1", "needs ELEVEN_API_KEY"),
+    ("chain-entry-url-not-https", [_set("agents.reminders-agent.defaults.llm",
+                                        [_OPENAI, {"provider": "openai", "model": "gpt-4o", "base_url": "http://10.0.0.5/v1"}])],
+     "agents.reminders-agent.defaults.llm.1.base_url", "is not an https URL"),
+    ("chain-entry-parameter-the-plugin-lacks", [_set("agents.reminders-agent.defaults.llm",
+                                                     [{"provider": "openai", "temprature": 0.2}, _OPENAI])],
+     "agents.reminders-agent.defaults.llm.0.temprature", "did you mean temperature?"),
+    ("chain-entry-credential-parameter", [_set("agents.reminders-agent.defaults.llm", [_OPENAI, {"provider": "openai", "api_key": "sk"}])],
+     "agents.reminders-agent.defaults.llm.1", "looks like a credential"),
+    ("chain-entry-repeated", [_set("agents.reminders-agent.defaults.stt", ["deepgram/nova-3:en", "deepgram/nova-3:en"])],
+     "agents.reminders-agent.defaults.stt", "entry 1 repeats entry 0"),
+    ("chain-empty", [_set("agents.reminders-agent.defaults.stt", [])],
+     "agents.reminders-agent.defaults.stt", "an empty list names no model"),
+    ("chain-too-long", [_set("agents.reminders-agent.defaults.llm", [_OPENAI, "openai/gpt-4o", "openai/gpt-4.1", "openai/o3", "openai/o4-mini"])],
+     "agents.reminders-agent.defaults.llm", "at most 4 items"),
 ]  # fmt: skip
 
 
 def _prod_problems(doc: dict) -> list:
     return _problems(doc, "prod", StackConfig())  # secret references unchecked: as if every one were set
+
+
+def test_a_chain_whose_every_provider_key_is_declared_is_valid():
+    doc = copy.deepcopy(PROD)
+    _set("agents.support-agent.defaults.llm", [_OPENAI, "anthropic/claude-haiku-4-5"])(doc)
+    _set("agents.support-agent.ecs.provider_key_secrets.ANTHROPIC_API_KEY", "anthropicApiKey")(doc)
+    _set("inbound_routes.support.header_overrides.0.values.gold.tts", ["cartesia/sonic-2", "deepgram/aura-2"])(doc)
+    assert _prod_problems(doc) == []
+
+
+def test_a_chain_entry_is_reported_at_the_line_of_that_entry():
+    doc = copy.deepcopy(PROD)
+    _set("agents.support-agent.defaults.llm", [_OPENAI, "anthropic/claude-haiku-4-5"])(doc)
+    problems = _prod_problems(doc)
+    line = yaml.safe_dump(doc, sort_keys=False).splitlines()[problems[0].line - 1]
+    assert "anthropic/claude-haiku-4-5" in line, (line, problems)
 
 
 def test_the_prod_stack_file_is_valid_once_its_secrets_are_set():

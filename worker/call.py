@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
@@ -26,6 +27,7 @@ from pydantic_core import to_jsonable_python
 
 from contract import metrics
 from contract.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
+from contract.models import CHAIN_SEPARATOR
 from contract.resolve import SipFacts, call_layers, caller_drops, is_caller_drop, resolve_call
 from contract.settings import WorkerSettings
 from worker import call_metric, end_call, turns
@@ -36,6 +38,8 @@ logger = logging.getLogger("siphon.worker")
 
 
 ATTR_CALL_STATUS = "siphon.call_status"
+ATTR_SERVING = "siphon.{kind}_serving"
+"""Agent attribute of a kind served by a fallback chain: the label of the entry serving now, once it has changed."""
 
 
 def _sip_participant(room: rtc.Room) -> rtc.RemoteParticipant | None:
@@ -95,17 +99,41 @@ def spec_key(spec: object) -> str:
 
 
 def _resolve_models(config: AgentConfig, settings: WorkerSettings, built: Built) -> dict[ModelKind, registry.Resolved]:
-    """The components for a call's configuration: the requested spec, else the agent's default (and, in ``local``
-    only, the offline test model); raises ``SpecUnavailable`` when a kind has nothing that can be built."""
+    """The components for a call's configuration: the requested spec (a chain: its entries that can be built, behind
+    the kind's ``FallbackAdapter``), else the agent's default (and, in ``local`` only, the offline test model);
+    raises ``SpecUnavailable`` when a kind has nothing that can be built."""
     out: dict[ModelKind, registry.Resolved] = {}
     for kind in MODEL_KINDS:
         spec = getattr(config, kind)
         key = (kind, spec_key(spec))
         if key not in built:
             default = getattr(settings.defaults, kind)
-            built[key] = registry.resolve(kind, spec, default, offline=settings.offline_models)
+            vad = turns.session_options(config)["vad"]  # streams a non-streaming STT of a chain (cached per settings)
+            built[key] = registry.resolve(kind, spec, default, offline=settings.offline_models, vad=vad)
         out[kind] = built[key]
     return out
+
+
+def _publish_serving(ctx: JobContext, models: dict[ModelKind, registry.Resolved]) -> None:
+    """For each kind served by a fallback chain: when the entry that serves changes, say so in the log and in the
+    agent's ``siphon.<kind>_serving`` attribute (absent: the chain's first entry serves); stops at the job's end."""
+    tasks: set[asyncio.Task[None]] = set()
+    for kind, resolved in models.items():
+        if len(resolved.entries) < 2:
+            continue  # one component: nothing switches
+
+        def report(label: str, kind: ModelKind = kind) -> None:
+            logger.warning("fallback chain switched", extra={"room": ctx.room.name, "kind": kind, "serving": label})
+            task = asyncio.create_task(_set_attributes(ctx, {ATTR_SERVING.format(kind=kind): label}))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        stop = registry.watch_serving(resolved, report)
+
+        async def _stop(_reason: str, stop: Callable[[], None] = stop) -> None:
+            stop()
+
+        ctx.add_shutdown_callback(_stop)
 
 
 def _count(settings: WorkerSettings, metric: str, count: int = 1) -> None:
@@ -242,9 +270,13 @@ async def _call(ctx: JobContext) -> None:
     for kind, r in models.items():
         if r.fallback_reason:
             detail = f"{kind}: {r.requested} -> {r.label}: {r.fallback_reason}"
-            logger.warning("model spec unavailable, using the agent's default", extra={"room": ctx.room.name,
-                                                                                       "detail": detail})  # fmt: skip
+            asked = (r.requested or "").split(CHAIN_SEPARATOR)
+            in_chain = set(r.label.split(CHAIN_SEPARATOR)) <= set(asked)  # a chain's later entries serve
+            message = "a fallback chain entry is unavailable, skipped" if in_chain else (
+                "model spec unavailable, using the agent's default")  # fmt: skip
+            logger.warning(message, extra={"room": ctx.room.name, "detail": detail})
             _count(settings, metrics.FALLBACKS)
+    _publish_serving(ctx, models)
     logger.info(
         "resolved call configuration",
         extra={

@@ -22,7 +22,7 @@ from livekit.plugins import silero  # noqa: F401  (plugins register at import, o
 
 from contract import models as specs
 from contract.deployment import DEFAULTS_ENV, ENVIRONMENT_ENV
-from contract.metadata import MODEL_KINDS
+from contract.metadata import MODEL_KINDS, entry_fields
 from contract.settings import SettingsError, WorkerSettings
 from worker import stopped_tasks, turns
 from worker.call import Built, entrypoint, spec_key
@@ -44,19 +44,21 @@ def check_default_models(settings: WorkerSettings) -> list[str]:
     problems: list[str] = []
     modules: list[str] = []
     for kind in MODEL_KINDS:
-        variable, spec = DEFAULTS_ENV[kind], getattr(settings.defaults, kind)
-        if spec is None:
+        variable, value = DEFAULTS_ENV[kind], getattr(settings.defaults, kind)
+        if value is None:
             problems.append(f"{variable}: not set; set the agent's default {kind}, e.g. {specs.EXAMPLE_SPECS[kind]}")
             continue
-        try:
-            norm = specs.parse_spec(kind, spec)
-            if specs.is_offline(norm):
-                raise registry.SpecUnavailable(specs.offline_refusal(norm))
-            registry.build(norm)
-        except (specs.SpecError, registry.SpecUnavailable) as err:
-            problems.append(f"{variable}: {err}")
-            continue
-        modules.append(specs.PROVIDERS[kind][norm.provider].module)
+        for field, spec in entry_fields(kind, value):  # a fallback chain: every entry, as validate checks them
+            where = variable + field.removeprefix(kind).replace(".", " entry ")
+            try:
+                norm = specs.parse_spec(kind, spec)
+                if specs.is_offline(norm):
+                    raise registry.SpecUnavailable(specs.offline_refusal(norm))
+                registry.build(norm)
+            except (specs.SpecError, registry.SpecUnavailable) as err:
+                problems.append(f"{where}: {err}")
+                continue
+            modules.append(specs.PROVIDERS[kind][norm.provider].module)
     if problems:
         where = f"{ENVIRONMENT_ENV}={settings.environment}" if settings.environment else f"{ENVIRONMENT_ENV} unset"
         raise SettingsError(
@@ -73,10 +75,12 @@ def prewarm(proc: JobProcess) -> None:
     turns.session_options(settings.defaults)  # lru-cached: a no-op where the forkserver preloaded it
     proc.userdata["settings"] = settings
     built: Built = {}
+    vad = turns.session_options(settings.defaults)["vad"]
     for kind in MODEL_KINDS:
         default = getattr(settings.defaults, kind)
         with contextlib.suppress(registry.SpecUnavailable):  # a call resolves it again, and says why it cannot
-            if not (r := registry.resolve(kind, default, None, offline=settings.offline_models)).fallback_reason:
+            r = registry.resolve(kind, default, None, offline=settings.offline_models, vad=vad)
+            if not r.fallback_reason:
                 built[(kind, spec_key(default))] = r
     proc.userdata["models"] = built
 

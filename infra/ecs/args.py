@@ -280,7 +280,7 @@ class AgentWorkerArgs(EcsWorkerSettings):
             return value  # reported on those fields
         problems = run_problems(value, environment=info.data["environment"], credentials=info.data["provider_keys"],
                                 defaults=True)  # fmt: skip
-        text = "; ".join(f"{p.kind}: {p.message('add it to provider_keys')}" for p in problems)
+        text = "; ".join(f"{p.field}: {p.message('add it to provider_keys')}" for p in problems)
         if text:
             raise ValueError(text)
         return value

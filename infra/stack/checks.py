@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from itertools import product
 
-from contract.metadata import MODEL_KINDS, AgentConfig, AllowedOverrides, ModelKind, ModelSpec, ProviderSpec
+from contract.metadata import (
+    MODEL_KINDS,
+    AgentConfig,
+    AllowedOverrides,
+    ModelKind,
+    ModelSpec,
+    ProviderSpec,
+    entry_fields,
+)
 from contract.models import (
     RunProblem,
     SpecError,
@@ -32,8 +40,8 @@ from infra.stack.model import StackFile
 
 
 def _specs(layer: AgentConfig, where: str) -> Iterator[tuple[str, str]]:
-    for kind, reason in layer_spec_problems(layer):
-        yield f"{where}.{kind}", f"the worker cannot resolve this {kind} spec: {reason}"
+    for kind, field, reason in layer_spec_problems(layer):
+        yield f"{where}.{field}", f"the worker cannot resolve this {kind} spec: {reason}"
 
 
 def _agent_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
@@ -252,12 +260,13 @@ def _allowed(stack: StackFile) -> Iterator[tuple[str, str, AllowedOverrides]]:
 
 
 def _spec_sites(stack: StackFile) -> Iterator[tuple[str, ModelKind, ModelSpec]]:
-    """Every model spec the file declares, with the field it is written at (``<layer>.<kind>``, or
-    ``<route>.allowed_overrides.<kind>.<i>``) and its kind."""
+    """Every model spec the file declares, with the field it is written at (``<layer>.<kind>``, a fallback chain's
+    entry at ``<layer>.<kind>.<i>``, or ``<route>.allowed_overrides.<kind>.<i>``) and its kind."""
     for where, _, layer in _layers(stack):
         for kind in MODEL_KINDS:
-            if (spec := getattr(layer, kind)) is not None:
-                yield f"{where}.{kind}", kind, spec
+            if (value := getattr(layer, kind)) is not None:
+                for field, spec in entry_fields(kind, value):
+                    yield f"{where}.{field}", kind, spec
     for where, _, allowed in _allowed(stack):
         for kind in MODEL_KINDS:
             for i, spec in enumerate(allowed.specs(kind)):
@@ -343,7 +352,7 @@ def _model_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
         keys = agent.ecs.provider_key_secrets if agent.ecs else None
         defaults = where == f"agents.{agent_key}.defaults"
         for problem in run_problems(layer, environment=stack.environment, credentials=keys, defaults=defaults):
-            yield f"{where}.{problem.kind}", _run_message(stack, agent_key, problem)
+            yield f"{where}.{problem.field}", _run_message(stack, agent_key, problem)
 
 
 def _run_message(stack: StackFile, agent_key: str, problem: RunProblem) -> str:

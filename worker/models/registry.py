@@ -1,5 +1,6 @@
 """Model specs -> livekit-agents components: each spec parsed by ``contract.models`` is built here, with a
-fallback to the agent's default (and, in ``local`` only, the offline test model).
+fallback to the agent's default (and, in ``local`` only, the offline test model). A fallback chain's entries are
+built alike and served by livekit-agents' ``FallbackAdapter`` of their kind.
 """
 
 from __future__ import annotations
@@ -8,16 +9,18 @@ import importlib
 import importlib.util
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from contract.metadata import ModelKind
+from contract.metadata import ModelKind, chain_entries
 from contract.models import (
+    CHAIN_SEPARATOR,
     LOCAL_DEFAULTS,
     PROVIDERS,
     NormalizedSpec,
     SpecError,
+    chain_label,
     constructor,
     is_offline,
     offline_refusal,
@@ -73,35 +76,104 @@ class Resolved:
 
     kind: ModelKind
     component: Any
-    label: str  # label of the spec actually used
+    label: str  # label of the spec actually used (a chain's: the labels of the entries built, in order)
     requested: str | None  # label (or "invalid") of the spec asked for
     fallback_reason: str | None = None
+    entries: tuple[tuple[str, Any], ...] = ()  # a chain: (label, component the FallbackAdapter holds) per entry
 
 
-def resolve(kind: ModelKind, spec: object, default: object, *, offline: bool) -> Resolved:
+def fallback_adapter(kind: ModelKind, components: list[Any], vad: Any = None) -> Any:
+    """livekit-agents' ``FallbackAdapter`` of ``kind`` over ``components``, tried in order. A non-streaming STT is
+    wrapped in ``stt.StreamAdapter`` with ``vad`` here (the adapter's own wrapping would hide which entry reports)."""
+    if kind == "llm":
+        from livekit.agents import llm
+
+        return llm.FallbackAdapter(components)
+    if kind == "stt":
+        from livekit.agents import stt
+
+        if any(not c.capabilities.streaming for c in components) and vad is None:
+            raise SpecUnavailable("a non-streaming STT in a chain needs a VAD to stream")
+        wrapped = [c if c.capabilities.streaming else stt.StreamAdapter(stt=c, vad=vad) for c in components]
+        return stt.FallbackAdapter(wrapped)
+    from livekit.agents import tts
+
+    return tts.FallbackAdapter(components)
+
+
+def _chain(kind: ModelKind, built: list[tuple[str, Any]], vad: Any) -> tuple[Any, tuple[tuple[str, Any], ...]]:
+    """The component serving ``built`` entries: the one built, or the kind's ``FallbackAdapter`` over them; and the
+    entries as the adapter holds them (a wrapped STT in its ``StreamAdapter``)."""
+    if len(built) == 1:
+        return built[0][1], tuple(built)
+    adapter = fallback_adapter(kind, [c for _, c in built], vad)
+    held = getattr(adapter, f"_{kind}_instances", [c for _, c in built])  # the instances its events name
+    return adapter, tuple((label, c) for (label, _), c in zip(built, held, strict=True))
+
+
+def resolve(kind: ModelKind, spec: object, default: object, *, offline: bool, vad: Any = None) -> Resolved:
     """Build ``spec``; if it is unknown or unavailable, build ``default``. With ``offline`` (the ``local``
     environment), the offline test model is the last resort; without it, offline models are never built and
-    ``SpecUnavailable`` says why nothing could be. ``fallback_reason`` says why a fallback happened (log it)."""
+    ``SpecUnavailable`` says why nothing could be. ``fallback_reason`` says why a fallback happened (log it).
+
+    A fallback chain (``spec`` or ``default`` a list) is built entry by entry; an entry that cannot be built is
+    skipped (the reason says which and why); two or more built entries are served by the kind's ``FallbackAdapter``
+    (``fallback_adapter``; ``vad`` streams a non-streaming STT), one alone as itself; none: the next candidate."""
     reasons: list[str] = []
     requested: str | None = None
     candidates = [spec, default, LOCAL_DEFAULTS[kind] if offline else None]
-    for i, candidate in enumerate(candidates):
+    for candidate in candidates:
         if candidate is None:
             continue
+        entries = chain_entries(candidate)  # type: ignore[arg-type]
+        requested = requested or chain_label(kind, entries) or "invalid"
+        built: list[tuple[str, Any]] = []
+        for entry in entries:
+            prefix = f"{kind} chain entry " if len(entries) > 1 else ""
+            try:
+                norm = parse_spec(kind, entry)
+            except SpecError as err:
+                reasons.append(f"{prefix}{err}")
+                continue
+            prefix += f"{norm.label}: " if prefix else ""
+            if is_offline(norm) and not offline:
+                reasons.append(prefix + offline_refusal(norm))
+                continue
+            try:
+                built.append((norm.label, build(norm)))
+            except SpecUnavailable as err:
+                reasons.append(prefix + str(err).removeprefix(f"{norm.label}: ") if prefix else str(err))
+        if not built:
+            continue
         try:
-            norm = parse_spec(kind, candidate)
-        except SpecError as err:
-            requested = requested or "invalid"
-            reasons.append(str(err))
+            component, held = _chain(kind, built, vad)
+        except (SpecUnavailable, ValueError) as err:  # FallbackAdapter refused them together (channels, VAD)
+            reasons.append(f"{kind} chain {CHAIN_SEPARATOR.join(label for label, _ in built)}: {err}")
             continue
-        requested = requested or norm.label
-        if is_offline(norm) and not offline:
-            reasons.append(offline_refusal(norm))
-            continue
-        try:
-            component = build(norm)
-        except SpecUnavailable as err:
-            reasons.append(str(err))
-            continue
-        return Resolved(kind, component, norm.label, requested, "; ".join(reasons) if i and reasons else None)
+        label = CHAIN_SEPARATOR.join(label for label, _ in built)
+        return Resolved(kind, component, label, requested, "; ".join(reasons) or None, held)
     raise SpecUnavailable(f"no {kind} can be built: {'; '.join(reasons) or 'none is configured'}")
+
+
+def watch_serving(resolved: Resolved, report: Callable[[str], None]) -> Callable[[], None]:
+    """For a chain served by a ``FallbackAdapter``: each time the entry that serves changes (the adapter's
+    ``<kind>_availability_changed`` event: the first entry it holds available serves), call ``report`` with that
+    entry's label (``"none"`` when every entry is down: the adapter then retries them all, in order). Returns what
+    stops watching; one component alone is not watched."""
+    if len(resolved.entries) < 2:
+        return lambda: None
+    available = [True] * len(resolved.entries)
+    serving = [resolved.entries[0][0]]
+
+    def changed(ev: Any) -> None:
+        for i, (_, component) in enumerate(resolved.entries):
+            if component is getattr(ev, resolved.kind, None):
+                available[i] = bool(ev.available)
+        now = next((label for (label, _), up in zip(resolved.entries, available, strict=True) if up), "none")
+        if now != serving[0]:
+            serving[0] = now
+            report(now)
+
+    event = f"{resolved.kind}_availability_changed"
+    resolved.component.on(event, changed)
+    return lambda: resolved.component.off(event, changed)
