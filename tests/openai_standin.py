@@ -106,6 +106,8 @@ class OpenAIStandIn:
     ) -> None:
         self.reply = reply
         self.transcript = transcript
+        self.refuse: int | None = None
+        """A fault switch: when set, every request is answered with this status and OpenAI's error body."""
         self.base_url = ""
         self._recorded: list[Recorded] = []
         self._lock = threading.Lock()
@@ -163,6 +165,10 @@ class OpenAIStandIn:
             self._recorded.append(Recorded(request.method, request.path, headers, **kw))
 
     def _unauthorized(self, request: web.Request) -> web.Response | None:
+        if self.refuse is not None:  # the fault switch: as OpenAI answers an overload or an outage
+            self._record(request, status=self.refuse)
+            kind = "rate_limit_exceeded" if self.refuse == 429 else "server_error"
+            return _error(self.refuse, "The server is currently overloaded with other requests.", code=kind)
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer ") and auth[7:].strip():
             return None

@@ -1,0 +1,244 @@
+"""Provider outages on real SIP calls end in speech, never dead air: each model kind of the worker is a fallback
+chain (the prod trio first, an OpenAI-compatible second entry), and the first entry's stand-in refuses (503) with its
+fault switch. The caller hears the agent through the next entry; when every entry of a kind is down, the call ends.
+
+The worker runs as ``tests/test_prod_trio_call.py`` starts it (its ECS task definition on moto, keys as secrets, a
+non-local environment). The caller's silence after each fault is printed (``silence after ...``) and compared with a
+call of the same worker and stand-ins without a fault, in the same run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from livekit import api
+
+from contract.metadata import AgentConfig, RouteMetadata
+from infra import sipp
+from localenv.manager import Endpoints, LocalEnv
+from tests.caller_audio import spoken_ulaw
+from tests.cartesia_standin import CartesiaStandIn
+from tests.deepgram_standin import DeepgramStandIn
+from tests.openai_standin import OpenAIStandIn
+from tests.rtp_tap import RtpTap, first_sound
+from tests.test_ecs_helpers import create_deployment
+from tests.test_openai_call import SPEAKS_AFTER_S, image_env, task_environment, user_texts, wait_utterances
+from tests.test_worker_live import ROOT, WorkerProc, _inbound_route, answered_call, entry_command
+
+ENVIRONMENT = "staging"
+CALLER_SAYS = "Hello, I would like to check the status of my order, please."
+DEEPGRAM_HEARS = "I would like to check the status of my order."
+OPENAI_HEARS = "Order status, please."  # the second STT's transcript: tells which entry heard the caller
+INSTRUCTIONS = "You answer the provider outage test line."
+PRIMARY_LLM, SECOND_LLM = "gpt-4.1-mini", "gpt-4o-mini"
+KEYS = ("DEEPGRAM_API_KEY", "OPENAI_API_KEY", "CARTESIA_API_KEY")
+
+
+@dataclass
+class StandIns:
+    """The first entries' stand-ins (Deepgram, an OpenAI LLM, Cartesia) and the OpenAI one every second entry uses."""
+
+    deepgram: DeepgramStandIn
+    llm: OpenAIStandIn
+    cartesia: CartesiaStandIn
+    second: OpenAIStandIn
+
+    def clear(self) -> None:
+        """Every fault switch off."""
+        self.deepgram.clear_faults()
+        self.llm.refuse = self.second.refuse = None
+        self.cartesia.refuse = None
+
+
+@pytest.fixture(scope="module")
+def standins() -> Iterator[StandIns]:
+    with (DeepgramStandIn(transcripts=(DEEPGRAM_HEARS,)) as dg, OpenAIStandIn() as llm, CartesiaStandIn() as ct,
+          OpenAIStandIn(transcript=OPENAI_HEARS) as second):  # fmt: skip
+        yield StandIns(dg, llm, ct, second)
+
+
+def chains(s: StandIns) -> dict[str, list[dict[str, Any]]]:
+    """Each kind: the prod trio's provider first, an OpenAI-compatible one second."""
+    second = s.second.base_url
+    return {
+        "stt": [{"provider": "deepgram", "model": "nova-3", "language": "en", "base_url": s.deepgram.base_url},
+                {"provider": "openai", "model": "gpt-4o-mini-transcribe", "base_url": second, "use_realtime": False}],
+        "llm": [{"provider": "openai", "model": PRIMARY_LLM, "base_url": s.llm.base_url},
+                {"provider": "openai", "model": SECOND_LLM, "base_url": second}],
+        "tts": [{"provider": "cartesia", "model": "sonic-2", "base_url": s.cartesia.base_url},
+                {"provider": "openai", "model": "gpt-4o-mini-tts", "base_url": second, "response_format": "pcm"}],
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def worker(local_env: LocalEnv, standins: StandIns, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
+    ep = local_env.endpoints
+    assert ep is not None
+    keys = {name: f"{name.split('_')[0].lower()}-key-{secrets.token_hex(12)}" for name in KEYS}
+    provider, created = create_deployment(
+        agent_name=f"outage-{uuid.uuid4().hex[:6]}", environment=ENVIRONMENT, worker=chains(standins),
+        livekit_url=ep.livekit_url, livekit_api_key=ep.api_key, livekit_api_secret=ep.api_secret, provider_keys=keys,
+    )  # fmt: skip
+    try:
+        plain, injected = task_environment(created.outs["task_definition_arn"])
+        env = {**image_env(), **plain, **injected}
+        log = tmp_path_factory.mktemp("outage-worker") / "worker.log"
+        out = log.open("wb")
+        proc = subprocess.Popen(entry_command(), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        w = WorkerProc(proc, log, env["SIPHON_AGENT_NAME"], out)
+        try:
+            w.wait_for_log('"registered worker"', timeout=60)
+            yield w
+        finally:
+            w.stop()
+        assert not [k for k in keys.values() if k in w.text()], "a provider key must never be logged"
+    finally:
+        provider.delete(created.id, created.outs)
+        local_env.reset_aws()
+
+
+@pytest.fixture(scope="module")
+def caller_audio(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return spoken_ulaw(tmp_path_factory.mktemp("outage-caller"), CALLER_SAYS)
+
+
+@dataclass
+class Heard:
+    """What the caller heard on one call: seconds from the answer (the first RTP packet) to the agent's first sound,
+    and from the end of the caller's sentence to the agent's next sound (None: never)."""
+
+    to_greeting: float | None
+    to_reply: float | None
+    ended_by_bye: bool
+
+
+def _call(local_env: LocalEnv, w: WorkerProc, number: str, audio: Path, utterances: int = 2,
+          during: Callable[[str], None] | None = None, hold_s: float = 60) -> Heard:  # fmt: skip
+    """A real call on a route of its own: the caller speaks after ``SPEAKS_AFTER_S``; held until the agent finished
+    ``utterances`` utterances (or ``during`` returns)."""
+    assert local_env.endpoints is not None
+    route = RouteMetadata(route=f"outage-{number[-3:]}", called_number=number,
+                          agent_config=AgentConfig(system_instructions=INSTRUCTIONS, end_call=False))  # fmt: skip
+    speech_s = (audio.stat().st_size - 60 * 8000) / 8000  # spoken_ulaw: the sentence, then 60 s of silence
+    with RtpTap() as tap:
+        _, end, _ = answered_call(
+            local_env.endpoints, w.agent_name, number, route,
+            during or (lambda room: wait_utterances(w, room, utterances)),
+            audio=sipp.CallerAudio(audio, after_s=SPEAKS_AFTER_S), hold_s=hold_s,
+        )  # fmt: skip
+        packets = tap.packets()
+    if not packets:
+        return Heard(None, None, end.completed)
+    answered = packets[0].at
+    greeting = first_sound(packets)
+    spoken_end = answered + SPEAKS_AFTER_S + speech_s
+    reply = first_sound([p for p in packets if p.at > spoken_end])
+    return Heard(greeting.at - answered if greeting else None, reply.at - spoken_end if reply else None,
+                 end.completed)  # fmt: skip
+
+
+def _figure(what: str, heard: Heard, baseline: Heard) -> None:
+    print(f"silence after {what}: to greeting {heard.to_greeting} s (no fault {baseline.to_greeting} s), "
+          f"after the caller's sentence {heard.to_reply} s (no fault {baseline.to_reply} s)")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def baseline(local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path) -> Heard:
+    """A call with every first entry up: the figures each outage is compared with."""
+    standins.clear()
+    heard = _call(local_env, worker, "+15550100380", caller_audio)
+    assert heard.to_greeting is not None and heard.to_reply is not None, worker.text()[-3000:]
+    return heard
+
+
+def test_with_cartesia_down_the_caller_hears_the_second_tts(
+    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
+) -> None:
+    before = len(standins.second.requests("/audio/speech"))
+    standins.cartesia.refuse = 503
+    try:
+        heard = _call(local_env, worker, "+15550100381", caller_audio)
+    finally:
+        standins.clear()
+    _figure("Cartesia refusing (503)", heard, baseline)
+    assert heard.to_greeting is not None and heard.to_reply is not None, worker.text()[-3000:]
+    assert len(standins.second.requests("/audio/speech")) > before, "the second TTS spoke"
+    assert any(r.status == 503 for r in standins.cartesia.requests()), "Cartesia was asked and refused"
+
+
+def test_with_the_first_llm_down_the_caller_hears_the_second_llms_words(
+    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
+) -> None:
+    before = len(standins.second.requests("/chat/completions"))
+    standins.llm.refuse = 503
+    try:
+        heard = _call(local_env, worker, "+15550100382", caller_audio)
+    finally:
+        standins.clear()
+    _figure("the first LLM refusing (503)", heard, baseline)
+    assert heard.to_greeting is not None and heard.to_reply is not None, worker.text()[-3000:]
+    chats = standins.second.requests("/chat/completions")[before:]
+    assert chats and {r.body["model"] for r in chats if r.body} == {SECOND_LLM}, chats
+    spoken = " ".join(" ".join(m.transcript for m in standins.cartesia.messages()).split())
+    assert " ".join(str(chats[0].reply).split()) in spoken, "the second LLM's greeting is what the caller heard"
+
+
+def test_with_deepgram_down_the_second_stt_hears_the_caller_and_the_agent_replies(
+    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
+) -> None:
+    before = len(standins.second.requests("/audio/transcriptions"))
+    standins.deepgram.refuse(503)
+    try:
+        heard = _call(local_env, worker, "+15550100383", caller_audio)
+    finally:
+        standins.clear()
+    _figure("Deepgram refusing (503)", heard, baseline)
+    assert heard.to_reply is not None, worker.text()[-3000:]
+    assert len(standins.second.requests("/audio/transcriptions")) > before, "the second STT heard the caller"
+    chats = [r for r in standins.llm.requests("/chat/completions") if INSTRUCTIONS in json.dumps(r.body)]
+    assert any(OPENAI_HEARS in " ".join(user_texts(r)) for r in chats), "its transcript is the user's turn"
+
+
+def test_with_every_tts_down_the_call_ends_with_a_bye_instead_of_dead_air(
+    local_env: LocalEnv, worker: WorkerProc, standins: StandIns
+) -> None:
+    """Cartesia and the second TTS both refuse: nothing can speak, so the worker ends the call (its hand-over, then a
+    hang-up) and the bridge sends the caller a BYE, well before the caller would give up."""
+    ep = local_env.endpoints
+    assert ep is not None
+    number = "+15550100384"
+    route = RouteMetadata(route="outage-384", called_number=number,
+                          agent_config=AgentConfig(system_instructions=INSTRUCTIONS, end_call=False))  # fmt: skip
+    trunk_id, rule_id = asyncio.run(_inbound_route(ep, worker.agent_name, number, route.to_json()))
+    standins.cartesia.refuse = 503
+    standins.second.refuse = 503
+    try:
+        call = sipp.place(ep.sip_address, number, caller="+15550109002", hold_s=150)
+        end = call.wait(170)
+        lasted = time.monotonic() - call.started
+    finally:
+        standins.clear()
+        asyncio.run(_delete_route(ep, trunk_id, rule_id))
+    print(f"silence with every TTS down: the worker ended the call {lasted:.1f} s after it was placed")
+    assert end.completed, end  # answered, then ended by a BYE the caller received
+    assert lasted < 140, "the caller's hold time ran out first: dead air"
+    assert "tts" in worker.text().lower(), "the worker says why"
+
+
+async def _delete_route(ep: Endpoints, trunk_id: str, rule_id: str) -> None:
+    lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
+    try:
+        await lk.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
+        await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
+    finally:
+        await lk.aclose()
