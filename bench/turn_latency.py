@@ -43,7 +43,7 @@ from typing import Any
 
 from livekit import api
 
-from bench.sip_calls import WORKERS, _route, workers
+from bench.sip_calls import CAPACITY, WORKERS, _route, workers
 from bench.worker_dispatch import pct
 from contract.deployment import worker_env
 from contract.metadata import AgentConfig, RouteMetadata
@@ -119,11 +119,15 @@ def register(s: StandIns) -> None:
     """Both agents as workers of ``bench.sip_calls.workers``: ours as deployed outside ``local`` (the trio as its
     defaults), the stock agent on the same trio; the same keys and image settings for both."""
     common = {**KEYS, "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE": "0", "PYTHONUNBUFFERED": "1"}
-    ours = worker_env(agent_name=AGENTS["ours"], environment="staging", defaults=AgentConfig.model_validate(s.trio()))
+    # a capacity for both (load = jobs / capacity): without one, livekit-agents' load is the host's CPU, and on a
+    # busy host a worker above 0.7 takes no call
+    trio = AgentConfig.model_validate(s.trio())
+    ours = worker_env(agent_name=AGENTS["ours"], environment="staging", defaults=trio, max_calls=CAPACITY)
     WORKERS["turns-ours"] = ([sys.executable, "-m", "worker.main", "start"], {**common, **ours})
     urls = json.dumps({kind: spec["base_url"] for kind, spec in s.trio().items()})
     WORKERS["turns-stock"] = ([sys.executable, "-m", "bench.stock_agent", "start"],
-                              {**common, "STOCK_AGENT_NAME": AGENTS["stock"], "STOCK_TRIO": urls})  # fmt: skip
+                              {**common, "STOCK_AGENT_NAME": AGENTS["stock"], "STOCK_TRIO": urls,
+                               "STOCK_MAX_JOBS": str(CAPACITY)})  # fmt: skip
 
 
 def sip_rtp_ports(env: LocalEnv) -> range:
@@ -140,9 +144,28 @@ class Turn:
     call: int
     latency: float | None
     why: str = ""
+    stages: tuple[float, float, float, float] | None = None  # see STAGES
 
 
-def turns_of(who: str, call: int, packets: list[RtpPacket], expected: int) -> list[Turn]:
+STAGES = ("end -> LLM request", "LLM request -> TTS request", "TTS request -> first chunk", "first chunk -> caller")
+"""Where a turn's time goes, from the stand-ins' own clocks (the bench's process): the caller's sentence ends, the
+LLM is asked (Deepgram's endpointing and final delay, the agent's end of turn), the TTS is asked (the LLM's first
+token, the agent's text handling), its first chunk leaves, the caller hears it (the agent's audio path, the room,
+the bridge)."""
+
+
+def stages(s: StandIns, end: float, answer: float) -> tuple[float, float, float, float] | None:
+    """The four stages of one turn (``STAGES``), from the first chat request and TTS context between ``end`` and
+    ``answer``; None when either is missing."""
+    chat = next((r.at for r in s.openai.requests("/chat/completions") if end < r.at < answer), None)
+    tts = next((c for c in s.cartesia.contexts() if end < c.first_message_at < answer and c.first_chunk_at), None)
+    if chat is None or tts is None or tts.first_chunk_at is None:
+        return None
+    return (chat - end, tts.first_message_at - chat, tts.first_chunk_at - tts.first_message_at,
+            answer - tts.first_chunk_at)  # fmt: skip
+
+
+def turns_of(s: StandIns, who: str, call: int, packets: list[RtpPacket], expected: int) -> list[Turn]:
     """The turns of one call, read off the wire: each sentence the caller sent, and the first loud packet it
     received after the sentence's last loud packet (before the next sentence starts)."""
     said = [p for p in packets if p.dst_port not in SIPP_MEDIA_PORTS and p.rms > LOUD]
@@ -162,11 +185,14 @@ def turns_of(who: str, call: int, packets: list[RtpPacket], expected: int) -> li
             out.append(Turn(who, call, None, "agent spoke during the sentence"))
             continue
         answer = next((p for p in heard if end < p.at < until), None)
-        out.append(Turn(who, call, answer.at - end if answer else None, "" if answer else "no answer"))
+        if answer is None:
+            out.append(Turn(who, call, None, "no answer"))
+        else:
+            out.append(Turn(who, call, answer.at - end, stages=stages(s, end, answer.at)))
     return out
 
 
-def one_call(ep: Endpoints, tap: RtpTap, who: str, call: int, audio: Path, turns: int, gap: float) -> list[Turn]:
+def one_call(ep: Endpoints, tap: RtpTap, s: StandIns, who: str, call: int, audio: Path, turns: int) -> list[Turn]:
     """One call to ``who`` in which the caller speaks ``audio``; its turns."""
     seconds = audio.stat().st_size / 8000
     started = time.monotonic()
@@ -176,15 +202,16 @@ def one_call(ep: Endpoints, tap: RtpTap, who: str, call: int, audio: Path, turns
     if end.answered_after is None:
         print(f"  {who} call {call}: not answered: {end.reason[:200]}", flush=True)
         return [Turn(who, call, None, "call not answered")] * turns
-    result = turns_of(who, call, tap.packets(since=started), turns)
+    result = turns_of(s, who, call, tap.packets(since=started), turns)
     timed = [t.latency for t in result if t.latency is not None]
     print(f"  {who} call {call}: {len(timed)}/{len(result)} turns timed, p50 {pct(timed, 50):.3f} s, "
           f"p95 {pct(timed, 95):.3f} s", flush=True)  # fmt: skip
     return result
 
 
-def table(done: list[Turn], configured: float, delays: str) -> str:
-    """p50 / p95 / max per agent, ours / stock, and what each adds above the configured latencies."""
+def table(done: list[Turn], configured: float, delays: str, stage_config: tuple[float, ...]) -> str:
+    """p50 / p95 / max per agent, ours / stock, and what each adds above the configured latencies; then the p50 of
+    each stage (``STAGES``) per agent, against its configured part."""
     rows = ["| agent | turns timed / spoken | p50 (s) | p95 (s) | max (s) | p50 above configured | "
             "p95 above configured |", "|" + "---|" * 7]  # fmt: skip
     figures = {}
@@ -200,6 +227,10 @@ def table(done: list[Turn], configured: float, delays: str) -> str:
             rows.append(f"| {who}: untimed | {', '.join(missed)} | | | | | |")
     (o50, o95), (s50, s95) = figures["ours"], figures["stock"]
     rows.append(f"| ours / stock | | x{o50 / s50:.3f} | x{o95 / s95:.3f} | | {o50 - s50:+.3f} s | {o95 - s95:+.3f} s |")
+    rows += ["", "| stage (p50, s) | configured | ours | stock |", "|" + "---|" * 4]
+    for i, name in enumerate(STAGES):
+        cells = [pct([t.stages[i] for t in done if t.who == who and t.stages], 50) for who in ("ours", "stock")]
+        rows.append(f"| {name} | {stage_config[i]:.3f} | {cells[0]:.3f} | {cells[1]:.3f} |")
     return "\n".join(rows) + f"\nconfigured latencies: {delays} = {configured:.3f} s"
 
 
@@ -246,15 +277,16 @@ def main() -> int:
         done: list[Turn] = []
         with workers(env, ["turns-ours", "turns-stock"]), RtpTap(set(SIPP_MEDIA_PORTS) | set(rtp)) as tap:
             for who in ("ours", "stock"):  # one short call each first: the first job of a fresh worker pays extra
-                one_call(ep, tap, who, 0, warm, 1, 4.0)
+                one_call(ep, tap, s, who, 0, warm, 1)
             for i in range(args.calls):
                 for who in ("ours", "stock") if i % 2 == 0 else ("stock", "ours"):
-                    done += one_call(ep, tap, who, i + 1, audio, args.turns, args.gap)
+                    done += one_call(ep, tap, s, who, i + 1, audio, args.turns)
         kept = ROOT / ".run" / "bench-turn-latency"  # the run's logs (workers, servers, bridge) outlive it
         shutil.rmtree(kept, ignore_errors=True)
         shutil.copytree(env.run_dir, kept, ignore=shutil.ignore_patterns("*.sock", "dump.rdb"))
         print(f"logs: {kept}")
-    print("\n" + table(done, configured, delays))
+    stage_config = (endpointing + args.stt_delay, args.llm_delay, args.tts_delay, 0.0)
+    print("\n" + table(done, configured, delays, stage_config))
     return 0
 
 

@@ -35,7 +35,7 @@ import time
 import uuid
 import wave
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -57,6 +57,7 @@ class Recorded:
     upload: dict[str, Any] | None = None  # an uploaded file: name, content type, size, WAV rate / channels / seconds
     reply: str | None = None  # the text streamed back (chat) or the transcript
     status: int = 200
+    at: float = field(default_factory=time.monotonic)  # when it was recorded (time.monotonic(); a chat: on arrival)
 
 
 def default_reply(body: dict[str, Any], n: int) -> str:
