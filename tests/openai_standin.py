@@ -16,9 +16,10 @@ It speaks OpenAI's documented wire protocol, under the ``/v1`` base URL a client
 - ``GET /v1/models`` (what the plugin's LLM prewarm asks): the model list.
 
 Anything else is a 404, a missing ``Authorization`` a 401, a malformed request a 400, each with OpenAI's error body
-``{"error": {"message", "type", "param", "code"}}``. Every request is recorded (method, path, headers, JSON body or
-form fields, the text streamed back) for the test's assertions. Runs an aiohttp server on 127.0.0.1 (a free port) in
-a thread of its own.
+``{"error": {"message", "type", "param", "code"}}``. ``first_token_delay_s`` (settable at any time) holds each
+streamed chat reply's first content delta back that long after the request arrived: a fixed time to first token,
+for latency benches. Every request is recorded (method, path, headers, JSON body or form fields, the text streamed
+back) for the test's assertions. Runs an aiohttp server on 127.0.0.1 (a free port) in a thread of its own.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import time
 import uuid
 import wave
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -56,6 +57,7 @@ class Recorded:
     upload: dict[str, Any] | None = None  # an uploaded file: name, content type, size, WAV rate / channels / seconds
     reply: str | None = None  # the text streamed back (chat) or the transcript
     status: int = 200
+    at: float = field(default_factory=time.monotonic)  # when it was recorded (time.monotonic(); a chat: on arrival)
 
 
 def default_reply(body: dict[str, Any], n: int) -> str:
@@ -103,9 +105,12 @@ class OpenAIStandIn:
         self,
         reply: Callable[[dict[str, Any], int], str] = default_reply,
         transcript: str = "I would like to know my balance, please.",
+        *,
+        first_token_delay_s: float = 0.0,
     ) -> None:
         self.reply = reply
         self.transcript = transcript
+        self.first_token_delay_s = first_token_delay_s
         self.refuse: int | None = None
         """A fault switch: when set, every request is answered with this status and OpenAI's error body."""
         self.base_url = ""
@@ -201,6 +206,7 @@ class OpenAIStandIn:
         return web.json_response({"object": "list", "data": data})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         if denied := self._unauthorized(request):
             return denied
         body = await self._json(request)
@@ -229,6 +235,7 @@ class OpenAIStandIn:
         await resp.prepare(request)
         await resp.write(_sse(chunk({"role": "assistant", "content": "", "refusal": None})))
         pieces = text.split(" ")
+        await asyncio.sleep(arrived + self.first_token_delay_s - time.monotonic())  # the time to first token
         for i, piece in enumerate(pieces):  # one content delta per word, as a model streams tokens
             await resp.write(_sse(chunk({"content": piece if i == 0 else " " + piece})))
             await asyncio.sleep(0.01)

@@ -14,6 +14,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -37,7 +38,7 @@ ULAW = _ulaw_table()
 
 @dataclass(frozen=True)
 class RtpPacket:
-    """One RTP packet the caller received."""
+    """One RTP packet to a watched port (by default: one the caller received)."""
 
     at: float  # time.monotonic() when read
     dst_port: int
@@ -55,9 +56,11 @@ class RtpPacket:
 
 
 class RtpTap:
-    """Records the RTP packets sent to sipp's media ports on ``lo`` while open (a context manager)."""
+    """Records the RTP packets sent to sipp's media ports on ``lo`` while open (a context manager). With other
+    ``ports`` (e.g. sipp's and livekit-sip's RTP ports together), the packets sent to those: ``dst_port`` tells
+    what the caller heard from what it said."""
 
-    def __init__(self, ports: range = SIPP_MEDIA_PORTS) -> None:
+    def __init__(self, ports: Container[int] = SIPP_MEDIA_PORTS) -> None:
         self.ports = ports
         self._packets: list[RtpPacket] = []
         self._lock = threading.Lock()

@@ -75,6 +75,8 @@ NOT_HERE: dict[str, str] = {
     "pulumi stack init <env>": "a template (placeholders)",
     "pulumi up &": "the pitfall the README warns about, not a command to run",
     "uv run python -m bench.sip_deploy [N ...]": "a benchmark of several minutes (bench/, not a test)",
+    "uv run python -m bench.turn_latency [--calls 2] [--turns 12]":
+        "a benchmark of several minutes (bench/, not a test); it reads the loopback interface raw (root)",
     "uv run python -m bench.api_budget [--quick] [--old-ref REF] [--new-ref REF]":
         "a benchmark of several minutes (bench/, not a test); localenv/api_proxy.py has tests/test_api_proxy.py",
     "SIPHON_SIP_ADDRESS=<livekit-sip host:port> uv run siphon-infra verify local [--route R]":
