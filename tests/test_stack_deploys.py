@@ -14,7 +14,7 @@ not through the Pulumi engine: ``tests/test_stack_engine.py`` already proves the
 providers) on whole stacks, and an engine run per file would cost the sample's breadth.
 
 Each agent's worker is then started as its deployment starts it, as far as ``worker.main`` goes before registering:
-``WorkerSettings.from_env()`` and the default models (``worker.server.check_default_models``; in ``local``, where the
+``worker.main.start_up`` (key files, ``WorkerSettings.from_env()``, the default models; in ``local``, where the
 worker falls back to the offline test models by design, as ``worker.server.prewarm`` builds them). An ECS worker's
 environment is the one its registered task definition gives the container (plus each secret it injects, a dummy
 value, and what the image and ECS set); a local worker's is the one ``./dev local`` starts it with
@@ -37,7 +37,7 @@ import boto3
 import yaml
 from hypothesis import Phase, given, settings
 
-from contract.deployment import DEFAULT_HTTP_PORT, HTTP_PORT_ENV, worker_env
+from contract.deployment import AGENT_URI_ENV, DEFAULT_HTTP_PORT, HTTP_PORT_ENV, worker_env
 from contract.types import LOCAL_ENVIRONMENT
 from infra.ecs.aws import resolve_region
 from infra.ecs.death_queue import WorkerDeathQueueProvider
@@ -52,7 +52,6 @@ from infra.stack.plan import Plan, StackConfig, Trunk, compile_stack
 from localenv.manager import Endpoints, LocalEnv
 from localenv.reset import wipe_sip
 from tests.test_stack_properties import FILE, SETTINGS, _validate, faulty_stack_files, stack_files
-from worker.task_protection import AGENT_URI_ENV
 
 VALID, FAULTY = 35, 15
 """Stack files deployed per run: valid ones, and ones with a fault validate accepts (seeded: the same every run)."""
@@ -75,9 +74,8 @@ def no_network(event, args):
 sys.addaudithook(no_network)
 
 from contract.metadata import MODEL_KINDS
+from worker.main import start_up
 from worker.models import registry
-from worker.server import check_default_models
-from worker.settings import WorkerSettings
 
 out = {}
 for item in json.load(sys.stdin):
@@ -85,8 +83,7 @@ for item in json.load(sys.stdin):
     os.environ.update(item["env"])
     before = len(network)
     try:
-        settings = WorkerSettings.from_env()
-        check_default_models(settings)  # outside `local`: builds each default, as worker.main does before registering
+        settings, _ = start_up()  # what worker.main does before registering: key files, settings, default models
         for kind in MODEL_KINDS if settings.offline_models else ():  # `local`: as prewarm builds them (a default
             registry.resolve(kind, getattr(settings.defaults, kind), None, offline=True)  # may fall back, by design)
         out[item["label"]] = None if len(network) == before else f"reached for the network: {network[before:]}"

@@ -181,6 +181,8 @@ PREVIEW_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
     # #32: files validate passed that broke after `up`; each refused at its field with what to write instead.
     ("local-worker-outside-local", [_set("environment", "dev"), _set("agents.sales-agent.ecs", _DELETE)],
      "agents.sales-agent.local", "add `ecs: {image: <repository>@sha256:<digest>}` under agents.sales-agent"),
+    ("unrouted-agent-with-no-worker", [_set("agents.idle-agent", {"defaults": {"llm": "local/scripted"}})],
+     "agents.idle-agent", "no worker: add `local: {}`"),
     ("max-calls-above-the-task-size", [_set("agents.support-agent.max_calls", 40)], "agents.support-agent.max_calls",
      "lower max_calls to 16, or give the task cpu: 8192 and memory: 16384"),
     ("routed-agent-with-no-task", [_set("agents.sales-agent.ecs.desired_count", 0), _set("agents.sales-agent.local", _DELETE)],

@@ -383,8 +383,13 @@ def _worker_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
     autoscaling answers none of the calls its routes send."""
     routes = [(k, r.agent) for k, r in stack.inbound_routes.items() if r.agent]
     routes += [(k, r.agent) for k, r in stack.outbound_routes.items()]
+    routed = {agent_key for _, agent_key in routes}
     for key, agent in stack.agents.items():
-        if not stack.is_local and agent.ecs is None:
+        if not agent.has_worker and key not in routed:  # a routed one is reported at its routes (_agent_problems)
+            message = ("no worker: add `local: {}` (a worker process of `./dev local`) or `ecs: {image: "
+                       "<repository>@sha256:<digest>}` under it, or remove the agent")  # fmt: skip
+            yield f"agents.{key}", message
+        elif not stack.is_local and agent.ecs is None:
             where = f"agents.{key}.local" if agent.local is not None else f"agents.{key}"
             yield where, (f"no worker runs in `{stack.environment}`: a `local:` worker runs only in `{LOCAL}`; add "
                           f"`ecs: {{image: <repository>@sha256:<digest>}}` under agents.{key} (`./dev image` builds "
