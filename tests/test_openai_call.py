@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,38 +104,49 @@ def image_env() -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def deployed(
-    local_env: LocalEnv, standin: OpenAIStandIn, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Deployed]:
+@contextmanager
+def deployed_worker(
+    local_env: LocalEnv, agent_name: str, environment: str, worker: dict[str, Any], keys: dict[str, str], log: Path
+) -> Iterator[tuple[WorkerProc, dict[str, str], dict[str, str]]]:
+    """A worker started from the ECS deployment of ``worker`` (its default layer) with ``keys`` as provider keys,
+    created on moto by the project's provider: the process gets exactly its task definition's environment (plain
+    variables, and each secret resolved from Secrets Manager) over the image's ``ENV``. Yields the worker, the plain
+    environment and the injected secrets; on exit, stops it (exit 0) and checks no key reached its log."""
     ep = local_env.endpoints
     assert ep is not None
-    key = "sk-test-" + secrets.token_hex(16)
-    agent_name = f"openai-{uuid.uuid4().hex[:6]}"
     provider, created = create_deployment(
-        agent_name=agent_name, environment=ENVIRONMENT, worker=openai_specs(standin.base_url),
-        livekit_url=ep.livekit_url, livekit_api_key=ep.api_key, livekit_api_secret=ep.api_secret,
-        provider_keys={"OPENAI_API_KEY": key},
+        agent_name=agent_name, environment=environment, worker=worker, livekit_url=ep.livekit_url,
+        livekit_api_key=ep.api_key, livekit_api_secret=ep.api_secret, provider_keys=keys,
     )  # fmt: skip
     try:
         plain, injected = task_environment(created.outs["task_definition_arn"])
-        assert plain.get(ENVIRONMENT_ENV) == ENVIRONMENT, "the deployment names the worker's environment"
+        assert plain.get(ENVIRONMENT_ENV) == environment, "the deployment names the worker's environment"
         env = {**image_env(), **plain, **injected}
-        log = tmp_path_factory.mktemp("openai-worker") / "worker.log"
         out = log.open("wb")
         proc = subprocess.Popen(entry_command(), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         w = WorkerProc(proc, log, env["SIPHON_AGENT_NAME"], out)
         try:
             w.wait_for_log('"registered worker"', timeout=60)
-            yield Deployed(w, plain, injected, key)
+            yield w, plain, injected
         finally:
             rc = w.stop()
         assert rc == 0, w.text()[-3000:]
-        assert w.errors() == []
-        assert key not in w.text(), "the key must never be logged"
+        assert not [k for k in keys.values() if k in w.text()], "a provider key must never be logged"
     finally:
         provider.delete(created.id, created.outs)
         local_env.reset_aws()
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    local_env: LocalEnv, standin: OpenAIStandIn, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployed]:
+    key = "sk-test-" + secrets.token_hex(16)
+    log = tmp_path_factory.mktemp("openai-worker") / "worker.log"
+    with deployed_worker(local_env, f"openai-{uuid.uuid4().hex[:6]}", ENVIRONMENT, openai_specs(standin.base_url),
+                         {"OPENAI_API_KEY": key}, log) as (w, plain, injected):  # fmt: skip
+        yield Deployed(w, plain, injected, key)
+        assert w.errors() == []
 
 
 def utterances(w: WorkerProc, room: str) -> list[dict[str, Any]]:

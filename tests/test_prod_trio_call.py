@@ -11,19 +11,17 @@ wire (``tests/rtp_tap.py``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from contract.deployment import ENVIRONMENT_ENV
 from contract.metadata import AgentConfig, RouteMetadata
 from infra import sipp
 from infra.verify import Observation
@@ -33,9 +31,8 @@ from tests.cartesia_standin import CartesiaStandIn
 from tests.deepgram_standin import DeepgramStandIn
 from tests.openai_standin import OpenAIStandIn
 from tests.rtp_tap import RtpTap, first_sound, loud_seconds
-from tests.test_ecs_helpers import create_deployment
-from tests.test_openai_call import SPEAKS_AFTER_S, image_env, task_environment, user_texts, wait_utterances
-from tests.test_worker_live import ROOT, WorkerProc, answered_call, entry_command
+from tests.test_openai_call import SPEAKS_AFTER_S, deployed_worker, user_texts, wait_utterances
+from tests.test_worker_live import WorkerProc, _delete_route, _inbound_route, answered_call
 
 ENVIRONMENT = "staging"  # not "local": the worker builds the providers' plugins, never an offline model
 CALLER_SAYS = "Hello, I would like to check the status of my order, please."
@@ -80,31 +77,11 @@ class Deployed:
 
 @pytest.fixture(scope="module")
 def deployed(local_env: LocalEnv, standins: StandIns, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    ep = local_env.endpoints
-    assert ep is not None
     keys = {name: f"{name.split('_')[0].lower()}-key-{secrets.token_hex(12)}" for name in KEYS}
-    provider, created = create_deployment(
-        agent_name=f"trio-{uuid.uuid4().hex[:6]}", environment=ENVIRONMENT, worker=trio(standins),
-        livekit_url=ep.livekit_url, livekit_api_key=ep.api_key, livekit_api_secret=ep.api_secret, provider_keys=keys,
-    )  # fmt: skip
-    try:
-        plain, injected = task_environment(created.outs["task_definition_arn"])
-        assert plain.get(ENVIRONMENT_ENV) == ENVIRONMENT
-        env = {**image_env(), **plain, **injected}
-        log = tmp_path_factory.mktemp("trio-worker") / "worker.log"
-        out = log.open("wb")
-        proc = subprocess.Popen(entry_command(), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        w = WorkerProc(proc, log, env["SIPHON_AGENT_NAME"], out)
-        try:
-            w.wait_for_log('"registered worker"', timeout=60)
-            yield Deployed(w, keys, injected)
-        finally:
-            rc = w.stop()
-        assert rc == 0, w.text()[-3000:]
-        assert not [k for k in keys.values() if k in w.text()], "a provider key must never be logged"
-    finally:
-        provider.delete(created.id, created.outs)
-        local_env.reset_aws()
+    log = tmp_path_factory.mktemp("trio-worker") / "worker.log"
+    with deployed_worker(local_env, f"trio-{uuid.uuid4().hex[:6]}", ENVIRONMENT, trio(standins), keys,
+                         log) as (w, _, injected):  # fmt: skip
+        yield Deployed(w, keys, injected)
 
 
 @dataclass
@@ -184,19 +161,23 @@ def test_each_provider_receives_the_key_the_deployment_injected(spoken_call: Tri
 
 
 def test_a_refused_deepgram_key_is_never_logged(
-    local_env: LocalEnv, spoken_call: TrioCall, standins: StandIns, deployed: Deployed, tmp_path: Path
+    local_env: LocalEnv, spoken_call: TrioCall, standins: StandIns, deployed: Deployed
 ) -> None:
-    """With Deepgram refusing the key (401), the call still reaches the agent and no key appears in the worker's
-    log, whatever the plugin and the worker write about the refusal."""
-    assert local_env.endpoints is not None
+    """With Deepgram refusing the key (401), the call reaches the agent, which cannot hear and ends it, and no key
+    appears in the worker's log, whatever the plugin and the worker write about the refusal."""
+    ep = local_env.endpoints
+    assert ep is not None
+    number = "+15550100392"
+    route = RouteMetadata(route="trio-refused", called_number=number,
+                          agent_config=AgentConfig(system_instructions=INSTRUCTIONS, end_call=False))  # fmt: skip
+    trunk_id, rule_id = asyncio.run(_inbound_route(ep, deployed.worker.agent_name, number, route.to_json()))
     standins.deepgram.refuse(401)
     try:
-        route = RouteMetadata(route="trio-refused", called_number="+15550100392",
-                              agent_config=AgentConfig(system_instructions=INSTRUCTIONS, end_call=False))  # fmt: skip
-        answered_call(local_env.endpoints, deployed.worker.agent_name, "+15550100392", route,
-                      lambda room: time.sleep(4), hold_s=30)  # fmt: skip
+        call = sipp.place(ep.sip_address, number, caller="+15550109003", hold_s=20)
+        call.wait(60)
     finally:
         standins.deepgram.clear_faults()
+        asyncio.run(_delete_route(ep, trunk_id, rule_id))
     refused = [c for c in standins.deepgram.connections() if c.status == 401]
     assert refused, "the plugin asked Deepgram and was refused"
     assert not [k for k in deployed.keys.values() if k in deployed.worker.text()]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,19 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from livekit import api
 
 from contract.metadata import AgentConfig, RouteMetadata
 from infra import sipp
-from localenv.manager import Endpoints, LocalEnv
+from localenv.manager import LocalEnv
 from tests.caller_audio import spoken_ulaw
 from tests.cartesia_standin import CartesiaStandIn
 from tests.deepgram_standin import DeepgramStandIn
 from tests.openai_standin import OpenAIStandIn
 from tests.rtp_tap import RtpTap, first_sound
-from tests.test_ecs_helpers import create_deployment
-from tests.test_openai_call import SPEAKS_AFTER_S, image_env, task_environment, user_texts, wait_utterances
-from tests.test_worker_live import ROOT, WorkerProc, _inbound_route, answered_call, entry_command
+from tests.test_openai_call import SPEAKS_AFTER_S, deployed_worker, user_texts, wait_utterances
+from tests.test_worker_live import WorkerProc, _delete_route, _inbound_route, answered_call
 
 ENVIRONMENT = "staging"
 CALLER_SAYS = "Hello, I would like to check the status of my order, please."
@@ -82,29 +79,11 @@ def chains(s: StandIns) -> dict[str, list[dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def worker(local_env: LocalEnv, standins: StandIns, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProc]:
-    ep = local_env.endpoints
-    assert ep is not None
     keys = {name: f"{name.split('_')[0].lower()}-key-{secrets.token_hex(12)}" for name in KEYS}
-    provider, created = create_deployment(
-        agent_name=f"outage-{uuid.uuid4().hex[:6]}", environment=ENVIRONMENT, worker=chains(standins),
-        livekit_url=ep.livekit_url, livekit_api_key=ep.api_key, livekit_api_secret=ep.api_secret, provider_keys=keys,
-    )  # fmt: skip
-    try:
-        plain, injected = task_environment(created.outs["task_definition_arn"])
-        env = {**image_env(), **plain, **injected}
-        log = tmp_path_factory.mktemp("outage-worker") / "worker.log"
-        out = log.open("wb")
-        proc = subprocess.Popen(entry_command(), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        w = WorkerProc(proc, log, env["SIPHON_AGENT_NAME"], out)
-        try:
-            w.wait_for_log('"registered worker"', timeout=60)
-            yield w
-        finally:
-            w.stop()
-        assert not [k for k in keys.values() if k in w.text()], "a provider key must never be logged"
-    finally:
-        provider.delete(created.id, created.outs)
-        local_env.reset_aws()
+    log = tmp_path_factory.mktemp("outage-worker") / "worker.log"
+    with deployed_worker(local_env, f"outage-{uuid.uuid4().hex[:6]}", ENVIRONMENT, chains(standins), keys,
+                         log) as (w, _, _):  # fmt: skip
+        yield w
 
 
 @pytest.fixture(scope="module")
@@ -233,12 +212,3 @@ def test_with_every_tts_down_the_call_ends_with_a_bye_instead_of_dead_air(
     assert end.completed, end  # answered, then ended by a BYE the caller received
     assert lasted < 140, "the caller's hold time ran out first: dead air"
     assert "tts" in worker.text().lower(), "the worker says why"
-
-
-async def _delete_route(ep: Endpoints, trunk_id: str, rule_id: str) -> None:
-    lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
-    try:
-        await lk.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
-        await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
-    finally:
-        await lk.aclose()

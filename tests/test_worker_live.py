@@ -648,6 +648,16 @@ async def _inbound_route(ep: Endpoints, agent_name: str, number: str, metadata: 
         await lk.aclose()
 
 
+async def _delete_route(ep: Endpoints, trunk_id: str, rule_id: str) -> None:
+    """Delete what ``_inbound_route`` made."""
+    lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
+    try:
+        await lk.sip.delete_dispatch_rule(api.DeleteSIPDispatchRuleRequest(sip_dispatch_rule_id=rule_id))
+        await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id=trunk_id))
+    finally:
+        await lk.aclose()
+
+
 def answered_call(
     ep: Endpoints,
     agent_name: str,
