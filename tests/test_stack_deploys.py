@@ -261,19 +261,22 @@ def test_a_seeded_sample_of_accepted_stack_files_deploys_to_livekit_and_moto_and
     local_env: LocalEnv, endpoints: Endpoints
 ) -> None:
     deployments = []
-    for number, text in enumerate(_sample()):
-        stack, lines = parse(text, FILE)
-        d = Deployment(number, text)
-        plan = compile_stack(stack, FILE, lines, StackConfig())  # as validate: the sample is of accepted files
-        try:
-            _deploy(d, plan, endpoints)
-        finally:
-            d.delete_all()
-            wipe_sip()
-            if d.failures:  # a failed create may leave objects that a later file would adopt
-                local_env.reset_aws()
-        _local_workers(d, plan, endpoints)
-        deployments.append(d)
+    try:
+        for number, text in enumerate(_sample()):
+            stack, lines = parse(text, FILE)
+            d = Deployment(number, text)
+            plan = compile_stack(stack, FILE, lines, StackConfig())  # as validate: the sample is of accepted files
+            try:
+                _deploy(d, plan, endpoints)
+            finally:
+                d.delete_all()
+                wipe_sip()
+                if d.failures:  # a failed create may leave objects that a later file would adopt
+                    local_env.reset_aws()
+            _local_workers(d, plan, endpoints)
+            deployments.append(d)
+    finally:
+        local_env.reset_aws()  # the shared moto as the next test expects it: deleted services stay listed (INACTIVE)
     _start(deployments)
     assert len(deployments) >= 50
     failed = [d for d in deployments if d.failures]

@@ -183,8 +183,6 @@ PREVIEW_CASES: list[tuple[str, list[Callable[[dict], None]], str, str]] = [
      "agents.sales-agent.local", "add `ecs: {image: <repository>@sha256:<digest>}` under agents.sales-agent"),
     ("unrouted-agent-with-no-worker", [_set("agents.idle-agent", {"defaults": {"llm": "local/scripted"}})],
      "agents.idle-agent", "no worker: add `local: {}`"),
-    ("max-calls-above-the-task-size", [_set("agents.support-agent.max_calls", 40)], "agents.support-agent.max_calls",
-     "lower max_calls to 16, or give the task cpu: 8192 and memory: 16384"),
     ("routed-agent-with-no-task", [_set("agents.sales-agent.ecs.desired_count", 0), _set("agents.sales-agent.local", _DELETE)],
      "agents.sales-agent.ecs.desired_count", "route(s) sales send calls to this agent"),
     ("one-object-adopted-twice", [_set("inbound_trunks.main.adopt_id", "ST_abc"), _set("inbound_trunks.partners.adopt_id", "ST_abc")],
@@ -592,3 +590,16 @@ def test_every_problem_of_a_file_comes_in_one_round():
     fields = {p.field for p in _problems(doc)}
     assert {"inbound_routes.sales.agent", "aws.cluster",
             "inbound_trunks.partners.auth_password_secret"} <= fields, fields  # fmt: skip
+
+
+def test_max_calls_above_what_the_ecs_task_holds_is_refused_outside_local():
+    """prod's support agent runs on 1024 cpu units and 2048 MiB, which hold 8 calls: 40 would get the task killed
+    with every call on it. In `local` the ECS deployment (on moto) runs nothing, so its max_calls is not held to it."""
+    doc = copy.deepcopy(PROD)
+    agent = next(iter(doc["agents"]))
+    doc["agents"][agent]["max_calls"] = 40
+    problems = [p for p in _prod_problems(doc) if p.field == f"agents.{agent}.max_calls"]
+    assert problems and "lower max_calls to 8, or give the task cpu: 8192 and memory: 16384" in problems[0].message
+    local = copy.deepcopy(BASE)
+    _set("agents.sales-agent.max_calls", 40)(local)
+    assert _problems(local) == []

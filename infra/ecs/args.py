@@ -23,7 +23,7 @@ from contract.deployment import (
 from contract.metadata import AgentConfig
 from contract.models import run_problems
 from contract.settings import WorkerSettings, settings_problems
-from contract.types import SECRET_FIELDS, AgentName, EcsEnvironmentName
+from contract.types import LOCAL_ENVIRONMENT, SECRET_FIELDS, AgentName, EcsEnvironmentName
 from contract.types import Model as _Model
 from infra.ecs import naming
 from infra.ecs import validation as v
@@ -288,10 +288,11 @@ class AgentWorkerArgs(EcsWorkerSettings):
     @model_validator(mode="after")
     def _capacity_fits_the_task(self) -> Self:
         """A declared ``max_calls`` is at most what the task's size holds (``contract.deployment.max_calls_for``): a
-        task given more calls than its CPU and memory hold is killed with every call on it."""
+        task given more calls than its CPU and memory hold is killed with every call on it. Not in ``local``, whose
+        ECS deployment (on moto) runs nothing: its ``local:`` worker processes take ``max_calls``."""
         holds = max_calls_for(self.cpu, self.memory)
-        if self.max_calls is None or self.max_calls <= holds:
-            return self
+        if self.max_calls is None or self.max_calls <= holds or self.environment == LOCAL_ENVIRONMENT:
+            return self  # `local`: moto runs no task; its local worker processes serve the calls with test models
         size = v.smallest_fargate_size(lambda cpu, memory: max_calls_for(cpu, memory) >= (self.max_calls or 0))
         bigger = f", or give the task cpu: {size[0]} and memory: {size[1]}" if size else ""
         raise ValueError(
