@@ -56,6 +56,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.loopback import LoopbackServer
+
 VERSIONS = ("2024-06-10", "2024-11-13", "2025-04-16", "2026-03-01")  # the cartesia_version values Cartesia names
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 ENCODINGS = {  # Cartesia's raw encodings, as sox writes them: (sox arguments, bytes per sample)
@@ -184,14 +186,14 @@ def _format_problem(body: dict[str, Any], *, websocket: bool) -> str | None:
     return None
 
 
-class CartesiaStandIn:
+class CartesiaStandIn(LoopbackServer):
     """The server; ``base_url`` is what the plugin's ``base_url`` takes; the fault switches are attributes."""
 
     def __init__(self, *, api_key: str | None = None, voice: str = "en-us", speed: int = 175) -> None:
+        super().__init__("cartesia-standin")
         """``api_key``: the only key accepted (None: any non-empty one); ``voice``, ``speed``: espeak-ng's."""
         self.api_key = api_key
         self.voice, self.speed = voice, speed
-        self.base_url = ""
         # fault switches (see the module's docstring)
         self.refuse: int | None = None
         self.hang = False
@@ -202,34 +204,10 @@ class CartesiaStandIn:
         self._messages: list[Message] = []
         self._contexts: dict[str, Context] = {}
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
         self._released: asyncio.Event | None = None
         self._sockets: set[web.WebSocketResponse] = set()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="cartesia-standin", daemon=True)
 
     # ------------------------------------------------------------------------------------------ lifecycle
-
-    def start(self) -> CartesiaStandIn:
-        """Serve on a free port of 127.0.0.1; sets ``base_url``."""
-        self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
-        self.base_url = f"http://127.0.0.1:{port}"
-        return self
-
-    def stop(self) -> None:
-        """Answer hung handshakes, close open sockets, stop serving."""
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(20)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    def __enter__(self) -> CartesiaStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     async def _serve(self) -> int:
         self._released = asyncio.Event()

@@ -48,6 +48,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.loopback import LoopbackServer
+
 DEFAULT_TRANSCRIPTS = ("I would like to check my order.",)
 WINDOW_S = 0.01  # the energy detector's window
 INTERIM_EVERY_S = 0.5  # an interim Results per this much audio of an utterance
@@ -265,7 +267,7 @@ class _Transcriber:
         }  # fmt: skip
 
 
-class DeepgramStandIn:
+class DeepgramStandIn(LoopbackServer):
     """The server; ``base_url`` is what the plugin's ``base_url`` takes; ``connections()`` what it was asked.
 
     ``transcripts`` are given in turn, one per utterance, cycling (across connections). ``api_key``, when set, is
@@ -273,6 +275,8 @@ class DeepgramStandIn:
     counts as speech; ``idle_timeout_s`` Deepgram's NET-0001 timeout. ``final_delay_s`` (settable at any time) holds
     each non-empty final back that long, for latency benches.
     """
+
+    PATH = "/v1/listen"
 
     def __init__(
         self,
@@ -284,6 +288,7 @@ class DeepgramStandIn:
         idle_timeout_s: float = 10.0,
         final_delay_s: float = 0.0,
     ) -> None:
+        super().__init__("deepgram-standin")
         assert transcripts, "at least one transcript"
         self.transcripts = tuple(transcripts)
         self.api_key = api_key
@@ -291,38 +296,14 @@ class DeepgramStandIn:
         self.min_silence_ms = min_silence_ms
         self.idle_timeout_s = idle_timeout_s
         self.final_delay_s = final_delay_s
-        self.base_url = ""
         self._next = 0  # index of the next transcript
         self._connections: list[Connection] = []
         self._refuse, self._hang, self._close = _Fault(), _Fault(), _Fault()
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
         self._stopping = asyncio.Event()
         self._sockets: dict[web.WebSocketResponse, Connection] = {}
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, name="deepgram-standin", daemon=True)
 
     # ------------------------------------------------------------------------------------------ lifecycle
-
-    def start(self) -> DeepgramStandIn:
-        """Serve on a free loopback port; sets ``base_url`` (``http://127.0.0.1:PORT/v1/listen``)."""
-        self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
-        self.base_url = f"http://127.0.0.1:{port}/v1/listen"
-        return self
-
-    def stop(self) -> None:
-        """Release hung handshakes, close open streams (1001, going away) and stop the server."""
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(20)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    def __enter__(self) -> DeepgramStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     async def _serve(self) -> int:
         app = web.Application()

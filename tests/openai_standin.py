@@ -40,6 +40,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.loopback import LoopbackServer
+
 SAMPLE_RATE = 24000  # OpenAI's pcm: 24 kHz, 16-bit signed little-endian, mono
 SECONDS_PER_WORD = 0.12  # length of the synthesized tone per word of input (a short utterance per sentence)
 CHUNK_BYTES = 4800  # 0.1 s of audio per speech.audio.delta event
@@ -98,8 +100,10 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n".encode()
 
 
-class OpenAIStandIn:
+class OpenAIStandIn(LoopbackServer):
     """The server; ``base_url`` is what a client's ``base_url`` takes; ``requests()`` what it was asked."""
+
+    PATH = "/v1"
 
     def __init__(
         self,
@@ -108,38 +112,16 @@ class OpenAIStandIn:
         *,
         first_token_delay_s: float = 0.0,
     ) -> None:
+        super().__init__("openai-standin")
         self.reply = reply
         self.transcript = transcript
         self.first_token_delay_s = first_token_delay_s
         self.refuse: int | None = None
         """A fault switch: when set, every request is answered with this status and OpenAI's error body."""
-        self.base_url = ""
         self._recorded: list[Recorded] = []
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, name="openai-standin", daemon=True)
 
     # ------------------------------------------------------------------------------------------ lifecycle
-
-    def start(self) -> OpenAIStandIn:
-        self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    def __enter__(self) -> OpenAIStandIn:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     async def _serve(self) -> int:
         app = web.Application(client_max_size=25 * 1024 * 1024)  # OpenAI's upload limit: 25 MB
