@@ -53,6 +53,7 @@ from infra.stack.load import StackFileError, stack_path
 from infra.stack.plan import Plan, plan_file
 from infra.verify import Expectation, agent_attributes, expectations, published_attributes, verify_one
 from localenv import engine, tools
+from localenv.carrier import Carrier
 from localenv.manager import LocalEnv
 from localenv.ports import free_port_range
 from localenv.process import ServiceError, Supervised
@@ -381,7 +382,7 @@ def _outbound_check(plan: Plan, key: str, outputs: dict[str, Any], passwords: di
     trunk_id = outputs["outbound_routes"][key]["trunk_id"]
     expected_attrs = _outbound_expected(plan, key, trunk_id)
     expected = f"UAS gets {OUTBOUND_CALLEE} from {expected_caller}; agent {route.agent_name} as planned"
-    carrier = sipp.Carrier(uas_port, auth).start()
+    carrier = Carrier(uas_port, auth).start()
     started = time.monotonic()
     problems: list[str] = []
     seconds = None

@@ -27,12 +27,12 @@ from infra import sipp
 from infra.calls import place_call
 from infra.verify import TEST_CALLER, Observation, agent_attributes, observe
 from localenv import engine
+from localenv.carrier import Carrier
 from localenv.deploy import LOCAL_PASSPHRASE, start_workers
 from localenv.manager import LocalEnv
 from localenv.ports import free_port_range
 from localenv.process import Supervised
 from localenv.reset import wipe_sip
-from tests.sip_carrier import Carrier
 from tests.stack_harness import REPO, StackUnderTest
 
 pytestmark = pytest.mark.engine

@@ -20,9 +20,9 @@ from livekit import api
 
 from contract import metrics
 from contract.metadata import AgentConfig, CallMetadata, RouteMetadata
+from localenv.carrier import Carrier
 from localenv.manager import Endpoints
 from localenv.ports import free_port_range
-from tests.sip_carrier import Carrier
 from tests.test_worker_live import WorkerProc, _delete_trunk, _outbound_trunk, answered_call, start_worker
 
 DEFAULTS = {

@@ -38,11 +38,11 @@ from infra import sipp
 from infra.ecs import components
 from infra.ecs.naming import Names
 from infra.verify import Observation, observe
+from localenv.carrier import Carrier
 from localenv.manager import Endpoints
 from localenv.ports import free_port_range
 from localenv.siphon_payloads import SIPHON_INBOUND, SIPHON_OUTBOUND
 from tests.ecs_agent_endpoint import agent_endpoint
-from tests.sip_carrier import Carrier
 from tests.test_worker_metadata import HOSTILE_CASES
 
 ROOT = Path(__file__).resolve().parent.parent
