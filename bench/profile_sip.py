@@ -112,7 +112,6 @@ def main() -> None:
     restore_sigint()
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # as bench/sip_deploy.py: compile each module once
     root = Path(tempfile.mkdtemp(prefix="siphon-profile-"))
-    calls = Calls(root / "calls.log")
     spy = shutil.which("py-spy") if a.out else None
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +119,7 @@ def main() -> None:
         assert env.endpoints is not None
         os.environ.update(env.endpoints.env())
         os.environ.update(dict(kv.split("=", 1) for kv in a.env))
+        calls = Calls.start(env.endpoints.livekit_url)
         stack = stack_for(root, "p", PROGRAM.parent / a.program, calls)
         declare(stack, spec(a.n, "p"))
         if a.op != "up":
@@ -140,12 +140,14 @@ def main() -> None:
         else:
             getattr(stack, a.op)()
         wall = time.perf_counter() - t0
+        counted = calls.take()  # the operation's own calls (not the clean-up's below)
         stop.set()
         watcher.join()
         if a.op != "destroy":
             stack.destroy()
+        calls.stop()
         wipe_sip()
-    print(f"{a.op} of {a.n} routes ({2 * a.n} objects): {wall:.2f} s wall, LiveKit calls {dict(calls.take())}")
+    print(f"{a.op} of {a.n} routes ({2 * a.n} objects): {wall:.2f} s wall, LiveKit calls {dict(counted)}")
     for _pid, (cmd, cpu) in sorted(seen.items(), key=lambda kv: -kv[1][1]):
         if cpu >= 0.05:
             print(f"  {cpu:7.2f} s CPU  {cmd[:110]}")

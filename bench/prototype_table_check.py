@@ -190,13 +190,13 @@ def main() -> None:
     restore_sigint()
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     root = Path(tempfile.mkdtemp(prefix="siphon-table-"))
-    calls = Calls(root / "calls.log")
     with LocalEnv.start(root / "env") as env:
         assert env.endpoints is not None
         os.environ.update(env.endpoints.env())
         wipe_sip()
-        run(n, root, calls)
-        upgrade(min(n, 5), root, calls)
+        with Calls.start(env.endpoints.livekit_url) as calls:
+            run(n, root, calls)
+            upgrade(min(n, 5), root, calls)
     shutil.rmtree(root, ignore_errors=True)
     failed = [w for ok, w in results if not ok]
     print(f"{len(results) - len(failed)}/{len(results)} checks passed")

@@ -43,8 +43,8 @@ from livekit import api
 from pulumi import automation as auto
 
 from bench import siphon_loop
-from infra.livekit.client import CALL_LOG_ENV
 from localenv import engine
+from localenv.api_proxy import ApiProxy
 from localenv.manager import LocalEnv
 from localenv.reset import wipe_sip
 
@@ -161,15 +161,43 @@ class Row:
 
 
 class Calls:
-    """LiveKit calls made by the provider processes, read from the call log they append to."""
+    """LiveKit calls made by the engine's processes (program and providers): counted by method at a proxy in front of
+    livekit-server (``localenv/api_proxy.py``) whose URL they are given as ``LIVEKIT_URL`` (``env()``), or as the
+    stack file's ``livekit.url`` (``url``). The product keeps no request log of its own."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, proxy: ApiProxy) -> None:
+        self.proxy = proxy
+        self._seen = 0
+
+    @classmethod
+    def start(cls, livekit_url: str) -> Calls:
+        """A proxy in front of the livekit-server at ``livekit_url``, counting from now; ``stop()`` ends it."""
+        return cls(ApiProxy.start(livekit_url))
+
+    @property
+    def url(self) -> str:
+        """The proxy's URL: what the counted processes use as LiveKit's."""
+        return self.proxy.url
+
+    def env(self) -> dict[str, str]:
+        """The environment that sends a process's LiveKit calls through the proxy."""
+        return {"LIVEKIT_URL": self.proxy.url}
 
     def take(self) -> Counter[str]:
-        c = Counter(self.path.read_text().split()) if self.path.exists() else Counter()
-        self.path.unlink(missing_ok=True)
-        return c
+        """The calls answered since the last ``take``, by method (``CreateSIPInboundTrunk``)."""
+        calls = self.proxy.calls()
+        new, self._seen = calls[self._seen :], len(calls)
+        return Counter(c.method.rsplit("/", 1)[-1] for c in new)
+
+    def stop(self) -> None:
+        """Stop the proxy."""
+        self.proxy.stop()
+
+    def __enter__(self) -> Calls:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def timed(fn: Any, calls: Calls) -> tuple[Any, Phase]:
@@ -184,7 +212,7 @@ def stack_for(root: Path, name: str, program: Path, calls: Calls, extra: dict[st
         root / f"state-{name}",
         secrets.token_urlsafe(16),
         root / "home",
-        {CALL_LOG_ENV: str(calls.path), **(extra or {})},
+        {**calls.env(), **(extra or {})},
     )
     work = root / f"program-{name}"
     shutil.copytree(program, work)
@@ -369,12 +397,12 @@ def main() -> None:
     print(f"engine: {SKIP_CHECKPOINTS}={os.environ.get(SKIP_CHECKPOINTS, 'false')} (--checkpoints for the default)")
     siphon_loop.venv()  # install before timing anything
     root = Path(tempfile.mkdtemp(prefix="siphon-bench-"))
-    calls = Calls(root / "calls.log")
     with LocalEnv.start(root / "env") as env:
         assert env.endpoints is not None
         os.environ.update(env.endpoints.env())
-        fixed = fixed_cost(root, calls)
-        rows = [run(n, root, calls) for n in sizes]
+        with Calls.start(env.endpoints.livekit_url) as calls:
+            fixed = fixed_cost(root, calls)
+            rows = [run(n, root, calls) for n in sizes]
     report(rows, fixed)
     shutil.rmtree(root, ignore_errors=True)
 

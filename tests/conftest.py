@@ -6,11 +6,15 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from localenv import engine
 from localenv.manager import Endpoints, LocalEnv
+
+if TYPE_CHECKING:
+    from bench.sip_deploy import Calls
 
 
 @pytest.fixture(scope="session")
@@ -65,3 +69,13 @@ def clean_livekit(endpoints: Endpoints) -> Iterator[Endpoints]:
     wipe_livekit()
     yield endpoints
     wipe_livekit()
+
+
+@pytest.fixture
+def livekit_calls(endpoints: Endpoints) -> Iterator[Calls]:
+    """LiveKit calls counted by method at a proxy in front of the session's livekit-server: give a process
+    ``livekit_calls.env()`` (or a stack file ``livekit_calls.url``), then ``livekit_calls.take()``."""
+    from bench.sip_deploy import Calls
+
+    with Calls.start(endpoints.livekit_url) as calls:
+        yield calls

@@ -1,4 +1,7 @@
-"""Helpers for the import tests: run `siphon-infra import`, deploy what it wrote, count LiveKit calls."""
+"""Helpers for the import tests: run `siphon-infra import`, deploy what it wrote, count LiveKit calls.
+
+The calls are counted at a proxy in front of livekit-server (the ``livekit_calls`` fixture): a test imports through
+it (``run_import(..., url=livekit_calls.url)``), so the stack file it deploys names the proxy as its LiveKit."""
 
 from __future__ import annotations
 
@@ -9,9 +12,8 @@ from typing import Any
 import yaml
 from pulumi import automation as auto
 
-from bench.sip_deploy import Calls  # counts the provider processes' LiveKit calls
+from bench.sip_deploy import Calls  # counts the engine processes' LiveKit calls
 from infra.cli import main
-from infra.livekit.client import CALL_LOG_ENV
 from tests.sip_harness import livekit_objects
 from tests.stack_harness import StackUnderTest
 
@@ -19,11 +21,12 @@ WRITES = ("CreateSIPInboundTrunk", "CreateSIPOutboundTrunk", "CreateSIPDispatchR
           "UpdateSIPOutboundTrunk", "UpdateSIPDispatchRule", "DeleteSIPTrunk", "DeleteSIPDispatchRule")  # fmt: skip
 
 
-def run_import(capsys: Any, out: Path, *extra: str, environment: str = "local") -> tuple[int, str]:
-    """`siphon-infra import` against the session's LiveKit; (exit code, stdout + stderr)."""
+def run_import(capsys: Any, out: Path, *extra: str, environment: str = "local", url: str = "") -> tuple[int, str]:
+    """`siphon-infra import` against the session's LiveKit (at ``url``, default LIVEKIT_URL); (exit code, stdout +
+    stderr)."""
     import os
 
-    code = main(["import", environment, "--url", os.environ["LIVEKIT_URL"], "--out", str(out), *extra])
+    code = main(["import", environment, "--url", url or os.environ["LIVEKIT_URL"], "--out", str(out), *extra])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 
@@ -33,15 +36,15 @@ def secret_commands(output: str) -> list[str]:
     return re.findall(r"pulumi config set --secret (\S+) --stack", output)
 
 
-def deployed(tmp_path: Path, pulumi_env: dict[str, str], text: str, passwords: dict[str, str],
-             environment: str = "local") -> tuple[StackUnderTest, Calls]:  # fmt: skip
-    """The imported stack file under the real engine, its secrets set, its LiveKit calls counted."""
-    calls = Calls(tmp_path / "livekit-calls.log")
-    sut = StackUnderTest(tmp_path, {**pulumi_env, CALL_LOG_ENV: str(calls.path)}, environment, yaml.safe_load(text))
+def deployed(tmp_path: Path, pulumi_env: dict[str, str], text: str, passwords: dict[str, str], calls: Calls,
+             environment: str = "local") -> StackUnderTest:  # fmt: skip
+    """The imported stack file under the real engine, its secrets set, its LiveKit calls counted by ``calls`` (the
+    file names ``calls.url`` when it was imported through it; the engine is given it as LIVEKIT_URL too)."""
+    sut = StackUnderTest(tmp_path, {**pulumi_env, **calls.env()}, environment, yaml.safe_load(text))
     (sut.work / "stacks" / f"{environment}.yaml").write_text(text)
     for key, value in passwords.items():
         sut.stack.set_config(key, auto.ConfigValue(value, secret=True))
-    return sut, calls
+    return sut
 
 
 def bridge_call(number: str, wait: float = 20.0) -> dict[str, str]:

@@ -32,10 +32,12 @@ async def _make() -> None:
 
 
 @pytest.mark.engine
-def test_colliding_names_get_their_own_keys_and_are_adopted_with_no_write(clean_livekit, tmp_path, pulumi_env, capsys):
+def test_colliding_names_get_their_own_keys_and_are_adopted_with_no_write(
+    clean_livekit, tmp_path, pulumi_env, capsys, livekit_calls
+):
     asyncio.run(_make())
     out = tmp_path / "imported.yaml"
-    code, output = run_import(capsys, out)
+    code, output = run_import(capsys, out, url=livekit_calls.url)
     assert code == 0, output
     doc = yaml.safe_load(out.read_text())
     trunks, routes = doc["inbound_trunks"], doc["inbound_routes"]
@@ -49,10 +51,10 @@ def test_colliding_names_get_their_own_keys_and_are_adopted_with_no_write(clean_
     assert names == sorted(NAMES), "every trunk keeps its LiveKit name"
     for key in ("dup", "dup-2"):
         assert live[trunks[key]["adopt_id"]] == "dup", "a shared name is adopted by id"
-    sut, calls = deployed(tmp_path / "deploy", pulumi_env, out.read_text(), {})
+    sut = deployed(tmp_path / "deploy", pulumi_env, out.read_text(), {}, livekit_calls)
 
     def edit() -> None:
         doc["inbound_routes"]["main-route"]["agent_config"]["system_instructions"] = "Line, version two."
         sut.write(doc)
 
-    adoption_cycle(sut, calls, edit)
+    adoption_cycle(sut, livekit_calls, edit)

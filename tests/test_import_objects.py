@@ -72,10 +72,12 @@ async def _make() -> dict[str, str]:
 
 
 @pytest.mark.engine
-def test_objects_made_with_livekit_api_are_adopted_with_no_write(clean_livekit, tmp_path, pulumi_env, capsys):
+def test_objects_made_with_livekit_api_are_adopted_with_no_write(
+    clean_livekit, tmp_path, pulumi_env, capsys, livekit_calls
+):
     asyncio.run(_make())
     out = tmp_path / "imported.yaml"
-    code, output = run_import(capsys, out)
+    code, output = run_import(capsys, out, url=livekit_calls.url)
     assert code == 0, output
     text = out.read_text()
     for secret in (IN_PASSWORD, OUT_PASSWORD):
@@ -97,15 +99,15 @@ def test_objects_made_with_livekit_api_are_adopted_with_no_write(clean_livekit, 
     keys = secret_commands(output)
     assert sorted(keys) == ["localCarrierOutPassword", "localDigestLinePassword"], output
 
-    sut, calls = deployed(tmp_path / "deploy", pulumi_env, text,
-                          {"localDigestLinePassword": IN_PASSWORD, "localCarrierOutPassword": OUT_PASSWORD})  # fmt: skip
+    sut = deployed(tmp_path / "deploy", pulumi_env, text,
+                   {"localDigestLinePassword": IN_PASSWORD, "localCarrierOutPassword": OUT_PASSWORD}, livekit_calls)  # fmt: skip
     plan_file(sut.work / "stacks" / "local.yaml")  # validates, secrets included
 
     def edit() -> None:
         doc["inbound_routes"]["sales"]["agent_config"]["system_instructions"] = "You are Acme sales, v2."
         sut.write(doc)
 
-    figures = adoption_cycle(sut, calls, edit)
+    figures = adoption_cycle(sut, livekit_calls, edit)
     # nowhere on disk either: the written file, state, the engine's logs and config (encrypted), the program copy
     files = [p for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size < 50_000_000]
     disk = "\n".join(p.read_text(errors="replace") for p in files)

@@ -39,7 +39,9 @@ def _resolved(attributes: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.mark.engine
-def test_siphons_own_loop_is_adopted_with_no_write(clean_livekit, siphon_worker, tmp_path, pulumi_env, capsys):
+def test_siphons_own_loop_is_adopted_with_no_write(
+    clean_livekit, siphon_worker, tmp_path, pulumi_env, capsys, livekit_calls
+):
     siphon_loop.run(N, "siphon", 7_000_000)
     number = "+15557000003"
     before = _resolved(bridge_call(number))
@@ -50,7 +52,7 @@ def test_siphons_own_loop_is_adopted_with_no_write(clean_livekit, siphon_worker,
     assert len(rules) == N and len(livekit_objects()["inbound"]) == N
     out = tmp_path / "imported.yaml"
     t0 = time.perf_counter()
-    code, output = run_import(capsys, out)
+    code, output = run_import(capsys, out, url=livekit_calls.url)
     seconds = time.perf_counter() - t0
     assert code == 0, output
     assert secret_commands(output) == []
@@ -66,7 +68,7 @@ def test_siphons_own_loop_is_adopted_with_no_write(clean_livekit, siphon_worker,
         assert route["context"] == {k: v for k, v in payload.items() if k != "agent_config"}
         (trunk,) = route["trunks"]
         assert doc["inbound_trunks"][trunk]["adopt_id"] == live.trunk_ids[0]
-    sut, calls = deployed(tmp_path / "deploy", pulumi_env, out.read_text(), {})
+    sut = deployed(tmp_path / "deploy", pulumi_env, out.read_text(), {}, livekit_calls)
     plan_file(sut.work / "stacks" / "local.yaml")
 
     key = next(iter(doc["inbound_routes"]))
@@ -75,7 +77,7 @@ def test_siphons_own_loop_is_adopted_with_no_write(clean_livekit, siphon_worker,
         doc["inbound_routes"][key]["agent_config"]["system_instructions"] = "You answer, version two."
         sut.write(doc)
 
-    figures = adoption_cycle(sut, calls, edit, after_up=lambda: after.update(_resolved(bridge_call(number))))
+    figures = adoption_cycle(sut, livekit_calls, edit, after_up=lambda: after.update(_resolved(bridge_call(number))))
     assert after == before, "the same number reaches the same agent with the same resolved configuration"
     changed = next(r for r in livekit_objects()["rules"] if r.name == doc["inbound_routes"][key].get("name"))
     payload = json.loads(changed.room_config.agents[0].metadata)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 from livekit import api
 
-from infra.livekit.client import CALL_LOG_ENV, LiveKitError
+from infra.livekit.client import LiveKitError
 from infra.livekit.dispatch_rule import DispatchRuleProvider
 from infra.livekit.inbound_trunk import InboundTrunkProvider
 from tests.sip_harness import livekit_objects, set_spec, sip_stack
@@ -35,23 +33,18 @@ def _spec(n: int) -> dict[str, Any]:
     }
 
 
-def _calls(log: Path) -> Counter[str]:
-    found = Counter(log.read_text().split()) if log.exists() else Counter()
-    log.unlink(missing_ok=True)
-    return found
-
-
 def _names(kind: str) -> list[str]:
     return sorted(m.name for m in livekit_objects()[kind])
 
 
 @pytest.mark.engine
-def test_cold_up_costs_one_call_per_object_and_a_prompt_change_one_update(clean_livekit, tmp_path, pulumi_env):
-    log = tmp_path / "calls.log"
-    stack = sip_stack(tmp_path, {**pulumi_env, CALL_LOG_ENV: str(log)}, _spec(N))
+def test_cold_up_costs_one_call_per_object_and_a_prompt_change_one_update(
+    clean_livekit, tmp_path, pulumi_env, livekit_calls
+):
+    stack = sip_stack(tmp_path, {**pulumi_env, **livekit_calls.env()}, _spec(N))
 
     stack.up()
-    assert _calls(log) == {
+    assert livekit_calls.take() == {
         "ListSIPInboundTrunk": 1,  # one listing per kind for the whole deployment (adoption by name)
         "ListSIPDispatchRule": 1,
         "CreateSIPInboundTrunk": N,
@@ -61,21 +54,21 @@ def test_cold_up_costs_one_call_per_object_and_a_prompt_change_one_update(clean_
     assert _names("rules") == sorted(f"scale-r{i}" for i in range(N))
 
     assert stack.preview().change_summary == {"same": 2 * N + 1}
-    assert _calls(log) == {}, "a no-op preview calls LiveKit not at all"
+    assert livekit_calls.take() == {}, "a no-op preview calls LiveKit not at all"
 
     changed = copy.deepcopy(_spec(N))
     changed["rules"]["r3"]["room_config"]["agents"][0]["metadata"] = '{"prompt": "route 3, v2"}'
     set_spec(stack, changed)
     assert stack.up().summary.resource_changes == {"same": 2 * N, "update": 1}
-    assert _calls(log) == {"UpdateSIPDispatchRule": 1}
+    assert livekit_calls.take() == {"UpdateSIPDispatchRule": 1}
 
     stack.destroy()
-    assert _calls(log) == {"DeleteSIPDispatchRule": N, "DeleteSIPTrunk": N}
+    assert livekit_calls.take() == {"DeleteSIPDispatchRule": N, "DeleteSIPTrunk": N}
     assert livekit_objects() == {"inbound": [], "outbound": [], "rules": []}
 
 
 @pytest.mark.engine
-def test_existing_objects_are_adopted_from_the_one_listing(clean_livekit, tmp_path, pulumi_env):
+def test_existing_objects_are_adopted_from_the_one_listing(clean_livekit, tmp_path, pulumi_env, livekit_calls):
     async def precreate() -> list[str]:
         async with api.LiveKitAPI() as lk:
             made = [
@@ -89,11 +82,10 @@ def test_existing_objects_are_adopted_from_the_one_listing(clean_livekit, tmp_pa
         return [t.sip_trunk_id for t in made]
 
     ids = asyncio.run(precreate())  # as an interrupted `up` would leave them
-    log = tmp_path / "calls.log"
     spec = {"inbound": _spec(5)["inbound"]}
-    stack = sip_stack(tmp_path, {**pulumi_env, CALL_LOG_ENV: str(log)}, spec)
+    stack = sip_stack(tmp_path, {**pulumi_env, **livekit_calls.env()}, spec)
     outputs = stack.up().outputs
-    assert _calls(log) == {"ListSIPInboundTrunk": 1, "UpdateSIPInboundTrunk": 3, "CreateSIPInboundTrunk": 2}
+    assert livekit_calls.take() == {"ListSIPInboundTrunk": 1, "UpdateSIPInboundTrunk": 3, "CreateSIPInboundTrunk": 2}
     assert [outputs[f"t{i}.id"].value for i in range(3)] == ids, "adopted: same ids"
     live = {t.name: list(t.numbers) for t in livekit_objects()["inbound"]}
     assert live == {f"scale-t{i}": [f"+1555060{i:04d}"] for i in range(5)}, "overwritten with the declaration"

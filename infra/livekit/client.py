@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    import aiohttp
     from livekit import api
 
 T = TypeVar("T")
@@ -69,26 +68,6 @@ class Credentials:
         return cls(found["livekit:url"], found["livekit:apiKey"], found["livekit:apiSecret"])
 
 
-CALL_LOG_ENV = "SIPHON_LIVEKIT_CALL_LOG"
-
-
-def _trace_configs() -> list[aiohttp.TraceConfig]:
-    """When SIPHON_LIVEKIT_CALL_LOG names a file, append one line per LiveKit request (for benchmarks)."""
-    import aiohttp
-
-    path = os.environ.get(CALL_LOG_ENV)
-    if not path:
-        return []
-
-    async def on_start(session: object, ctx: object, params: aiohttp.TraceRequestStartParams) -> None:
-        with open(path, "a") as f:
-            f.write(params.url.path.rsplit("/", 1)[-1] + "\n")
-
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(on_start)
-    return [trace]
-
-
 def call(
     creds: Credentials, what: str, fn: Callable[[api.LiveKitAPI], Awaitable[T]], timeout: float = DEFAULT_TIMEOUT
 ) -> T:
@@ -102,7 +81,7 @@ def call(
 
     from infra.livekit import loop
 
-    runner = loop.shared(_trace_configs)
+    runner = loop.shared()
     try:
         return runner.run(loop.with_client(runner, creds.url, creds.api_key, creds.api_secret, timeout, fn))
     except api.TwirpError as e:
@@ -122,4 +101,4 @@ def state(key: str, factory: Callable[[], T]) -> T:
     """Per-process state kept next to the shared loop (e.g. caches holding asyncio primitives)."""
     from infra.livekit import loop
 
-    return loop.shared(_trace_configs).state(key, factory)
+    return loop.shared().state(key, factory)

@@ -74,7 +74,3 @@ class Claims:
             async with self._changed:
                 self._held -= keys
                 self._changed.notify_all()
-
-    def held(self) -> int:
-        """How many keys are held right now (for tests)."""
-        return len(self._held)

@@ -26,8 +26,7 @@ T = TypeVar("T")
 class _Loop:
     """An event loop running forever in a daemon thread, plus the clients bound to it."""
 
-    def __init__(self, trace_configs: Callable[[], list[aiohttp.TraceConfig]]) -> None:
-        self._trace_configs = trace_configs
+    def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._clients: dict[tuple[str, str, str], api.LiveKitAPI] = {}
         self._sessions: list[aiohttp.ClientSession] = []
@@ -39,9 +38,7 @@ class _Loop:
         """The client for these credentials (created on first use; must run on the loop)."""
         found = self._clients.get((url, key, secret))
         if found is None:
-            session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=timeout), trace_configs=self._trace_configs()
-            )
+            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
             found = api.LiveKitAPI(url, key, secret, session=session)
             self._sessions.append(session)
             self._clients[(url, key, secret)] = found
@@ -80,12 +77,12 @@ _lock = threading.Lock()
 _current: tuple[int, _Loop] | None = None
 
 
-def shared(trace_configs: Callable[[], list[aiohttp.TraceConfig]]) -> _Loop:
+def shared() -> _Loop:
     """This process's loop (started on first use, and again in a forked child)."""
     global _current
     with _lock:
         if _current is None or _current[0] != os.getpid():
-            _current = (os.getpid(), _Loop(trace_configs))
+            _current = (os.getpid(), _Loop())
         return _current[1]
 
 
