@@ -28,11 +28,13 @@ REPO = Path(__file__).resolve().parent.parent
 PULUMI_VERSION = "3.260.0"
 LIVEKIT_SERVER_VERSION = "v1.13.5"
 LIVEKIT_SIP_VERSION = "v1.10.0"  # v1.11.0 needs a livekit/protocol the proxy does not serve
+ACTIONLINT_VERSION = "v1.7.12"  # checks .github/workflows/ in the test run (the workflows never ran on GitHub)
 UV_VERSION = "0.13.9"
 MIN_GO = (1, 21)  # older Go cannot fetch the go1.26 toolchain the LiveKit and Pulumi modules require
 
 LIVEKIT_SERVER_PKG = "github.com/livekit/livekit-server/cmd/server"
 LIVEKIT_SIP_PKG = "github.com/livekit/sip/cmd/livekit-sip"
+ACTIONLINT_PKG = "github.com/rhysd/actionlint/cmd/actionlint"
 PULUMI_WRAPPER = REPO / "tools" / "pulumi"
 LIVEKIT_SIP_WRAPPER = REPO / "tools" / "livekit-sip"
 # A GOPROXY-layout folder holding modules the ordinary proxy refuses (livekit-sip, media-sdk).
@@ -51,6 +53,7 @@ DEBIAN_PACKAGES = (
     "podman",  # builds and runs the worker image (no Docker engine here)
     "runc",  # podman's runtime here (crun fails on cgroup v1)
     "debootstrap",  # the image's base, made from Debian packages when no registry is reachable
+    "shellcheck",  # actionlint checks the workflows' `run:` scripts with it
 )
 
 
@@ -159,6 +162,11 @@ def livekit_server_tool() -> Tool:
 def livekit_sip_tool() -> Tool:
     """livekit-sip (the SIP bridge) built with cgo from the wrapper module ``tools/livekit-sip``."""
     return Tool("livekit-sip", LIVEKIT_SIP_VERSION, ("livekit-sip",), key=_digest(_go_inputs(LIVEKIT_SIP_WRAPPER)))
+
+
+def actionlint_tool() -> Tool:
+    """actionlint (the GitHub Actions workflow checker) built from its Go module."""
+    return Tool("actionlint", ACTIONLINT_VERSION, ("actionlint",))
 
 
 def _on_path(binary: str, version: str) -> Path | None:
@@ -317,6 +325,20 @@ def install_livekit_server() -> None:
     _install_into(tool, build)
 
 
+def install_actionlint() -> None:
+    """go install actionlint at the pinned tag (no replace directives, no cgo)."""
+    tool = actionlint_tool()
+    if tool.installed() or _on_path("actionlint", tool.version):
+        return
+    go = check_go()
+
+    def build(bin_dir: Path) -> None:
+        env = dict(_go_env(), GOBIN=str(bin_dir), CGO_ENABLED="0")
+        _run([go, "install", "-trimpath", f"{ACTIONLINT_PKG}@{ACTIONLINT_VERSION}"], env=env)
+
+    _install_into(tool, build)
+
+
 def install_livekit_sip() -> None:
     """Build livekit-sip with cgo from the wrapper module, using the Go module mirror when there is one."""
     tool = livekit_sip_tool()
@@ -428,6 +450,7 @@ STEPS: tuple[tuple[str, Callable[[], None]], ...] = (
     ("pulumi", install_pulumi),
     ("livekit-server", install_livekit_server),
     ("livekit-sip", install_livekit_sip),
+    ("actionlint", install_actionlint),
     ("worker base image", install_base_image),
 )
 
@@ -447,7 +470,8 @@ def install_all() -> int:
 
 def bin_dirs() -> list[Path]:
     """The cache bin folders to put on PATH (installed ones only)."""
-    return [t.bin_dir for t in (uv_tool(), pulumi_tool(), livekit_server_tool(), livekit_sip_tool()) if t.installed()]
+    pinned = (uv_tool(), pulumi_tool(), livekit_server_tool(), livekit_sip_tool(), actionlint_tool())
+    return [t.bin_dir for t in pinned if t.installed()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,6 +41,11 @@ def test_livekit_server_is_the_pinned_build():
     assert tools.LIVEKIT_SERVER_VERSION.lstrip("v") in _out(str(server), "--version")
 
 
+def test_actionlint_is_the_pinned_build():
+    actionlint = tools.require_binary(tools.actionlint_tool())
+    assert _out(str(actionlint), "--version").splitlines()[0] == tools.ACTIONLINT_VERSION
+
+
 def test_warm_setup_rebuilds_nothing():
     run = subprocess.run(
         [sys.executable, "-m", "localenv.tools", "install"],

@@ -1,10 +1,15 @@
-"""The pull-request preview workflow is valid YAML that follows the Pulumi GitHub Action's conventions."""
+"""The pull-request preview workflow is valid YAML that follows the Pulumi GitHub Action's conventions, and actionlint
+finds no problem in it (it has never run on GitHub)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import yaml
+
+from localenv import tools
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,3 +39,18 @@ def test_every_deployed_stack_is_rehearsed_and_its_report_posted_without_any_sec
     runs = [s.get("run", "") for s in job["steps"]]
     assert any("./dev rehearse ${{ matrix.stack }} --report rehearsal.md" in r for r in runs)
     assert any("gh pr comment" in r and "rehearsal.md" in r for r in runs)
+
+
+def test_actionlint_finds_no_problem_in_the_workflows():
+    """actionlint (pinned in localenv/tools.py, built by ./dev setup) checks the syntax, the expressions and their
+    types, the known actions' inputs and, through shellcheck, every ``run:`` script. A missing tool fails the test."""
+    actionlint = tools.require_binary(tools.actionlint_tool())
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is not installed: run `./dev setup` (Debian package shellcheck)"
+    workflows = sorted(str(p) for p in (REPO / ".github" / "workflows").glob("*.y*ml"))
+    assert workflows, "no workflow found"
+    run = subprocess.run(
+        [str(actionlint), "-no-color", f"-shellcheck={shellcheck}", *workflows],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, f"actionlint exited {run.returncode}:\n{run.stdout}{run.stderr}"
