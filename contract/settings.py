@@ -119,6 +119,21 @@ class WorkerSettings(_FromEnviron):
         description="seconds, once the agent session starts, for the caller to receive the agent's audio track "
         "(the bridge answers an inbound caller then) before the job hangs up and ends, e.g. 20",
     )  # fmt: skip
+    stt_timeout: float = Field(
+        5.0, gt=0, le=60,
+        description="seconds a speech-to-text provider may take to open its stream before the next entry of its "
+        "chain is tried (one provider alone: retried once, then the call is handed over), e.g. 5",
+    )  # fmt: skip
+    llm_timeout: float = Field(
+        8.0, gt=0, le=120,
+        description="seconds an LLM may take to answer (its first token, or between tokens) before the next entry of "
+        "its chain is tried (one alone: retried once, then the call is handed over), e.g. 8",
+    )  # fmt: skip
+    tts_timeout: float = Field(
+        5.0, gt=0, le=60,
+        description="seconds a text-to-speech provider may take to connect or to send its next audio before the next "
+        "entry of its chain is tried (one alone: retried once, then the call is handed over), e.g. 5",
+    )  # fmt: skip
     load_threshold: float = Field(0.7, gt=0, le=1, description="LiveKit's target load, a fraction such as 0.7")
     http_port: int = Field(
         DEFAULT_HTTP_PORT, ge=0, le=65535, description="port of the health server (0: any free port)"

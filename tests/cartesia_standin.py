@@ -215,13 +215,7 @@ class CartesiaStandIn(LoopbackServer):
         app.router.add_get("/tts/websocket", self._websocket)
         app.router.add_post("/tts/bytes", self._bytes)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        return await self._serve_app(app)
 
     async def _shutdown(self) -> None:
         assert self._released is not None and self._runner is not None

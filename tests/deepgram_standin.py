@@ -308,13 +308,7 @@ class DeepgramStandIn(LoopbackServer):
     async def _serve(self) -> int:
         app = web.Application()
         app.router.add_route("*", "/v1/listen", self._listen)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        return await self._serve_app(app)
 
     async def _shutdown(self) -> None:
         self._stopping.set()

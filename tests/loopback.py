@@ -46,6 +46,17 @@ class LoopbackServer:
     async def _serve(self) -> int:
         raise NotImplementedError
 
+    async def _serve_app(self, app: web.Application) -> int:
+        """Serve ``app`` on a free port of 127.0.0.1 (sets ``_runner``); its port. A handler a fault holds open (a hung
+        handshake, a token delayed by a minute) is cancelled a second into ``stop``, never waited for."""
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
     async def _shutdown(self) -> None:
         assert self._runner is not None
         await self._runner.cleanup()

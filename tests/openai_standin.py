@@ -131,13 +131,7 @@ class OpenAIStandIn(LoopbackServer):
         app.router.add_get("/v1/models", self._models)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         app.on_response_prepare.append(_request_id)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        return await self._serve_app(app)
 
     # ------------------------------------------------------------------------------------------ records
 

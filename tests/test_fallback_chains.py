@@ -143,7 +143,7 @@ def test_a_chain_whose_first_entry_lacks_its_credential_is_served_by_the_next_an
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    r = registry.resolve("llm", [SECOND, "local/scripted"], None, offline=True)
+    r = registry.resolve("llm", [SECOND, "local/scripted"], None, offline=True, timeout=5)
     assert isinstance(r.component, ScriptedLLM)
     assert (r.label, r.requested) == ("local/scripted", f"{SECOND} > local/scripted")
     assert r.fallback_reason is not None and SECOND in r.fallback_reason and "ANTHROPIC_API_KEY" in r.fallback_reason
@@ -154,7 +154,7 @@ def test_the_entries_that_can_be_built_are_served_by_the_kinds_fallback_adapter_
 ) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    r = registry.resolve("llm", [SECOND, PRIMARY, "local/scripted"], None, offline=True)
+    r = registry.resolve("llm", [SECOND, PRIMARY, "local/scripted"], None, offline=True, timeout=5)
     assert isinstance(r.component, llm.FallbackAdapter)
     assert r.label == f"{PRIMARY} > local/scripted" and [label for label, _ in r.entries] == [PRIMARY, "local/scripted"]
     assert "ANTHROPIC_API_KEY" in (r.fallback_reason or "")
@@ -165,7 +165,7 @@ def test_a_chain_none_of_whose_entries_can_be_built_falls_back_to_the_agents_def
 ) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("GROQ_API_KEY", raising=False)
-    r = registry.resolve("llm", [SECOND, "groq/llama-3.3"], "local/scripted", offline=True)
+    r = registry.resolve("llm", [SECOND, "groq/llama-3.3"], "local/scripted", offline=True, timeout=5)
     assert r.label == "local/scripted" and "ANTHROPIC_API_KEY" in (r.fallback_reason or "")
     assert "GROQ_API_KEY" in (r.fallback_reason or "")
 
@@ -173,14 +173,14 @@ def test_a_chain_none_of_whose_entries_can_be_built_falls_back_to_the_agents_def
 def test_an_stt_chain_streams_its_non_streaming_entry_with_the_vad(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     vad = turns.session_options(AgentConfig())["vad"]
-    r = registry.resolve("stt", ["openai/whisper-1", "local/silent"], None, offline=True, vad=vad)
+    r = registry.resolve("stt", ["openai/whisper-1", "local/silent"], None, offline=True, timeout=5, vad=vad)
     assert isinstance(r.component, stt.FallbackAdapter)
     assert isinstance(r.entries[0][1], stt.StreamAdapter) and r.label == "openai/whisper-1 > local/silent"
 
 
 def test_a_tts_chain_is_served_by_the_tts_fallback_adapter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    r = registry.resolve("tts", ["openai/gpt-4o-mini-tts", "local/espeak-ng"], None, offline=True)
+    r = registry.resolve("tts", ["openai/gpt-4o-mini-tts", "local/espeak-ng"], None, offline=True, timeout=5)
     assert isinstance(r.component, tts.FallbackAdapter) and r.label == "openai/gpt-4o-mini-tts > local/espeak-ng"
 
 
@@ -203,7 +203,7 @@ def test_a_refused_first_entry_is_answered_by_the_second_and_the_switch_is_repor
     async def scenario(base_url: str) -> tuple[str, list[str]]:
         chain = [{"provider": "openai", "model": "gpt-4.1-mini", "base_url": CLOSED},
                  {"provider": "openai", "model": "gpt-4o", "base_url": base_url}]  # fmt: skip
-        r = registry.resolve("llm", chain, None, offline=False)
+        r = registry.resolve("llm", chain, None, offline=False, timeout=5)
         served: list[str] = []
         stop = registry.watch_serving(r, served.append)
         try:

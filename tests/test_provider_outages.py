@@ -54,7 +54,9 @@ class StandIns:
         """Every fault switch off."""
         self.deepgram.clear_faults()
         self.llm.refuse = self.second.refuse = None
-        self.cartesia.refuse = None
+        self.llm.first_token_delay_s = 0.0
+        self.cartesia.refuse = self.cartesia.close_after_chunks = None
+        self.cartesia.hang = False
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +104,9 @@ class Heard:
 
 
 def _call(local_env: LocalEnv, w: WorkerProc, number: str, audio: Path, utterances: int = 2,
-          during: Callable[[str], None] | None = None, hold_s: float = 60) -> Heard:  # fmt: skip
-    """A real call on a route of its own: the caller speaks after ``SPEAKS_AFTER_S``; held until the agent finished
+          during: Callable[[str], None] | None = None, hold_s: float = 60,
+          speaks_after: float = SPEAKS_AFTER_S) -> Heard:  # fmt: skip
+    """A real call on a route of its own: the caller speaks after ``speaks_after`` s; held until the agent finished
     ``utterances`` utterances (or ``during`` returns)."""
     assert local_env.endpoints is not None
     route = RouteMetadata(route=f"outage-{number[-3:]}", called_number=number,
@@ -113,14 +116,14 @@ def _call(local_env: LocalEnv, w: WorkerProc, number: str, audio: Path, utteranc
         _, end, _ = answered_call(
             local_env.endpoints, w.agent_name, number, route,
             during or (lambda room: wait_utterances(w, room, utterances)),
-            audio=sipp.CallerAudio(audio, after_s=SPEAKS_AFTER_S), hold_s=hold_s,
+            audio=sipp.CallerAudio(audio, after_s=speaks_after), hold_s=hold_s,
         )  # fmt: skip
         packets = tap.packets()
     if not packets:
         return Heard(None, None, end.completed)
     answered = packets[0].at
     greeting = first_sound(packets)
-    spoken_end = answered + SPEAKS_AFTER_S + speech_s
+    spoken_end = answered + speaks_after + speech_s
     reply = first_sound([p for p in packets if p.at > spoken_end])
     return Heard(greeting.at - answered if greeting else None, reply.at - spoken_end if reply else None,
                  end.completed)  # fmt: skip
@@ -188,18 +191,102 @@ def test_with_deepgram_down_the_second_stt_hears_the_caller_and_the_agent_replie
     assert any(OPENAI_HEARS in " ".join(user_texts(r)) for r in chats), "its transcript is the user's turn"
 
 
-def test_with_every_tts_down_the_call_ends_with_a_bye_instead_of_dead_air(
-    local_env: LocalEnv, worker: WorkerProc, standins: StandIns
+def test_with_deepgrams_handshake_hanging_the_second_stt_hears_the_caller(
+    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
 ) -> None:
-    """Cartesia and the second TTS both refuse: nothing can speak, so the worker ends the call (its hand-over, then a
-    hang-up) and the bridge sends the caller a BYE, well before the caller would give up."""
+    """A hung handshake is retried forever by the plugin alone (a deaf agent); bounded by ``stt_timeout``, the chain
+    moves on."""
+    before = len(standins.second.requests("/audio/transcriptions"))
+    standins.deepgram.hang_handshake(True)
+    try:
+        heard = _call(local_env, worker, "+15550100385", caller_audio)
+    finally:
+        standins.clear()
+    _figure("Deepgram's handshake hanging", heard, baseline)
+    assert any(c.status is None for c in standins.deepgram.connections()), "Deepgram was asked and hung"
+    assert heard.to_reply is not None, worker.text()[-3000:]
+    assert len(standins.second.requests("/audio/transcriptions")) > before, "the second STT heard the caller"
+
+
+def test_with_deepgram_closing_at_the_callers_words_the_second_stt_hears_them(
+    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
+) -> None:
+    before = len(standins.second.requests("/audio/transcriptions"))
+    standins.deepgram.close_mid_stream(1011, on_speech=True, times=None)
+    try:
+        heard = _call(local_env, worker, "+15550100386", caller_audio)
+    finally:
+        standins.clear()
+    _figure("Deepgram closing its stream mid-call (1011)", heard, baseline)
+    assert standins.deepgram.accepted(), "Deepgram's stream was open when it closed"
+    assert heard.to_reply is not None, worker.text()[-3000:]
+    assert len(standins.second.requests("/audio/transcriptions")) > before, "the second STT heard the caller"
+
+
+def test_with_cartesias_handshake_hanging_the_caller_hears_the_second_tts(
+    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
+) -> None:
+    before = len(standins.second.requests("/audio/speech"))
+    standins.cartesia.hang = True
+    try:
+        heard = _call(local_env, worker, "+15550100387", caller_audio)
+    finally:
+        standins.clear()
+    _figure("Cartesia's handshake hanging", heard, baseline)
+    assert heard.to_greeting is not None and heard.to_reply is not None, worker.text()[-3000:]
+    assert len(standins.second.requests("/audio/speech")) > before, "the second TTS spoke"
+
+
+def test_with_cartesia_closing_mid_utterance_the_caller_hears_the_second_tts(
+    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
+) -> None:
+    """The greeting's socket closes after two chunks: the rest of that utterance is lost (livekit-agents drops a
+    segment the caller already heard part of), and the reply after the caller's sentence comes from the second TTS."""
+    before = len(standins.second.requests("/audio/speech"))
+    standins.cartesia.close_after_chunks = 2
+    try:
+        heard = _call(local_env, worker, "+15550100388", caller_audio)
+    finally:
+        standins.clear()
+    _figure("Cartesia closing its socket mid-utterance (1011)", heard, baseline)
+    assert any(c.closed_socket for c in standins.cartesia.contexts()), "Cartesia closed mid-utterance"
+    assert heard.to_reply is not None, worker.text()[-3000:]
+    assert len(standins.second.requests("/audio/speech")) > before, "the second TTS spoke"
+
+
+def test_with_the_first_llm_hanging_the_caller_hears_the_second_llms_words(
+    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
+) -> None:
+    """The first LLM accepts the request and sends nothing for a minute; bounded by ``llm_timeout``, the chain moves
+    on. The caller speaks late enough not to cut the greeting that waits out the bound."""
+    before = len(standins.second.requests("/chat/completions"))
+    standins.llm.first_token_delay_s = 60.0
+    try:
+        heard = _call(local_env, worker, "+15550100389", caller_audio, speaks_after=15.0)
+    finally:
+        standins.clear()
+    _figure("the first LLM hanging (no token for 60 s)", heard, baseline)
+    assert heard.to_greeting is not None and heard.to_reply is not None, worker.text()[-3000:]
+    chats = standins.second.requests("/chat/completions")[before:]
+    assert chats and {r.body["model"] for r in chats if r.body} == {SECOND_LLM}, chats
+
+
+@pytest.mark.parametrize("cartesia_fault", ["refuses", "hangs"])
+def test_with_every_tts_down_the_call_ends_with_a_bye_instead_of_dead_air(
+    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, cartesia_fault: str
+) -> None:
+    """Cartesia refuses (or hangs) and the second TTS refuses: nothing can speak, so the worker ends the call (its
+    hand-over, then a hang-up) and the bridge sends the caller a BYE, well before the caller would give up."""
     ep = local_env.endpoints
     assert ep is not None
     number = "+15550100384"
     route = RouteMetadata(route="outage-384", called_number=number,
                           agent_config=AgentConfig(system_instructions=INSTRUCTIONS, end_call=False))  # fmt: skip
     trunk_id, rule_id = asyncio.run(_inbound_route(ep, worker.agent_name, number, route.to_json()))
-    standins.cartesia.refuse = 503
+    if cartesia_fault == "hangs":
+        standins.cartesia.hang = True
+    else:
+        standins.cartesia.refuse = 503
     standins.second.refuse = 503
     try:
         call = sipp.place(ep.sip_address, number, caller="+15550109002", hold_s=150)
@@ -208,7 +295,8 @@ def test_with_every_tts_down_the_call_ends_with_a_bye_instead_of_dead_air(
     finally:
         standins.clear()
         asyncio.run(_delete_route(ep, trunk_id, rule_id))
-    print(f"silence with every TTS down: the worker ended the call {lasted:.1f} s after it was placed")
+    print(f"silence with every TTS down (Cartesia {cartesia_fault}): the worker ended the call {lasted:.1f} s after "
+          "it was placed")  # fmt: skip
     assert end.completed, end  # answered, then ended by a BYE the caller received
     assert lasted < 140, "the caller's hold time ran out first: dead air"
     assert "tts" in worker.text().lower(), "the worker says why"

@@ -85,7 +85,7 @@ for item in json.load(sys.stdin):
     try:
         settings, _ = start_up()  # what worker.main does before registering: key files, settings, default models
         for kind in MODEL_KINDS if settings.offline_models else ():  # `local`: as prewarm builds them (a default
-            registry.resolve(kind, getattr(settings.defaults, kind), None, offline=True)  # may fall back, by design)
+            registry.resolve(kind, getattr(settings.defaults, kind), None, offline=True, timeout=5)  # may fall back, by design)
         out[item["label"]] = None if len(network) == before else f"reached for the network: {network[before:]}"
     except BaseException as err:  # SettingsError is a SystemExit
         out[item["label"]] = f"{type(err).__name__}: {err}"

@@ -562,15 +562,17 @@ def test_registry_rejects_unknown_specs(kind: md.ModelKind, spec: object) -> Non
 
 def test_registry_in_local_falls_back_to_the_default_then_to_the_test_models(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    r = registry.resolve("llm", "openai/gpt-4.1-mini", "local/scripted", offline=True)
+    r = registry.resolve("llm", "openai/gpt-4.1-mini", "local/scripted", offline=True, timeout=5)
     assert (r.label, r.requested) == ("local/scripted", "openai/gpt-4.1-mini")
     assert "OPENAI_API_KEY" in (r.fallback_reason or "")
-    r = registry.resolve("tts", "skynet/x", "also-bad/x", offline=True)  # default broken too: offline last resort
+    r = registry.resolve(
+        "tts", "skynet/x", "also-bad/x", offline=True, timeout=5
+    )  # default broken too: offline last resort
     assert r.label == "local/espeak-ng"
-    r = registry.resolve("tts", "local/espeak-ng:en-gb", None, offline=True)
+    r = registry.resolve("tts", "local/espeak-ng:en-gb", None, offline=True, timeout=5)
     assert (r.label, r.fallback_reason) == ("local/espeak-ng:en-gb", None)
     r = registry.resolve("llm", {"provider": "local", "model": "scripted", "bogus_param": 1}, "local/scripted",
-                         offline=True)  # fmt: skip
+                         offline=True, timeout=5)  # fmt: skip
     assert r.fallback_reason
     assert "TypeError" in r.fallback_reason
 
@@ -580,17 +582,17 @@ def test_registry_outside_local_falls_back_to_the_default_and_never_to_a_test_mo
 ) -> None:
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    r = registry.resolve("llm", "anthropic/claude-x", "openai/gpt-4.1-mini", offline=False)
+    r = registry.resolve("llm", "anthropic/claude-x", "openai/gpt-4.1-mini", offline=False, timeout=5)
     assert (r.label, r.requested) == ("openai/gpt-4.1-mini", "anthropic/claude-x")
     assert "ANTHROPIC_API_KEY" in (r.fallback_reason or "")
     monkeypatch.delenv("OPENAI_API_KEY")
     with pytest.raises(registry.SpecUnavailable) as err:
-        registry.resolve("llm", "anthropic/claude-x", "openai/gpt-4.1-mini", offline=False)
+        registry.resolve("llm", "anthropic/claude-x", "openai/gpt-4.1-mini", offline=False, timeout=5)
     assert "ANTHROPIC_API_KEY" in str(err.value) and "OPENAI_API_KEY" in str(err.value)
     with pytest.raises(registry.SpecUnavailable, match="offline test model"):
-        registry.resolve("tts", "local/espeak-ng", None, offline=False)
+        registry.resolve("tts", "local/espeak-ng", None, offline=False, timeout=5)
     with pytest.raises(registry.SpecUnavailable, match="none is configured"):
-        registry.resolve("stt", None, None, offline=False)
+        registry.resolve("stt", None, None, offline=False, timeout=5)
 
 
 def test_registry_availability_reports_missing_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,7 +31,7 @@ from contract.models import CHAIN_SEPARATOR
 from contract.resolve import SipFacts, call_layers, caller_drops, is_caller_drop, resolve_call
 from contract.settings import WorkerSettings
 from worker import call_metric, end_call, turns
-from worker.models import registry
+from worker.models import bounds, registry
 from worker.resume import ATTR_CONFIG_HASH, hang_up, take_over
 
 logger = logging.getLogger("siphon.worker")
@@ -109,7 +109,8 @@ def _resolve_models(config: AgentConfig, settings: WorkerSettings, built: Built)
         if key not in built:
             default = getattr(settings.defaults, kind)
             vad = turns.session_options(config)["vad"]  # streams a non-streaming STT of a chain (cached per settings)
-            built[key] = registry.resolve(kind, spec, default, offline=settings.offline_models, vad=vad)
+            built[key] = registry.resolve(kind, spec, default, offline=settings.offline_models, vad=vad,
+                                          timeout=bounds.attempt_timeout(settings, kind))  # fmt: skip
         out[kind] = built[key]
     return out
 
@@ -301,6 +302,7 @@ async def _call(ctx: JobContext) -> None:
         stt=models["stt"].component,
         tts=models["tts"].component,
         **turns.session_options(cfg),  # Silero VAD (model inside the wheel) and the layers' turn-taking settings
+        conn_options=bounds.session_connect_options(settings),  # how long a provider may stall the call
     )
 
     turns.report(session, ctx.room.local_participant, room=ctx.room.name)

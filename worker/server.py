@@ -27,7 +27,7 @@ from contract.settings import SettingsError, WorkerSettings
 from worker import stopped_tasks, turns
 from worker.call import Built, entrypoint, spec_key
 from worker.call_metric import CallGauge
-from worker.models import registry
+from worker.models import bounds, registry
 from worker.recovery import CallLedger, own_worker_id
 from worker.resume import CrashWatch
 from worker.task_protection import TaskProtection
@@ -79,7 +79,8 @@ def prewarm(proc: JobProcess) -> None:
     for kind in MODEL_KINDS:
         default = getattr(settings.defaults, kind)
         with contextlib.suppress(registry.SpecUnavailable):  # a call resolves it again, and says why it cannot
-            r = registry.resolve(kind, default, None, offline=settings.offline_models, vad=vad)
+            r = registry.resolve(kind, default, None, offline=settings.offline_models, vad=vad,
+                                 timeout=bounds.attempt_timeout(settings, kind))  # fmt: skip
             if not r.fallback_reason:
                 built[(kind, spec_key(default))] = r
     proc.userdata["models"] = built

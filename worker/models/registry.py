@@ -82,43 +82,51 @@ class Resolved:
     entries: tuple[tuple[str, Any], ...] = ()  # a chain: (label, component the FallbackAdapter holds) per entry
 
 
-def fallback_adapter(kind: ModelKind, components: list[Any], vad: Any = None) -> Any:
-    """livekit-agents' ``FallbackAdapter`` of ``kind`` over ``components``, tried in order. A non-streaming STT is
-    wrapped in ``stt.StreamAdapter`` with ``vad`` here (the adapter's own wrapping would hide which entry reports)."""
+def fallback_adapter(kind: ModelKind, components: list[Any], vad: Any, timeout: float) -> Any:
+    """livekit-agents' ``FallbackAdapter`` of ``kind`` over ``components``, tried in order, each entry once for
+    ``timeout`` seconds (``worker.models.bounds``; a TTS entry's comes from the session's options). A non-streaming
+    STT is wrapped in ``stt.StreamAdapter`` with ``vad`` here (the adapter's own wrapping would hide which entry
+    reports)."""
     if kind == "llm":
         from livekit.agents import llm
 
-        return llm.FallbackAdapter(components)
+        return llm.FallbackAdapter(components, attempt_timeout=timeout, max_retry_per_llm=0)
     if kind == "stt":
         from livekit.agents import stt
 
         if any(not c.capabilities.streaming for c in components) and vad is None:
             raise SpecUnavailable("a non-streaming STT in a chain needs a VAD to stream")
         wrapped = [c if c.capabilities.streaming else stt.StreamAdapter(stt=c, vad=vad) for c in components]
-        return stt.FallbackAdapter(wrapped)
-    from livekit.agents import tts
+        return stt.FallbackAdapter(wrapped, attempt_timeout=timeout, max_retry_per_stt=0)
+    from worker.models.bounds import FirstAudioBound
 
-    return tts.FallbackAdapter(components)
+    return FirstAudioBound(components, max_retry_per_tts=0)
 
 
-def _chain(kind: ModelKind, built: list[tuple[str, Any]], vad: Any) -> tuple[Any, tuple[tuple[str, Any], ...]]:
-    """The component serving ``built`` entries: the one built, or the kind's ``FallbackAdapter`` over them; and the
-    entries as the adapter holds them (a wrapped STT in its ``StreamAdapter``)."""
-    if len(built) == 1:
+def _chain(
+    kind: ModelKind, built: list[tuple[str, Any]], vad: Any, timeout: float
+) -> tuple[Any, tuple[tuple[str, Any], ...]]:
+    """The component serving ``built`` entries: the one built (an LLM), or the kind's ``FallbackAdapter`` over them
+    (an STT or a TTS always: ``worker.models.bounds`` says why); and the entries as the adapter holds them (a wrapped
+    STT in its ``StreamAdapter``)."""
+    if len(built) == 1 and kind == "llm":
         return built[0][1], tuple(built)
-    adapter = fallback_adapter(kind, [c for _, c in built], vad)
+    adapter = fallback_adapter(kind, [c for _, c in built], vad, timeout)
     held = getattr(adapter, f"_{kind}_instances", [c for _, c in built])  # the instances its events name
     return adapter, tuple((label, c) for (label, _), c in zip(built, held, strict=True))
 
 
-def resolve(kind: ModelKind, spec: object, default: object, *, offline: bool, vad: Any = None) -> Resolved:
+def resolve(
+    kind: ModelKind, spec: object, default: object, *, offline: bool, timeout: float, vad: Any = None
+) -> Resolved:
     """Build ``spec``; if it is unknown or unavailable, build ``default``. With ``offline`` (the ``local``
     environment), the offline test model is the last resort; without it, offline models are never built and
     ``SpecUnavailable`` says why nothing could be. ``fallback_reason`` says why a fallback happened (log it).
 
     A fallback chain (``spec`` or ``default`` a list) is built entry by entry; an entry that cannot be built is
     skipped (the reason says which and why); two or more built entries are served by the kind's ``FallbackAdapter``
-    (``fallback_adapter``; ``vad`` streams a non-streaming STT), one alone as itself; none: the next candidate."""
+    (``fallback_adapter``; ``vad`` streams a non-streaming STT, ``timeout`` bounds each attempt), one alone as
+    itself (an STT or a TTS behind its adapter too); none: the next candidate."""
     reasons: list[str] = []
     requested: str | None = None
     candidates = [spec, default, LOCAL_DEFAULTS[kind] if offline else None]
@@ -146,7 +154,7 @@ def resolve(kind: ModelKind, spec: object, default: object, *, offline: bool, va
         if not built:
             continue
         try:
-            component, held = _chain(kind, built, vad)
+            component, held = _chain(kind, built, vad, timeout)
         except (SpecUnavailable, ValueError) as err:  # FallbackAdapter refused them together (channels, VAD)
             reasons.append(f"{kind} chain {CHAIN_SEPARATOR.join(label for label, _ in built)}: {err}")
             continue
