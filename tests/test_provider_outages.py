@@ -1,6 +1,7 @@
 """Provider outages on real SIP calls end in speech, never dead air: each model kind of the worker is a fallback
-chain (the prod trio first, an OpenAI-compatible second entry), and the first entry's stand-in refuses (503) with its
-fault switch. The caller hears the agent through the next entry; when every entry of a kind is down, the call ends.
+chain (the prod trio first, an OpenAI-compatible second entry), and the first entry's stand-in refuses (503), hangs
+or closes its stream mid-call with its fault switches (``FAULTS``). The caller hears the agent through the next entry;
+when every entry of a kind is down, the call ends.
 
 The worker runs as ``tests/test_prod_trio_call.py`` starts it (its ECS task definition on moto, keys as secrets, a
 non-local environment). The caller's silence after each fault is printed (``silence after ...``) and compared with a
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from contract.metadata import AgentConfig, RouteMetadata
+from contract.metadata import AgentConfig, ModelKind, RouteMetadata
 from infra import sipp
 from localenv.manager import LocalEnv
 from tests.caller_audio import spoken_ulaw
@@ -103,7 +104,7 @@ class Heard:
     ended_by_bye: bool
 
 
-def _call(local_env: LocalEnv, w: WorkerProc, number: str, audio: Path, utterances: int = 2,
+def outage_call(local_env: LocalEnv, w: WorkerProc, number: str, audio: Path, utterances: int = 2,
           during: Callable[[str], None] | None = None, hold_s: float = 60,
           speaks_after: float = SPEAKS_AFTER_S) -> Heard:  # fmt: skip
     """A real call on a route of its own: the caller speaks after ``speaks_after`` s; held until the agent finished
@@ -138,137 +139,78 @@ def _figure(what: str, heard: Heard, baseline: Heard) -> None:
 def baseline(local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path) -> Heard:
     """A call with every first entry up: the figures each outage is compared with."""
     standins.clear()
-    heard = _call(local_env, worker, "+15550100380", caller_audio)
+    heard = outage_call(local_env, worker, "+15550100380", caller_audio)
     assert heard.to_greeting is not None and heard.to_reply is not None, worker.text()[-3000:]
     return heard
 
 
-def test_with_cartesia_down_the_caller_hears_the_second_tts(
-    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
+@dataclass(frozen=True)
+class Fault:
+    """A fault of one kind's first entry, set on its stand-in for one call: the caller should hear the next entry."""
+
+    what: str  # printed with the figures
+    kind: ModelKind
+    apply: Callable[[StandIns], None]
+    seen: Callable[[StandIns], int]  # how many times, so far, the first entry was asked and failed as set
+    delays_greeting_by: str | None = None  # the worker setting a hang makes the greeting wait for (benches)
+    speaks_after: float = SPEAKS_AFTER_S  # a hang of the LLM delays the greeting: the caller waits it out
+
+
+SECOND_PATH: dict[ModelKind, str] = {"stt": "/audio/transcriptions", "llm": "/chat/completions",
+                                     "tts": "/audio/speech"}  # fmt: skip
+"""The second entry's endpoint (the OpenAI stand-in) that serves a kind once its first entry failed."""
+
+FAULTS = {
+    "deepgram-refuses": Fault("Deepgram refusing (503)", "stt", lambda s: s.deepgram.refuse(503),
+                              lambda s: sum(c.status == 503 for c in s.deepgram.connections())),
+    "deepgram-hangs": Fault("Deepgram's handshake hanging", "stt", lambda s: s.deepgram.hang_handshake(True),
+                            lambda s: sum(c.status is None for c in s.deepgram.connections())),
+    "deepgram-closes": Fault("Deepgram closing its stream at the caller's words (1011)", "stt",
+                             lambda s: s.deepgram.close_mid_stream(1011, on_speech=True, times=None),
+                             lambda s: sum(c.closed_by == "server" for c in s.deepgram.connections())),
+    "llm-refuses": Fault("the first LLM refusing (503)", "llm", lambda s: setattr(s.llm, "refuse", 503),
+                         lambda s: sum(r.status == 503 for r in s.llm.requests("/chat/completions"))),
+    "llm-hangs": Fault("the first LLM hanging (no token for 60 s)", "llm",
+                       lambda s: setattr(s.llm, "first_token_delay_s", 60.0),
+                       lambda s: len(s.llm.requests("/chat/completions")), "llm_timeout", speaks_after=15.0),
+    "cartesia-refuses": Fault("Cartesia refusing (503)", "tts", lambda s: setattr(s.cartesia, "refuse", 503),
+                              lambda s: sum(r.status == 503 for r in s.cartesia.requests())),
+    "cartesia-hangs": Fault("Cartesia's handshake hanging", "tts", lambda s: setattr(s.cartesia, "hang", True),
+                            lambda s: sum(r.status == 0 for r in s.cartesia.requests()), "tts_timeout"),
+    "cartesia-closes": Fault("Cartesia closing its socket mid-utterance (1011)", "tts",
+                             lambda s: setattr(s.cartesia, "close_after_chunks", 2),
+                             lambda s: sum(c.closed_socket for c in s.cartesia.contexts())),
+}  # fmt: skip
+"""Each first entry refusing, hanging past its bound (``worker.models.bounds``), or closing its stream mid-call.
+A stream Cartesia closes mid-utterance loses the rest of that utterance (livekit-agents drops a segment the caller
+already heard part of); the reply after the caller's sentence comes from the second TTS."""
+
+
+@pytest.mark.parametrize("name", FAULTS)
+def test_after_a_first_entrys_fault_the_caller_hears_the_next_entry(
+    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard, name: str
 ) -> None:
-    before = len(standins.second.requests("/audio/speech"))
-    standins.cartesia.refuse = 503
+    fault = FAULTS[name]
+    second = SECOND_PATH[fault.kind]
+    before, failed = len(standins.second.requests(second)), fault.seen(standins)
+    fault.apply(standins)
     try:
-        heard = _call(local_env, worker, "+15550100381", caller_audio)
+        number = f"+155501004{list(FAULTS).index(name):02d}"
+        heard = outage_call(local_env, worker, number, caller_audio, speaks_after=fault.speaks_after)
+        assert fault.seen(standins) > failed, f"the first {fault.kind} was asked and failed as set"
     finally:
         standins.clear()
-    _figure("Cartesia refusing (503)", heard, baseline)
+    _figure(fault.what, heard, baseline)
     assert heard.to_greeting is not None and heard.to_reply is not None, worker.text()[-3000:]
-    assert len(standins.second.requests("/audio/speech")) > before, "the second TTS spoke"
-    assert any(r.status == 503 for r in standins.cartesia.requests()), "Cartesia was asked and refused"
-
-
-def test_with_the_first_llm_down_the_caller_hears_the_second_llms_words(
-    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
-) -> None:
-    before = len(standins.second.requests("/chat/completions"))
-    standins.llm.refuse = 503
-    try:
-        heard = _call(local_env, worker, "+15550100382", caller_audio)
-    finally:
-        standins.clear()
-    _figure("the first LLM refusing (503)", heard, baseline)
-    assert heard.to_greeting is not None and heard.to_reply is not None, worker.text()[-3000:]
-    chats = standins.second.requests("/chat/completions")[before:]
-    assert chats and {r.body["model"] for r in chats if r.body} == {SECOND_LLM}, chats
-    spoken = " ".join(" ".join(m.transcript for m in standins.cartesia.messages()).split())
-    assert " ".join(str(chats[0].reply).split()) in spoken, "the second LLM's greeting is what the caller heard"
-
-
-def test_with_deepgram_down_the_second_stt_hears_the_caller_and_the_agent_replies(
-    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
-) -> None:
-    before = len(standins.second.requests("/audio/transcriptions"))
-    standins.deepgram.refuse(503)
-    try:
-        heard = _call(local_env, worker, "+15550100383", caller_audio)
-    finally:
-        standins.clear()
-    _figure("Deepgram refusing (503)", heard, baseline)
-    assert heard.to_reply is not None, worker.text()[-3000:]
-    assert len(standins.second.requests("/audio/transcriptions")) > before, "the second STT heard the caller"
-    chats = [r for r in standins.llm.requests("/chat/completions") if INSTRUCTIONS in json.dumps(r.body)]
-    assert any(OPENAI_HEARS in " ".join(user_texts(r)) for r in chats), "its transcript is the user's turn"
-
-
-def test_with_deepgrams_handshake_hanging_the_second_stt_hears_the_caller(
-    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
-) -> None:
-    """A hung handshake is retried forever by the plugin alone (a deaf agent); bounded by ``stt_timeout``, the chain
-    moves on."""
-    before = len(standins.second.requests("/audio/transcriptions"))
-    standins.deepgram.hang_handshake(True)
-    try:
-        heard = _call(local_env, worker, "+15550100385", caller_audio)
-    finally:
-        standins.clear()
-    _figure("Deepgram's handshake hanging", heard, baseline)
-    assert any(c.status is None for c in standins.deepgram.connections()), "Deepgram was asked and hung"
-    assert heard.to_reply is not None, worker.text()[-3000:]
-    assert len(standins.second.requests("/audio/transcriptions")) > before, "the second STT heard the caller"
-
-
-def test_with_deepgram_closing_at_the_callers_words_the_second_stt_hears_them(
-    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
-) -> None:
-    before = len(standins.second.requests("/audio/transcriptions"))
-    standins.deepgram.close_mid_stream(1011, on_speech=True, times=None)
-    try:
-        heard = _call(local_env, worker, "+15550100386", caller_audio)
-    finally:
-        standins.clear()
-    _figure("Deepgram closing its stream mid-call (1011)", heard, baseline)
-    assert standins.deepgram.accepted(), "Deepgram's stream was open when it closed"
-    assert heard.to_reply is not None, worker.text()[-3000:]
-    assert len(standins.second.requests("/audio/transcriptions")) > before, "the second STT heard the caller"
-
-
-def test_with_cartesias_handshake_hanging_the_caller_hears_the_second_tts(
-    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
-) -> None:
-    before = len(standins.second.requests("/audio/speech"))
-    standins.cartesia.hang = True
-    try:
-        heard = _call(local_env, worker, "+15550100387", caller_audio)
-    finally:
-        standins.clear()
-    _figure("Cartesia's handshake hanging", heard, baseline)
-    assert heard.to_greeting is not None and heard.to_reply is not None, worker.text()[-3000:]
-    assert len(standins.second.requests("/audio/speech")) > before, "the second TTS spoke"
-
-
-def test_with_cartesia_closing_mid_utterance_the_caller_hears_the_second_tts(
-    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
-) -> None:
-    """The greeting's socket closes after two chunks: the rest of that utterance is lost (livekit-agents drops a
-    segment the caller already heard part of), and the reply after the caller's sentence comes from the second TTS."""
-    before = len(standins.second.requests("/audio/speech"))
-    standins.cartesia.close_after_chunks = 2
-    try:
-        heard = _call(local_env, worker, "+15550100388", caller_audio)
-    finally:
-        standins.clear()
-    _figure("Cartesia closing its socket mid-utterance (1011)", heard, baseline)
-    assert any(c.closed_socket for c in standins.cartesia.contexts()), "Cartesia closed mid-utterance"
-    assert heard.to_reply is not None, worker.text()[-3000:]
-    assert len(standins.second.requests("/audio/speech")) > before, "the second TTS spoke"
-
-
-def test_with_the_first_llm_hanging_the_caller_hears_the_second_llms_words(
-    local_env: LocalEnv, worker: WorkerProc, standins: StandIns, caller_audio: Path, baseline: Heard
-) -> None:
-    """The first LLM accepts the request and sends nothing for a minute; bounded by ``llm_timeout``, the chain moves
-    on. The caller speaks late enough not to cut the greeting that waits out the bound."""
-    before = len(standins.second.requests("/chat/completions"))
-    standins.llm.first_token_delay_s = 60.0
-    try:
-        heard = _call(local_env, worker, "+15550100389", caller_audio, speaks_after=15.0)
-    finally:
-        standins.clear()
-    _figure("the first LLM hanging (no token for 60 s)", heard, baseline)
-    assert heard.to_greeting is not None and heard.to_reply is not None, worker.text()[-3000:]
-    chats = standins.second.requests("/chat/completions")[before:]
-    assert chats and {r.body["model"] for r in chats if r.body} == {SECOND_LLM}, chats
+    served = standins.second.requests(second)[before:]
+    assert served, f"the second {fault.kind} served"
+    if fault.kind == "llm":  # the second model's words are what the caller heard
+        assert {r.body["model"] for r in served if r.body} == {SECOND_LLM}, served
+        spoken = " ".join(" ".join(m.transcript for m in standins.cartesia.messages()).split())
+        assert " ".join(str(served[0].reply).split()) in spoken, "the second LLM's greeting is what was spoken"
+    if fault.kind == "stt":  # the second STT's transcript became the user's turn
+        chats = [r for r in standins.llm.requests("/chat/completions") if INSTRUCTIONS in json.dumps(r.body)]
+        assert any(OPENAI_HEARS in " ".join(user_texts(r)) for r in chats), "its transcript is the user's turn"
 
 
 @pytest.mark.parametrize("cartesia_fault", ["refuses", "hangs"])
