@@ -121,8 +121,9 @@ class WorkerSettings(_FromEnviron):
     )  # fmt: skip
     stt_timeout: float = Field(
         5.0, gt=0, le=60,
-        description="seconds a speech-to-text provider may take to open its stream before the next entry of its "
-        "chain is tried (one provider alone: retried once, then the call is handed over), e.g. 5",
+        description="seconds a speech-to-text provider may take to open its stream, or stay silent after the caller "
+        "spoke, before the next entry of its chain is tried (one provider alone: retried once, then the call is "
+        "handed over), e.g. 5",
     )  # fmt: skip
     llm_timeout: float = Field(
         8.0, gt=0, le=120,

@@ -25,7 +25,7 @@ It speaks Deepgram's documented ``/v1/listen`` websocket protocol, at the URL a 
 Fault switches, set from the test's thread at any time (each for ``times`` connections, or until cleared): refuse
 the upgrade with 401/402/429/503 and Deepgram's body, hang the handshake (the request is read, the upgrade never
 answered), close a stream mid-way (after its N-th audio frame or at its next speech onset) with a given close code,
-and a fixed delay before each final transcript. Every connection is recorded (query, headers, status, audio frames,
+stall a stream at its first speech onset (it reads on and never sends again), and a fixed delay before each final transcript. Every connection is recorded (query, headers, status, audio frames,
 the client's text messages, what was sent back, who closed it with which code). Runs an aiohttp server on
 127.0.0.1 (a free port) in a thread of its own.
 """
@@ -84,6 +84,7 @@ class Connection:
     sent: list[dict[str, Any]] = field(default_factory=list)  # what the stand-in sent back, in order
     close_code: int | None = None  # the code the stream closed with
     closed_by: str | None = None  # "server" or "client"
+    stalled: bool = False  # the stall switch silenced it: from a speech onset on, nothing was sent
 
     @property
     def sample_rate(self) -> int:
@@ -298,7 +299,7 @@ class DeepgramStandIn(LoopbackServer):
         self.final_delay_s = final_delay_s
         self._next = 0  # index of the next transcript
         self._connections: list[Connection] = []
-        self._refuse, self._hang, self._close = _Fault(), _Fault(), _Fault()
+        self._refuse, self._hang, self._close, self._stall = _Fault(), _Fault(), _Fault(), _Fault()
         self._lock = threading.Lock()
         self._stopping = asyncio.Event()
         self._sockets: dict[web.WebSocketResponse, Connection] = {}
@@ -347,10 +348,17 @@ class DeepgramStandIn(LoopbackServer):
         with self._lock:
             self._close = _Fault(None if code is None else _Close(code, reason, after_frames, on_speech), times)
 
+    def stall_at_speech(self, on: bool = True, *, times: int | None = None) -> None:
+        """The next ``times`` accepted streams (None: every one until ``stall_at_speech(False)``) go quiet at their
+        first speech onset: the audio is still read, and nothing is sent again (no result, no answer to a
+        ``Finalize`` or ``CloseStream``), as a provider that stalls mid-stream."""
+        with self._lock:
+            self._stall = _Fault(True if on else None, times)
+
     def clear_faults(self) -> None:
         """Every switch off, no final delay."""
         with self._lock:
-            self._refuse, self._hang, self._close = _Fault(), _Fault(), _Fault()
+            self._refuse, self._hang, self._close, self._stall = _Fault(), _Fault(), _Fault(), _Fault()
         self.final_delay_s = 0.0
 
     # ------------------------------------------------------------------------------------------ records
@@ -407,6 +415,7 @@ class DeepgramStandIn(LoopbackServer):
             return self._refusal(conn, 400, "This stand-in decodes raw audio only: encoding=linear16 and sample_rate.")
         with self._lock:
             close = self._close.take()
+            stall = bool(self._stall.take())
         ws = web.WebSocketResponse(timeout=2.0)  # how long a close waits for the client's answer
         ws.headers["dg-request-id"] = conn.request_id
         await ws.prepare(request)
@@ -414,7 +423,7 @@ class DeepgramStandIn(LoopbackServer):
             conn.status = 101
         self._sockets[ws] = conn
         try:
-            await self._stream(ws, conn, close)
+            await self._stream(ws, conn, close, stall)
         finally:
             self._sockets.pop(ws, None)
         return ws
@@ -435,7 +444,7 @@ class DeepgramStandIn(LoopbackServer):
             conn.close_code, conn.closed_by = code, "server"
         await ws.close(code=code, message=reason.encode())
 
-    async def _stream(self, ws: web.WebSocketResponse, conn: Connection, close: _Close | None) -> None:
+    async def _stream(self, ws: web.WebSocketResponse, conn: Connection, close: _Close | None, stall: bool) -> None:
         dg = _Transcriber(conn, self._transcript, self.speech_rms, self.min_silence_ms)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.idle_timeout_s
@@ -459,7 +468,11 @@ class DeepgramStandIn(LoopbackServer):
                 out = dg.feed(msg.data)
                 if close and close.on_speech and dg.onsets > onsets:
                     return await self._server_close(ws, conn, close.code, close.reason)
-                await self._send(ws, conn, out)
+                if stall and dg.onsets > onsets:
+                    with self._lock:
+                        conn.stalled = True
+                if not conn.stalled:
+                    await self._send(ws, conn, out)
                 if close and close.after_frames is not None and len(conn.frames) >= close.after_frames:
                     return await self._server_close(ws, conn, close.code, close.reason)
             elif msg.type == WSMsgType.TEXT:
@@ -469,6 +482,8 @@ class DeepgramStandIn(LoopbackServer):
                     control = {"unparsed": msg.data}
                 with self._lock:
                     conn.received.append(control)
+                if conn.stalled:
+                    continue
                 kind = control.get("type") if isinstance(control, dict) else None
                 if kind == "Finalize":
                     await self._send(ws, conn, dg.finalize())

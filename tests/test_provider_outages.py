@@ -32,6 +32,7 @@ from tests.openai_standin import OpenAIStandIn
 from tests.rtp_tap import RtpTap, first_sound
 from tests.test_openai_call import SPEAKS_AFTER_S, deployed_worker, user_texts, wait_utterances
 from tests.test_worker_live import WorkerProc, _delete_route, _inbound_route, answered_call
+from worker.models.hearing import ASK_AGAIN
 
 ENVIRONMENT = "staging"
 CALLER_SAYS = "Hello, I would like to check the status of my order, please."
@@ -153,7 +154,9 @@ class Fault:
     apply: Callable[[StandIns], None]
     seen: Callable[[StandIns], int]  # how many times, so far, the first entry was asked and failed as set
     delays_greeting_by: str | None = None  # the worker setting a hang makes the greeting wait for (benches)
+    delays_reply_by: str | None = None  # the worker setting it makes the reply to the caller's sentence wait for
     speaks_after: float = SPEAKS_AFTER_S  # a hang of the LLM delays the greeting: the caller waits it out
+    words_lost: bool = False  # the caller's words never reach an STT: the agent asks for them again
 
 
 SECOND_PATH: dict[ModelKind, str] = {"stt": "/audio/transcriptions", "llm": "/chat/completions",
@@ -168,6 +171,10 @@ FAULTS = {
     "deepgram-closes": Fault("Deepgram closing its stream at the caller's words (1011)", "stt",
                              lambda s: s.deepgram.close_mid_stream(1011, on_speech=True, times=None),
                              lambda s: sum(c.closed_by == "server" for c in s.deepgram.connections())),
+    "deepgram-stalls": Fault("Deepgram's stream going quiet at the caller's words", "stt",
+                             lambda s: s.deepgram.stall_at_speech(True),
+                             lambda s: sum(c.stalled for c in s.deepgram.connections()),
+                             delays_reply_by="stt_timeout", words_lost=True),
     "llm-refuses": Fault("the first LLM refusing (503)", "llm", lambda s: setattr(s.llm, "refuse", 503),
                          lambda s: sum(r.status == 503 for r in s.llm.requests("/chat/completions"))),
     "llm-hangs": Fault("the first LLM hanging (no token for 60 s)", "llm",
@@ -182,7 +189,9 @@ FAULTS = {
                              lambda s: sum(c.closed_socket for c in s.cartesia.contexts())),
 }  # fmt: skip
 """Each first entry refusing, hanging past its bound (``worker.models.bounds``), or closing its stream mid-call.
-A stream Cartesia closes mid-utterance loses the rest of that utterance (livekit-agents drops a segment the caller
+A Deepgram stream that goes quiet while the caller speaks is failed ``stt_timeout`` after the caller stopped
+(``worker.models.hearing``); those words are lost, and the agent asks for them again. A stream Cartesia closes
+mid-utterance loses the rest of that utterance (livekit-agents drops a segment the caller
 already heard part of); the reply after the caller's sentence comes from the second TTS."""
 
 
@@ -202,6 +211,11 @@ def test_after_a_first_entrys_fault_the_caller_hears_the_next_entry(
         standins.clear()
     _figure(fault.what, heard, baseline)
     assert heard.to_greeting is not None and heard.to_reply is not None, worker.text()[-3000:]
+    if fault.words_lost:  # the quiet stream failed; the agent asked the caller to say it again
+        assert '"the STT heard nothing; asking the caller to repeat"' in worker.text(), worker.text()[-3000:]
+        chats = standins.llm.requests("/chat/completions")
+        assert any(ASK_AGAIN in json.dumps(r.body) for r in chats), "the reply asks the caller to repeat"
+        return
     served = standins.second.requests(second)[before:]
     assert served, f"the second {fault.kind} served"
     if fault.kind == "llm":  # the second model's words are what the caller heard

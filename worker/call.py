@@ -31,7 +31,7 @@ from contract.models import CHAIN_SEPARATOR
 from contract.resolve import SipFacts, call_layers, caller_drops, is_caller_drop, resolve_call
 from contract.settings import WorkerSettings
 from worker import call_metric, end_call, turns
-from worker.models import bounds, registry
+from worker.models import bounds, hearing, registry
 from worker.resume import ATTR_CONFIG_HASH, hang_up, take_over
 
 logger = logging.getLogger("siphon.worker")
@@ -306,6 +306,14 @@ async def _call(ctx: JobContext) -> None:
     )
 
     turns.report(session, ctx.room.local_participant, room=ctx.room.name)
+
+    def ask_again(label: str) -> None:  # the STT went quiet while the caller spoke: their words were lost
+        logger.warning("the STT heard nothing; asking the caller to repeat", extra={"room": ctx.room.name,
+                                                                                   "stt": label})  # fmt: skip
+        _count(settings, metrics.FALLBACKS)
+        session.generate_reply(instructions=hearing.ASK_AGAIN)
+
+    hearing.watch(session, [c for _, c in models["stt"].entries], ask_again)
 
     handed_over: list[asyncio.Task[None]] = []
 

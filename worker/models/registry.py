@@ -82,6 +82,17 @@ class Resolved:
     entries: tuple[tuple[str, Any], ...] = ()  # a chain: (label, component the FallbackAdapter holds) per entry
 
 
+def _watched(norm: NormalizedSpec, component: Any, timeout: float) -> Any:
+    """A provider's streaming STT in its watchdog (``worker.models.hearing.Hearing``: a stream that goes quiet while
+    the caller speaks fails); anything else as built. A non-streaming STT's requests are bounded by their timeout, and
+    the offline ``local/silent`` hears nothing by design."""
+    if norm.kind != "stt" or PROVIDERS[norm.kind][norm.provider].offline or not component.capabilities.streaming:
+        return component
+    from worker.models.hearing import Hearing
+
+    return Hearing(component, timeout)
+
+
 def fallback_adapter(kind: ModelKind, components: list[Any], vad: Any, timeout: float) -> Any:
     """livekit-agents' ``FallbackAdapter`` of ``kind`` over ``components``, tried in order, each entry once for
     ``timeout`` seconds (``worker.models.bounds``; a TTS entry's comes from the session's options). A non-streaming
@@ -148,7 +159,7 @@ def resolve(
                 reasons.append(prefix + offline_refusal(norm))
                 continue
             try:
-                built.append((norm.label, build(norm)))
+                built.append((norm.label, _watched(norm, build(norm), timeout)))
             except SpecUnavailable as err:
                 reasons.append(prefix + str(err).removeprefix(f"{norm.label}: ") if prefix else str(err))
         if not built:
