@@ -43,7 +43,18 @@ from contract.types import (
 )
 from infra.ecs.args import AgentWorkerArgs, EcsWorkerSettings
 from infra.livekit.dispatch_rule import DispatchRuleArgs, RoomTimeouts, Rule
-from infra.livekit.fields import E164, AttributeName, DispatchRuleId, HeaderName, MediaConfig, Model, Pin, TrunkId
+from infra.livekit.fields import (
+    E164,
+    MAX_NAME_CHARS,
+    AttributeName,
+    DispatchRuleId,
+    HeaderName,
+    MediaConfig,
+    Model,
+    Pin,
+    TrunkId,
+    object_name,
+)
 from infra.livekit.inbound_trunk import InboundTrunkArgs
 from infra.livekit.outbound_trunk import OutboundTrunkArgs
 
@@ -78,8 +89,9 @@ class _SecretPassword(Model):
         description="Pulumi config key holding the password (`pulumi config set --secret <key> ...`)",
     )
     name: str = Field(
-        default="", max_length=256, exclude=True, description="LiveKit object name (default: <environment>-<key>)"
-    )
+        default="", max_length=MAX_NAME_CHARS, exclude=True,
+        description="LiveKit object name (default: <environment>-<key>)",
+    )  # fmt: skip
     adopt_id: TrunkId = Field(
         default="", exclude=True,
         description="LiveKit id to adopt on the first up, for a name other objects share (written by import)",
@@ -235,7 +247,9 @@ _ALLOWED_HELP = (
 class InboundRoute(Model):
     """Calls to ``numbers`` (through ``trunks``) reach ``agent`` with this route's configuration."""
 
-    name: str = Field(default="", max_length=256, description="LiveKit rule name (default: <environment>-<key>)")
+    name: str = Field(
+        default="", max_length=MAX_NAME_CHARS, description="LiveKit rule name (default: <environment>-<key>)"
+    )
     adopt_id: DispatchRuleId = Field(
         default="",
         description="LiveKit id to adopt on the first up, for a name other rules share (written by import)",
@@ -462,4 +476,4 @@ class StackFile(Model):
     def object_name(self, key: str, name: str = "") -> str:
         """LiveKit object name for a trunk or route key: its declared ``name``, else the key prefixed with the
         environment (unique per project)."""
-        return name or f"{self.environment}-{key}"
+        return object_name(self.environment, key, name)
