@@ -47,8 +47,9 @@ from infra.livekit.dispatch_rule import DispatchRuleProvider
 from infra.livekit.inbound_trunk import InboundTrunkProvider
 from infra.livekit.outbound_trunk import OutboundTrunkProvider
 from infra.stack.ecs import default_subnets
-from infra.stack.load import parse
-from infra.stack.plan import Plan, StackConfig, Trunk, compile_stack
+from infra.stack.load import StackConfig, parse
+from infra.stack.plan import compile_stack
+from infra.stack.types import Plan, Trunk
 from localenv.manager import Endpoints, LocalEnv
 from localenv.reset import wipe_sip
 from tests.test_stack_properties import FILE, SETTINGS, _validate, faulty_stack_files, stack_files

@@ -20,10 +20,10 @@ from contract.types import ECS_AGENT_NAME_RE, LOCAL_ENVIRONMENT, STACK_KEY_RE, d
 from infra.adopt.dispatch import Layer, read_dispatch
 from infra.adopt.keys import Keys
 from infra.adopt.live import LiveProject
+from infra.livekit.all_kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK, canonical
 from infra.livekit.dispatch_rule import DispatchRuleArgs, RoomConfig
 from infra.livekit.fields import object_name
 from infra.livekit.kind import Kind
-from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK, canonical
 
 Effect = Literal["left out", "rewritten"]
 

@@ -15,12 +15,13 @@ from pydantic import ValidationError
 
 from contract.types import LOCAL_ENVIRONMENT, describe_errors
 from infra.adopt.build import Finding, Imported, default_rule
+from infra.livekit.all_kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
 from infra.livekit.fields import object_name
 from infra.livekit.kind import declared
-from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
-from infra.stack.load import Problem, StackFileError
+from infra.stack.errors import Problem, StackFileError
 from infra.stack.model import SECRET_PLACEHOLDER, StackFile
-from infra.stack.plan import Plan, compile_stack
+from infra.stack.plan import compile_stack
+from infra.stack.types import Plan
 
 
 def comparable(doc: dict[str, Any]) -> dict[str, Any]:

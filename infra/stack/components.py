@@ -14,7 +14,7 @@ import pulumi
 
 from infra.livekit.base import ADOPT_INPUT, URL_INPUT
 from infra.livekit.dispatch_rule import SipDispatchRule
-from infra.stack.plan import OutboundCall, Plan, Route
+from infra.stack.types import OutboundCall, Plan, Route
 
 if TYPE_CHECKING:
     from infra.ecs.death_queue import WorkerDeathQueue

@@ -11,7 +11,7 @@ import pulumi
 from infra.ecs.death_queue import WorkerDeathQueue
 from infra.ecs.resource import AgentWorkerDeployment
 from infra.livekit.client import SETTINGS, lookup
-from infra.stack.plan import Plan
+from infra.stack.types import Plan
 
 
 def default_subnets(region: str) -> list[str]:

@@ -16,8 +16,10 @@ from infra.livekit.base import ADOPT_INPUT, URL_INPUT
 from infra.livekit.inbound_trunk import SipInboundTrunk
 from infra.livekit.outbound_trunk import SipOutboundTrunk
 from infra.stack.components import AgentComponent, InboundRouteComponent, OutboundRouteComponent
-from infra.stack.load import StackFileError, stack_path
-from infra.stack.plan import Plan, Trunk, plan_file
+from infra.stack.errors import StackFileError
+from infra.stack.load import stack_path
+from infra.stack.plan import plan_file
+from infra.stack.types import Plan, Trunk
 
 
 class StackInvalid(pulumi.RunError):
