@@ -37,6 +37,7 @@ from contract.types import LOCAL_ENVIRONMENT as LOCAL
 from infra.ecs.validation import IMAGE_RE
 from infra.livekit.conflicts import rule_cells, trunk_cells
 from infra.livekit.dispatch_rule import rule_priority
+from infra.livekit.fields import object_name
 from infra.stack.model import StackFile
 
 
@@ -370,7 +371,7 @@ def _name_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
     for section, entries in sections:
         seen: dict[str, str] = {}
         for key, entry in entries.items():
-            name = stack.object_name(key, entry.name)
+            name = object_name(stack.environment, key, entry.name)
             other = seen.setdefault(name, key)
             if other != key and not (entry.adopt_id and entries[other].adopt_id):  # adopted by id: names may repeat
                 yield f"{section}.{key}.name", f"LiveKit name {name!r} is also {section}.{other}'s: names are unique"

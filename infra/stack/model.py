@@ -124,19 +124,20 @@ class _SecretPassword(Model):
 class StackInboundTrunk(_SecretPassword, InboundTrunkArgs):
     """An inbound trunk: every InboundTrunkArgs field; the key is its name, the password comes from config."""
 
-    def args(self, name: str, header_mappings: dict[str, str]) -> InboundTrunkArgs:
-        """Its ``InboundTrunkArgs``, mapping also the headers its routes' overrides read (``header_mappings``)."""
-        data = self._args_data(name)
-        data["headers_to_attributes"] = {**data["headers_to_attributes"], **header_mappings}
+    def args(self, key: str, stack: StackFile) -> InboundTrunkArgs:
+        """Its ``InboundTrunkArgs`` (named as ``infra.livekit.fields.object_name`` says), mapping also the headers its
+        routes' overrides read (``StackFile.header_mappings``)."""
+        data = self._args_data(object_name(stack.environment, key, self.name))
+        data["headers_to_attributes"] = {**data["headers_to_attributes"], **stack.header_mappings[key]}
         return InboundTrunkArgs.model_validate(data)
 
 
 class StackOutboundTrunk(_SecretPassword, OutboundTrunkArgs):
     """An outbound trunk: every OutboundTrunkArgs field; the key is its name, the password comes from config."""
 
-    def args(self, name: str) -> OutboundTrunkArgs:
-        """Its ``OutboundTrunkArgs``."""
-        return OutboundTrunkArgs.model_validate(self._args_data(name))
+    def args(self, key: str, stack: StackFile) -> OutboundTrunkArgs:
+        """Its ``OutboundTrunkArgs`` (named as ``infra.livekit.fields.object_name`` says)."""
+        return OutboundTrunkArgs.model_validate(self._args_data(object_name(stack.environment, key, self.name)))
 
 
 class LocalWorker(Model):
@@ -320,8 +321,11 @@ class InboundRoute(Model):
             return ""
         return route_metadata(key, self, "inbound", attribute_overrides).to_json()
 
-    def args(self, key: str, name: str, room_prefix: str, trunks: list[str], metadata: str) -> DispatchRuleArgs:
-        """Its ``DispatchRuleArgs`` (``trunks``: the trunk keys, which the program replaces with their ids)."""
+    def args(self, key: str, stack: StackFile, metadata: str) -> DispatchRuleArgs:
+        """Its ``DispatchRuleArgs`` on its trunks (``StackFile.route_trunks``: the trunk keys, which the program
+        replaces with their ids); the default rule's rooms are prefixed with the route's default name."""
+        name, room_prefix = object_name(stack.environment, key, self.name), object_name(stack.environment, key)
+        trunks = stack.route_trunks[key]
         ours = self.metadata_format == "siphon-infra"
         rule = self.rule.model_dump() if self.rule else {"type": "individual", "room_prefix": room_prefix}
         agents = [{"agent_name": self.agent, "metadata": metadata}] if self.agent else []
@@ -472,8 +476,3 @@ class StackFile(Model):
         """Each inbound route's ``attribute_overrides`` for the worker (attribute -> value -> layer), or None."""
         return {key: {self.header_attributes[key][o.header]: dict(o.values) for o in route.header_overrides} or None
                 for key, route in self.inbound_routes.items()}  # fmt: skip
-
-    def object_name(self, key: str, name: str = "") -> str:
-        """LiveKit object name for a trunk or route key: its declared ``name``, else the key prefixed with the
-        environment (unique per project)."""
-        return object_name(self.environment, key, name)

@@ -112,39 +112,20 @@ def _secret_problems(stack: StackFile, config: StackConfig) -> Iterator[tuple[st
 
 
 def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]) -> Plan:
+    """The plan, each entry's arguments built by the entry (``args``), their errors added to ``problems`` in the
+    file's order: trunks, inbound routes, agents (an outbound route's call is not checked here: it has none)."""
     agents = {key: agent.workers for key, agent in stack.agents.items()}
     plan = Plan(stack, stack.environment, stack.protect, stack.livekit.url, agents)
     for key, inbound in stack.inbound_trunks.items():
-        name, where = stack.object_name(key, inbound.name), f"inbound_trunks.{key}"
-        trunk_args = _build(
-            partial(inbound.args, name, stack.header_mappings[key]), where, [(where, inbound)], problems
-        )
+        where = f"inbound_trunks.{key}"
+        trunk_args = _build(partial(inbound.args, key, stack), where, [(where, inbound)], problems)
         if trunk_args is not None:
             plan.inbound_trunks[key] = Trunk(trunk_args, inbound.auth_password_secret, inbound.adopt_id)
     for key, outbound in stack.outbound_trunks.items():
-        name, where = stack.object_name(key, outbound.name), f"outbound_trunks.{key}"
-        out_args = _build(partial(outbound.args, name), where, [(where, outbound)], problems)
+        where = f"outbound_trunks.{key}"
+        out_args = _build(partial(outbound.args, key, stack), where, [(where, outbound)], problems)
         if out_args is not None:
             plan.outbound_trunks[key] = Trunk(out_args, outbound.auth_password_secret, outbound.adopt_id)
-
-    for key, route in stack.inbound_routes.items():
-        where, overrides = f"inbound_routes.{key}", stack.attribute_overrides[key]
-        try:
-            metadata = route.metadata(key, overrides)
-        except ValidationError as e:
-            problems.extend(_metadata_problems(where, route, overrides or {}, e))
-            continue
-        trunks, name = stack.route_trunks[key], stack.object_name(key, route.name)
-        n = len(problems)
-        rule = _build(partial(route.args, key, name, stack.object_name(key), trunks, metadata), where,
-                      [(where, route)], problems)  # fmt: skip
-        for i in range(n, len(problems)):  # the metadata is built from the route: say what to shorten
-            field_path, message = problems[i]
-            if field_path == where and "at most" in message:
-                problems[i] = (field_path, f"the route's metadata (agent_config, context, header_overrides) is "
-                                           f"{len(metadata)} characters; LiveKit's limit: {message}")  # fmt: skip
-        if rule is not None:
-            plan.inbound_routes[key] = Route(rule, trunks, route.adopt_id, route.agent, agents.get(route.agent, ""))
 
     for key, out_route in stack.outbound_routes.items():
         out_trunk = stack.outbound_trunks.get(out_route.trunk)
@@ -157,6 +138,24 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
             ring_timeout=out_route.ring_timeout,
             metadata=route_metadata(key, out_route, "outbound").to_json(),
         )
+
+    for key, route in stack.inbound_routes.items():
+        where, overrides = f"inbound_routes.{key}", stack.attribute_overrides[key]
+        try:
+            metadata = route.metadata(key, overrides)
+        except ValidationError as e:
+            problems.extend(_metadata_problems(where, route, overrides or {}, e))
+            continue
+        n = len(problems)
+        rule = _build(partial(route.args, key, stack, metadata), where, [(where, route)], problems)
+        for i in range(n, len(problems)):  # the metadata is built from the route: say what to shorten
+            field_path, message = problems[i]
+            if field_path == where and "at most" in message:
+                problems[i] = (field_path, f"the route's metadata (agent_config, context, header_overrides) is "
+                                           f"{len(metadata)} characters; LiveKit's limit: {message}")  # fmt: skip
+        if rule is not None:
+            plan.inbound_routes[key] = Route(rule, stack.route_trunks[key], route.adopt_id, route.agent,
+                                             agents.get(route.agent, ""))  # fmt: skip
 
     url = stack.livekit.url or config.livekit_url
     for key, agent in stack.agents.items():
@@ -190,9 +189,9 @@ def compile_stack(
     stack: StackFile, file: str, lines: dict[tuple[str, ...], int], config: StackConfig | None = None
 ) -> Plan:
     """The plan of a parsed stack file, or StackFileError listing every problem with its line."""
-    crossed = list(cross_check(stack))
     later: list[tuple[str, str]] = list(_secret_problems(stack, config or StackConfig()))
     plan = _plan(stack, config or StackConfig(), later)
+    crossed = list(cross_check(stack))  # independent of the plan: run last, reported first
     # All problems in one round: the arguments' own, except where a cross-check already spoke of the same field.
     found = crossed + [(f, m) for f, m in later if not any(_related(f, c) for c, _ in crossed)]
     if found:  # a stack-wide field (aws.*, livekit.url) feeds every agent's arguments: say each problem once
