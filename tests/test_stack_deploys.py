@@ -158,7 +158,7 @@ def _sample() -> list[str]:
 
 
 def _trunk_props(plan: Plan, trunk: Trunk, local_url: str) -> dict[str, Any]:
-    """As ``infra.stack.program._trunk_props``: a dummy password from config; the file's LiveKit URL is the local
+    """As ``infra.stack.components.trunk_props``: a dummy password from config; the file's LiveKit URL is the local
     server here."""
     props: dict[str, Any] = trunk.args.model_dump(exclude_defaults=True)
     if trunk.password_secret:
