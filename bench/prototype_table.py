@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 @cache
 def sections() -> dict[str, Kind]:
-    from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
+    from infra.livekit.all_kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
 
     return {"inbound_trunks": INBOUND_TRUNK, "outbound_trunks": OUTBOUND_TRUNK, "rules": DISPATCH_RULE}
 
@@ -142,7 +142,7 @@ class RoutingTableProvider(ResourceProvider):
 
     @staticmethod
     def _message(section: str, entry: Mapping[str, Any], ids: Mapping[str, Mapping[str, str]]) -> Any:
-        from infra.livekit.kinds import to_proto
+        from infra.livekit.all_kinds import to_proto
 
         kind = sections()[section]
         body = dict(entry)
@@ -236,8 +236,8 @@ class RoutingTableProvider(ResourceProvider):
         """Every entry as LiveKit holds it (one listing per kind); entries whose object is gone are dropped."""
         from pydantic import ValidationError
 
+        from infra.livekit.all_kinds import canonical
         from infra.livekit.base import URL_INPUT
-        from infra.livekit.kinds import canonical
 
         stored_ids: Mapping[str, Mapping[str, str]] = props.get(IDS) or {}
 

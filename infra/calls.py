@@ -22,7 +22,7 @@ from contract.models import layer_spec_problems
 from contract.types import Model
 from infra.livekit import client
 from infra.livekit.fields import E164, describe_errors
-from infra.stack.plan import OutboundCall
+from infra.stack.types import OutboundCall
 
 CALL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 

@@ -15,9 +15,11 @@ from typing import Annotated
 
 import typer
 
-from infra.stack.load import STACKS_DIR, StackFileError, stack_path
-from infra.stack.plan import Plan, plan_file
+from infra.stack.errors import StackFileError
+from infra.stack.load import STACKS_DIR, stack_path
+from infra.stack.plan import plan_file
 from infra.stack.render import markdown_summary, mermaid, table
+from infra.stack.types import Plan
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=__doc__)
 

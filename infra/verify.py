@@ -24,7 +24,7 @@ from livekit import api
 from contract.metadata import parse_metadata
 from contract.resolve import ATTR_PREFIX, SipFacts, resolve_call, worker_defaults
 from infra import sipp
-from infra.stack.plan import Plan
+from infra.stack.types import Plan
 
 TEST_CALLER = "+15005550006"  # a reserved test number, used as the caller unless the route filters callers
 POLL = 0.05  # seconds between looks at LiveKit while a call is set up

@@ -49,8 +49,10 @@ from contract.metadata import MODEL_KINDS
 from contract.models import PROVIDERS, SpecError, parse_spec
 from contract.types import LOCAL_ENVIRONMENT
 from infra import sipp
-from infra.stack.load import StackFileError, stack_path
-from infra.stack.plan import Plan, plan_file
+from infra.stack.errors import StackFileError
+from infra.stack.load import stack_path
+from infra.stack.plan import plan_file
+from infra.stack.types import Plan
 from infra.verify import Expectation, agent_attributes, expectations, published_attributes, verify_one
 from localenv import engine, tools
 from localenv.carrier import Carrier
@@ -361,7 +363,7 @@ def _outbound_expected(plan: Plan, key: str, trunk_id: str) -> dict[str, str]:
     from contract.metadata import parse_metadata
     from contract.resolve import SipFacts, resolve_call, worker_defaults
     from infra.calls import CallRequest, call_metadata
-    from infra.stack.plan import OutboundCall
+    from infra.stack.types import OutboundCall
 
     route = OutboundCall.model_validate({**plan.outbound_routes[key].model_dump(), "trunk_id": trunk_id})
     meta = parse_metadata(call_metadata(route, CallRequest(route=key, to=OUTBOUND_CALLEE)).to_json()).metadata

@@ -11,7 +11,7 @@ from typing import Any
 from livekit import api
 from pulumi import automation as auto
 
-from infra.livekit.kinds import canonical
+from infra.livekit.all_kinds import canonical
 from localenv import engine
 from localenv.reset import wipe_sip
 

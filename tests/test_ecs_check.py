@@ -10,7 +10,7 @@ import pytest
 from pulumi.output import Unknown
 
 from infra.dynamic import InvalidArguments
-from infra.ecs import components, rollout
+from infra.ecs import operations, rollout
 from infra.ecs.provider import AgentWorkerProvider, validate
 from infra.ecs.resource import AgentWorkerDeployment
 from tests.test_ecs_helpers import ALL_SECRETS, SECRET_OPENAI, WORKER_MODELS, full_args, recorded_calls
@@ -144,7 +144,7 @@ def outputs_for(**overrides: Any) -> dict[str, Any]:
         "ecs_service_name": model.effective_service_name,
         "region": "us-east-1",
         "secret_salt": salt,
-        "secret_fingerprints": {k: components.fingerprint(salt, k, v) for k, v in model.secret_values().items()},
+        "secret_fingerprints": {k: operations.fingerprint(salt, k, v) for k, v in model.secret_values().items()},
         "drift": [],
     }
 

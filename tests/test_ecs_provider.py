@@ -8,7 +8,7 @@ from typing import Any
 import boto3
 import pytest
 
-from infra.ecs.components import DeploymentError
+from infra.ecs.operations import DeploymentError
 from infra.ecs.provider import AgentWorkerProvider
 from localenv.manager import Endpoints
 from tests.test_ecs_helpers import (

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from infra.sipp import dtmf_pcaps, scenario
-from infra.stack.load import StackFileError
+from infra.stack.errors import StackFileError
 from infra.stack.plan import plan_file
 from localenv.manager import Endpoints
 from localenv.rehearse import OUTSIDER_ADDRESS, _own_processes, model_problems

@@ -4,7 +4,7 @@ deployed to the session's LiveKit and moto, and each agent's worker starts as fa
 The files come from the property test's generators (``tests/test_stack_properties.py``): valid files, and files with
 one fault that validate accepts all the same; derandomized and sampled with a fixed seed, so every run deploys the
 same files. Each is compiled as ``siphon-infra validate`` compiles it, and its placeholders are filled as the Pulumi
-program (``infra.stack.program``, ``infra.stack.ecs``) fills them: dummy secrets, the default VPC's subnets (moto's),
+program (``infra.stack.program``, ``infra.stack.components``) fills them: dummy secrets, the default VPC's subnets (moto's),
 the local LiveKit's URL. What a file says already exists in its own account stands in as this account's: the local
 LiveKit for its ``livekit.url``, moto's default subnets for its ``aws.subnets``, its cluster (``create_cluster``
 false) made beforehand. Every resource then goes through its real provider's ``check`` and ``create``, in the
@@ -46,9 +46,10 @@ from infra.livekit.base import URL_INPUT, LiveKitProvider
 from infra.livekit.dispatch_rule import DispatchRuleProvider
 from infra.livekit.inbound_trunk import InboundTrunkProvider
 from infra.livekit.outbound_trunk import OutboundTrunkProvider
-from infra.stack.ecs import default_subnets
-from infra.stack.load import parse
-from infra.stack.plan import Plan, StackConfig, Trunk, compile_stack
+from infra.stack.components import default_subnets
+from infra.stack.load import StackConfig, parse
+from infra.stack.plan import compile_stack
+from infra.stack.types import Plan, Trunk
 from localenv.manager import Endpoints, LocalEnv
 from localenv.reset import wipe_sip
 from tests.test_stack_properties import FILE, SETTINGS, _validate, faulty_stack_files, stack_files
@@ -157,7 +158,7 @@ def _sample() -> list[str]:
 
 
 def _trunk_props(plan: Plan, trunk: Trunk, local_url: str) -> dict[str, Any]:
-    """As ``infra.stack.program._trunk_props``: a dummy password from config; the file's LiveKit URL is the local
+    """As ``infra.stack.components.trunk_props``: a dummy password from config; the file's LiveKit URL is the local
     server here."""
     props: dict[str, Any] = trunk.args.model_dump(exclude_defaults=True)
     if trunk.password_secret:
@@ -185,7 +186,7 @@ def _deploy(d: Deployment, plan: Plan, endpoints: Endpoints) -> None:
         assert plan.death_queue is not None, "a plan with ECS workers has a death queue"
         props = {**plan.death_queue.model_dump(), "stack": plan.environment}
         queue = d.create(WorkerDeathQueueProvider(), "death queue", props) or {}
-    for key, worker in plan.workers.items():  # infra.stack.ecs.agent_deployment
+    for key, worker in plan.workers.items():  # infra.stack.components.agent_deployment
         props = worker.args.public_fields()
         if queue:
             props.update(death_queue_url=queue["queue_url"], death_queue_arn=queue["queue_arn"])

@@ -26,9 +26,11 @@ from contract.deployment import max_calls_for
 from infra import cli
 from infra.ecs.provider import AgentWorkerProvider
 from infra.livekit.provider import DispatchRuleProvider, InboundTrunkProvider, OutboundTrunkProvider
-from infra.stack.load import StackFileError, parse
+from infra.stack.errors import StackFileError
+from infra.stack.load import StackConfig, parse
 from infra.stack.model import Agent, InboundRoute, OutboundRoute, StackFile, StackInboundTrunk, StackOutboundTrunk
-from infra.stack.plan import Plan, StackConfig, compile_stack
+from infra.stack.plan import compile_stack
+from infra.stack.types import Plan
 
 FILE = "stacks/generated.yaml"
 EXAMPLES = 500

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from infra import cli
-from infra.stack.load import STACKS_DIR, StackFileError, parse
-from infra.stack.plan import StackConfig, compile_stack
+from infra.stack.errors import StackFileError
+from infra.stack.load import STACKS_DIR, StackConfig, parse
+from infra.stack.plan import compile_stack
 
 STACKS = Path(__file__).parents[1] / "stacks"
 BASE: dict[str, Any] = yaml.safe_load((STACKS / "local.yaml").read_text())

@@ -35,7 +35,7 @@ from livekit import api, rtc
 from contract import metrics
 from contract.metadata import AgentConfig, AllowedOverrides, CallMetadata, RouteMetadata
 from infra import sipp
-from infra.ecs import components
+from infra.ecs import operations
 from infra.ecs.naming import Names
 from infra.verify import Observation, observe
 from localenv.carrier import Carrier
@@ -878,7 +878,7 @@ def test_a_worker_on_ecs_publishes_its_calls_as_the_metric_its_service_scales_on
         after = _wait_emf(w, active=0, after=_emf(w).index(busy[0]) + 1, timeout=WAIT)
         assert after[metrics.ACTIVE] == 0
 
-        policy = components.calls_metric(names)
+        policy = operations.calls_metric(names)
         for record in (idle, busy[0], after):
             aws = record["_aws"]
             assert isinstance(aws, dict)

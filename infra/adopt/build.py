@@ -20,9 +20,10 @@ from contract.types import ECS_AGENT_NAME_RE, LOCAL_ENVIRONMENT, STACK_KEY_RE, d
 from infra.adopt.dispatch import Layer, read_dispatch
 from infra.adopt.keys import Keys
 from infra.adopt.live import LiveProject
+from infra.livekit.all_kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK, canonical
 from infra.livekit.dispatch_rule import DispatchRuleArgs, RoomConfig
+from infra.livekit.fields import object_name
 from infra.livekit.kind import Kind
-from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK, canonical
 
 Effect = Literal["left out", "rewritten"]
 
@@ -100,7 +101,7 @@ def _trunks(environment: str, section: str, kind: Kind, messages: list[Any], out
         if args is None:
             continue
         key = keys.key(message.name, "trunk")
-        entry: dict[str, Any] = {"name": message.name} if message.name != f"{environment}-{key}" else {}
+        entry: dict[str, Any] = {"name": message.name} if message.name != object_name(environment, key) else {}
         if shared:
             entry["adopt_id"] = kind.object_id(message)
         body = args.model_dump(mode="json", exclude_defaults=True, exclude={"name", "auth_password"})
@@ -120,7 +121,7 @@ _ROOM_EXTRAS = ("name", "metadata", "min_playout_delay", "max_playout_delay", "s
 
 def default_rule(environment: str, key: str) -> dict[str, Any]:
     """The rule the plan builds for a route that names none (its ``pin`` aside), as its non-default fields."""
-    return {"type": "individual", "room_prefix": f"{environment}-{key}"}
+    return {"type": "individual", "room_prefix": object_name(environment, key)}
 
 
 def _route(environment: str, key: str, args: DispatchRuleArgs, trunk_keys: dict[str, str],
@@ -141,7 +142,7 @@ def _route(environment: str, key: str, args: DispatchRuleArgs, trunk_keys: dict[
     )
     if lacking:
         rewrite(f"the stack file has no field for {', '.join(lacking)}")
-    route: dict[str, Any] = {"name": args.name} if args.name != f"{environment}-{key}" else {}
+    route: dict[str, Any] = {"name": args.name} if args.name != object_name(environment, key) else {}
     if args.numbers:
         route["numbers"] = list(args.numbers)
     trunks = []

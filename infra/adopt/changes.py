@@ -15,11 +15,13 @@ from pydantic import ValidationError
 
 from contract.types import LOCAL_ENVIRONMENT, describe_errors
 from infra.adopt.build import Finding, Imported, default_rule
+from infra.livekit.all_kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
+from infra.livekit.fields import object_name
 from infra.livekit.kind import declared
-from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
-from infra.stack.load import Problem, StackFileError
+from infra.stack.errors import Problem, StackFileError
 from infra.stack.model import SECRET_PLACEHOLDER, StackFile
-from infra.stack.plan import Plan, compile_stack
+from infra.stack.plan import compile_stack
+from infra.stack.types import Plan
 
 
 def comparable(doc: dict[str, Any]) -> dict[str, Any]:
@@ -30,7 +32,7 @@ def comparable(doc: dict[str, Any]) -> dict[str, Any]:
     out["environment"] = LOCAL_ENVIRONMENT
     for section in ("inbound_trunks", "outbound_trunks", "inbound_routes"):
         for key, entry in out.get(section, {}).items():
-            entry.setdefault("name", f"{env}-{key}")
+            entry.setdefault("name", object_name(env, key))
     for key, route in out.get("inbound_routes", {}).items():
         if "rule" not in route:
             route["rule"] = {**default_rule(env, key), "pin": route.pop("pin", "")}

@@ -16,7 +16,7 @@ from infra.adopt.build import Imported, build
 from infra.adopt.changes import rewrites
 from infra.adopt.live import list_project
 from infra.adopt.yamlout import render
-from infra.stack.load import StackFileError
+from infra.stack.errors import StackFileError
 from infra.stack.plan import plan_file
 
 HEADER = [

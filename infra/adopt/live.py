@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from infra.livekit.kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
+from infra.livekit.all_kinds import DISPATCH_RULE, INBOUND_TRUNK, OUTBOUND_TRUNK
 
 if TYPE_CHECKING:
     from livekit import api

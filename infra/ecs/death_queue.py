@@ -39,8 +39,8 @@ from pydantic import Field, field_validator, model_validator
 
 from contract.types import EcsEnvironmentName, Model
 from infra.dynamic import InvalidArguments, is_unknown
-from infra.ecs import components as c
 from infra.ecs import naming
+from infra.ecs import operations as ops
 from infra.ecs import validation as v
 from infra.ecs.aws import Aws, partition
 from infra.ecs.base import RegionalProvider
@@ -221,8 +221,8 @@ class WorkerDeathQueueProvider(RegionalProvider):
         """Refresh: gone if the queue is; a changed or missing setting, policy, rule or target is drift."""
         aws = Aws(self._region(props))
         name = str(props["queue_name"])
-        url = c.get_queue_url(aws, name)
-        attributes = c.queue_attributes(aws, url) if url else None
+        url = ops.get_queue_url(aws, name)
+        attributes = ops.queue_attributes(aws, url) if url else None
         if url is None or attributes is None:
             return ReadResult("", {})
         outs = {k: val for k, val in props.items() if k != "__provider"}
@@ -237,7 +237,7 @@ class WorkerDeathQueueProvider(RegionalProvider):
                 drift.append(f"queue {name}: {key} is {attributes.get(key)}, not {value}")
         if not _same_json(attributes.get("Policy"), queue_policy(str(props["queue_arn"]), str(props["rule_arn"]))):
             drift.append(f"queue {name}: its policy is not the one that lets only rule {props['rule_name']} send")
-        rule = c.describe_rule(aws, str(props["rule_name"]))
+        rule = ops.describe_rule(aws, str(props["rule_name"]))
         if rule is None:
             drift.append(f"EventBridge rule {props['rule_name']} is missing")
         else:
@@ -245,7 +245,7 @@ class WorkerDeathQueueProvider(RegionalProvider):
                 drift.append(f"EventBridge rule {props['rule_name']} is {rule.get('State')}")
             if not _same_json(rule.get("EventPattern"), str(props.get("event_pattern"))):
                 drift.append(f"EventBridge rule {props['rule_name']}: its event pattern changed")
-            if [t.get("Arn") for t in c.rule_targets(aws, str(props["rule_name"]))] != [props["queue_arn"]]:
+            if [t.get("Arn") for t in ops.rule_targets(aws, str(props["rule_name"]))] != [props["queue_arn"]]:
                 drift.append(f"EventBridge rule {props['rule_name']}: its target is not exactly queue {name}")
         outs["drift"] = drift
         return ReadResult(id, outs)
@@ -253,19 +253,19 @@ class WorkerDeathQueueProvider(RegionalProvider):
     def delete(self, id: str, props: dict[str, Any]) -> None:
         """Delete the rule (its target first), then the queue; anything already gone counts as deleted."""
         aws = Aws(self._region(props))
-        c.delete_rule(aws, str(props.get("rule_name") or naming.death_queue_name(str(props["environment"]))))
-        c.delete_queue(aws, str(props.get("queue_name") or naming.death_queue_name(str(props["environment"]))))
+        ops.delete_rule(aws, str(props.get("rule_name") or naming.death_queue_name(str(props["environment"]))))
+        ops.delete_queue(aws, str(props.get("queue_name") or naming.death_queue_name(str(props["environment"]))))
 
 
 def reconcile(aws: Aws, args: DeathQueueArgs) -> dict[str, Any]:
     """Create or update the queue, the rule, the queue's policy and the rule's target; the outputs."""
-    cluster = cluster_arn(aws.region, c.account_id(aws), args.cluster_name)
-    url, arn = c.ensure_queue(aws, args.name, queue_settings(args), args.all_tags)
+    cluster = cluster_arn(aws.region, ops.account_id(aws), args.cluster_name)
+    url, arn = ops.ensure_queue(aws, args.name, queue_settings(args), args.all_tags)
     description = f"Stopped tasks of stack {args.stack}'s workers in cluster {args.cluster_name} -> queue {args.name}"
     pattern = event_pattern(cluster, args.groups)
-    rule_arn = c.ensure_rule(aws, args.name, pattern, description[:512], args.all_tags)
-    c.set_queue_policy(aws, url, queue_policy(arn, rule_arn))
-    c.ensure_only_target(aws, args.name, TARGET_ID, arn)
+    rule_arn = ops.ensure_rule(aws, args.name, pattern, description[:512], args.all_tags)
+    ops.set_queue_policy(aws, url, queue_policy(arn, rule_arn))
+    ops.ensure_only_target(aws, args.name, TARGET_ID, arn)
     return {
         **args.model_dump(mode="json"),
         "region": aws.region,

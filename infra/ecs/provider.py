@@ -24,7 +24,7 @@ from pulumi.dynamic import (
 
 from contract.types import SECRET_FIELDS
 from infra.dynamic import is_unknown
-from infra.ecs import components as c
+from infra.ecs import operations as ops
 from infra.ecs import rollout, spec
 from infra.ecs.args import AgentWorkerArgs
 from infra.ecs.aws import Aws
@@ -121,7 +121,7 @@ class AgentWorkerProvider(RegionalProvider):
         values.update(news.get("provider_keys") or {})
         if set(values) != set(fps):
             return True
-        return any(not isinstance(val, str) or c.fingerprint(salt, k, val) != fps[k] for k, val in values.items())
+        return any(not isinstance(val, str) or ops.fingerprint(salt, k, val) != fps[k] for k, val in values.items())
 
     # -- create / update ------------------------------------------------------------------------------
 
@@ -142,7 +142,7 @@ class AgentWorkerProvider(RegionalProvider):
         """Refresh: gone if the service is; otherwise live values and missing parts go into state."""
         aws = Aws(self._region(props))
         names = names_from_state(props)
-        svc = c.describe_service(aws, names.cluster_name, names.service_name)
+        svc = ops.describe_service(aws, names.cluster_name, names.service_name)
         if svc is None:
             return ReadResult("", {})
         outs = dict(props)
@@ -167,7 +167,7 @@ class AgentWorkerProvider(RegionalProvider):
             }
         live_td = svc.get("taskDefinition")
         if live_td and live_td != props.get("task_definition_arn"):
-            described = c.describe_task_definition(aws, live_td)
+            described = ops.describe_task_definition(aws, live_td)
             if described is None or described[1].get(TAG_SPEC_DIGEST) != props.get("task_definition_digest"):
                 drift.append(f"service runs task definition {live_td}")
             outs["task_definition_arn"] = live_td
@@ -181,19 +181,19 @@ class AgentWorkerProvider(RegionalProvider):
                 for key in ("cpu", "memory"):
                     if str(td.get(key, "")).isdigit():
                         outs[key] = int(td[key])
-        group = c.describe_log_group(aws, names.log_group)
+        group = ops.describe_log_group(aws, names.log_group)
         if group is None:
             drift.append(f"log group {names.log_group} is missing")
         else:
             outs["log_retention_days"] = group.get("retentionInDays")
         for role in (names.execution_role, names.task_role):
-            if c.get_role(aws, role) is None:
+            if ops.get_role(aws, role) is None:
                 drift.append(f"IAM role {role} is missing")
         for env, arn in sorted((props.get("secret_arns") or {}).items()):
-            found = c.describe_secret(aws, arn)
+            found = ops.describe_secret(aws, arn)
             if found is None or found.get("DeletedDate"):
                 drift.append(f"secret for {env} is missing")
-        if props.get("autoscaling") and not c.scalable_target_exists(aws, names):
+        if props.get("autoscaling") and not ops.scalable_target_exists(aws, names):
             drift.append("autoscaling target is missing")
         outs["drift"] = drift
         outs.pop("__provider", None)
@@ -205,19 +205,19 @@ class AgentWorkerProvider(RegionalProvider):
         """Delete in an order AWS accepts; anything already gone counts as deleted."""
         aws = Aws(self._region(props))
         names = names_from_state(props)
-        c.delete_autoscaling(aws, names)
-        if c.describe_cluster(aws, names.cluster_name) is not None:
-            c.delete_service(aws, names, int(props.get("steady_state_timeout_seconds") or 900))
-        c.deregister_revisions(aws, names.family, keep=None, purge=True)
+        ops.delete_autoscaling(aws, names)
+        if ops.describe_cluster(aws, names.cluster_name) is not None:
+            ops.delete_service(aws, names, int(props.get("steady_state_timeout_seconds") or 900))
+        ops.deregister_revisions(aws, names.family, keep=None, purge=True)
         if props.get("create_cluster"):
-            c.delete_cluster(aws, names.cluster_name)
+            ops.delete_cluster(aws, names.cluster_name)
         for env in sorted(props.get("secret_arns") or {}):
-            c.delete_secret(aws, props["secret_arns"][env])
+            ops.delete_secret(aws, props["secret_arns"][env])
         for role in (names.execution_role, names.task_role):
-            c.delete_role(aws, role)
-        c.delete_log_group(aws, names.log_group)
+            ops.delete_role(aws, role)
+        ops.delete_log_group(aws, names.log_group)
         if props.get("repository_name"):
-            c.delete_repository(aws, props["repository_name"])
+            ops.delete_repository(aws, props["repository_name"])
 
 
 def reconcile(aws: Aws, args: AgentWorkerArgs, prior: dict[str, Any] | None) -> dict[str, Any]:
@@ -230,10 +230,10 @@ def reconcile(aws: Aws, args: AgentWorkerArgs, prior: dict[str, Any] | None) -> 
     repo_name = repo_uri = repo_arn = None
     if args.ecr_repository is not None:
         repo_name = args.ecr_repository.name or names.default_repository
-        repo_uri, repo_arn = c.ensure_repository(aws, repo_name, args.ecr_repository, tags)
+        repo_uri, repo_arn = ops.ensure_repository(aws, repo_name, args.ecr_repository, tags)
     image = spec.image_reference(args, repo_uri)
 
-    log_group_arn = c.ensure_log_group(aws, names.log_group, args.log_retention_days, tags)
+    log_group_arn = ops.ensure_log_group(aws, names.log_group, args.log_retention_days, tags)
 
     salt = prior.get("secret_salt") or secrets.token_hex(16)
     prior_arns: dict[str, str] = prior.get("secret_arns") or {}
@@ -242,15 +242,15 @@ def reconcile(aws: Aws, args: AgentWorkerArgs, prior: dict[str, Any] | None) -> 
     fingerprints: dict[str, str] = {}
     rotated = False
     for env, value in sorted(args.secret_values().items()):
-        fp = c.fingerprint(salt, env, value)
+        fp = ops.fingerprint(salt, env, value)
         if drifted or env not in prior_arns or prior_fps.get(env) != fp:
-            secret_arns[env] = c.ensure_secret(aws, names.secret(env), value, tags)
+            secret_arns[env] = ops.ensure_secret(aws, names.secret(env), value, tags)
             rotated = rotated or env in prior_arns
         else:
             secret_arns[env] = prior_arns[env]
         fingerprints[env] = fp
 
-    execution_role_arn = c.ensure_role(
+    execution_role_arn = ops.ensure_role(
         aws,
         names.execution_role,
         names.role_policy,
@@ -258,8 +258,8 @@ def reconcile(aws: Aws, args: AgentWorkerArgs, prior: dict[str, Any] | None) -> 
         tags,
         f"ECS execution role of agent worker {args.agent_name} ({args.environment})",
     )
-    cluster_arn = c.ensure_cluster(aws, names.cluster_name, args.create_cluster, tags)
-    task_role_arn = c.ensure_role(
+    cluster_arn = ops.ensure_cluster(aws, names.cluster_name, args.create_cluster, tags)
+    task_role_arn = ops.ensure_role(
         aws,
         names.task_role,
         names.role_policy,
@@ -279,15 +279,15 @@ def reconcile(aws: Aws, args: AgentWorkerArgs, prior: dict[str, Any] | None) -> 
     )
     digest = spec.digest(params)
     prior_td = prior.get("task_definition_arn")
-    current = c.describe_task_definition(aws, prior_td) if prior_td else None
+    current = ops.describe_task_definition(aws, prior_td) if prior_td else None
     if current is not None and current[0].get("status") == "ACTIVE" and current[1].get(TAG_SPEC_DIGEST) == digest:
         td_arn = str(prior_td)
     else:
-        td_arn = c.register_task_definition(aws, params, digest, tags)
+        td_arn = ops.register_task_definition(aws, params, digest, tags)
 
     # With autoscaling the count belongs to Application Auto Scaling, unless the declared count changed.
     keep_count = bool(prior) and args.autoscaling is not None and prior.get("desired_count") == args.desired_count
-    service_arn = c.ensure_service(
+    service_arn = ops.ensure_service(
         aws,
         names,
         task_definition_arn=td_arn,
@@ -299,21 +299,21 @@ def reconcile(aws: Aws, args: AgentWorkerArgs, prior: dict[str, Any] | None) -> 
     )
     scaling_policy_arn = None
     if args.autoscaling is not None:
-        scaling_policy_arn = c.ensure_autoscaling(aws, names, args.autoscaling, tags)
+        scaling_policy_arn = ops.ensure_autoscaling(aws, names, args.autoscaling, tags)
     elif prior.get("autoscaling"):
-        c.delete_autoscaling(aws, names)
+        ops.delete_autoscaling(aws, names)
 
     # Clean-up once the service uses the new revision: old revisions, dropped secrets, a dropped repository.
-    c.deregister_revisions(aws, names.family, keep=td_arn)
+    ops.deregister_revisions(aws, names.family, keep=td_arn)
     for env, arn in sorted(prior_arns.items()):
         if env not in secret_arns:
-            c.delete_secret(aws, arn)
+            ops.delete_secret(aws, arn)
     if prior.get("repository_name") and prior["repository_name"] != repo_name:
-        c.delete_repository(aws, prior["repository_name"])
+        ops.delete_repository(aws, prior["repository_name"])
 
     if args.wait_for_steady_state:
         rollout.wait_for_steady_state(
-            lambda: c.describe_service(aws, names.cluster_name, names.service_name) or {},
+            lambda: ops.describe_service(aws, names.cluster_name, names.service_name) or {},
             td_arn,
             args.steady_state_timeout_seconds,
         )

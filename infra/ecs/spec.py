@@ -10,13 +10,6 @@ from infra.ecs import naming
 from infra.ecs import validation as v
 from infra.ecs.args import AgentWorkerArgs
 
-TRUST_POLICY = json.dumps({
-    "Version": "2012-10-17",
-    "Statement": [
-        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}
-    ],
-})  # fmt: skip
-
 
 def tags(args: AgentWorkerArgs) -> dict[str, str]:
     """Tags for every object: user tags plus stack, environment and agent name."""
@@ -26,11 +19,6 @@ def tags(args: AgentWorkerArgs) -> dict[str, str]:
         naming.TAG_ENVIRONMENT: args.environment,
         naming.TAG_AGENT_NAME: args.agent_name,
     }
-
-
-def tag_list(t: dict[str, str], key: str = "Key", value: str = "Value") -> list[dict[str, str]]:
-    """Tags as the list-of-pairs shape most AWS APIs take."""
-    return [{key: k, value: val} for k, val in sorted(t.items())]
 
 
 def container_environment(args: AgentWorkerArgs) -> dict[str, str]:

@@ -23,6 +23,7 @@ declaration, instead of creating a duplicate.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pulumi
@@ -145,46 +146,9 @@ class LiveKitProvider(ResourceProvider):
         index = self._names(creds)
 
         async def create_or_adopt(lk: api.LiveKitAPI) -> str:
-            from livekit.api import TwirpError  # loaded by now: ``lk`` is a client
-
-            async def listing() -> list[Any]:
-                return await self.KIND.list(lk, [])
-
+            write = _Create(self.KIND, lk, index, name, message, args, props.get(ADOPT_INPUT))
             async with self._claims(creds).hold(conflict_keys(self.KIND.label, message)):
-                ids, seen = await index.lookup(name, listing)
-                adopt = props.get(ADOPT_INPUT)
-                if adopt and index.listed(adopt) is not None:
-                    ids = [adopt]  # named like others (e.g. SIPHON's trunks): the import named it by id
-                if not ids:
-                    try:
-                        created = self.KIND.object_id(await self.KIND.create(lk, message))
-                    except TwirpError:
-                        await index.refresh(seen, listing)  # someone may have created it since the listing
-                        ids, seen = await index.lookup(name, listing)
-                        if not ids:
-                            raise
-                    else:
-                        index.added(name, created)
-                        return created
-                if len(ids) > 1:
-                    raise client.LiveKitError(
-                        f"several LiveKit {self.KIND.label}s are named {name!r} ({', '.join(ids)}): "
-                        "delete all but one, then retry"
-                    )
-                found = index.listed(ids[0])
-                if found is not None and self.KIND.canonical(found) == declared(args):
-                    return ids[0]  # adopted as it already is: nothing to write (`siphon-infra import`)
-                try:
-                    await self.KIND.replace(lk, ids[0], message)
-                    index.removed_listing(ids[0])
-                except TwirpError as e:
-                    if e.code != "not_found":
-                        raise
-                    index.removed(ids[0])  # deleted since the listing: create it after all
-                    created = self.KIND.object_id(await self.KIND.create(lk, message))
-                    index.added(name, created)
-                    return created
-                return ids[0]
+                return await write.created_or_adopted()
 
         object_id = client.call(creds, self._what("create", props), create_or_adopt)
         return CreateResult(object_id, self._outs(object_id, declared(args), props))
@@ -225,6 +189,84 @@ class LiveKitProvider(ResourceProvider):
         creds = self._creds(props)
         client.call(creds, self._what("delete", props), lambda lk: self.KIND.delete(lk, id))
         self._names(creds).removed(id)
+
+
+@dataclass(frozen=True)
+class _Create:
+    """One create, in the steps the provider takes while it holds the write's conflict keys: the ids of the name
+    (or the id the import adopts), a new object when there is none, else the one object of the name taken over."""
+
+    kind: Kind
+    lk: api.LiveKitAPI
+    index: NameIndex
+    name: str
+    message: Any
+    args: BaseModel
+    adopt_id: str | None
+
+    async def created_or_adopted(self) -> str:
+        """The id of the object created or adopted."""
+        ids, seen = await self._named()
+        if not ids:
+            created, ids = await self._create_unless_named_since(seen)
+            if created:
+                return created
+        return await self._take_over(self._only(ids))
+
+    async def _listing(self) -> list[Any]:
+        return await self.kind.list(self.lk, [])
+
+    async def _named(self) -> tuple[list[str], int]:
+        """The ids of the name in this process's listing, and the listing's generation."""
+        ids, seen = await self.index.lookup(self.name, self._listing)
+        if self.adopt_id and self.index.listed(self.adopt_id) is not None:
+            ids = [self.adopt_id]  # named like others (e.g. SIPHON's trunks): the import named it by id
+        return ids, seen
+
+    async def _create_unless_named_since(self, seen: int) -> tuple[str, list[str]]:
+        """A new object's id; or, when LiveKit refuses it and a new listing holds the name (someone created it
+        after listing ``seen``), no id and the ids of the name."""
+        from livekit.api import TwirpError  # loaded by now: ``lk`` is a client
+
+        try:
+            return await self._new(), []
+        except TwirpError:
+            await self.index.refresh(seen, self._listing)  # someone may have created it since the listing
+            ids, _ = await self.index.lookup(self.name, self._listing)
+            if not ids:
+                raise
+            return "", ids
+
+    def _only(self, ids: list[str]) -> str:
+        if len(ids) > 1:
+            raise client.LiveKitError(
+                f"several LiveKit {self.kind.label}s are named {self.name!r} ({', '.join(ids)}): "
+                "delete all but one, then retry"
+            )
+        return ids[0]
+
+    async def _take_over(self, object_id: str) -> str:
+        """Adopt ``object_id``: as it is when it already matches the declaration, else overwritten with it (created
+        after all when it was deleted since the listing)."""
+        from livekit.api import TwirpError  # loaded by now: ``lk`` is a client
+
+        found = self.index.listed(object_id)
+        if found is not None and self.kind.canonical(found) == declared(self.args):
+            return object_id  # adopted as it already is: nothing to write (`siphon-infra import`)
+        try:
+            await self.kind.replace(self.lk, object_id, self.message)
+            self.index.removed_listing(object_id)
+        except TwirpError as e:
+            if e.code != "not_found":
+                raise
+            self.index.removed(object_id)  # deleted since the listing: create it after all
+            return await self._new()
+        return object_id
+
+    async def _new(self) -> str:
+        created = self.kind.object_id(await self.kind.create(self.lk, self.message))
+        self.index.added(self.name, created)
+        return created
 
 
 SECRET_OUTPUTS = list(SECRET_FIELDS)

@@ -5,8 +5,8 @@ against what is stored without a lock: two colliding objects written at the same
 pass. Writes are therefore serialised only where they share a key LiveKit compares (the same
 logic as ``ValidateTrunksIter`` / ``DispatchRuleValidator`` in livekit/protocol ``sip/sip.go``):
 
-- inbound trunks: one key per (called number, or "") x (allowed caller number, or "");
-- dispatch rules: one key per (pin, trunk id or "", caller number or "", called number or "");
+- inbound trunks: one key per (called number, or "") x (allowed caller number, or "") (``trunk_cells``);
+- dispatch rules: one key per (pin, trunk id or "", caller number or "", called number or "") (``rule_cells``);
 - every kind: its name (names are unique per kind; the second write of a name adopts the first).
 
 Outbound trunks have no conflict rules, so only their names are keys. Everything else runs in
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Hashable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from itertools import product
 from typing import Any
@@ -36,22 +36,36 @@ def normalize_number(number: str) -> str:
     return digits if digits.startswith("+") else "+" + digits
 
 
+def trunk_cells(numbers: Iterable[str], allowed_numbers: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """LiveKit's rule for inbound trunks: two conflict when they share a cell (called number, or "" for any) x
+    (allowed caller number, or "" for any)."""
+    return product(list(numbers) or [""], list(allowed_numbers) or [""])
+
+
+def rule_cells(
+    pin: str, trunks: Iterable[str], caller_numbers: Iterable[str], numbers: Iterable[str]
+) -> Iterator[tuple[str, str, str, str]]:
+    """LiveKit's rule for dispatch rules: two conflict when they share a cell pin x (trunk, or "" for every trunk) x
+    (caller number, or "" for any) x (called number, or "" for any)."""
+    return product([pin], list(trunks) or [""], list(caller_numbers) or [""], list(numbers) or [""])
+
+
 def _numbers(values: Any) -> list[str]:
-    return sorted({normalize_number(v) for v in values}) or [""]
+    return sorted({normalize_number(v) for v in values})
 
 
 def conflict_keys(label: str, message: Any) -> frozenset[Hashable]:
     """The keys a write of ``message`` (a LiveKit object of kind ``label``) must hold exclusively."""
     keys: set[Hashable] = {(label, "name", message.name)}
     if isinstance(message, api.SIPInboundTrunkInfo):
-        for cell in product(_numbers(message.numbers), _numbers(message.allowed_numbers)):
+        for cell in trunk_cells(_numbers(message.numbers), _numbers(message.allowed_numbers)):
             keys.add((label, "cell", *cell))
     elif isinstance(message, api.SIPDispatchRuleInfo):
         which = message.rule.WhichOneof("rule")
         pin = getattr(getattr(message.rule, which), "pin", "") if which else ""
-        trunks = sorted(set(message.trunk_ids)) or [""]
-        for combo in product(trunks, _numbers(message.inbound_numbers), _numbers(message.numbers)):
-            keys.add((label, "rule", pin, *combo))
+        trunks = sorted(set(message.trunk_ids))
+        for combo in rule_cells(pin, trunks, _numbers(message.inbound_numbers), _numbers(message.numbers)):
+            keys.add((label, "rule", *combo))
     return frozenset(keys)
 
 

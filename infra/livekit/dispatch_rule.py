@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from contract.types import LiveKitAgentName
 from infra.livekit.base import LiveKitProvider, SipResource
-from infra.livekit.fields import E164, AttributeName, MediaConfig, Metadata, Model, Pin, RoomName
+from infra.livekit.fields import E164, MAX_NAME_CHARS, AttributeName, MediaConfig, Metadata, Model, Pin, RoomName
 from infra.livekit.kind import Kind
 
 if TYPE_CHECKING:
@@ -102,7 +102,9 @@ def rule_priority(rule_type: str, pin: str, *, any_caller: bool, any_number: boo
 class DispatchRuleArgs(Model):
     """A dispatch rule: which inbound calls go to which room, with which agents."""
 
-    name: str = Field(min_length=1, max_length=256, description="unique within a stack; used to adopt existing")
+    name: str = Field(
+        min_length=1, max_length=MAX_NAME_CHARS, description="unique within a stack; used to adopt existing"
+    )
     metadata: Metadata = ""
     attributes: dict[AttributeName, str] = Field(default_factory=dict, description="set on the SIP participant")
     rule: Rule

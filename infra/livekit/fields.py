@@ -33,6 +33,14 @@ HOSTNAME_RE = re.compile(
 CODEC_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
 PIN_RE = re.compile(r"^\d{1,16}$")
 ROOM_RE = re.compile(r"^[A-Za-z0-9_\-.:+@]+$")
+MAX_NAME_CHARS = 256
+"""LiveKit's limit on a trunk's or a dispatch rule's name."""
+
+
+def object_name(environment: str, key: str, name: str = "") -> str:
+    """The LiveKit name of a stack entry: its declared ``name``, else ``<environment>-<key>`` (unique per
+    project, since each environment prefixes its own)."""
+    return name or f"{environment}-{key}"
 
 
 def _allowed_address(value: str) -> str:
@@ -162,7 +170,9 @@ class MediaConfig(Model):
 class TrunkFields(Model):
     """The fields inbound and outbound trunks share: name, numbers, digest auth, headers, media."""
 
-    name: str = Field(min_length=1, max_length=256, description="unique within a stack; used to adopt existing")
+    name: str = Field(
+        min_length=1, max_length=MAX_NAME_CHARS, description="unique within a stack; used to adopt existing"
+    )
     metadata: Metadata = ""
     numbers: list[E164] = Field(default_factory=list)
     auth_username: str = Field(default="", max_length=256)

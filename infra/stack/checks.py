@@ -35,7 +35,9 @@ from contract.models import (
 from contract.resolve import HEADER_ATTRIBUTE_PREFIX, OVERRIDES_ATTRIBUTE
 from contract.types import LOCAL_ENVIRONMENT as LOCAL
 from infra.ecs.validation import IMAGE_RE
+from infra.livekit.conflicts import rule_cells, trunk_cells
 from infra.livekit.dispatch_rule import rule_priority
+from infra.livekit.fields import object_name
 from infra.stack.model import StackFile
 
 
@@ -96,10 +98,10 @@ def _trunk_reference_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
 
 
 def _trunk_conflicts(stack: StackFile) -> Iterator[tuple[str, str]]:
-    """Inbound trunks LiveKit would match ambiguously (same number x allowed caller cell)."""
+    """Inbound trunks LiveKit would match ambiguously (``infra.livekit.conflicts.trunk_cells``)."""
     cells: dict[tuple[str, str], str] = {}
     for key, inbound in stack.inbound_trunks.items():
-        for cell in product(inbound.numbers or [""], inbound.allowed_numbers or [""]):
+        for cell in trunk_cells(inbound.numbers, inbound.allowed_numbers):
             other = cells.setdefault(cell, key)
             if other != key:
                 number = cell[0] or "<any number>"
@@ -114,12 +116,10 @@ def _trunk_conflicts(stack: StackFile) -> Iterator[tuple[str, str]]:
 
 
 def _rule_conflicts(stack: StackFile) -> Iterator[tuple[str, str]]:
-    """Dispatch rules LiveKit would reject as conflicting (pin x trunk x caller x called)."""
+    """Dispatch rules LiveKit would reject as conflicting (``infra.livekit.conflicts.rule_cells``)."""
     keys: dict[tuple[str, str, str, str], str] = {}
     for key, route in stack.inbound_routes.items():
-        for cell in product(
-            [route.pin_code], stack.route_trunks[key] or [""], route.caller_numbers or [""], route.numbers or [""]
-        ):
+        for cell in rule_cells(route.pin_code, stack.route_trunks[key], route.caller_numbers, route.numbers):
             other = keys.setdefault(cell, key)
             if other != key:
                 what = ", ".join(p for p in (cell[1] and f"trunk {cell[1]}", cell[3] or "any number") if p)
@@ -371,7 +371,7 @@ def _name_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
     for section, entries in sections:
         seen: dict[str, str] = {}
         for key, entry in entries.items():
-            name = stack.object_name(key, entry.name)
+            name = object_name(stack.environment, key, entry.name)
             other = seen.setdefault(name, key)
             if other != key and not (entry.adopt_id and entries[other].adopt_id):  # adopted by id: names may repeat
                 yield f"{section}.{key}.name", f"LiveKit name {name!r} is also {section}.{other}'s: names are unique"

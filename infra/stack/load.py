@@ -11,48 +11,11 @@ import yaml
 from pydantic import ValidationError
 
 from infra.livekit.fields import describe_errors
+from infra.stack.errors import Problem, StackFileError, line_of, yaml_problem
 from infra.stack.model import StackFile
 
 STACKS_DIR = Path(__file__).resolve().parents[2] / "stacks"
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when PyYAML has it: ~10x faster
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a stack file."""
-
-    file: str
-    line: int | None
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        field, message = _printable(self.field), _printable(self.message)  # one problem, one line
-        return f"{where}: {field}: {message}" if field else f"{where}: {message}"
-
-
-def _printable(text: str) -> str:
-    """``text`` with line breaks and other control characters escaped (a key may hold any character)."""
-    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def yaml_problem(file: str, error: yaml.YAMLError, text: str = "") -> Problem:
-    """A YAML syntax error of ``file``, at its line when the parser gives one (or the reader's position in
-    ``text``: a character YAML does not allow)."""
-    mark = getattr(error, "problem_mark", None)
-    if isinstance(error, yaml.reader.ReaderError):
-        line = text.count("\n", 0, error.position) + 1 if text else None
-        return Problem(file, line, "", f"not valid YAML: character #x{error.character:04x}: {error.reason}")
-    return Problem(file, mark.line + 1 if mark else None, "", f"not valid YAML: {getattr(error, 'problem', error)}")
-
-
-class StackFileError(Exception):
-    """A stack file is invalid; ``problems`` lists each problem with file, line and field."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 def _lines(node: yaml.Node, path: tuple[str, ...] = (), out: dict[tuple[str, ...], int] | None = None) -> dict:
@@ -68,15 +31,6 @@ def _lines(node: yaml.Node, path: tuple[str, ...] = (), out: dict[tuple[str, ...
         for i, item in enumerate(node.value):
             _lines(item, (*path, str(i)), out)
     return out
-
-
-def _line_of(lines: dict[tuple[str, ...], int], field: str) -> int | None:
-    parts = tuple(p for p in field.split(".") if p)
-    while parts:
-        if parts in lines:
-            return lines[parts]
-        parts = parts[:-1]
-    return lines.get(())
 
 
 def stack_path(environment: str, stacks_dir: Path | None = None) -> Path:
@@ -101,7 +55,7 @@ def parse(text: str, file: str) -> tuple[StackFile, dict[tuple[str, ...], int]]:
     try:
         return StackFile.model_validate(data), lines
     except ValidationError as e:
-        problems = [Problem(file, _line_of(lines, f), f, msg) for f, msg in describe_errors(e)]
+        problems = [Problem(file, line_of(lines, f), f, msg) for f, msg in describe_errors(e)]
         raise StackFileError(problems) from None
 
 
@@ -123,3 +77,53 @@ def read_text(path: Path, what: str = "the stack file") -> str:
 def load(path: Path) -> tuple[StackFile, dict[tuple[str, ...], int]]:
     """Read and validate one stack file."""
     return parse(read_text(path), str(path))
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """What validation may read from the stack's Pulumi config file (no decryption, no credentials)."""
+
+    file: str = ""
+    """The config file (``Pulumi.<environment>.yaml`` beside the stack file); empty: secret references unchecked."""
+    exists: bool = False
+    keys: frozenset[str] = frozenset()
+    """Config keys the file sets (without the project prefix)."""
+    secure: frozenset[str] = frozenset()
+    """The keys it sets as secrets (encrypted)."""
+    imports: bool = False
+    """The file imports Pulumi ESC environments (``environment:``), whose keys cannot be read offline."""
+    livekit_url: str = ""
+
+    @classmethod
+    def read(cls, stack_file: Path, environment: str) -> StackConfig:
+        """``Pulumi.<environment>.yaml`` beside the stack file (and the project name from ``Pulumi.yaml``)."""
+        path = stack_file.with_name(f"Pulumi.{environment}.yaml")
+        if not path.is_file():
+            return cls(str(path))
+        text = read_text(path, "the stack's config file")
+        try:
+            doc = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise StackFileError([yaml_problem(str(path), e, text)]) from None
+        config = doc.get("config") or {} if isinstance(doc, dict) else None
+        if not isinstance(config, dict):
+            problem = "a stack's config file is a YAML mapping whose config: is a mapping (pulumi config set writes it)"
+            raise StackFileError([Problem(str(path), 1, "", problem)])
+        project = _project_name(stack_file)
+        keys = {k: k.removeprefix(f"{project}:") for k in config}
+        secure = frozenset(short for k, short in keys.items() if isinstance(config[k], dict) and "secure" in config[k])
+        url = config.get("livekit:url")
+        return cls(str(path), True, frozenset(keys.values()), secure, bool(doc.get("environment")),
+                   url if isinstance(url, str) else "")  # fmt: skip
+
+
+def _project_name(stack_file: Path) -> str:
+    for folder in (stack_file.parent, *stack_file.parents):
+        project = folder / "Pulumi.yaml"
+        if project.is_file():
+            try:
+                doc = yaml.safe_load(project.read_text(encoding="utf-8"))
+            except (OSError, ValueError, yaml.YAMLError):  # not this project's file: the default name
+                break
+            return str(doc.get("name", "siphon")) if isinstance(doc, dict) else "siphon"
+    return "siphon"

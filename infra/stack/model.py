@@ -43,7 +43,18 @@ from contract.types import (
 )
 from infra.ecs.args import AgentWorkerArgs, EcsWorkerSettings
 from infra.livekit.dispatch_rule import DispatchRuleArgs, RoomTimeouts, Rule
-from infra.livekit.fields import E164, AttributeName, DispatchRuleId, HeaderName, MediaConfig, Model, Pin, TrunkId
+from infra.livekit.fields import (
+    E164,
+    MAX_NAME_CHARS,
+    AttributeName,
+    DispatchRuleId,
+    HeaderName,
+    MediaConfig,
+    Model,
+    Pin,
+    TrunkId,
+    object_name,
+)
 from infra.livekit.inbound_trunk import InboundTrunkArgs
 from infra.livekit.outbound_trunk import OutboundTrunkArgs
 
@@ -78,8 +89,9 @@ class _SecretPassword(Model):
         description="Pulumi config key holding the password (`pulumi config set --secret <key> ...`)",
     )
     name: str = Field(
-        default="", max_length=256, exclude=True, description="LiveKit object name (default: <environment>-<key>)"
-    )
+        default="", max_length=MAX_NAME_CHARS, exclude=True,
+        description="LiveKit object name (default: <environment>-<key>)",
+    )  # fmt: skip
     adopt_id: TrunkId = Field(
         default="", exclude=True,
         description="LiveKit id to adopt on the first up, for a name other objects share (written by import)",
@@ -112,19 +124,20 @@ class _SecretPassword(Model):
 class StackInboundTrunk(_SecretPassword, InboundTrunkArgs):
     """An inbound trunk: every InboundTrunkArgs field; the key is its name, the password comes from config."""
 
-    def args(self, name: str, header_mappings: dict[str, str]) -> InboundTrunkArgs:
-        """Its ``InboundTrunkArgs``, mapping also the headers its routes' overrides read (``header_mappings``)."""
-        data = self._args_data(name)
-        data["headers_to_attributes"] = {**data["headers_to_attributes"], **header_mappings}
+    def args(self, key: str, stack: StackFile) -> InboundTrunkArgs:
+        """Its ``InboundTrunkArgs`` (named as ``infra.livekit.fields.object_name`` says), mapping also the headers its
+        routes' overrides read (``StackFile.header_mappings``)."""
+        data = self._args_data(object_name(stack.environment, key, self.name))
+        data["headers_to_attributes"] = {**data["headers_to_attributes"], **stack.header_mappings[key]}
         return InboundTrunkArgs.model_validate(data)
 
 
 class StackOutboundTrunk(_SecretPassword, OutboundTrunkArgs):
     """An outbound trunk: every OutboundTrunkArgs field; the key is its name, the password comes from config."""
 
-    def args(self, name: str) -> OutboundTrunkArgs:
-        """Its ``OutboundTrunkArgs``."""
-        return OutboundTrunkArgs.model_validate(self._args_data(name))
+    def args(self, key: str, stack: StackFile) -> OutboundTrunkArgs:
+        """Its ``OutboundTrunkArgs`` (named as ``infra.livekit.fields.object_name`` says)."""
+        return OutboundTrunkArgs.model_validate(self._args_data(object_name(stack.environment, key, self.name)))
 
 
 class LocalWorker(Model):
@@ -235,7 +248,9 @@ _ALLOWED_HELP = (
 class InboundRoute(Model):
     """Calls to ``numbers`` (through ``trunks``) reach ``agent`` with this route's configuration."""
 
-    name: str = Field(default="", max_length=256, description="LiveKit rule name (default: <environment>-<key>)")
+    name: str = Field(
+        default="", max_length=MAX_NAME_CHARS, description="LiveKit rule name (default: <environment>-<key>)"
+    )
     adopt_id: DispatchRuleId = Field(
         default="",
         description="LiveKit id to adopt on the first up, for a name other rules share (written by import)",
@@ -306,8 +321,11 @@ class InboundRoute(Model):
             return ""
         return route_metadata(key, self, "inbound", attribute_overrides).to_json()
 
-    def args(self, key: str, name: str, room_prefix: str, trunks: list[str], metadata: str) -> DispatchRuleArgs:
-        """Its ``DispatchRuleArgs`` (``trunks``: the trunk keys, which the program replaces with their ids)."""
+    def args(self, key: str, stack: StackFile, metadata: str) -> DispatchRuleArgs:
+        """Its ``DispatchRuleArgs`` on its trunks (``StackFile.route_trunks``: the trunk keys, which the program
+        replaces with their ids); the default rule's rooms are prefixed with the route's default name."""
+        name, room_prefix = object_name(stack.environment, key, self.name), object_name(stack.environment, key)
+        trunks = stack.route_trunks[key]
         ours = self.metadata_format == "siphon-infra"
         rule = self.rule.model_dump() if self.rule else {"type": "individual", "room_prefix": room_prefix}
         agents = [{"agent_name": self.agent, "metadata": metadata}] if self.agent else []
@@ -458,8 +476,3 @@ class StackFile(Model):
         """Each inbound route's ``attribute_overrides`` for the worker (attribute -> value -> layer), or None."""
         return {key: {self.header_attributes[key][o.header]: dict(o.values) for o in route.header_overrides} or None
                 for key, route in self.inbound_routes.items()}  # fmt: skip
-
-    def object_name(self, key: str, name: str = "") -> str:
-        """LiveKit object name for a trunk or route key: its declared ``name``, else the key prefixed with the
-        environment (unique per project)."""
-        return name or f"{self.environment}-{key}"

@@ -1,11 +1,11 @@
 """The plan: one pure function from a stack file to the exact arguments of every resource it declares.
 
-``compile_stack`` validates the file, cross-checks it, and builds the argument models the resources
-take (``InboundTrunkArgs``, ``OutboundTrunkArgs``, ``DispatchRuleArgs``, ``AgentWorkerArgs``) plus the
-derived facts (each route's trunks, LiveKit names, routing rows): each stack entry builds its own arguments
-(``infra.stack.model``), and an argument's error is placed at the stack field it comes from. ``siphon-infra
-validate``, ``routes``, ``summary``, ``verify`` and the Pulumi program all use it, so any argument a resource
-would refuse at preview is refused by ``validate`` first, at the stack file's line.
+``compile_stack`` validates the file, cross-checks it, and builds the ``Plan`` (``infra.stack.types``): the
+argument models the resources take (``InboundTrunkArgs``, ``OutboundTrunkArgs``, ``DispatchRuleArgs``,
+``AgentWorkerArgs``) plus the derived facts (each route's trunks, LiveKit names, routing rows): each stack entry
+builds its own arguments (``infra.stack.model``), and an argument's error is placed at the stack field it comes
+from. ``siphon-infra validate``, ``routes``, ``summary``, ``verify`` and the Pulumi program all use it, so any
+argument a resource would refuse at preview is refused by ``validate`` first, at the stack file's line.
 
 What only the deployment knows stays a placeholder here and is filled in by the program: secrets
 (trunk passwords, LiveKit key and secret, model keys: config secrets, checked to exist in the stack's
@@ -16,181 +16,26 @@ default VPC's subnets.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from contract.metadata import AgentConfig
 from contract.models import FILE_CREDENTIALS
-from contract.types import Model, describe_error, describe_errors
-from infra.ecs.args import AgentWorkerArgs
-from infra.livekit.dispatch_rule import AgentDispatch, DispatchRuleArgs
-from infra.livekit.inbound_trunk import InboundTrunkArgs
-from infra.livekit.outbound_trunk import OutboundTrunkArgs
+from contract.types import describe_error, describe_errors
 from infra.stack.checks import cross_check
-from infra.stack.load import Problem, StackFileError, _line_of, load, read_text, yaml_problem
+from infra.stack.errors import Problem, StackFileError, line_of
+from infra.stack.load import StackConfig, load
 from infra.stack.model import InboundRoute, StackFile, route_metadata
+from infra.stack.types import OutboundCall, Plan, Route, Trunk, Worker
 
 if TYPE_CHECKING:
     from infra.ecs.death_queue import DeathQueueArgs
 
-
-@dataclass(frozen=True)
-class StackConfig:
-    """What validation may read from the stack's Pulumi config file (no decryption, no credentials)."""
-
-    file: str = ""
-    """The config file (``Pulumi.<environment>.yaml`` beside the stack file); empty: secret references unchecked."""
-    exists: bool = False
-    keys: frozenset[str] = frozenset()
-    """Config keys the file sets (without the project prefix)."""
-    secure: frozenset[str] = frozenset()
-    """The keys it sets as secrets (encrypted)."""
-    imports: bool = False
-    """The file imports Pulumi ESC environments (``environment:``), whose keys cannot be read offline."""
-    livekit_url: str = ""
-
-    @classmethod
-    def read(cls, stack_file: Path, environment: str) -> StackConfig:
-        """``Pulumi.<environment>.yaml`` beside the stack file (and the project name from ``Pulumi.yaml``)."""
-        path = stack_file.with_name(f"Pulumi.{environment}.yaml")
-        if not path.is_file():
-            return cls(str(path))
-        text = read_text(path, "the stack's config file")
-        try:
-            doc = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise StackFileError([yaml_problem(str(path), e, text)]) from None
-        config = doc.get("config") or {} if isinstance(doc, dict) else None
-        if not isinstance(config, dict):
-            problem = "a stack's config file is a YAML mapping whose config: is a mapping (pulumi config set writes it)"
-            raise StackFileError([Problem(str(path), 1, "", problem)])
-        project = _project_name(stack_file)
-        keys = {k: k.removeprefix(f"{project}:") for k in config}
-        secure = frozenset(short for k, short in keys.items() if isinstance(config[k], dict) and "secure" in config[k])
-        url = config.get("livekit:url")
-        return cls(str(path), True, frozenset(keys.values()), secure, bool(doc.get("environment")),
-                   url if isinstance(url, str) else "")  # fmt: skip
-
-
-def _project_name(stack_file: Path) -> str:
-    for folder in (stack_file.parent, *stack_file.parents):
-        project = folder / "Pulumi.yaml"
-        if project.is_file():
-            try:
-                doc = yaml.safe_load(project.read_text(encoding="utf-8"))
-            except (OSError, ValueError, yaml.YAMLError):  # not this project's file: the default name
-                break
-            return str(doc.get("name", "siphon")) if isinstance(doc, dict) else "siphon"
-    return "siphon"
-
-
-TrunkArgs = TypeVar("TrunkArgs", InboundTrunkArgs, OutboundTrunkArgs)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Trunk(Generic[TrunkArgs]):
-    """A trunk's arguments and the config key of its password (the plan holds a placeholder)."""
-
-    args: TrunkArgs
-    password_secret: str = ""
-    adopt_id: str = ""
-
-
-@dataclass(frozen=True)
-class Route:
-    """An inbound route's dispatch rule (``trunk_ids`` are the route's trunk keys here), its trunks, and the agent
-    it dispatches with where that agent's workers run (both empty for a direct rule)."""
-
-    rule: DispatchRuleArgs
-    trunks: list[str]
-    adopt_id: str = ""
-    agent: str = ""
-    worker: str = ""
-
-    @property
-    def dispatch(self) -> AgentDispatch:
-        """The agent the rule dispatches, with the metadata the worker receives (the route layer)."""
-        assert self.rule.room_config is not None  # the plan always builds one
-        return self.rule.room_config.agents[0]
-
-
-class OutboundCall(Model):
-    """What a call placed through an outbound route needs: the stack output ``outbound_routes.<route>``
-    (``trunk_id`` is filled in by the deployment) that ``place_call`` reads."""
-
-    trunk: str
-    caller_ids: list[str]
-    agent_name: str
-    ring_timeout: float
-    metadata: str
-    trunk_id: str = ""
-
-
-@dataclass(frozen=True)
-class Worker:
-    """An agent's ECS deployment arguments and where its secrets, subnets and LiveKit URL come from."""
-
-    args: AgentWorkerArgs
-    provider_key_secrets: dict[str, str]
-    default_subnets: bool
-    livekit_url_from_config: bool
-    region: str = ""
-
-
-@dataclass(frozen=True)
-class RoutingRow:
-    """One number's routing: the one table ``routes``, ``summary`` and the ``routing_table`` output are made of."""
-
-    direction: str
-    number: str
-    """The called number inbound ("" for a route that answers every number); the caller ids outbound."""
-    route: str
-    trunks: list[str]
-    agent: str
-    """"" for a direct rule (it dispatches no agent)."""
-    worker: str
-    """Where the agent's workers run ("ecs", "local", "ecs+local"); "" for a direct rule."""
-    rule_name: str = ""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything a stack declares, as the resources will receive it (the program reads nothing else)."""
-
-    stack: StackFile
-    environment: str = ""
-    protect: bool = False
-    livekit_url: str = ""
-    """The stack file's ``livekit.url`` ("": the provider reads config or LIVEKIT_URL)."""
-    agents: dict[str, str] = field(default_factory=dict)
-    """Each agent -> where its workers run."""
-    inbound_trunks: dict[str, Trunk[InboundTrunkArgs]] = field(default_factory=dict)
-    outbound_trunks: dict[str, Trunk[OutboundTrunkArgs]] = field(default_factory=dict)
-    inbound_routes: dict[str, Route] = field(default_factory=dict)
-    outbound_routes: dict[str, OutboundCall] = field(default_factory=dict)
-    workers: dict[str, Worker] = field(default_factory=dict)
-    death_queue: DeathQueueArgs | None = None
-    """The stack's death queue (``infra.ecs.death_queue``), when it has ECS workers."""
-
-    def routing(self) -> list[RoutingRow]:
-        """One row per inbound route and number it answers, then one per outbound route."""
-        rows = [RoutingRow("inbound", number, key, route.trunks, route.agent, route.worker, route.rule.name)
-                for key, route in self.inbound_routes.items() for number in route.rule.numbers or [""]]  # fmt: skip
-        rows += [RoutingRow("outbound", ", ".join(out.caller_ids), key, [out.trunk], out.agent_name,
-                            self.agents[out.agent_name]) for key, out in self.outbound_routes.items()]  # fmt: skip
-        return rows
-
-    def routing_rows(self) -> list[dict[str, str]]:
-        """The routing table as text: direction, number, route, trunks, agent and where its worker runs."""
-        return [{"direction": row.direction, "number": row.number or "(any)", "route": row.route,
-                 "trunks": ", ".join(row.trunks) or "(any)", "agent": row.agent or "(none: direct)",
-                 "worker": row.worker or "-"} for row in self.routing()]  # fmt: skip
 
 
 def _stack_field(field_path: str, where: str, sources: Sequence[tuple[str, BaseModel]]) -> str:
@@ -267,39 +112,20 @@ def _secret_problems(stack: StackFile, config: StackConfig) -> Iterator[tuple[st
 
 
 def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]) -> Plan:
+    """The plan, each entry's arguments built by the entry (``args``), their errors added to ``problems`` in the
+    file's order: trunks, inbound routes, agents (an outbound route's call is not checked here: it has none)."""
     agents = {key: agent.workers for key, agent in stack.agents.items()}
     plan = Plan(stack, stack.environment, stack.protect, stack.livekit.url, agents)
     for key, inbound in stack.inbound_trunks.items():
-        name, where = stack.object_name(key, inbound.name), f"inbound_trunks.{key}"
-        trunk_args = _build(
-            partial(inbound.args, name, stack.header_mappings[key]), where, [(where, inbound)], problems
-        )
+        where = f"inbound_trunks.{key}"
+        trunk_args = _build(partial(inbound.args, key, stack), where, [(where, inbound)], problems)
         if trunk_args is not None:
             plan.inbound_trunks[key] = Trunk(trunk_args, inbound.auth_password_secret, inbound.adopt_id)
     for key, outbound in stack.outbound_trunks.items():
-        name, where = stack.object_name(key, outbound.name), f"outbound_trunks.{key}"
-        out_args = _build(partial(outbound.args, name), where, [(where, outbound)], problems)
+        where = f"outbound_trunks.{key}"
+        out_args = _build(partial(outbound.args, key, stack), where, [(where, outbound)], problems)
         if out_args is not None:
             plan.outbound_trunks[key] = Trunk(out_args, outbound.auth_password_secret, outbound.adopt_id)
-
-    for key, route in stack.inbound_routes.items():
-        where, overrides = f"inbound_routes.{key}", stack.attribute_overrides[key]
-        try:
-            metadata = route.metadata(key, overrides)
-        except ValidationError as e:
-            problems.extend(_metadata_problems(where, route, overrides or {}, e))
-            continue
-        trunks, name = stack.route_trunks[key], stack.object_name(key, route.name)
-        n = len(problems)
-        rule = _build(partial(route.args, key, name, stack.object_name(key), trunks, metadata), where,
-                      [(where, route)], problems)  # fmt: skip
-        for i in range(n, len(problems)):  # the metadata is built from the route: say what to shorten
-            field_path, message = problems[i]
-            if field_path == where and "at most" in message:
-                problems[i] = (field_path, f"the route's metadata (agent_config, context, header_overrides) is "
-                                           f"{len(metadata)} characters; LiveKit's limit: {message}")  # fmt: skip
-        if rule is not None:
-            plan.inbound_routes[key] = Route(rule, trunks, route.adopt_id, route.agent, agents.get(route.agent, ""))
 
     for key, out_route in stack.outbound_routes.items():
         out_trunk = stack.outbound_trunks.get(out_route.trunk)
@@ -312,6 +138,24 @@ def _plan(stack: StackFile, config: StackConfig, problems: list[tuple[str, str]]
             ring_timeout=out_route.ring_timeout,
             metadata=route_metadata(key, out_route, "outbound").to_json(),
         )
+
+    for key, route in stack.inbound_routes.items():
+        where, overrides = f"inbound_routes.{key}", stack.attribute_overrides[key]
+        try:
+            metadata = route.metadata(key, overrides)
+        except ValidationError as e:
+            problems.extend(_metadata_problems(where, route, overrides or {}, e))
+            continue
+        n = len(problems)
+        rule = _build(partial(route.args, key, stack, metadata), where, [(where, route)], problems)
+        for i in range(n, len(problems)):  # the metadata is built from the route: say what to shorten
+            field_path, message = problems[i]
+            if field_path == where and "at most" in message:
+                problems[i] = (field_path, f"the route's metadata (agent_config, context, header_overrides) is "
+                                           f"{len(metadata)} characters; LiveKit's limit: {message}")  # fmt: skip
+        if rule is not None:
+            plan.inbound_routes[key] = Route(rule, stack.route_trunks[key], route.adopt_id, route.agent,
+                                             agents.get(route.agent, ""))  # fmt: skip
 
     url = stack.livekit.url or config.livekit_url
     for key, agent in stack.agents.items():
@@ -345,13 +189,13 @@ def compile_stack(
     stack: StackFile, file: str, lines: dict[tuple[str, ...], int], config: StackConfig | None = None
 ) -> Plan:
     """The plan of a parsed stack file, or StackFileError listing every problem with its line."""
-    crossed = list(cross_check(stack))
     later: list[tuple[str, str]] = list(_secret_problems(stack, config or StackConfig()))
     plan = _plan(stack, config or StackConfig(), later)
+    crossed = list(cross_check(stack))  # independent of the plan: run last, reported first
     # All problems in one round: the arguments' own, except where a cross-check already spoke of the same field.
     found = crossed + [(f, m) for f, m in later if not any(_related(f, c) for c, _ in crossed)]
     if found:  # a stack-wide field (aws.*, livekit.url) feeds every agent's arguments: say each problem once
-        raise StackFileError([Problem(file, _line_of(lines, f), f, m) for f, m in dict.fromkeys(found)])
+        raise StackFileError([Problem(file, line_of(lines, f), f, m) for f, m in dict.fromkeys(found)])
     return plan
 
 

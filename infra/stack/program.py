@@ -8,16 +8,21 @@ secrets, trunk ids, the default VPC's subnets).
 
 from __future__ import annotations
 
-from typing import Any
-
 import pulumi
 
-from infra.livekit.base import ADOPT_INPUT, URL_INPUT
 from infra.livekit.inbound_trunk import SipInboundTrunk
 from infra.livekit.outbound_trunk import SipOutboundTrunk
-from infra.stack.components import AgentComponent, InboundRouteComponent, OutboundRouteComponent
-from infra.stack.load import StackFileError, stack_path
-from infra.stack.plan import Plan, Trunk, plan_file
+from infra.stack.components import (
+    AgentComponent,
+    InboundRouteComponent,
+    OutboundRouteComponent,
+    death_queue,
+    trunk_props,
+)
+from infra.stack.errors import StackFileError
+from infra.stack.load import stack_path
+from infra.stack.plan import plan_file
+from infra.stack.types import Plan
 
 
 class StackInvalid(pulumi.RunError):
@@ -36,28 +41,15 @@ def planned(environment: str) -> Plan:
     return plan
 
 
-def _trunk_props(plan: Plan, trunk: Trunk) -> dict[str, Any]:
-    props: dict[str, Any] = trunk.args.model_dump(exclude_defaults=True)
-    if trunk.password_secret:
-        props["auth_password"] = pulumi.Config().require_secret(trunk.password_secret)
-    if plan.livekit_url:
-        props[URL_INPUT] = plan.livekit_url
-    if trunk.adopt_id:
-        props[ADOPT_INPUT] = trunk.adopt_id
-    return props
-
-
 def run(environment: str | None = None) -> None:
     """Declare everything for the selected Pulumi stack."""
     plan = planned(environment or pulumi.get_stack())
     opts = pulumi.ResourceOptions(protect=plan.protect)
 
-    inbound = {k: SipInboundTrunk(f"{k}-in", _trunk_props(plan, t), opts) for k, t in plan.inbound_trunks.items()}
-    outbound = {k: SipOutboundTrunk(f"{k}-out", _trunk_props(plan, t), opts) for k, t in plan.outbound_trunks.items()}
+    inbound = {k: SipInboundTrunk(f"{k}-in", trunk_props(plan, t), opts) for k, t in plan.inbound_trunks.items()}
+    outbound = {k: SipOutboundTrunk(f"{k}-out", trunk_props(plan, t), opts) for k, t in plan.outbound_trunks.items()}
     deaths = None
     if plan.workers:  # ECS workers: the stack's stopped tasks reach them through its death queue
-        from infra.stack.ecs import death_queue  # imported lazily: only stacks with ECS agents need boto3
-
         deaths = death_queue(plan, opts)
     agents = {k: AgentComponent(k, plan, opts, deaths) for k in plan.agents}
     rules = {

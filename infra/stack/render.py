@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from infra.stack.plan import Plan
+from infra.stack.types import Plan
 
 SECRET_MASK = "[secret]"
 

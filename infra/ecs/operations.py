@@ -16,10 +16,21 @@ from typing import Any
 from botocore.exceptions import ClientError, WaiterError
 
 from contract import metrics
-from infra.ecs import spec
 from infra.ecs.args import Autoscaling, EcrRepository
 from infra.ecs.aws import Aws, error_code, is_not_found
 from infra.ecs.naming import TAG_SPEC_DIGEST, Names
+
+TRUST_POLICY = json.dumps({
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ],
+})  # fmt: skip
+
+
+def tag_list(t: dict[str, str], key: str = "Key", value: str = "Value") -> list[dict[str, str]]:
+    """Tags as the list-of-pairs shape most AWS APIs take."""
+    return [{key: k, value: val} for k, val in sorted(t.items())]
 
 
 class DeploymentError(RuntimeError):
@@ -81,9 +92,9 @@ def describe_secret(aws: Aws, name: str) -> dict[str, Any] | None:
 def ensure_secret(aws: Aws, name: str, value: str, tags: dict[str, str]) -> str:
     """Create the secret, or adopt it (restoring it if scheduled for deletion) and store ``value``; returns the ARN."""
     current = describe_secret(aws, name)
-    tag_list = spec.tag_list(tags)
+    pairs = tag_list(tags)
     if current is None:
-        return str(aws.secrets.create_secret(Name=name, SecretString=value, Tags=tag_list)["ARN"])
+        return str(aws.secrets.create_secret(Name=name, SecretString=value, Tags=pairs)["ARN"])
     arn = str(current["ARN"])
     if current.get("DeletedDate"):
         aws.secrets.restore_secret(SecretId=arn)
@@ -95,7 +106,7 @@ def ensure_secret(aws: Aws, name: str, value: str, tags: dict[str, str]) -> str:
         same = False
     if not same:
         aws.secrets.put_secret_value(SecretId=arn, SecretString=value)
-    aws.secrets.tag_resource(SecretId=arn, Tags=tag_list)
+    aws.secrets.tag_resource(SecretId=arn, Tags=pairs)
     return arn
 
 
@@ -124,15 +135,15 @@ def get_role(aws: Aws, name: str) -> dict[str, Any] | None:
 def ensure_role(aws: Aws, name: str, policy_name: str, policy: str | None, tags: dict[str, str], purpose: str) -> str:
     """Create or adopt an ECS task role with exactly one inline policy (or none); returns its ARN."""
     role = get_role(aws, name)
-    tag_list = spec.tag_list(tags)
+    pairs = tag_list(tags)
     if role is None:
         role = aws.iam.create_role(
-            RoleName=name, AssumeRolePolicyDocument=spec.TRUST_POLICY, Description=purpose, Tags=tag_list
+            RoleName=name, AssumeRolePolicyDocument=TRUST_POLICY, Description=purpose, Tags=pairs
         )["Role"]
         aws.iam.get_waiter("role_exists").wait(RoleName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
     else:
-        aws.iam.update_assume_role_policy(RoleName=name, PolicyDocument=spec.TRUST_POLICY)
-        aws.iam.tag_role(RoleName=name, Tags=tag_list)
+        aws.iam.update_assume_role_policy(RoleName=name, PolicyDocument=TRUST_POLICY)
+        aws.iam.tag_role(RoleName=name, Tags=pairs)
     existing = aws.iam.list_role_policies(RoleName=name).get("PolicyNames", [])
     for other in existing:
         if other != policy_name or policy is None:
@@ -179,7 +190,7 @@ def ensure_repository(aws: Aws, name: str, repo: EcrRepository, tags: dict[str, 
             repositoryName=name, imageScanningConfiguration={"scanOnPush": repo.scan_on_push}
         )
         aws.ecr.put_image_tag_mutability(repositoryName=name, imageTagMutability=repo.tag_mutability)
-        aws.ecr.tag_resource(resourceArn=found["repositoryArn"], tags=spec.tag_list(tags))
+        aws.ecr.tag_resource(resourceArn=found["repositoryArn"], tags=tag_list(tags))
     except ClientError as e:
         if not is_not_found(e):
             raise
@@ -187,7 +198,7 @@ def ensure_repository(aws: Aws, name: str, repo: EcrRepository, tags: dict[str, 
             repositoryName=name,
             imageTagMutability=repo.tag_mutability,
             imageScanningConfiguration={"scanOnPush": repo.scan_on_push},
-            tags=spec.tag_list(tags),
+            tags=tag_list(tags),
         )["repository"]
     aws.ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=lifecycle_policy(repo.keep_last_images))
     return str(found["repositoryUri"]), str(found["repositoryArn"])
@@ -221,7 +232,7 @@ def ensure_cluster(aws: Aws, name: str, create: bool, tags: dict[str, str]) -> s
             raise DeploymentError(f"ECS cluster {name!r} does not exist: create it, or set create_cluster")
         cluster = aws.ecs.create_cluster(
             clusterName=name,
-            tags=spec.tag_list(tags, "key", "value"),
+            tags=tag_list(tags, "key", "value"),
             settings=[{"name": "containerInsights", "value": "enabled"}],
         )["cluster"]
     return str(cluster["clusterArn"])
@@ -239,7 +250,7 @@ def delete_cluster(aws: Aws, name: str) -> None:
 def register_task_definition(aws: Aws, params: dict[str, Any], digest: str, tags: dict[str, str]) -> str:
     """Register a new revision tagged with its spec digest; returns the revision ARN."""
     all_tags = {**tags, TAG_SPEC_DIGEST: digest}
-    td = aws.ecs.register_task_definition(**params, tags=spec.tag_list(all_tags, "key", "value"))
+    td = aws.ecs.register_task_definition(**params, tags=tag_list(all_tags, "key", "value"))
     return str(td["taskDefinition"]["taskDefinitionArn"])
 
 
@@ -319,7 +330,7 @@ def ensure_service(
             deploymentController={"type": "ECS"},
             propagateTags="SERVICE",
             enableECSManagedTags=True,
-            tags=spec.tag_list(tags, "key", "value"),
+            tags=tag_list(tags, "key", "value"),
         )["service"]
         return str(svc["serviceArn"])
     params: dict[str, Any] = {
@@ -333,7 +344,7 @@ def ensure_service(
     if desired_count is not None:
         params["desiredCount"] = desired_count
     svc = aws.ecs.update_service(**params)["service"]
-    aws.ecs.tag_resource(resourceArn=svc["serviceArn"], tags=spec.tag_list(tags, "key", "value"))
+    aws.ecs.tag_resource(resourceArn=svc["serviceArn"], tags=tag_list(tags, "key", "value"))
     return str(svc["serviceArn"])
 
 
@@ -535,10 +546,10 @@ def rule_targets(aws: Aws, name: str) -> list[dict[str, Any]]:
 
 def ensure_rule(aws: Aws, name: str, pattern: str, description: str, tags: dict[str, str]) -> str:
     """Create or update the (enabled) rule with this event pattern; returns its ARN."""
-    tag_list = spec.tag_list(tags)
-    rule = aws.events.put_rule(Name=name, EventPattern=pattern, State="ENABLED", Description=description, Tags=tag_list)
+    pairs = tag_list(tags)
+    rule = aws.events.put_rule(Name=name, EventPattern=pattern, State="ENABLED", Description=description, Tags=pairs)
     arn = str(rule["RuleArn"])
-    aws.events.tag_resource(ResourceARN=arn, Tags=tag_list)  # put_rule ignores Tags on an existing rule
+    aws.events.tag_resource(ResourceARN=arn, Tags=pairs)  # put_rule ignores Tags on an existing rule
     return arn
 
 
