@@ -30,16 +30,12 @@ from contract.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind,
 from contract.models import CHAIN_SEPARATOR
 from contract.resolve import SipFacts, call_layers, caller_drops, is_caller_drop, resolve_call
 from contract.settings import WorkerSettings
+from contract.wire import CALL_STATUS_ATTRIBUTE, CONFIG_HASH_ATTRIBUTE, ROUTE_ATTRIBUTE, SERVING_ATTRIBUTE
 from worker import call_metric, end_call, turns
 from worker.models import bounds, registry
-from worker.resume import ATTR_CONFIG_HASH, hang_up, take_over
+from worker.resume import hang_up, take_over
 
 logger = logging.getLogger("siphon.worker")
-
-
-ATTR_CALL_STATUS = "siphon.call_status"
-ATTR_SERVING = "siphon.{kind}_serving"
-"""Agent attribute of a kind served by a fallback chain: the label of the entry serving now, once it has changed."""
 
 
 def _sip_participant(room: rtc.Room) -> rtc.RemoteParticipant | None:
@@ -125,7 +121,7 @@ def _publish_serving(ctx: JobContext, models: dict[ModelKind, registry.Resolved]
 
         def report(label: str, kind: ModelKind = kind) -> None:
             logger.warning("fallback chain switched", extra={"room": ctx.room.name, "kind": kind, "serving": label})
-            task = asyncio.create_task(_set_attributes(ctx, {ATTR_SERVING.format(kind=kind): label}))
+            task = asyncio.create_task(_set_attributes(ctx, {SERVING_ATTRIBUTE.format(kind=kind): label}))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
@@ -174,7 +170,7 @@ async def _set_attributes(ctx: JobContext, attrs: dict[str, str]) -> None:
 async def _end_job(ctx: JobContext, meta: CallMetadata, status: str, reason: str) -> None:
     """End a job that has no call to serve, saying why; its slot is free again."""
     logger.warning("ending the job without a call", extra={"reason": reason, "room": ctx.room.name})
-    await _set_attributes(ctx, {ATTR_CALL_STATUS: status, "siphon.route": meta.route or ""})
+    await _set_attributes(ctx, {CALL_STATUS_ATTRIBUTE: status, ROUTE_ATTRIBUTE: meta.route or ""})
     ctx.shutdown(reason=reason)
 
 
@@ -193,7 +189,7 @@ def _taken_over(room: rtc.Room) -> bool:
     """Whether another agent already served this call (it published its configuration here): a job LiveKit
     re-dispatched after losing that agent's worker (LiveKit Cloud does), to be answered as a resumption."""
     return any(
-        p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and p.attributes.get(ATTR_CONFIG_HASH)
+        p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and p.attributes.get(CONFIG_HASH_ATTRIBUTE)
         for p in room.remote_participants.values()
     )
 
@@ -293,7 +289,7 @@ async def _call(ctx: JobContext) -> None:
     )
     # Published while the session starts: the caller is answered when the agent's audio track is up.
     published = asyncio.create_task(
-        _set_attributes(ctx, {**resolved.attributes(), ATTR_CALL_STATUS: "active" if sip_p else "no_caller"})
+        _set_attributes(ctx, {**resolved.attributes(), CALL_STATUS_ATTRIBUTE: "active" if sip_p else "no_caller"})
     )
 
     cfg = resolved.merged.config

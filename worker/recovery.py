@@ -43,6 +43,7 @@ from urllib.parse import urlparse
 
 from livekit import api
 
+from contract.wire import LIVEKIT_URL_ENV
 from worker.resume import caller_present, hang_up, participants, take_over, wait_for_agent
 
 logger = logging.getLogger("siphon.worker")
@@ -219,7 +220,7 @@ async def recover_worker(
         return []
     agent, calls = claimed
     if platform_redispatches is None:
-        platform_redispatches = redispatches(os.environ.get("LIVEKIT_URL", ""))
+        platform_redispatches = redispatches(os.environ.get(LIVEKIT_URL_ENV, ""))
     logger.error(
         "a worker died",
         extra={"worker_id": worker_id, "agent_name": agent, "calls": len(calls), "agent_alive": agent_alive,
