@@ -382,7 +382,7 @@ MAX_RESUMES = 3
 
 
 class ResumeMarker(StrictModel):
-    """Added to a call's metadata by whoever re-dispatches a call whose agent process died (``worker.resume``):
+    """Added to a call's metadata by whoever re-dispatches a call whose agent process died (``worker.dead_job``):
     the new agent serves the same call (same layers, same SIP participant) and says the resume line, not the
     greeting."""
 
@@ -394,7 +394,7 @@ class CallMetadata(RouteMetadata):
     """Route metadata plus what only one call carries: per-call overrides and outbound dial options."""
 
     resume: ResumeMarker | None = Field(
-        default=None, description="Set only on a call taken over after its agent process died (worker.resume)."
+        default=None, description="Set only on a call taken over after its agent process died (worker.dead_job)."
     )
 
     overrides: AgentConfig | None = Field(default=None, description="Per-call layer, applied over agent_config.")

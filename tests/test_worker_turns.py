@@ -4,7 +4,7 @@ interruptions, and does not when it forbids them.
 The caller is sipp through the real livekit-sip, speaking a sentence made with espeak-ng and converted by sox to
 8 kHz mu-law (PCMU), streamed as RTP some seconds after the answer, while the agent reads a long greeting (the
 offline scripted LLM and espeak-ng TTS). The worker (the image's entry command, Silero VAD from the wheel) publishes
-what turn-taking did as attributes (``worker.turns.report``): caller speech detected by VAD, agent utterances, and
+what turn-taking did as attributes (``worker.turn_taking.report``): caller speech detected by VAD, agent utterances, and
 those cut short. The test watches those attributes and ``lk.agent.state`` through LiveKit, in order of arrival.
 """
 

@@ -31,9 +31,9 @@ from contract.models import CHAIN_SEPARATOR
 from contract.resolve import ResolvedCall, SipFacts, call_layers, caller_drops, is_caller_drop, resolve_call
 from contract.settings import WorkerSettings
 from contract.wire import CALL_STATUS_ATTRIBUTE, CONFIG_HASH_ATTRIBUTE, ROUTE_ATTRIBUTE, SERVING_ATTRIBUTE
-from worker import call_metric, end_call, turns
+from worker import call_metric, end_call, turn_taking
+from worker.dead_job import hang_up, take_over
 from worker.models import bounds, registry
-from worker.resume import hang_up, take_over
 
 logger = logging.getLogger("siphon.worker")
 
@@ -105,7 +105,8 @@ def _resolve_models(config: AgentConfig, settings: WorkerSettings, built: Built)
         key = (kind, spec_key(spec))
         if key not in built:
             default = getattr(settings.defaults, kind)
-            vad = turns.session_options(config)["vad"]  # streams a non-streaming STT of a chain (cached per settings)
+            # streams a non-streaming STT of a chain (cached per settings)
+            vad = turn_taking.session_options(config)["vad"]
             built[key] = registry.resolve(kind, spec, default, offline=settings.offline_models, vad=vad,
                                           timeout=bounds.attempt_timeout(settings, kind))  # fmt: skip
         out[kind] = built[key]
@@ -309,7 +310,7 @@ async def _configure(
         models={k: r.label for k, r in models.items()},
         fallbacks={k: r.fallback_reason for k, r in models.items() if r.fallback_reason},
         warnings=(*warnings, *resolved.warnings),
-        # a take-over of a call whose agent died: ours (worker.resume) or LiveKit's own re-dispatch
+        # a take-over of a call whose agent died: ours (worker.dead_job) or LiveKit's own re-dispatch
         resumed=resolved.resumed or _taken_over(ctx.room),
     )
     return configured, models
@@ -357,19 +358,19 @@ def _log_configuration(
 def _session(
     ctx: JobContext, settings: WorkerSettings, cfg: AgentConfig, models: dict[ModelKind, registry.Resolved]
 ) -> AgentSession:
-    """The call's agent session on its models, with its turn-taking reported (``worker.turns``); a model that
+    """The call's agent session on its models, with its turn-taking reported (``worker.turn_taking``); a model that
     gives up during the call hands the call to a new agent."""
     session: AgentSession = AgentSession(
         llm=models["llm"].component,
         stt=models["stt"].component,
         tts=models["tts"].component,
-        **turns.session_options(cfg),  # Silero VAD (model inside the wheel) and the layers' turn-taking settings
+        **turn_taking.session_options(cfg),  # Silero VAD (model inside the wheel) and the layers' turn-taking settings
         conn_options=bounds.session_connect_options(settings),  # how long a provider may stall the call
     )
-    turns.report(session, ctx.room.local_participant, room=ctx.room.name)
+    turn_taking.report(session, ctx.room.local_participant, room=ctx.room.name)
     handed_over: list[asyncio.Task[None]] = []
 
-    def hand_over(error: object) -> None:  # once per job: a new agent takes the call (worker.resume.take_over)
+    def hand_over(error: object) -> None:  # once per job: a new agent takes the call (worker.dead_job.take_over)
         if not handed_over:
             handed_over.append(asyncio.create_task(_hand_over(ctx, settings.agent_name, str(error)[:200])))
 
@@ -443,7 +444,7 @@ def _greet(session: AgentSession, cfg: AgentConfig, *, resumed: bool) -> None:
 
 async def _hand_over(ctx: JobContext, agent_name: str, error: str) -> None:
     """A model plugin raised and gave up (or the session failed) with the caller still there: hand the call to a
-    new agent as if this process had died (``worker.resume.take_over``: the same metadata plus the resume marker),
+    new agent as if this process had died (``worker.dead_job.take_over``: the same metadata plus the resume marker),
     then end the job."""
     logger.error("a model failed during a call; handing the call over", extra={"error": error})
     outcome = await take_over(  # never raises: a take-over that fails ends the call with a BYE
