@@ -15,6 +15,8 @@ import os
 from livekit import rtc
 from livekit.agents import AgentServer, JobContext, cli
 
+from contract.wire import CONFIG_HASH_ATTRIBUTE
+
 CAPACITY = int(os.environ.get("BASELINE_MAX_JOBS", "50"))
 TARGET_LOAD = 0.7
 
@@ -28,7 +30,7 @@ async def entrypoint(ctx: JobContext) -> None:
     source = rtc.AudioSource(8000, 1)
     track = rtc.LocalAudioTrack.create_audio_track("silence", source)
     await ctx.room.local_participant.publish_track(track)
-    await ctx.room.local_participant.set_attributes({"siphon.config_hash": "baseline"})
+    await ctx.room.local_participant.set_attributes({CONFIG_HASH_ATTRIBUTE: "baseline"})
     done = asyncio.Event()
     ctx.room.on("participant_disconnected", lambda _: done.set())
     ctx.room.on("disconnected", lambda *_: done.set())

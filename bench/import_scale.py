@@ -27,6 +27,7 @@ from pathlib import Path
 
 from livekit import api
 
+from contract.wire import LIVEKIT_URL_ENV
 from infra.adopt import build, changes, command, live
 from localenv.manager import LocalEnv
 from localenv.reset import wipe_sip
@@ -113,7 +114,7 @@ class Phases:
 def run(n: int, work: Path) -> None:
     wipe_sip()
     asyncio.run(make(n))
-    url = os.environ["LIVEKIT_URL"].replace("http", "ws", 1)
+    url = os.environ[LIVEKIT_URL_ENV].replace("http", "ws", 1)
     phases = Phases()
     phases.wrap(command, "list_project", "list")
     phases.wrap(command, "build", "build")

@@ -43,6 +43,7 @@ from livekit import api
 from pulumi import automation as auto
 
 from bench import siphon_loop
+from contract.wire import LIVEKIT_URL_ENV
 from localenv import engine
 from localenv.api_proxy import ApiProxy
 from localenv.manager import LocalEnv
@@ -181,7 +182,7 @@ class Calls:
 
     def env(self) -> dict[str, str]:
         """The environment that sends a process's LiveKit calls through the proxy."""
-        return {"LIVEKIT_URL": self.proxy.url}
+        return {LIVEKIT_URL_ENV: self.proxy.url}
 
     def take(self) -> Counter[str]:
         """The calls answered since the last ``take``, by method (``CreateSIPInboundTrunk``)."""

@@ -8,7 +8,7 @@ the two differ only in what siphon-infra adds around the session. With ``STOCK_T
 of each of ``stt``, ``llm``, ``tts``) it runs the prod stack's models instead, each the provider's plugin built
 as the packaged worker builds it (``deepgram/nova-3:en``, ``openai/gpt-4.1-mini``, ``cartesia/sonic-2``; keys from
 the plugins' usual variables). Either way the VAD and turn-taking are the packaged worker's defaults
-(``contract.turns.SIPHON_DEFAULTS``, passed as ``worker.turns`` passes them), written out as a user would.
+(``contract.turns.SIPHON_DEFAULTS``, passed as ``worker.turn_taking`` passes them), written out as a user would.
 
     python -m bench.stock_agent start     (STOCK_AGENT_NAME, STOCK_MAX_JOBS, STOCK_HTTP_PORT, STOCK_TRIO, LIVEKIT_*)
 """

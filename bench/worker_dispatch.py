@@ -27,6 +27,7 @@ from livekit import api, rtc
 from contract import models as registry
 from contract.metadata import AgentConfig, CallMetadata, parse_metadata
 from contract.resolve import call_facts, merge_layers, worker_defaults
+from contract.wire import CONFIG_HASH_ATTRIBUTE, SIP_CALL_STATUS, SIP_PHONE_NUMBER
 from localenv.manager import Endpoints, LocalEnv
 from localenv.siphon_payloads import SIPHON_INBOUND
 
@@ -68,7 +69,7 @@ async def dispatch_bench(ep: Endpoints, agent_name: str, n: int) -> tuple[list[f
                 api.AccessToken(ep.api_key, ep.api_secret)
                 .with_identity("caller")
                 .with_kind("sip")
-                .with_attributes({"sip.phoneNumber": "+15557654321", "sip.callStatus": "active"})
+                .with_attributes({SIP_PHONE_NUMBER: "+15557654321", SIP_CALL_STATUS: "active"})
                 .with_grants(api.VideoGrants(room_join=True, room=room_name))
                 .to_jwt()
             )
@@ -82,12 +83,12 @@ async def dispatch_bench(ep: Endpoints, agent_name: str, n: int) -> tuple[list[f
             ) -> None:
                 if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and not t_join.done():
                     t_join.set_result(time.perf_counter())
-                    if p.attributes.get("siphon.config_hash") and not t_cfg.done():
+                    if p.attributes.get(CONFIG_HASH_ATTRIBUTE) and not t_cfg.done():
                         t_cfg.set_result(time.perf_counter())
 
             @room.on("participant_attributes_changed")
             def _attrs(changed: dict[str, str], p: rtc.Participant, t_cfg: asyncio.Future[float] = t_cfg) -> None:
-                if "siphon.config_hash" in changed and not t_cfg.done():
+                if CONFIG_HASH_ATTRIBUTE in changed and not t_cfg.done():
                     t_cfg.set_result(time.perf_counter())
 
             await room.connect(ep.livekit_url, token)

@@ -61,6 +61,12 @@ MAX_PARAM_STRING_CHARS = 512
 MAX_WARNED_KEYS = 20
 SIPHON_ONLY_KEYS = ("agent_number", "number_to_call", "standalone_call")
 """Keys only SIPHON writes (the others it writes are canonical here too)."""
+SIPHON_CONFIG_KEY = "agent_config"
+"""The key of SIPHON's payload (and of ours) that holds the configuration layer."""
+SIPHON_CONFIG_KEYS = ("llm", "tts", "stt", "greeting_instructions", "system_instructions")
+"""The keys of SIPHON 0.1.4's ``agent_config``, in the order it writes them."""
+SIPHON_PAYLOAD_KEYS = frozenset({SIPHON_CONFIG_KEY, "inbound_trunk_id", "agent_number"})
+"""The keys of SIPHON 0.1.4's inbound payload (``siphon_payload``)."""
 
 Direction = Literal["inbound", "outbound"]
 ModelKind = Literal["llm", "stt", "tts"]
@@ -345,7 +351,7 @@ class RouteMetadata(StrictModel):
                 data["agent_number"] = agent_number
             if outbound and n.called_number and "number_to_call" not in data:
                 data["number_to_call"] = n.called_number
-            data.setdefault("agent_config", {})
+            data.setdefault(SIPHON_CONFIG_KEY, {})
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     def effective_direction(self) -> Direction | None:
@@ -376,7 +382,7 @@ MAX_RESUMES = 3
 
 
 class ResumeMarker(StrictModel):
-    """Added to a call's metadata by whoever re-dispatches a call whose agent process died (``worker.resume``):
+    """Added to a call's metadata by whoever re-dispatches a call whose agent process died (``worker.dead_job``):
     the new agent serves the same call (same layers, same SIP participant) and says the resume line, not the
     greeting."""
 
@@ -388,7 +394,7 @@ class CallMetadata(RouteMetadata):
     """Route metadata plus what only one call carries: per-call overrides and outbound dial options."""
 
     resume: ResumeMarker | None = Field(
-        default=None, description="Set only on a call taken over after its agent process died (worker.resume)."
+        default=None, description="Set only on a call taken over after its agent process died (worker.dead_job)."
     )
 
     overrides: AgentConfig | None = Field(default=None, description="Per-call layer, applied over agent_config.")
@@ -547,6 +553,19 @@ def parse_metadata(raw: str | bytes | Mapping[str, object] | None, *, path: str 
         warnings.append(MetadataWarning("number_conflict", "number_to_call", "called_number wins"))
     siphon = any(k in data for k in SIPHON_ONLY_KEYS)
     return ParsedMetadata(metadata=n, warnings=tuple(warnings), siphon_shape=siphon)
+
+
+def _plain(value: object) -> object:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def siphon_payload(layer: AgentConfig, context: Mapping[str, JsonValue]) -> str:
+    """SIPHON 0.1.4's inbound payload, as its ``Dispatch`` writes it: ``agent_config`` with its five keys in its
+    order (then any other key the layer sets), then the route's ``context`` keys (``inbound_trunk_id``,
+    ``agent_number``), serialised with ``json.dumps``' defaults (``parse_metadata`` reads it)."""
+    agent_config = {k: _plain(getattr(layer, k)) for k in SIPHON_CONFIG_KEYS}
+    agent_config.update(layer.model_dump(mode="json", exclude_none=True, exclude=set(SIPHON_CONFIG_KEYS)))
+    return json.dumps({SIPHON_CONFIG_KEY: agent_config, **context})
 
 
 def parse_agent_config(

@@ -1,5 +1,5 @@
 """The call metric's names: what the worker writes (``worker.call_metric``) and the ECS scaling policy reads
-(``infra.ecs.components``), in CloudWatch's ``Siphon`` namespace, per ECS cluster and service."""
+(``infra.ecs.operations``), in CloudWatch's ``Siphon`` namespace, per ECS cluster and service."""
 
 from __future__ import annotations
 

@@ -66,15 +66,19 @@ from contract.models import (
     routing_params,
     without_routing_params,
 )
+from contract.wire import (
+    OVERRIDES_ATTRIBUTE,
+    SIP_ATTRIBUTE_PREFIX,
+    SIP_CALL_ID,
+    SIP_CALL_STATUS,
+    SIP_PHONE_NUMBER,
+    SIP_RULE_ID,
+    SIP_TRUNK_ID,
+    SIP_TRUNK_PHONE_NUMBER,
+    siphon_attribute,
+)
 
 LayerName = Literal["default", "route", "call"]
-ATTR_PREFIX = "siphon."
-OVERRIDES_ATTRIBUTE = "siphon.overrides"
-"""Participant attribute carrying a per-call ``AgentConfig`` JSON: the caller-sourced layer (``caller_layer``)."""
-HEADER_ATTRIBUTE_PREFIX = "siphon.header."
-"""A header a route's ``header_overrides`` reads arrives as ``siphon.header.<header>`` (unless its trunk maps it):
-the one part of the ``siphon.`` namespace a trunk may map a SIP header to, since only stack-declared values of it
-select anything."""
 CALLER_DROP_CODES = frozenset({"secret_param", "routing_param", "not_allowed"})
 """Warning codes of what ``caller_layer`` (and the lenient reader before it) drops from a caller-sourced layer."""
 
@@ -270,12 +274,12 @@ def call_layers(
 
 
 SIP_ATTRIBUTES = {
-    "call_status": "sip.callStatus",
-    "phone_number": "sip.phoneNumber",
-    "trunk_phone_number": "sip.trunkPhoneNumber",
-    "trunk_id": "sip.trunkID",
-    "call_id": "sip.callID",
-    "rule_id": "sip.ruleID",
+    "call_status": SIP_CALL_STATUS,
+    "phone_number": SIP_PHONE_NUMBER,
+    "trunk_phone_number": SIP_TRUNK_PHONE_NUMBER,
+    "trunk_id": SIP_TRUNK_ID,
+    "call_id": SIP_CALL_ID,
+    "rule_id": SIP_RULE_ID,
 }
 """``SipFacts`` field -> the participant attribute livekit-sip sets it in."""
 
@@ -304,7 +308,7 @@ class SipFacts:
     @staticmethod
     def looks_like_sip(attributes: Mapping[str, str]) -> bool:
         """True if the attributes are a SIP participant's (any ``sip.`` attribute)."""
-        return any(k.startswith("sip.") for k in attributes)
+        return any(k.startswith(SIP_ATTRIBUTE_PREFIX) for k in attributes)
 
 
 @dataclass(frozen=True)
@@ -417,7 +421,7 @@ class ResolvedCall:
         }
         attrs.update({kind: self.models.get(kind, "") for kind in MODEL_KINDS})
         attrs.update(turns.attributes(cfg), end_call=str(end_call_enabled(cfg)).lower())
-        return {ATTR_PREFIX + k: v for k, v in attrs.items()}
+        return {siphon_attribute(k): v for k, v in attrs.items()}
 
 
 def text_sha(text: str | None) -> str | None:

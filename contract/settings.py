@@ -36,6 +36,7 @@ from contract.types import (
     RingTimeout,
     describe_errors,
 )
+from contract.wire import LIVEKIT_AGENT_NAME_ENV
 
 WARM_PROCESSES = 8
 """Idle job processes a worker with a capacity keeps warm by default. livekit-agents initializes at most one job
@@ -101,7 +102,7 @@ class WorkerSettings(_FromEnviron):
     model_config = SettingsConfigDict(env_prefix="SIPHON_", env_ignore_empty=True, frozen=True)
 
     agent_name: LiveKitAgentName = Field(
-        "siphon-agent", validation_alias=AliasChoices(AGENT_NAME_ENV, "LIVEKIT_AGENT_NAME"),
+        "siphon-agent", validation_alias=AliasChoices(AGENT_NAME_ENV, LIVEKIT_AGENT_NAME_ENV),
         description="the agent name the worker registers (letters, digits, '_', '-', '.')",
     )  # fmt: skip
     environment: EnvironmentName | None = Field(

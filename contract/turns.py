@@ -6,7 +6,7 @@ The fields carry SIPHON's worker keyword names as-is (``allow_interruptions``, `
 ``defaults`` or a route's ``agent_config``. Unset fields inherit (the merge rule of ``contract.resolve``); what no
 layer sets takes SIPHON 0.1.4's values (``SIPHON_DEFAULTS``), so a migrated agent keeps its behaviour.
 
-The worker turns them into session options (Silero VAD, VAD-driven turns): ``worker.turns``.
+The worker turns them into session options (Silero VAD, VAD-driven turns): ``worker.turn_taking``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-CALL_ID_ATTRIBUTE = "sip.callIDFull"  # livekit-sip: the SIP Call-ID of the caller's leg
 _TRACE_BLOCK = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d[ \t]\d\d:\d\d:\d\d\.\d+)\n(.*?)(?=^-{20,} |\Z)", re.M | re.S)
 _ANSWER = re.compile(r"^SIP/2\.0 200 .*?^CSeq:\s*\d+ INVITE", re.M | re.S)
 

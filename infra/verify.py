@@ -22,14 +22,22 @@ from typing import Any
 from livekit import api
 
 from contract.metadata import parse_metadata
-from contract.resolve import ATTR_PREFIX, SipFacts, resolve_call, worker_defaults
+from contract.resolve import SipFacts, resolve_call, worker_defaults
+from contract.wire import (
+    CALL_STATUS_ATTRIBUTE,
+    CONFIG_HASH_ATTRIBUTE,
+    SIP_CALL_ID_FULL,
+    SIP_CALL_STATUS,
+    SIP_RULE_ID,
+    SIPHON_ATTRIBUTE_PREFIX,
+    siphon_attribute,
+)
 from infra import sipp
 from infra.stack.types import Plan
 
 TEST_CALLER = "+15005550006"  # a reserved test number, used as the caller unless the route filters callers
 POLL = 0.05  # seconds between looks at LiveKit while a call is set up
 HANGUP_WAIT = 15.0  # seconds for the caller to see BYE after the room is deleted
-CALL_STATUS_ATTRIBUTE = "sip.callStatus"  # livekit-sip: ringing until it answers the caller, then active
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,7 @@ def published_attributes(
     caller = SipFacts("", phone_number=caller_number, trunk_phone_number=number, trunk_id=trunk_id)
     attributes = {**(sip_attributes or {}), **caller.as_attributes()}  # as livekit-sip sets them on the caller
     attrs = resolve_call(meta, attributes, defaults, agent_name=dispatch.agent_name).attributes()
-    return {k: v for k, v in attrs.items() if trunk_id or k != ATTR_PREFIX + "trunk_id"}
+    return {k: v for k, v in attrs.items() if trunk_id or k != siphon_attribute("trunk_id")}
 
 
 def expectations(
@@ -118,7 +126,7 @@ def expectations(
 def compare(expected: Expectation, actual: Mapping[str, str]) -> list[str]:
     """What differs between the published and the declared configuration."""
     return [
-        f"{k.removeprefix(ATTR_PREFIX)} is {actual.get(k)!r}, declared {v!r}"
+        f"{k.removeprefix(SIPHON_ATTRIBUTE_PREFIX)} is {actual.get(k)!r}, declared {v!r}"
         for k, v in expected.attributes.items()
         if actual.get(k, "") != v
     ]
@@ -144,7 +152,7 @@ async def agent_attributes(room: str, timeout: float) -> dict[str, str]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for p in await _participants(lk, room):
-                if p.kind == api.ParticipantInfo.Kind.AGENT and p.attributes.get(ATTR_PREFIX + "call_status"):
+                if p.kind == api.ParticipantInfo.Kind.AGENT and p.attributes.get(CALL_STATUS_ATTRIBUTE):
                     return dict(p.attributes)
             await asyncio.sleep(0.1)
         return {}
@@ -165,22 +173,22 @@ async def observe(lk: api.LiveKitAPI, call: sipp.SippCall, known_rooms: set[str]
                 if room.name in others:
                     continue
                 parts = await _participants(lk, room.name)
-                mine = [p for p in parts if p.attributes.get(sipp.CALL_ID_ATTRIBUTE) == call.call_id]
+                mine = [p for p in parts if p.attributes.get(SIP_CALL_ID_FULL) == call.call_id]
                 if mine:
-                    seen.room, seen.rule_id = room.name, mine[0].attributes.get("sip.ruleID", "")
+                    seen.room, seen.rule_id = room.name, mine[0].attributes.get(SIP_RULE_ID, "")
                     break
                 if any(p.kind == api.ParticipantInfo.Kind.SIP for p in parts):
                     others.add(room.name)
         if seen.room:
             parts = await _participants(lk, seen.room)
-            caller = [p for p in parts if p.attributes.get(sipp.CALL_ID_ATTRIBUTE) == call.call_id]
+            caller = [p for p in parts if p.attributes.get(SIP_CALL_ID_FULL) == call.call_id]
             if not caller:
                 seen.caller_left = True
                 break
             agents = [p for p in parts if p.kind == api.ParticipantInfo.Kind.AGENT]
-            ready = [a for a in agents if a.attributes.get(ATTR_PREFIX + "config_hash")]
+            ready = [a for a in agents if a.attributes.get(CONFIG_HASH_ATTRIBUTE)]
             # Answered: the agent published its configuration and the bridge has answered the caller (200 OK).
-            if ready and caller[0].attributes.get(CALL_STATUS_ATTRIBUTE) == "active":
+            if ready and caller[0].attributes.get(SIP_CALL_STATUS) == "active":
                 seen.attributes = dict(ready[0].attributes)
                 seen.answered_after = time.monotonic() - call.started
                 return seen

@@ -1,8 +1,8 @@
-"""The local supervisor reports a worker's death, as ECS reports a stopped task (``worker.recovery``).
+"""The local supervisor reports a worker's death, as ECS reports a stopped task (``worker.dead_worker``).
 
 ``./dev local`` and the tests start workers as child processes, so they see every death at once: a thread per
 worker waits for its process, and when it exits abnormally (killed, crashed), the dead worker's calls are
-recovered (``worker.recovery.report_death``). When no other worker of its agent is running, its calls are
+recovered (``worker.dead_worker.report_death``). When no other worker of its agent is running, its calls are
 ended at once (a BYE) rather than offered to a worker that is not there.
 """
 
@@ -15,13 +15,13 @@ from collections.abc import Callable
 
 from livekit import api
 
-from worker.recovery import local_worker_id, report_death
+from worker.dead_worker import local_worker_id, report_death
 
 logger = logging.getLogger("siphon.local")
 
 
 class DeathWatch:
-    """Watches worker processes; reports the abnormal exit of any to ``worker.recovery`` (module docstring)."""
+    """Watches worker processes; reports the abnormal exit of any to ``worker.dead_worker`` (module docstring)."""
 
     def __init__(self, livekit_url: str, api_key: str, api_secret: str, say: Callable[[str], object] = print) -> None:
         self._credentials = (livekit_url, api_key, api_secret)

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from contract.deployment import AGENT_NAME_ENV
+from contract.wire import LIVEKIT_API_KEY_ENV, LIVEKIT_API_SECRET_ENV, LIVEKIT_URL_ENV
 from localenv import tools
 from localenv.ports import LOOPBACK, free_port_range, free_tcp_port
 from localenv.process import ServiceError, Supervised
@@ -77,9 +78,9 @@ class Endpoints:
     def env(self) -> dict[str, str]:
         """Environment variables for LiveKit and AWS clients (boto3, livekit-api, Pulumi providers)."""
         out = {
-            "LIVEKIT_URL": self.livekit_url,
-            "LIVEKIT_API_KEY": self.api_key,
-            "LIVEKIT_API_SECRET": self.api_secret,
+            LIVEKIT_URL_ENV: self.livekit_url,
+            LIVEKIT_API_KEY_ENV: self.api_key,
+            LIVEKIT_API_SECRET_ENV: self.api_secret,
             "AWS_ENDPOINT_URL": self.aws_endpoint_url,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",

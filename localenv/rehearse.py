@@ -48,6 +48,7 @@ from contract.deployment import worker_env
 from contract.metadata import MODEL_KINDS
 from contract.models import PROVIDERS, SpecError, parse_spec
 from contract.types import LOCAL_ENVIRONMENT
+from contract.wire import CALL_STATUS_ATTRIBUTE, LIVEKIT_CREDENTIAL_ENV, SIPHON_ATTRIBUTE_PREFIX, siphon_attribute
 from infra import sipp
 from infra.stack.errors import StackFileError
 from infra.stack.load import stack_path
@@ -276,7 +277,7 @@ def _header_expectations(plan: Plan, base: list[Expectation]) -> list[Expectatio
         for override in route.header_overrides:
             attribute = plan.stack.header_attributes[exp.route][override.header]
             for value in override.values:
-                trunk_id = exp.attributes.get("siphon.trunk_id")
+                trunk_id = exp.attributes.get(siphon_attribute("trunk_id"))
                 attrs = published_attributes(plan, exp.route, exp.number, sipp.from_user(exp.caller), trunk_id,
                                              {attribute: value})  # fmt: skip
                 out.append(dataclasses.replace(exp, attributes=attrs, headers={override.header: value}))
@@ -350,7 +351,10 @@ def _pin_refusal_check(exp: Expectation, sip_address: str) -> Check:
         finally:
             await lk.aclose()
         if seen.attributes:
-            return False, f"agent {seen.attributes.get('siphon.agent_name')} answered a call that keyed in no PIN"
+            return (
+                False,
+                f"agent {seen.attributes.get(siphon_attribute('agent_name'))} answered a call that keyed in no PIN",
+            )
         return True, f"no agent answered ({end.reason or 'the bridge hung up after the PIN prompt'})"
 
     ok, observed = asyncio.run(run())
@@ -410,10 +414,10 @@ def _outbound_check(plan: Plan, key: str, outputs: dict[str, Any], passwords: di
                 problems.append(f"the UAS was called at {called}, dialled {OUTBOUND_CALLEE}")
             if caller.lstrip("+") != expected_caller.lstrip("+"):
                 problems.append(f"the UAS saw caller ID {caller}, declared {expected_caller}")
-        if attrs.get("siphon.call_status") != "active":
-            problems.append(f"the agent's call is {attrs.get('siphon.call_status') or 'not answered'}, not active")
+        if attrs.get(CALL_STATUS_ATTRIBUTE) != "active":
+            problems.append(f"the agent's call is {attrs.get(CALL_STATUS_ATTRIBUTE) or 'not answered'}, not active")
         problems += [
-            f"{k.removeprefix('siphon.')} is {attrs.get(k)!r}, declared {v!r}"
+            f"{k.removeprefix(SIPHON_ATTRIBUTE_PREFIX)} is {attrs.get(k)!r}, declared {v!r}"
             for k, v in expected_attrs.items()
             if attrs and attrs.get(k, "") != v
         ]
@@ -574,7 +578,7 @@ def start_containers(
         port = free_tcp_port()
         values = {**settings, **worker_env(agent_name=agent, http_port=port, http_host=LOCAL_ALLOWED)}
         argv = [built.engine, "run", "--rm", "--name", _container_name(run_name, agent), "--network", "host",
-                "--stop-timeout", "20", *(a for k in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+                "--stop-timeout", "20", *(a for k in LIVEKIT_CREDENTIAL_ENV
                                           for a in ("-e", k)),
                 *(a for k, v in values.items() for a in ("-e", f"{k}={v}")), built.ref]  # fmt: skip
         log = env.run_dir / f"container-{agent}.log"

@@ -31,7 +31,7 @@ from infra.verify import observe
 from localenv.deaths import DeathWatch
 from localenv.manager import Endpoints
 from tests.test_worker_live import CALLER, WAIT, WorkerProc, _inbound_route, start_worker
-from worker.resume import resume_metadata
+from worker.dead_job import resume_metadata
 
 RESUME_MESSAGE = "Sorry, we were cut off. I am back on the line."
 SILENCE_BOUND = 15.0  # failure bound for the silence after a fault (the targets are in bench/crash_silence.py)

@@ -22,7 +22,7 @@ from contract.models import chain_label
 from contract.resolve import BUILTIN_DEFAULTS, OVERRIDES_ATTRIBUTE, merge_layers, requested_models, resolve_call
 from contract.settings import SettingsError, WorkerSettings
 from tests.openai_standin import OpenAIStandIn
-from worker import turns
+from worker import turn_taking
 from worker.models import registry
 from worker.models.offline import ScriptedLLM
 
@@ -172,7 +172,7 @@ def test_a_chain_none_of_whose_entries_can_be_built_falls_back_to_the_agents_def
 
 def test_an_stt_chain_streams_its_non_streaming_entry_with_the_vad(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    vad = turns.session_options(AgentConfig())["vad"]
+    vad = turn_taking.session_options(AgentConfig())["vad"]
     r = registry.resolve("stt", ["openai/whisper-1", "local/silent"], None, offline=True, timeout=5, vad=vad)
     assert isinstance(r.component, stt.FallbackAdapter)
     assert isinstance(r.entries[0][1], stt.StreamAdapter) and r.label == "openai/whisper-1 > local/silent"

@@ -39,7 +39,7 @@ from tests.test_crash_calls import (
     wait_for,
 )
 from tests.test_worker_live import CALLER, WAIT, WorkerProc, _inbound_route, start_worker
-from worker.recovery import LEDGER_PREFIX, local_worker_id, recover_worker
+from worker.dead_worker import LEDGER_PREFIX, local_worker_id, recover_worker
 
 
 def test_a_livekit_server_paused_for_5_seconds_during_a_call_harms_no_call(

@@ -19,7 +19,7 @@ from livekit import api
 from contract.settings import WorkerSettings
 from tests.ecs_agent_endpoint import TASK_ARN, agent_endpoint
 from tests.test_ecs_death_queue import create_queue, put_task_event, task_event
-from worker.recovery import METADATA_URI_ENV, CallLedger, ledger_room, own_worker_id, task_id
+from worker.dead_worker import METADATA_URI_ENV, CallLedger, ledger_room, own_worker_id, task_id
 from worker.stopped_tasks import StoppedTask, StoppedTasks, attach, livekit_recovery, parse_event
 
 
@@ -178,7 +178,7 @@ def test_attach_starts_consuming_when_the_worker_has_started_and_not_before(aws)
 
 def test_a_stopped_task_event_recovers_that_workers_calls_from_its_ledger_on_livekit(queue, endpoints):
     """The whole ECS path on the local servers: the task's ledger (written as its worker writes it) is claimed and
-    its call recovered (here the caller had already left) by ``worker.recovery.recover_worker``."""
+    its call recovered (here the caller had already left) by ``worker.dead_worker.recover_worker``."""
 
     async def scenario() -> tuple[list[str], set[str]]:
         lk = api.LiveKitAPI()

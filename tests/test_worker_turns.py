@@ -4,7 +4,7 @@ interruptions, and does not when it forbids them.
 The caller is sipp through the real livekit-sip, speaking a sentence made with espeak-ng and converted by sox to
 8 kHz mu-law (PCMU), streamed as RTP some seconds after the answer, while the agent reads a long greeting (the
 offline scripted LLM and espeak-ng TTS). The worker (the image's entry command, Silero VAD from the wheel) publishes
-what turn-taking did as attributes (``worker.turns.report``): caller speech detected by VAD, agent utterances, and
+what turn-taking did as attributes (``worker.turn_taking.report``): caller speech detected by VAD, agent utterances, and
 those cut short. The test watches those attributes and ``lk.agent.state`` through LiveKit, in order of arrival.
 """
 
@@ -20,11 +20,11 @@ import pytest
 from livekit import api
 
 from contract.metadata import AgentConfig, RouteMetadata
+from contract.wire import CALLER_SPEECH_ATTRIBUTE, INTERRUPTED_ATTRIBUTE, UTTERANCES_ATTRIBUTE
 from infra import sipp
 from localenv.manager import Endpoints, LocalEnv
 from tests.caller_audio import spoken_ulaw
 from tests.test_worker_live import WAIT, WorkerProc, answered_call, start_worker
-from worker.turns import ATTR_CALLER_SPEECH, ATTR_INTERRUPTED, ATTR_UTTERANCES
 
 LONG_GREETING = (  # about 25 s of espeak-ng speech (provider parameters are limited to 512 characters)
     "Thank you for calling Example Corporation, the home of fine example products since nineteen ninety. "
@@ -61,7 +61,7 @@ class Timeline:
     events: list[tuple[str, str]] = field(default_factory=list)  # (attribute, value), deduplicated consecutively
 
     def add(self, attrs: dict[str, str]) -> None:
-        for key in ("lk.agent.state", ATTR_CALLER_SPEECH, ATTR_INTERRUPTED, ATTR_UTTERANCES):
+        for key in ("lk.agent.state", CALLER_SPEECH_ATTRIBUTE, INTERRUPTED_ATTRIBUTE, UTTERANCES_ATTRIBUTE):
             value = attrs.get(key)
             if value is not None and self.last(key) != value:
                 self.events.append((key, value))
@@ -94,7 +94,10 @@ def call_with_caller_speech(
             lk = api.LiveKitAPI(ep.livekit_url, ep.api_key, ep.api_secret)
             try:
                 deadline = asyncio.get_running_loop().time() + 3 * WAIT  # a failure bound only
-                while asyncio.get_running_loop().time() < deadline and timeline.last(ATTR_UTTERANCES) in (None, "0"):
+                while asyncio.get_running_loop().time() < deadline and timeline.last(UTTERANCES_ATTRIBUTE) in (
+                    None,
+                    "0",
+                ):
                     parts = (await lk.room.list_participants(api.ListParticipantsRequest(room=room))).participants
                     for p in parts:
                         if p.kind == api.ParticipantInfo.Kind.AGENT:
@@ -115,7 +118,7 @@ def call_with_caller_speech(
 
 def greeting_states(t: Timeline) -> list[str]:
     """The agent's states from its first ``speaking`` until its greeting (first utterance) was over."""
-    end = t.index(ATTR_UTTERANCES, "1")
+    end = t.index(UTTERANCES_ATTRIBUTE, "1")
     assert end >= 0, f"the greeting never ended: {t.events}"
     return [v for k, v in t.events[t.index("lk.agent.state", "speaking") : end] if k == "lk.agent.state"]
 
@@ -127,12 +130,12 @@ def test_caller_speech_interrupts_the_greeting_when_interruptions_are_on(
     The offline STT transcribes nothing, so livekit-agents classifies the interruption as false and may resume
     the greeting afterwards (``resume_false_interruption``); with a real STT the words end the greeting."""
     t, end = call_with_caller_speech(endpoints, turn_worker, caller_audio, "+15550177001", allow_interruptions=True)
-    spoke = t.index(ATTR_CALLER_SPEECH, "1")
+    spoke = t.index(CALLER_SPEECH_ATTRIBUTE, "1")
     assert spoke >= 0, f"VAD never detected the caller: {t.events}\n{turn_worker.text()[-3000:]}"
     stopped = t.events.index(("lk.agent.state", "listening")) if ("lk.agent.state", "listening") in t.events else -1
     assert stopped > spoke, f"the agent did not stop speaking when the caller spoke: {t.events}"
     # Stopped mid-greeting: either cut short, or paused and resumed (speaking again before the greeting was over).
-    cut_short = t.last(ATTR_INTERRUPTED) == "1"
+    cut_short = t.last(INTERRUPTED_ATTRIBUTE) == "1"
     assert cut_short or greeting_states(t).count("speaking") >= 2, f"the greeting was not interrupted: {t.events}"
     assert end.completed, end
 
@@ -141,9 +144,9 @@ def test_caller_speech_does_not_interrupt_the_greeting_when_interruptions_are_of
     endpoints: Endpoints, turn_worker: WorkerProc, caller_audio: Path
 ) -> None:
     t, end = call_with_caller_speech(endpoints, turn_worker, caller_audio, "+15550177002", allow_interruptions=False)
-    assert t.index(ATTR_CALLER_SPEECH, "1") >= 0, f"VAD never detected the caller: {t.events}"
-    assert t.index(ATTR_CALLER_SPEECH, "1") < t.index(ATTR_UTTERANCES, "1"), t.events  # during the greeting
+    assert t.index(CALLER_SPEECH_ATTRIBUTE, "1") >= 0, f"VAD never detected the caller: {t.events}"
+    assert t.index(CALLER_SPEECH_ATTRIBUTE, "1") < t.index(UTTERANCES_ATTRIBUTE, "1"), t.events  # during the greeting
     # Spoken in one go: "speaking" once (its end may show "listening" just before the utterance count changes).
     assert greeting_states(t).count("speaking") == 1, f"the greeting stopped while the caller spoke: {t.events}"
-    assert t.last(ATTR_INTERRUPTED) in (None, "0"), f"the greeting was interrupted: {t.events}"
+    assert t.last(INTERRUPTED_ATTRIBUTE) in (None, "0"), f"the greeting was interrupted: {t.events}"
     assert end.completed, end

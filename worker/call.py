@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
@@ -26,20 +26,16 @@ from livekit.agents import (
 from pydantic_core import to_jsonable_python
 
 from contract import metrics
-from contract.metadata import MODEL_KINDS, AgentConfig, CallMetadata, ModelKind, parse_metadata
+from contract.metadata import MODEL_KINDS, AgentConfig, CallMetadata, MetadataWarning, ModelKind, parse_metadata
 from contract.models import CHAIN_SEPARATOR
-from contract.resolve import SipFacts, call_layers, caller_drops, is_caller_drop, resolve_call
+from contract.resolve import ResolvedCall, SipFacts, call_layers, caller_drops, is_caller_drop, resolve_call
 from contract.settings import WorkerSettings
-from worker import call_metric, end_call, turns
+from contract.wire import CALL_STATUS_ATTRIBUTE, CONFIG_HASH_ATTRIBUTE, ROUTE_ATTRIBUTE, SERVING_ATTRIBUTE
+from worker import call_metric, end_call, turn_taking
+from worker.dead_job import hang_up, take_over
 from worker.models import bounds, hearing, registry
-from worker.resume import ATTR_CONFIG_HASH, hang_up, take_over
 
 logger = logging.getLogger("siphon.worker")
-
-
-ATTR_CALL_STATUS = "siphon.call_status"
-ATTR_SERVING = "siphon.{kind}_serving"
-"""Agent attribute of a kind served by a fallback chain: the label of the entry serving now, once it has changed."""
 
 
 def _sip_participant(room: rtc.Room) -> rtc.RemoteParticipant | None:
@@ -49,16 +45,17 @@ def _sip_participant(room: rtc.Room) -> rtc.RemoteParticipant | None:
     return None
 
 
-async def _wait_sip(room: rtc.Room, timeout: float, identity: str | None = None) -> rtc.RemoteParticipant | None:
-    """Wait until a SIP participant (optionally with ``identity``) is in the room, up to ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        p = room.remote_participants.get(identity) if identity else _sip_participant(room)
-        if p is not None:
-            return p
-        if time.monotonic() >= deadline or not room.isconnected():
-            return None
-        await asyncio.sleep(0.1)
+async def _wait_sip(ctx: JobContext, timeout: float, identity: str | None = None) -> rtc.RemoteParticipant | None:
+    """The SIP participant that joins (or the participant ``identity``), waited for through the framework; ``None``
+    after ``timeout`` s, or when the room is gone."""
+    if not ctx.room.isconnected():
+        return None  # (the framework's wait would connect again)
+    sip = rtc.ParticipantKind.PARTICIPANT_KIND_SIP
+    joined = ctx.wait_for_participant(identity=identity) if identity else ctx.wait_for_participant(kind=sip)
+    try:
+        return await asyncio.wait_for(joined, timeout)
+    except (TimeoutError, RuntimeError):  # RuntimeError: the room disconnected while waiting
+        return None
 
 
 async def _dial(ctx: JobContext, meta: CallMetadata, settings: WorkerSettings) -> rtc.RemoteParticipant | str:
@@ -85,7 +82,7 @@ async def _dial(ctx: JobContext, meta: CallMetadata, settings: WorkerSettings) -
         return "dial timed out"
     except Exception as err:  # connection errors and the like: end the job, keep the worker
         return f"dial failed: {type(err).__name__}"
-    p = await _wait_sip(ctx.room, ring, identity=identity)
+    p = await _wait_sip(ctx, ring, identity=identity)
     return p if p is not None else "answered, but the SIP participant never joined"
 
 
@@ -108,7 +105,8 @@ def _resolve_models(config: AgentConfig, settings: WorkerSettings, built: Built)
         key = (kind, spec_key(spec))
         if key not in built:
             default = getattr(settings.defaults, kind)
-            vad = turns.session_options(config)["vad"]  # streams a non-streaming STT of a chain (cached per settings)
+            # streams a non-streaming STT of a chain (cached per settings)
+            vad = turn_taking.session_options(config)["vad"]
             built[key] = registry.resolve(kind, spec, default, offline=settings.offline_models, vad=vad,
                                           timeout=bounds.attempt_timeout(settings, kind))  # fmt: skip
         out[kind] = built[key]
@@ -124,8 +122,8 @@ def _publish_serving(ctx: JobContext, models: dict[ModelKind, registry.Resolved]
             continue  # one component: nothing switches
 
         def report(label: str, kind: ModelKind = kind) -> None:
-            logger.warning("fallback chain switched", extra={"room": ctx.room.name, "kind": kind, "serving": label})
-            task = asyncio.create_task(_set_attributes(ctx, {ATTR_SERVING.format(kind=kind): label}))
+            logger.warning("fallback chain switched", extra={"kind": kind, "serving": label})
+            task = asyncio.create_task(_set_attributes(ctx, {SERVING_ATTRIBUTE.format(kind=kind): label}))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
@@ -156,7 +154,7 @@ async def _refuse(ctx: JobContext, settings: WorkerSettings, reason: str, *, han
     """End a call no model can serve as declared: it is never answered by other models. With ``hang_up`` (a caller
     is in the room, not yet answered: livekit-sip answers once the agent's audio is up), the room is closed, and
     the bridge refuses the INVITE with 486, on which a carrier fails over."""
-    logger.error("refusing the call: its models cannot be built", extra={"room": ctx.room.name, "reason": reason})
+    logger.error("refusing the call: its models cannot be built", extra={"reason": reason})
     _count(settings, metrics.REFUSALS)
     if hang_up:
         await _hang_up(ctx, f"refused: {reason}")
@@ -173,18 +171,19 @@ async def _set_attributes(ctx: JobContext, attrs: dict[str, str]) -> None:
 
 async def _end_job(ctx: JobContext, meta: CallMetadata, status: str, reason: str) -> None:
     """End a job that has no call to serve, saying why; its slot is free again."""
-    logger.warning("ending the job without a call", extra={"reason": reason, "room": ctx.room.name})
-    await _set_attributes(ctx, {ATTR_CALL_STATUS: status, "siphon.route": meta.route or ""})
+    logger.warning("ending the job without a call", extra={"reason": reason})
+    await _set_attributes(ctx, {CALL_STATUS_ATTRIBUTE: status, ROUTE_ATTRIBUTE: meta.route or ""})
     ctx.shutdown(reason=reason)
 
 
 async def entrypoint(ctx: JobContext) -> None:
     """One call; whatever fails in it ends the job and the call (a job that raised would otherwise hold its slot,
-    and its caller would stay in a room with no agent)."""
+    and its caller would stay in a room with no agent). Every log record of the job carries its ``room``."""
+    ctx.log_context_fields = {"room": ctx.job.room.name}
     try:
         await _call(ctx)
     except Exception as err:
-        logger.exception("the call failed; ending the job and the call", extra={"room": ctx.room.name})
+        logger.exception("the call failed; ending the job and the call")
         await _hang_up(ctx, f"failed: {type(err).__name__}: {str(err)[:200]}")
         raise
 
@@ -193,81 +192,145 @@ def _taken_over(room: rtc.Room) -> bool:
     """Whether another agent already served this call (it published its configuration here): a job LiveKit
     re-dispatched after losing that agent's worker (LiveKit Cloud does), to be answered as a resumption."""
     return any(
-        p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and p.attributes.get(ATTR_CONFIG_HASH)
+        p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT and p.attributes.get(CONFIG_HASH_ATTRIBUTE)
         for p in room.remote_participants.values()
     )
 
 
+@dataclasses.dataclass
+class _Clock:
+    """The moments of a call's set-up, for its "resolved call configuration" and "agent ready" records."""
+
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+    parse_ms: float = 0.0  # the metadata read
+    connect_ms: float = 0.0  # the room joined
+    caller_at: float = 0.0  # the caller known (found, waited for or dialled)
+    resolve_ms: float = 0.0  # caller known -> configuration resolved
+
+    def ms(self, since: float | None = None) -> float:
+        """Milliseconds from ``since`` (default: the job's start) to now."""
+        return (time.perf_counter() - (self.started if since is None else since)) * 1000
+
+
 async def _call(ctx: JobContext) -> None:
-    """Read metadata, find or dial the SIP participant, merge layers, start the agent session."""
+    """One call in named steps: connect, find or dial the caller, resolve its configuration and build its models,
+    start the session, answer (the caller hears the agent), greet."""
     settings: WorkerSettings = ctx.proc.userdata.get("settings") or WorkerSettings.from_env()
     built: Built = dict(ctx.proc.userdata.get("models", {}))
-    ctx.add_shutdown_callback(lambda reason: _log_end(ctx, reason))
-    started = time.perf_counter()
+    ctx.add_shutdown_callback(_log_end)
+    clock = _Clock()
     parsed = parse_metadata(ctx.job.metadata)
-    meta = parsed.metadata
-    parse_ms = (time.perf_counter() - started) * 1000
-    warns = list(parsed.warnings)
+    meta, clock.parse_ms = parsed.metadata, clock.ms()
+    if not await _connect(ctx, settings):
+        return
+    clock.connect_ms = clock.ms()
+    found = await _find_caller(ctx, meta, settings, built)
+    if found is None:
+        return
+    caller, dialled = found
+    clock.caller_at = time.perf_counter()
+    configured = await _configure(ctx, meta, caller, dialled, parsed.warnings, settings, built)
+    if configured is None:
+        return
+    resolved, models = configured
+    clock.resolve_ms = clock.ms(clock.caller_at)
+    _log_configuration(ctx, settings, meta, resolved, models, clock)
+    # Published while the session starts: the caller is answered when the agent's audio track is up.
+    published = asyncio.create_task(_set_attributes(ctx, {**resolved.attributes(), CALL_STATUS_ATTRIBUTE: "active"}))
+    cfg = resolved.merged.config
+    session = _session(ctx, settings, cfg, models)
+    if await _answer(ctx, settings, session, cfg, caller, published, clock):
+        _greet(session, cfg, resumed=resolved.resumed)
 
-    try:  # a loaded host or server can stall the join: the job ends and frees its slot, never holds it
+
+async def _connect(ctx: JobContext, settings: WorkerSettings) -> bool:
+    """Join the room within ``connect_timeout``: a loaded host or server can stall the join; the job then ends and
+    frees its slot, never holds it."""
+    try:
         await asyncio.wait_for(ctx.connect(), settings.connect_timeout)
     except TimeoutError:
         reason = f"the room connection was not established within {settings.connect_timeout:g} s"
-        logger.error("ending the job: " + reason, extra={"room": ctx.room.name})
+        logger.error("ending the job: " + reason)
         ctx.shutdown(reason=reason)
-        return
-    connect_ms = (time.perf_counter() - started) * 1000
+        return False
+    return True
 
-    sip_p = _sip_participant(ctx.room)
-    dialled = False
-    if meta.direction == "outbound" and sip_p is None:
-        try:  # the models first: nobody is rung for a call that no model could serve
-            _resolve_models(call_layers(settings.defaults, meta, None)[0].config, settings, built)
-        except registry.SpecUnavailable as err:
-            await _refuse(ctx, settings, str(err), hang_up=bool(meta.standalone_call))
-            return
-        if meta.standalone_call:  # SIPHON's Call dials itself right after dispatching: wait, never dial twice
-            sip_p = await _wait_sip(ctx.room, meta.ring_timeout or settings.ring_timeout)
-            outcome: rtc.RemoteParticipant | str = sip_p or "the dispatcher's call never joined"
-        else:
-            outcome = await _dial(ctx, meta, settings)
-            dialled = True
-        if isinstance(outcome, str):
-            await _end_job(ctx, meta, "unanswered", f"outbound call not connected: {outcome}")
-            return
-        sip_p = outcome
-    elif sip_p is None and meta.direction != "outbound":
-        sip_p = await _wait_sip(ctx.room, settings.participant_wait)
-        if sip_p is None:  # the caller hung up while it rang, or a dispatch without a call
+
+async def _find_caller(
+    ctx: JobContext, meta: CallMetadata, settings: WorkerSettings, built: Built
+) -> tuple[rtc.RemoteParticipant, bool] | None:
+    """The call's SIP participant, and whether this job dialled it: the one in the room; else an inbound caller who
+    joins within ``participant_wait``; else an outbound call's, dialled here or (SIPHON's ``standalone_call``)
+    waited for. ``None``: the job ended without a caller, saying why."""
+    caller = _sip_participant(ctx.room)
+    if caller is not None:
+        return caller, False
+    if meta.direction != "outbound":
+        caller = await _wait_sip(ctx, settings.participant_wait)
+        if caller is None:  # the caller hung up while it rang, or a dispatch without a call
             await _end_job(ctx, meta, "no_caller", f"no caller joined within {settings.participant_wait:g}s")
-            return
+            return None
+        return caller, False
+    try:  # the models first: nobody is rung for a call that no model could serve
+        _resolve_models(call_layers(settings.defaults, meta, None)[0].config, settings, built)
+    except registry.SpecUnavailable as err:
+        await _refuse(ctx, settings, str(err), hang_up=bool(meta.standalone_call))
+        return None
+    if meta.standalone_call:  # SIPHON's Call dials itself right after dispatching: wait, never dial twice
+        caller = await _wait_sip(ctx, meta.ring_timeout or settings.ring_timeout)
+        outcome: rtc.RemoteParticipant | str = caller or "the dispatcher's call never joined"
+    else:
+        outcome = await _dial(ctx, meta, settings)
+    if isinstance(outcome, str):
+        await _end_job(ctx, meta, "unanswered", f"outbound call not connected: {outcome}")
+        return None
+    return outcome, not meta.standalone_call
 
-    caller_at = time.perf_counter()
-    resolved = resolve_call(
-        meta, sip_p.attributes if sip_p is not None else None, settings.defaults, agent_name=settings.agent_name,
-        identity=sip_p.identity if sip_p is not None else "", dialled=dialled,
-    )  # fmt: skip
-    warns.extend(resolved.warnings)
+
+async def _configure(
+    ctx: JobContext,
+    meta: CallMetadata,
+    caller: rtc.RemoteParticipant,
+    dialled: bool,
+    warnings: Iterable[MetadataWarning],
+    settings: WorkerSettings,
+    built: Built,
+) -> tuple[ResolvedCall, dict[ModelKind, registry.Resolved]] | None:
+    """The call's configuration (``resolve_call`` of the layers and the caller's attributes) and its models;
+    ``None``: no model can serve it as declared, and the call was refused."""
+    resolved = resolve_call(meta, caller.attributes, settings.defaults, agent_name=settings.agent_name,
+                            identity=caller.identity, dialled=dialled)  # fmt: skip
     try:
         models = _resolve_models(resolved.merged.config, settings, built)
     except registry.SpecUnavailable as err:
-        await _refuse(ctx, settings, str(err), hang_up=sip_p is not None)
-        return
-    # a take-over of a call whose agent died: ours (worker.resume) or LiveKit's own re-dispatch
-    resumed = resolved.resumed or _taken_over(ctx.room)
-    resolved = dataclasses.replace(
+        await _refuse(ctx, settings, str(err), hang_up=True)
+        return None
+    configured = dataclasses.replace(
         resolved,
         models={k: r.label for k, r in models.items()},
         fallbacks={k: r.fallback_reason for k, r in models.items() if r.fallback_reason},
-        warnings=tuple(warns),
-        resumed=resumed,
+        warnings=(*warnings, *resolved.warnings),
+        # a take-over of a call whose agent died: ours (worker.dead_job) or LiveKit's own re-dispatch
+        resumed=resolved.resumed or _taken_over(ctx.room),
     )
-    resolve_ms = (time.perf_counter() - caller_at) * 1000  # caller known -> configuration resolved
-    for w in warns:
+    return configured, models
+
+
+def _log_configuration(
+    ctx: JobContext,
+    settings: WorkerSettings,
+    meta: CallMetadata,
+    resolved: ResolvedCall,
+    models: dict[ModelKind, registry.Resolved],
+    clock: _Clock,
+) -> None:
+    """Log (and count in the call metric) what was dropped or fell back, watch the chains' hand-overs, and log the
+    resolved configuration with the set-up's timings."""
+    for w in resolved.warnings:
         message = "caller override dropped" if is_caller_drop(w) else "metadata problem (ignored, falling back)"
-        logger.warning(message, extra={"room": ctx.room.name, **w.as_dict()})
-    if dropped := caller_drops(warns):  # the caller's layer named a host, a credential or a choice not allowed
-        _count(settings, metrics.CALLER_DROPS, dropped)
+        logger.warning(message, extra=w.as_dict())
+    if dropped := caller_drops(resolved.warnings):  # the caller's layer named a host, a credential or a choice
+        _count(settings, metrics.CALLER_DROPS, dropped)  # not allowed
     for kind, r in models.items():
         if r.fallback_reason:
             detail = f"{kind}: {r.requested} -> {r.label}: {r.fallback_reason}"
@@ -275,52 +338,48 @@ async def _call(ctx: JobContext) -> None:
             in_chain = set(r.label.split(CHAIN_SEPARATOR)) <= set(asked)  # a chain's later entries serve
             message = "a fallback chain entry is unavailable, skipped" if in_chain else (
                 "model spec unavailable, using the agent's default")  # fmt: skip
-            logger.warning(message, extra={"room": ctx.room.name, "detail": detail})
+            logger.warning(message, extra={"detail": detail})
             _count(settings, metrics.FALLBACKS)
     _publish_serving(ctx, models)
     logger.info(
         "resolved call configuration",
         extra={
-            "room": ctx.room.name,
             "config": json.dumps(resolved.describe(), sort_keys=True),
             "config_hash": resolved.hash,
-            "metadata_parse_ms": round(parse_ms, 3),
-            "connect_ms": round(connect_ms, 1),
-            "resolve_ms": round(resolve_ms, 3),
-            "resumed": resumed,
+            "metadata_parse_ms": round(clock.parse_ms, 3),
+            "connect_ms": round(clock.connect_ms, 1),
+            "resolve_ms": round(clock.resolve_ms, 3),
+            "resumed": resolved.resumed,
             **({"resume_count": meta.resume.count, "resumed_job": meta.resume.job_id} if meta.resume else {}),
         },
     )
-    # Published while the session starts: the caller is answered when the agent's audio track is up.
-    published = asyncio.create_task(
-        _set_attributes(ctx, {**resolved.attributes(), ATTR_CALL_STATUS: "active" if sip_p else "no_caller"})
-    )
 
-    cfg = resolved.merged.config
+
+def _session(
+    ctx: JobContext, settings: WorkerSettings, cfg: AgentConfig, models: dict[ModelKind, registry.Resolved]
+) -> AgentSession:
+    """The call's agent session on its models, with its turn-taking reported (``worker.turn_taking``); a model that
+    gives up during the call hands the call to a new agent."""
     session: AgentSession = AgentSession(
         llm=models["llm"].component,
         stt=models["stt"].component,
         tts=models["tts"].component,
-        **turns.session_options(cfg),  # Silero VAD (model inside the wheel) and the layers' turn-taking settings
+        **turn_taking.session_options(cfg),  # Silero VAD (model inside the wheel) and the layers' turn-taking settings
         conn_options=bounds.session_connect_options(settings),  # how long a provider may stall the call
     )
-
-    turns.report(session, ctx.room.local_participant, room=ctx.room.name)
+    turn_taking.report(session, ctx.room.local_participant, room=ctx.room.name)
 
     def ask_again(label: str) -> None:  # the STT went quiet while the caller spoke: their words were lost
-        logger.warning("the STT heard nothing; asking the caller to repeat", extra={"room": ctx.room.name,
-                                                                                   "stt": label})  # fmt: skip
+        logger.warning("the STT heard nothing; asking the caller to repeat", extra={"stt": label})
         _count(settings, metrics.FALLBACKS)
         session.generate_reply(instructions=hearing.ASK_AGAIN)
 
     hearing.watch(session, [c for _, c in models["stt"].entries], ask_again)
-
     handed_over: list[asyncio.Task[None]] = []
 
-    def hand_over(error: object) -> None:  # once per job: a new agent takes the call (worker.resume.take_over)
-        if not handed_over and sip_p is not None:
-            task = asyncio.create_task(_hand_over(ctx, settings.agent_name, str(error)[:200]))
-            handed_over.append(task)
+    def hand_over(error: object) -> None:  # once per job: a new agent takes the call (worker.dead_job.take_over)
+        if not handed_over:
+            handed_over.append(asyncio.create_task(_hand_over(ctx, settings.agent_name, str(error)[:200])))
 
     @session.on("error")
     def _on_error(ev: object) -> None:  # a model plugin raised and gave up: the caller would hear nothing
@@ -333,46 +392,58 @@ async def _call(ctx: JobContext) -> None:
     @session.on("close")
     def _on_close(ev: object) -> None:  # the caller hung up (close_on_disconnect), or the session failed
         reason = getattr(ev, "reason", "unknown")
-        if reason == CloseReason.ERROR and sip_p is not None:  # a plugin raised: another agent takes the call
+        if reason == CloseReason.ERROR:  # a plugin raised: another agent takes the call
             hand_over(getattr(ev, "error", reason))
             return
         if not handed_over:  # (a job that hung up itself said why first: the first reason is the job's)
             ctx.shutdown(reason=f"session closed: {reason}")
 
+    return session
+
+
+async def _answer(
+    ctx: JobContext,
+    settings: WorkerSettings,
+    session: AgentSession,
+    cfg: AgentConfig,
+    caller: rtc.RemoteParticipant,
+    published: asyncio.Task[None],
+    clock: _Clock,
+) -> bool:
+    """Start the session on the caller and wait until the caller hears the agent (livekit-sip answers once the
+    agent's audio is up) and its attributes are set; False: the audio never reached the caller, who was hung up on.
+    """
     # A phone line carries audio only: no chat input, no transcript stream (nobody in the room reads it).
-    room_options = room_io.RoomOptions(text_input=False, text_output=False)
-    if sip_p is not None:
-        room_options.participant_identity = sip_p.identity
+    room_options = room_io.RoomOptions(text_input=False, text_output=False, participant_identity=caller.identity)
     heard = asyncio.Event()  # the caller (livekit-sip) subscribed to the agent's audio: answered, and hears it
     ctx.room.on("local_track_subscribed", lambda *_: heard.set())
     starting = time.perf_counter()
-    await session.start(
-        agent=Agent(instructions=cfg.system_instructions or "", tools=end_call.tools(cfg)),
-        room=ctx.room,
-        room_options=room_options,
-        record=False,
-    )
-    session_ms = (time.perf_counter() - starting) * 1000
-    heard_ms = 0.0
-    if sip_p is not None:  # the track is published in the background: a publication that stalls or fails ends here
-        try:
-            await asyncio.wait_for(heard.wait(), settings.audio_timeout)
-            heard_ms = (time.perf_counter() - starting) * 1000 - session_ms
-        except TimeoutError:
-            reason = f"the caller did not receive the agent's audio within {settings.audio_timeout:g} s"
-            logger.error("hanging up: " + reason, extra={"room": ctx.room.name})
-            await _hang_up(ctx, reason)
-            return
+    agent = Agent(instructions=cfg.system_instructions or "", tools=end_call.tools(cfg))
+    await session.start(agent=agent, room=ctx.room, room_options=room_options, record=False)
+    session_ms = clock.ms(starting)
+    try:  # the track is published in the background: a publication that stalls or fails ends here
+        await asyncio.wait_for(heard.wait(), settings.audio_timeout)
+    except TimeoutError:
+        reason = f"the caller did not receive the agent's audio within {settings.audio_timeout:g} s"
+        logger.error("hanging up: " + reason)
+        await _hang_up(ctx, reason)
+        return False
+    heard_ms = clock.ms(starting) - session_ms
     await published
     logger.info(
         "agent ready",  # the caller hears the agent's audio (the bridge answered), attributes set
-        extra={"room": ctx.room.name, "ready_ms": round((time.perf_counter() - started) * 1000, 1),
-               "from_caller_ms": round((time.perf_counter() - caller_at) * 1000, 1),
-               "before_session_ms": round((starting - caller_at) * 1000, 1), "session_ms": round(session_ms, 1),
+        extra={"ready_ms": round(clock.ms(), 1), "from_caller_ms": round(clock.ms(clock.caller_at), 1),
+               "before_session_ms": round((starting - clock.caller_at) * 1000, 1), "session_ms": round(session_ms, 1),
                "heard_ms": round(heard_ms, 1),
                "cpu_ms": round(time.process_time() * 1000, 1)},
     )  # fmt: skip
-    if resumed:  # the caller is mid-call: no fresh greeting, the resume message word for word
+    return True
+
+
+def _greet(session: AgentSession, cfg: AgentConfig, *, resumed: bool) -> None:
+    """The agent speaks first: on a resumed call (the caller is mid-call) no fresh greeting, the resume message
+    word for word; else the greeting, unless the configuration says not to send one."""
+    if resumed:
         session.say(cfg.resume_message or "", allow_interruptions=True)
     elif cfg.send_greeting is not False:
         session.generate_reply(instructions=cfg.greeting_instructions or "")
@@ -380,19 +451,17 @@ async def _call(ctx: JobContext) -> None:
 
 async def _hand_over(ctx: JobContext, agent_name: str, error: str) -> None:
     """A model plugin raised and gave up (or the session failed) with the caller still there: hand the call to a
-    new agent as if this process had died (``worker.resume.take_over``: the same metadata plus the resume marker),
+    new agent as if this process had died (``worker.dead_job.take_over``: the same metadata plus the resume marker),
     then end the job."""
-    logger.error("a model failed during a call; handing the call over", extra={"room": ctx.room.name,
-                                                                                   "error": error})  # fmt: skip
+    logger.error("a model failed during a call; handing the call over", extra={"error": error})
     outcome = await take_over(  # never raises: a take-over that fails ends the call with a BYE
         ctx.api, agent_name=agent_name, room=ctx.room.name, metadata=ctx.job.metadata, job_id=ctx.job.id,
         dead_identity=ctx.room.local_participant.identity, remove_dead=False,
     )  # fmt: skip
-    logger.info("call take-over", extra={"room": ctx.room.name, "job_id": ctx.job.id, "outcome": outcome})
+    logger.info("call take-over", extra={"job_id": ctx.job.id, "outcome": outcome})
     ctx.shutdown(reason=f"session failed; {outcome}")
 
 
-async def _log_end(ctx: JobContext, reason: str) -> None:
+async def _log_end(reason: str) -> None:
     # cpu_ms: the job process's CPU time, from its start to the call's end (capacity planning)
-    logger.info("job ended", extra={"reason": reason or "unknown", "room": ctx.room.name,
-                                    "cpu_ms": round(time.process_time() * 1000, 1)})  # fmt: skip
+    logger.info("job ended", extra={"reason": reason or "unknown", "cpu_ms": round(time.process_time() * 1000, 1)})

@@ -7,7 +7,7 @@ metrics in the ``Siphon`` namespace, dimensions ``ClusterName`` and ``ServiceNam
 
 - ``CallUtilization`` (Percent): the most calls the worker held at once during the interval, as a share of
   its capacity (``max_calls``). The service's target-tracking policy keeps its average across tasks at the
-  declared ``calls_target_percent`` (``infra.ecs.components.ensure_autoscaling``).
+  declared ``calls_target_percent`` (``infra.ecs.operations.ensure_autoscaling``).
 - ``ActiveCalls`` (Count): calls held at the time of the line.
 - ``ModelFallbacks`` and ``CallsRefused`` (Count): one line per event, written by the call's job when a model a
   layer asks for cannot be built and the agent's default answers instead, or when not even the default can be

@@ -18,8 +18,8 @@ from livekit.agents.utils import http_context
 
 import worker.server  # noqa: F401  (the server and the job's code, worker.call, with every module they import)
 from contract.settings import WorkerSettings
-from worker import turns
+from worker import turn_taking
 
-turns.session_options(WorkerSettings.from_env().defaults)  # lru-cached per process: inherited by every job
+turn_taking.session_options(WorkerSettings.from_env().defaults)  # lru-cached per process: inherited by every job
 with contextlib.suppress(AttributeError):  # a private helper of livekit-agents: skip if it moves
     http_context._create_ssl_context()

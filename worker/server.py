@@ -24,12 +24,12 @@ from contract import models as specs
 from contract.deployment import DEFAULTS_ENV, ENVIRONMENT_ENV
 from contract.metadata import MODEL_KINDS, entry_fields
 from contract.settings import SettingsError, WorkerSettings
-from worker import stopped_tasks, turns
+from worker import stopped_tasks, turn_taking
 from worker.call import Built, entrypoint, spec_key
 from worker.call_metric import CallGauge
+from worker.dead_job import CrashWatch
+from worker.dead_worker import CallLedger, own_worker_id
 from worker.models import bounds, registry
-from worker.recovery import CallLedger, own_worker_id
-from worker.resume import CrashWatch
 from worker.task_protection import TaskProtection
 
 logger = logging.getLogger("siphon.worker")
@@ -72,10 +72,10 @@ def prewarm(proc: JobProcess) -> None:
     """Once per job process, before it is handed a call: settings, the default VAD (already loaded where the process
     was forked from the forkserver, ``worker.preload``), the default models."""
     settings = WorkerSettings.from_env()
-    turns.session_options(settings.defaults)  # lru-cached: a no-op where the forkserver preloaded it
+    turn_taking.session_options(settings.defaults)  # lru-cached: a no-op where the forkserver preloaded it
     proc.userdata["settings"] = settings
     built: Built = {}
-    vad = turns.session_options(settings.defaults)["vad"]
+    vad = turn_taking.session_options(settings.defaults)["vad"]
     for kind in MODEL_KINDS:
         default = getattr(settings.defaults, kind)
         with contextlib.suppress(registry.SpecUnavailable):  # a call resolves it again, and says why it cannot

@@ -7,7 +7,7 @@ LiveKit never produces one.
 
 Each worker whose deployment sets ``SIPHON_DEATH_QUEUE_URL`` runs a ``StoppedTasks`` consumer (``attach``): one
 daemon thread that long-polls the queue (``WaitTimeSeconds=20``: about 3 SQS requests a minute while idle, and no
-LiveKit request at all) and, for each stopped task, runs the recovery (``worker.recovery.recover_worker``) on its own
+LiveKit request at all) and, for each stopped task, runs the recovery (``worker.dead_worker.recover_worker``) on its own
 event loop, so neither a slow recovery nor a stuck poll touches the worker's calls. SQS hands each event to one
 consumer only. The event is deleted only once its recovery returned; one that raised stays on the queue and SQS hands
 it out again after the visibility timeout (30 s), to this worker or another. While a recovery runs, its event's
@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract.deployment import DEATH_QUEUE_ENV
 from contract.settings import WorkerSettings
-from worker.recovery import Recover, own_worker_id, recover_worker, task_id
+from worker.dead_worker import Recover, own_worker_id, recover_worker, task_id
 
 logger = logging.getLogger("siphon.worker")
 
@@ -237,7 +237,7 @@ class StoppedTasks:
 
 
 def livekit_recovery(make_api: Callable[[], Any] | None = None) -> Recover:
-    """``worker.recovery.recover_worker`` with one LiveKit API client, made on first use (on the loop that runs the
+    """``worker.dead_worker.recover_worker`` with one LiveKit API client, made on first use (on the loop that runs the
     recoveries; none exists, and no request is made, until a task stops)."""
     clients: list[Any] = []
 
@@ -252,7 +252,7 @@ def livekit_recovery(make_api: Callable[[], Any] | None = None) -> Recover:
 def attach(server: Any, settings: WorkerSettings | None = None) -> StoppedTasks | None:
     """Consume the death queue once the server runs (its ``worker_started`` event), like ``resume.CrashWatch``; the
     queue is the settings' ``death_queue_url`` (``SIPHON_DEATH_QUEUE_URL``: only ECS deployments set it), and the
-    worker's own id (``worker_id``, else its ECS task id: ``worker.recovery.own_worker_id``) is never recovered.
+    worker's own id (``worker_id``, else its ECS task id: ``worker.dead_worker.own_worker_id``) is never recovered.
     None when there is no queue."""
     settings = settings or WorkerSettings.from_env()
     if not settings.death_queue_url:

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from contract.types import ECS_AGENT_NAME_RE, LOCAL_ENVIRONMENT, STACK_KEY_RE, describe_errors
+from contract.wire import ROUTE_ATTRIBUTE
 from infra.adopt.dispatch import Layer, read_dispatch
 from infra.adopt.keys import Keys
 from infra.adopt.live import LiveProject
@@ -173,8 +174,8 @@ def _route(environment: str, key: str, args: DispatchRuleArgs, trunk_keys: dict[
     if layer.context:
         route["context"] = layer.context
     attributes = dict(args.attributes)
-    if layer.format == "siphon-infra" and attributes.get("siphon.route") == key:
-        del attributes["siphon.route"]  # the plan sets it for routes in siphon-infra's format
+    if layer.format == "siphon-infra" and attributes.get(ROUTE_ATTRIBUTE) == key:
+        del attributes[ROUTE_ATTRIBUTE]  # the plan sets it for routes in siphon-infra's format
     if attributes:
         route["attributes"] = attributes
     room = {f: getattr(rc, f) for f in ("empty_timeout", "departure_timeout", "max_participants") if getattr(rc, f)}

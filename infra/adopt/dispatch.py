@@ -14,11 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from contract.metadata import AgentConfig, RouteMetadata
+from contract.metadata import SIPHON_CONFIG_KEY, SIPHON_PAYLOAD_KEYS, AgentConfig, RouteMetadata
 from contract.types import describe_errors
 from infra.stack.model import MetadataFormat
 
-SIPHON_PAYLOAD_KEYS = frozenset({"agent_config", "inbound_trunk_id", "agent_number"})
 OUR_KEYS = frozenset({"schema_version", "route", "direction"})
 
 
@@ -66,12 +65,12 @@ def read_dispatch(agent_metadata: str, rule_metadata: str) -> Layer:
             problem = "the rule's own metadata differs from its agent's"
         config = meta.agent_config.model_dump(mode="json", exclude_none=True) if meta.agent_config else {}
         return Layer("siphon-infra", config, dict(meta.context or {}), meta.route or "", problem)
-    if "agent_config" in data and set(data) <= SIPHON_PAYLOAD_KEYS:
+    if SIPHON_CONFIG_KEY in data and set(data) <= SIPHON_PAYLOAD_KEYS:
         try:
-            config = _layer(data["agent_config"])
+            config = _layer(data[SIPHON_CONFIG_KEY])
         except ValidationError as e:
             return Layer("siphon", problem=f"SIPHON's agent_config is not one the worker reads: {_why(e)}")
-        context = {k: v for k, v in data.items() if k != "agent_config"}
+        context = {k: v for k, v in data.items() if k != SIPHON_CONFIG_KEY}
         return Layer("siphon", config, context, problem="the rule's own metadata is set" if rule_metadata else "")
     keys = ", ".join(sorted(data))[:200]
     return Layer("siphon-infra", problem=f"the agent's metadata (keys {keys}) is neither SIPHON's nor siphon-infra's")

@@ -25,11 +25,12 @@ from contract.models import run_problems
 from contract.settings import WorkerSettings, settings_problems
 from contract.types import LOCAL_ENVIRONMENT, SECRET_FIELDS, AgentName, EcsEnvironmentName
 from contract.types import Model as _Model
+from contract.wire import LIVEKIT_API_KEY_ENV, LIVEKIT_API_SECRET_ENV, LIVEKIT_URL_ENV
 from infra.ecs import naming
 from infra.ecs import validation as v
 
 # Env names the two LiveKit credentials are injected as (from Secrets Manager, with valueFrom).
-LIVEKIT_SECRET_ENV = {"livekit_api_key": "LIVEKIT_API_KEY", "livekit_api_secret": "LIVEKIT_API_SECRET"}
+LIVEKIT_SECRET_ENV = {"livekit_api_key": LIVEKIT_API_KEY_ENV, "livekit_api_secret": LIVEKIT_API_SECRET_ENV}
 
 DEFAULT_CALL_PROTECTION_MINUTES = 60
 
@@ -338,7 +339,7 @@ class AgentWorkerArgs(EcsWorkerSettings):
         sets (``contract.deployment.worker_env``)."""
         return {
             **self.extra_env,
-            "LIVEKIT_URL": self.livekit_url,
+            LIVEKIT_URL_ENV: self.livekit_url,
             **worker_env(
                 agent_name=self.agent_name,
                 environment=self.environment,

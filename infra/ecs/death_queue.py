@@ -9,7 +9,7 @@
   for this rule (``aws:SourceArn``). Messages live 15 minutes (a death older than that has no call left to save)
   and stay invisible for 30 s once received (a worker that dies while recovering hands the event to another).
 - The workers (``worker.stopped_tasks``) long-poll the queue: each event is taken by one worker, which recovers the
-  stopped task's calls (``worker.recovery.recover_worker``) and then deletes it. Their task role may receive,
+  stopped task's calls (``worker.dead_worker.recover_worker``) and then deletes it. Their task role may receive,
   delete and extend messages of this queue only (``infra.ecs.spec.DEATH_QUEUE_ACTIONS``).
 
 Only ECS reports a death here, after the task's containers have stopped: a worker that is slow, throttled or cut

@@ -26,7 +26,7 @@ from contract.types import SECRET_FIELDS
 from infra.dynamic import is_unknown
 from infra.ecs import operations as ops
 from infra.ecs import rollout, spec
-from infra.ecs.args import AgentWorkerArgs
+from infra.ecs.args import LIVEKIT_SECRET_ENV, AgentWorkerArgs
 from infra.ecs.aws import Aws
 from infra.ecs.base import RegionalProvider
 from infra.ecs.naming import TAG_SPEC_DIGEST, Names, default_service_name
@@ -117,7 +117,7 @@ class AgentWorkerProvider(RegionalProvider):
         salt, fps = olds.get("secret_salt"), olds.get("secret_fingerprints") or {}
         if not salt:
             return True
-        values = {"LIVEKIT_API_KEY": news.get("livekit_api_key"), "LIVEKIT_API_SECRET": news.get("livekit_api_secret")}
+        values = {env: news.get(field) for field, env in LIVEKIT_SECRET_ENV.items()}
         values.update(news.get("provider_keys") or {})
         if set(values) != set(fps):
             return True

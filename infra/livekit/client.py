@@ -11,15 +11,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from contract.wire import LIVEKIT_API_KEY_ENV, LIVEKIT_API_SECRET_ENV, LIVEKIT_URL_ENV
+
 if TYPE_CHECKING:
     from livekit import api
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 15.0
 SETTINGS = {
-    "livekit:url": "LIVEKIT_URL",
-    "livekit:apiKey": "LIVEKIT_API_KEY",
-    "livekit:apiSecret": "LIVEKIT_API_SECRET",
+    "livekit:url": LIVEKIT_URL_ENV,
+    "livekit:apiKey": LIVEKIT_API_KEY_ENV,
+    "livekit:apiSecret": LIVEKIT_API_SECRET_ENV,
 }
 """Each LiveKit setting's stack config key, and the environment variable read when the config has none."""
 CONFIG_KEYS = tuple(SETTINGS)

@@ -32,8 +32,8 @@ from contract.models import (
     run_problems,
     url_problems,
 )
-from contract.resolve import HEADER_ATTRIBUTE_PREFIX, OVERRIDES_ATTRIBUTE
 from contract.types import LOCAL_ENVIRONMENT as LOCAL
+from contract.wire import HEADER_ATTRIBUTE_PREFIX, OVERRIDES_ATTRIBUTE, SIPHON_ATTRIBUTE_PREFIX
 from infra.ecs.validation import IMAGE_RE
 from infra.livekit.conflicts import rule_cells, trunk_cells
 from infra.livekit.dispatch_rule import rule_priority
@@ -320,7 +320,7 @@ def _header_mapping_problems(stack: StackFile) -> Iterator[tuple[str, str]]:
     for section, trunks in sections:
         for key, trunk in trunks.items():
             for header, attribute in trunk.headers_to_attributes.items():
-                if attribute.startswith("siphon.") and not attribute.startswith(HEADER_ATTRIBUTE_PREFIX):
+                if attribute.startswith(SIPHON_ATTRIBUTE_PREFIX) and not attribute.startswith(HEADER_ATTRIBUTE_PREFIX):
                     what = ("the caller's configuration layer" if attribute == OVERRIDES_ATTRIBUTE
                             else "an attribute of the worker's own namespace")  # fmt: skip
                     yield (

@@ -13,13 +13,11 @@ argument's error at the stack field it comes from.
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     Field,
     JsonValue,
     TypeAdapter,
@@ -29,8 +27,14 @@ from pydantic import (
 )
 
 from contract.deployment import CallCapacity, max_calls_for, worker_env
-from contract.metadata import AgentConfig, AllowedOverrides, Direction, RouteMetadata
-from contract.resolve import HEADER_ATTRIBUTE_PREFIX
+from contract.metadata import (
+    SIPHON_CONFIG_KEY,
+    AgentConfig,
+    AllowedOverrides,
+    Direction,
+    RouteMetadata,
+    siphon_payload,
+)
 from contract.types import (
     DEFAULT_RING_TIMEOUT,
     LOCAL_ENVIRONMENT,
@@ -41,6 +45,7 @@ from contract.types import (
     RingTimeout,
     StackKey,
 )
+from contract.wire import HEADER_ATTRIBUTE_PREFIX, ROUTE_ATTRIBUTE
 from infra.ecs.args import AgentWorkerArgs, EcsWorkerSettings
 from infra.livekit.dispatch_rule import DispatchRuleArgs, RoomTimeouts, Rule
 from infra.livekit.fields import (
@@ -235,8 +240,6 @@ MetadataFormat = Literal["siphon-infra", "siphon", "none"]
 metadata too, and the ``siphon.route`` attribute), ``siphon`` (SIPHON 0.1.4's payload: ``{"agent_config": {...},
 **context}``, nothing on the rule) or ``none`` (no metadata at all). The last two keep objects made outside the
 project as they are (``siphon-infra import``)."""
-SIPHON_CONFIG_KEYS = ("llm", "tts", "stt", "greeting_instructions", "system_instructions")
-"""The keys of SIPHON 0.1.4's ``agent_config``, in the order it writes them."""
 
 
 _ALLOWED_HELP = (
@@ -286,7 +289,7 @@ class InboundRoute(Model):
             raise ValueError(
                 f"agent_config, context, header_overrides and allowed_overrides reach no agent here: {why}"
             )
-        if self.metadata_format == "siphon" and "agent_config" in self.context:
+        if self.metadata_format == "siphon" and SIPHON_CONFIG_KEY in self.context:
             raise ValueError("context: with metadata_format: siphon its keys sit beside agent_config: rename that key")
         if self.metadata_format != "siphon-infra" and self.header_overrides:
             raise ValueError("header_overrides need metadata_format: siphon-infra (SIPHON's payload cannot carry them)")
@@ -316,7 +319,7 @@ class InboundRoute(Model):
         """What its agent dispatch carries, in its ``metadata_format`` (raises ValidationError when the header
         overrides select attributes or values the worker's schema refuses)."""
         if self.metadata_format == "siphon":
-            return siphon_payload(self)
+            return siphon_payload(self.agent_config, self.context)
         if self.metadata_format == "none" or not self.agent:
             return ""
         return route_metadata(key, self, "inbound", attribute_overrides).to_json()
@@ -334,7 +337,7 @@ class InboundRoute(Model):
             **self.model_dump(by_alias=True, include=same),
             "name": name,
             "metadata": metadata if ours else "",
-            "attributes": {"siphon.route": key, **self.attributes} if ours else dict(self.attributes),
+            "attributes": {ROUTE_ATTRIBUTE: key, **self.attributes} if ours else dict(self.attributes),
             "rule": {**rule, "pin": self.pin_code},
             "trunk_ids": trunks,
             "room_config": {**self.room.model_dump(), "agents": agents},
@@ -370,20 +373,6 @@ def route_metadata(
         attribute_overrides=attribute_overrides,
         allowed_overrides=route.allowed_overrides,
     )
-
-
-def _plain(value: object) -> object:
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-
-
-def siphon_payload(route: InboundRoute) -> str:
-    """SIPHON 0.1.4's inbound payload, as its ``Dispatch`` writes it: ``agent_config`` with its five keys in its
-    order (then any other key the layer sets), then the route's ``context`` keys (``inbound_trunk_id``,
-    ``agent_number``), serialised with ``json.dumps``' defaults."""
-    layer = route.agent_config
-    agent_config = {k: _plain(getattr(layer, k)) for k in SIPHON_CONFIG_KEYS}
-    agent_config.update(layer.model_dump(mode="json", exclude_none=True, exclude=set(SIPHON_CONFIG_KEYS)))
-    return json.dumps({"agent_config": agent_config, **route.context})
 
 
 class LiveKitProject(Model):

@@ -32,13 +32,13 @@ import aiohttp
 from livekit import api
 
 from contract.metadata import MAX_RESUMES
+from contract.wire import CONFIG_HASH_ATTRIBUTE
 
 logger = logging.getLogger("siphon.worker")
 
 TAKEOVER_TIMEOUT = 4.0
 """Seconds a re-dispatched call may wait for an agent before it is ended with a BYE."""
 POLL = 0.25  # seconds between looks into a room being taken over (at most 16 requests in all)
-ATTR_CONFIG_HASH = "siphon.config_hash"
 
 
 def resume_metadata(raw: str, job_id: str) -> str | None:
@@ -91,7 +91,7 @@ async def wait_for_agent(
             if any(  # a new agent (none that was here before the dispatch) published its configuration
                 p.kind == api.ParticipantInfo.Kind.AGENT
                 and p.identity not in before
-                and p.attributes.get(ATTR_CONFIG_HASH)
+                and p.attributes.get(CONFIG_HASH_ATTRIBUTE)
                 for p in parts
             ):
                 return True

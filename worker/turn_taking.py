@@ -14,6 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from contract.resolve import text_sha
 from contract.turns import TurnTaking, resolved
+from contract.wire import (
+    CALLER_SPEECH_ATTRIBUTE,
+    INTERRUPTED_ATTRIBUTE,
+    SIPHON_ATTRIBUTE_PREFIX,
+    UTTERANCES_ATTRIBUTE,
+)
 
 if TYPE_CHECKING:
     from livekit import rtc
@@ -55,25 +61,17 @@ def session_options(layer: TurnTaking) -> dict[str, Any]:
     }
 
 
-ATTR_CALLER_SPEECH = "siphon.caller_speech"
-"""Agent attribute: how many times VAD has detected the caller starting to speak in this call."""
-ATTR_INTERRUPTED = "siphon.interrupted"
-"""Agent attribute: how many of the agent's utterances the caller interrupted in this call."""
-ATTR_UTTERANCES = "siphon.agent_utterances"
-"""Agent attribute: how many utterances the agent has finished or been interrupted in, in this call."""
-
-
 def report(session: AgentSession, participant: rtc.LocalParticipant, *, room: str) -> None:
     """Log and publish (``siphon.caller_speech``, ``siphon.interrupted``, ``siphon.agent_utterances`` attributes)
     what turn-taking did: caller speech detected by VAD, agent utterances, those the caller cut short. An utterance's
     log record carries ``text_sha`` (``contract.resolve.text_sha`` of the text the session recorded), never the text."""
-    counts = {ATTR_CALLER_SPEECH: 0, ATTR_INTERRUPTED: 0, ATTR_UTTERANCES: 0}
+    counts = {CALLER_SPEECH_ATTRIBUTE: 0, INTERRUPTED_ATTRIBUTE: 0, UTTERANCES_ATTRIBUTE: 0}
     pending: set[asyncio.Task[None]] = set()
 
     def bump(*attrs: str, message: str, **facts: str | None) -> None:
         for attr in attrs:
             counts[attr] += 1
-        extra = {"room": room, **{a.removeprefix("siphon."): counts[a] for a in attrs}, **facts}
+        extra = {"room": room, **{a.removeprefix(SIPHON_ATTRIBUTE_PREFIX): counts[a] for a in attrs}, **facts}
         logger.info(message, extra=extra)
         task = asyncio.create_task(_publish(participant, {k: str(v) for k, v in counts.items()}))
         pending.add(task)
@@ -82,7 +80,7 @@ def report(session: AgentSession, participant: rtc.LocalParticipant, *, room: st
     @session.on("user_state_changed")
     def _user(ev: UserStateChangedEvent) -> None:
         if ev.new_state == "speaking":
-            bump(ATTR_CALLER_SPEECH, message="caller speech detected (VAD)")
+            bump(CALLER_SPEECH_ATTRIBUTE, message="caller speech detected (VAD)")
 
     @session.on("conversation_item_added")
     def _item(ev: ConversationItemAddedEvent) -> None:
@@ -91,9 +89,14 @@ def report(session: AgentSession, participant: rtc.LocalParticipant, *, room: st
         if isinstance(ev.item, ChatMessage) and ev.item.role == "assistant":
             sha = text_sha(ev.item.text_content)  # what the session recorded, as a hash: logs hold no call content
             if ev.item.interrupted:
-                bump(ATTR_UTTERANCES, ATTR_INTERRUPTED, message="agent speech interrupted by the caller", text_sha=sha)
+                bump(
+                    UTTERANCES_ATTRIBUTE,
+                    INTERRUPTED_ATTRIBUTE,
+                    message="agent speech interrupted by the caller",
+                    text_sha=sha,
+                )
             else:
-                bump(ATTR_UTTERANCES, message="agent utterance finished", text_sha=sha)
+                bump(UTTERANCES_ATTRIBUTE, message="agent utterance finished", text_sha=sha)
 
 
 async def _publish(participant: rtc.LocalParticipant, attrs: dict[str, str]) -> None:

@@ -3,7 +3,7 @@
 Nothing here polls LiveKit, and nothing here decides that a worker is dead. A death is only ever *reported* by
 what runs the worker and saw it end:
 
-- a job process: the worker's own main process (``worker.resume.CrashWatch``);
+- a job process: the worker's own main process (``worker.dead_job.CrashWatch``);
 - a whole worker on ECS: ECS itself, as a task state change (``STOPPED``) that an EventBridge rule of the stack
   puts on an SQS queue, read by the living workers (``worker.stopped_tasks``);
 - a whole worker on ``./dev local``: its process supervisor (``localenv.deaths``).
@@ -22,8 +22,8 @@ recovered once), and then, for each call still holding a caller:
 - on a LiveKit that re-dispatches a lost worker's jobs itself (LiveKit Cloud), it only waits for that agent: our
   own recovery stands down, so a call never gets two agents;
 - elsewhere (open-source livekit-server never re-dispatches) it takes the call over as for a dead job process
-  (``worker.resume.take_over``), or, when the reporter knows no worker of the agent is left, ends it at once;
-- whatever fails on the way, the call is ended with a BYE (``worker.resume.hang_up``): never a caller in a room
+  (``worker.dead_job.take_over``), or, when the reporter knows no worker of the agent is left, ends it at once;
+- whatever fails on the way, the call is ended with a BYE (``worker.dead_job.hang_up``): never a caller in a room
   with no agent.
 """
 
@@ -43,7 +43,8 @@ from urllib.parse import urlparse
 
 from livekit import api
 
-from worker.resume import caller_present, hang_up, participants, take_over, wait_for_agent
+from contract.wire import LIVEKIT_URL_ENV
+from worker.dead_job import caller_present, hang_up, participants, take_over, wait_for_agent
 
 logger = logging.getLogger("siphon.worker")
 
@@ -219,7 +220,7 @@ async def recover_worker(
         return []
     agent, calls = claimed
     if platform_redispatches is None:
-        platform_redispatches = redispatches(os.environ.get("LIVEKIT_URL", ""))
+        platform_redispatches = redispatches(os.environ.get(LIVEKIT_URL_ENV, ""))
     logger.error(
         "a worker died",
         extra={"worker_id": worker_id, "agent_name": agent, "calls": len(calls), "agent_alive": agent_alive,
