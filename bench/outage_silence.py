@@ -19,6 +19,7 @@ p95).
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import tempfile
 import uuid
@@ -76,6 +77,8 @@ def main() -> int:
     heard: dict[str, list[Heard]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         env = stack.enter_context(LocalEnv.start(Path(tmp) / "env"))
+        assert env.endpoints is not None
+        os.environ.update(env.endpoints.env())  # the deployment's clients (moto, LiveKit), as the tests' session does
         s = StandIns(
             stack.enter_context(DeepgramStandIn(transcripts=(DEEPGRAM_HEARS,))),
             stack.enter_context(OpenAIStandIn()),
